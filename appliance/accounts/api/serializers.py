@@ -1,0 +1,48 @@
+from rest_framework import serializers
+
+from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.catalog.models import Model
+
+
+class TenantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tenant
+        fields = ["id", "slug", "name", "created"]
+        read_only_fields = ["id", "created"]
+
+
+class TenantUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "tenant", "name", "prefix", "created", "expires_at", "revoked_at", "is_active"]
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    name = serializers.CharField(max_length=100)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself. Shown once, never again.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+class ModelGrantSerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    model = serializers.SlugRelatedField(slug_field="name", queryset=Model.objects.all())
+
+    class Meta:
+        model = ModelGrant
+        fields = ["id", "tenant", "model", "created"]
+        read_only_fields = ["id", "created"]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from appliance.audit.mixins import Audited
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]{0,62}$", "Use 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit."
+)
+
+
+class Tenant(Audited):
+    """An internal team or business unit that calls models through the gateway."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ApiKey(Audited):
+    """An inference credential of one tenant; only its hash is stored."""
+
+    audit_redact = frozenset({"key_hash"})
+    audit_type = "api_key"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["tenant__slug", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class ModelGrant(Audited):
+    """Permission for a tenant to call a model through the gateway."""
+
+    audit_type = "model_grant"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="grants")
+    model = models.ForeignKey("catalog.Model", on_delete=models.CASCADE, related_name="grants")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant__slug", "model__name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "model"], name="grant_unique_tenant_model")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug} → {self.model.name}"
+
+
+class OperatorToken(Audited):
+    """A REST API credential of an operator account; only its hash is stored."""
+
+    audit_redact = frozenset({"key_hash"})
+    audit_type = "operator_token"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user__username", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.user.get_username()}/{self.name} ({self.prefix}…)"

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from django.db.models import QuerySet
+from django.utils.dateparse import parse_datetime
+
+from appliance.audit.models import AuditEvent
+from appliance.core.errors import DomainError
+
+_EXACT = ("actor", "origin", "action", "target_type", "target_id", "correlation_id")
+
+
+def audit_events(filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
+    """Events matching the given filters; 'since'/'until' take ISO 8601 times."""
+    qs = AuditEvent.objects.all()
+    for name in _EXACT:
+        if filters.get(name):
+            qs = qs.filter(**{name: filters[name]})
+    for name, lookup in (("since", "time__gte"), ("until", "time__lt")):
+        if filters.get(name):
+            moment = parse_datetime(filters[name])
+            if moment is None:
+                raise DomainError(f"{name}={filters[name]!r} is not an ISO 8601 date-time")
+            qs = qs.filter(**{lookup: moment})
+    return qs

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import ProtectedError, QuerySet
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, parsers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from appliance.catalog import services
+from appliance.catalog.api.serializers import (
+    ModelSerializer,
+    ModelUpdateSerializer,
+    ModelVersionCreateSerializer,
+    ModelVersionSerializer,
+)
+from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.tritonconfig import render_config
+
+
+class ModelViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Models that tenants call by name."""
+
+    queryset = Model.objects.all()
+    serializer_class = ModelSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+
+    def perform_create(self, serializer: ModelSerializer) -> None:
+        data = serializer.validated_data
+        serializer.instance = services.model_create(name=data["name"], description=data.get("description", ""))
+
+    @extend_schema(request=ModelUpdateSerializer, responses=ModelSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = ModelUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        model = services.model_update(model=self.get_object(), description=body.validated_data["description"])
+        return Response(ModelSerializer(model).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        model = self.get_object()
+        try:
+            services.model_delete(model=model)
+        except ProtectedError:
+            return Response(
+                {"detail": f"model '{model.name}' has versions; it cannot be deleted"}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ModelVersionViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Immutable versions of a model; creating one uploads its artifact (multipart)."""
+
+    queryset = ModelVersion.objects.select_related("model")
+    serializer_class = ModelVersionSerializer
+    parser_classes = [parsers.MultiPartParser, parsers.JSONParser]
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        qs = super().get_queryset()
+        model = self.request.query_params.get("model")
+        return qs.filter(model__name=model) if model else qs
+
+    @extend_schema(
+        parameters=[OpenApiParameter("model", str, description="only versions of this model")],
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=ModelVersionCreateSerializer, responses={201: ModelVersionSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = ModelVersionCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        version = services.version_create(
+            model=data["model"], fmt=data["format"], artifact=data["artifact"], signature=data["signature"],
+            max_batch_size=data["max_batch_size"], decoupled=data["decoupled"], parent=data.get("parent"),
+            change_note=data["change_note"],
+        )  # fmt: skip
+        return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "text/plain"): str})
+    @action(detail=True, methods=["get"])
+    def config(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """The config.pbtxt a node would get for this version alone."""
+        version = self.get_object()
+        return HttpResponse(render_config(version, versions=[version.number]), content_type="text/plain")

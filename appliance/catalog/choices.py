@@ -1,0 +1,16 @@
+from django.db import models
+
+
+class ArtifactFormat(models.TextChoices):
+    ONNX = "onnx", "ONNX"
+    TENSORRT_PLAN = "tensorrt_plan", "TensorRT plan"
+    PYTHON = "python", "Python backend"
+    ENSEMBLE = "ensemble", "Ensemble"
+
+
+# Triton data types (model_config.proto TYPE_* without the prefix, as the
+# KServe v2 protocol spells them).
+TRITON_DATATYPES = (
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
+)  # fmt: skip

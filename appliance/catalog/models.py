@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from appliance.accounts.models import slug_validator
+from appliance.audit.mixins import Audited
+from appliance.catalog.choices import ArtifactFormat
+
+
+class Model(Audited):
+    """A named model that tenants call; versions hold the artifacts."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(Audited):
+    """One immutable artifact of a model with its signature (Triton version = number)."""
+
+    audit_type = "model_version"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    format = models.CharField(max_length=20, choices=ArtifactFormat.choices)
+    artifact_sha256 = models.CharField(max_length=64)
+    artifact_size = models.BigIntegerField()
+    # {"inputs": [{"name", "datatype", "dims"}], "outputs": [...]}; dims exclude the batch dimension.
+    signature = models.JSONField()
+    max_batch_size = models.PositiveIntegerField(default=0)
+    decoupled = models.BooleanField(default=False)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    change_note = models.CharField(max_length=500, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model__name", "number"]
+        constraints = [models.UniqueConstraint(fields=["model", "number"], name="version_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}:{self.number}"

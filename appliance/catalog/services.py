@@ -1,0 +1,83 @@
+"""Writes for models and their versions."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from django.db import transaction
+from django.db.models import Max
+
+from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_read_verified, check_archive
+from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.signature import validate_signature
+
+
+@transaction.atomic
+def model_create(*, name: str, description: str = "") -> Model:
+    model = Model(name=name, description=description)
+    model.full_clean()
+    model.save()
+    return model
+
+
+def _check_artifact_content(fmt: str, sha256: str) -> None:
+    if fmt in (ArtifactFormat.PYTHON, ArtifactFormat.ENSEMBLE):
+        names = check_archive(artifact_read_verified(sha256))
+        if fmt == ArtifactFormat.PYTHON and "model.py" not in names:
+            raise ArtifactError("a python-format artifact must be a .tar.gz holding model.py at its top level")
+
+
+def version_create(
+    *,
+    model: Model,
+    fmt: str,
+    artifact: IO[bytes],
+    signature: Any,
+    max_batch_size: int = 0,
+    decoupled: bool = False,
+    parent: ModelVersion | None = None,
+    change_note: str = "",
+) -> ModelVersion:
+    """Stores the artifact (outside the transaction: the store is content-addressed,
+    so an orphan file from a failed create is harmless and reused), then records
+    the version with the next number."""
+    if fmt not in ArtifactFormat.values:
+        raise ArtifactError(f"format {fmt!r} is not one of {', '.join(ArtifactFormat.values)}")
+    normalised = validate_signature(signature)
+    if decoupled and max_batch_size:
+        raise ArtifactError("a decoupled (streaming) model must have max_batch_size 0")
+    sha256, size = artifact_put(artifact)
+    if size == 0:
+        raise ArtifactError("the artifact is empty")
+    _check_artifact_content(fmt, sha256)
+    if parent is not None and parent.model_id != model.pk:
+        raise ArtifactError("the parent version belongs to another model")
+    with transaction.atomic():
+        locked = Model.objects.select_for_update().get(pk=model.pk)
+        number = (locked.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+        return ModelVersion.objects.create(
+            model=locked,
+            number=number,
+            format=fmt,
+            artifact_sha256=sha256,
+            artifact_size=size,
+            signature=normalised,
+            max_batch_size=max_batch_size,
+            decoupled=decoupled,
+            parent=parent,
+            change_note=change_note,
+        )
+
+
+@transaction.atomic
+def model_update(*, model: Model, description: str) -> Model:
+    locked = Model.objects.select_for_update().get(pk=model.pk)
+    locked.description = description
+    locked.save(update_fields=["description"])
+    return locked
+
+
+@transaction.atomic
+def model_delete(*, model: Model) -> None:
+    model.delete()

@@ -1,0 +1,58 @@
+"""Validation of a model version's input/output signature."""
+
+from __future__ import annotations
+
+import re
+
+from appliance.core.errors import DomainError
+from typing import Any
+
+from appliance.catalog.choices import TRITON_DATATYPES
+
+_TENSOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
+
+
+class SignatureError(DomainError):
+    """The signature cannot describe a Triton model."""
+
+
+def _tensor(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise SignatureError(f"{where}: expected an object with name, datatype and dims")
+    unknown = set(entry) - {"name", "datatype", "dims"}
+    if unknown:
+        raise SignatureError(f"{where}: unknown keys {sorted(unknown)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _TENSOR_NAME.match(name):
+        raise SignatureError(f"{where}: name {name!r} is not a valid tensor name")
+    datatype = entry.get("datatype")
+    if datatype not in TRITON_DATATYPES:
+        raise SignatureError(f"{where} ({name}): datatype {datatype!r} is not one of {', '.join(TRITON_DATATYPES)}")
+    dims = entry.get("dims")
+    if (
+        not isinstance(dims, list)
+        or not dims
+        or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in dims)
+    ):
+        raise SignatureError(f"{where} ({name}): dims must be a non-empty list of positive integers or -1")
+    return {"name": name, "datatype": datatype, "dims": list(dims)}
+
+
+def validate_signature(signature: Any) -> dict[str, list[dict[str, Any]]]:
+    """Returns the normalised signature or raises SignatureError naming the problem."""
+    if not isinstance(signature, dict):
+        raise SignatureError("signature: expected an object with 'inputs' and 'outputs'")
+    unknown = set(signature) - {"inputs", "outputs"}
+    if unknown:
+        raise SignatureError(f"signature: unknown keys {sorted(unknown)}")
+    result: dict[str, list[dict[str, Any]]] = {}
+    for side in ("inputs", "outputs"):
+        entries = signature.get(side)
+        if not isinstance(entries, list) or not entries:
+            raise SignatureError(f"signature.{side}: expected a non-empty list")
+        tensors = [_tensor(entry, f"signature.{side}[{i}]") for i, entry in enumerate(entries)]
+        names = [t["name"] for t in tensors]
+        if len(set(names)) != len(names):
+            raise SignatureError(f"signature.{side}: tensor names must be unique")
+        result[side] = tensors
+    return result

@@ -1,0 +1,128 @@
+"""The node agent: supervises this node's Triton, reports heartbeats, and runs the
+node-local Celery tasks (rollout steps) from the queue named after the node."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import tritonclient.grpc as triton_grpc
+from django.conf import settings
+from django.db import close_old_connections
+
+from appliance.audit.choices import Origin
+from appliance.audit.context import audit_context
+from appliance.nodes import services
+from appliance.nodes.agent import sync
+from appliance.nodes.agent.repository import ModelRepository
+from appliance.nodes.agent.runtime import LocalNode, set_local
+from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor
+from appliance.nodes.queues import node_queue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentOptions:
+    name: str
+    zone: str
+    ports: TritonPorts
+    workdir: Path
+
+
+def _triton_ready(address: str) -> bool:
+    try:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            return bool(client.is_server_ready(client_timeout=2.0))
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _triton_version(address: str) -> str:
+    try:
+        return str(triton_grpc.InferenceServerClient(address).get_server_metadata(client_timeout=2.0).version)
+    except Exception:
+        return ""
+
+
+def _heartbeats(node_id: str, supervisor: TritonSupervisor, stop: threading.Event) -> None:
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
+        while not stop.is_set():
+            try:
+                close_old_connections()
+                ready = supervisor.alive() and _triton_ready(supervisor.ports.grpc_address)
+                services.node_heartbeat(node_id=node_id, triton_ready=ready)
+            except Exception:
+                log.exception("heartbeat failed")
+            stop.wait(settings.NODE_HEARTBEAT_S)
+
+
+def _reload_after_start(local: LocalNode) -> None:
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
+        close_old_connections()
+        sync.reload_live_models(local)
+
+
+def run_agent(options: AgentOptions) -> None:
+    from appliance.celery import app
+
+    repository = ModelRepository(options.workdir / "models")
+    supervisor = TritonSupervisor(
+        node_name=options.name,
+        repository=repository.root,
+        ports=options.ports,
+        log_path=options.workdir / "logs" / "tritonserver.log",
+    )
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
+        node = services.node_register(
+            name=options.name,
+            zone=options.zone,
+            grpc_address=options.ports.grpc_address,
+            http_address=options.ports.http_address,
+            metrics_address=options.ports.metrics_address,
+        )
+    local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address)
+    set_local(local)
+    supervisor.on_start.append(lambda: _reload_after_start(local))
+    supervisor.on_start.append(lambda: _record_version(node.name, options))
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=supervisor.watch, args=(lambda: _triton_ready(options.ports.grpc_address),), daemon=True),
+        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, stop), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        worker = app.Worker(
+            queues=[node_queue(options.name)],
+            pool="solo",
+            concurrency=1,
+            hostname=f"agent-{options.name}@%h",
+            loglevel=settings.LOGGING["root"]["level"],
+            without_gossip=True,
+            without_mingle=True,
+        )
+        worker.start()
+    finally:
+        stop.set()
+        supervisor.stop()
+        set_local(None)
+
+
+def _record_version(name: str, options: AgentOptions) -> None:
+    version = _triton_version(options.ports.grpc_address)
+    if version:
+        with audit_context(origin=Origin.AGENT, actor=f"agent:{name}"):
+            services.node_register(
+                name=name,
+                zone=options.zone,
+                grpc_address=options.ports.grpc_address,
+                http_address=options.ports.http_address,
+                metrics_address=options.ports.metrics_address,
+                triton_version=version,
+            )

@@ -1,0 +1,66 @@
+"""The node's Triton model repository directory, written only by its node agent.
+
+Every write is atomic (build beside, then rename) so Triton never sees a
+half-written version directory or config.pbtxt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.catalog.artifacts import artifact_read_verified, unpack_into
+from appliance.catalog.models import ModelVersion
+from appliance.catalog.tritonconfig import render_config
+
+_MARKER = ".appliance-sha256"
+
+
+@dataclass(frozen=True)
+class ModelRepository:
+    root: Path
+
+    def model_dir(self, model_name: str) -> Path:
+        return self.root / model_name
+
+    def version_dir(self, model_name: str, number: int) -> Path:
+        return self.model_dir(model_name) / str(number)
+
+    def materialise(self, version: ModelVersion) -> Path:
+        """Puts the version's files in place, verified against the artifact's sha256.
+        A directory already holding the same artifact is kept (idempotent)."""
+        target = self.version_dir(version.model.name, version.number)
+        marker = target / _MARKER
+        if marker.exists() and marker.read_text() == version.artifact_sha256:
+            return target
+        data = artifact_read_verified(version.artifact_sha256)
+        staging = target.with_name(f".{target.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        unpack_into(data, version.format, staging)
+        (staging / _MARKER).write_text(version.artifact_sha256)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+        return target
+
+    def write_config(self, version: ModelVersion, *, versions: list[int]) -> str:
+        text = render_config(version, versions=versions)
+        model_dir = self.model_dir(version.model.name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / ".config.pbtxt.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, model_dir / "config.pbtxt")
+        return text
+
+    def remove_versions_except(self, model_name: str, keep: set[int]) -> None:
+        model_dir = self.model_dir(model_name)
+        if not model_dir.exists():
+            return
+        for child in model_dir.iterdir():
+            if child.is_dir() and child.name.isdigit() and int(child.name) not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+    def remove_model(self, model_name: str) -> None:
+        shutil.rmtree(self.model_dir(model_name), ignore_errors=True)

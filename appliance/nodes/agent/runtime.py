@@ -1,0 +1,34 @@
+"""What a node agent knows about its own node, for tasks running inside it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tritonclient.grpc as triton_grpc
+
+from appliance.nodes.agent.repository import ModelRepository
+
+
+@dataclass
+class LocalNode:
+    node_id: str
+    name: str
+    repository: ModelRepository
+    triton_grpc: str
+
+    def client(self) -> triton_grpc.InferenceServerClient:
+        return triton_grpc.InferenceServerClient(self.triton_grpc)
+
+
+_local: LocalNode | None = None
+
+
+def set_local(node: LocalNode | None) -> None:
+    global _local
+    _local = node
+
+
+def require_local() -> LocalNode:
+    if _local is None:
+        raise RuntimeError("this task runs only inside a node agent (it was routed to the wrong worker)")
+    return _local

@@ -1,0 +1,78 @@
+"""Converges this node's Triton to the versions the database says it should hold."""
+
+from __future__ import annotations
+
+import logging
+
+import tritonclient.grpc as triton_grpc
+from django.conf import settings
+
+from appliance.catalog.models import ModelVersion
+from appliance.nodes.agent.runtime import LocalNode
+from appliance.nodes.agent.triton import wait_until
+from appliance.rollouts.choices import ReplicaState
+from appliance.rollouts.selectors import resident_replicas
+
+log = logging.getLogger(__name__)
+
+
+class LoadError(RuntimeError):
+    """Triton refused to load or did not make ready a version."""
+
+
+def resident_versions(local: LocalNode, *, model_id: object, states: tuple[str, ...] | None = None) -> list[ModelVersion]:
+    replicas = resident_replicas(node_id=local.node_id, model_id=model_id)
+    if states is not None:
+        replicas = replicas.filter(state__in=states)
+    versions = {r.deployment.version.pk: r.deployment.version for r in replicas}
+    return sorted(versions.values(), key=lambda v: v.number)
+
+
+def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion]) -> None:
+    """Files and config only: what Triton will load next."""
+    repo = local.repository
+    if not versions:
+        repo.remove_model(model_name)
+        return
+    for version in versions:
+        repo.materialise(version)
+    repo.write_config(versions[-1], versions=[v.number for v in versions])
+
+
+def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion]) -> None:
+    """Makes Triton serve exactly these versions (an empty list unloads the model).
+    Triton reloads in the background: versions already serving keep serving until
+    the new set is ready, and a failed load leaves the old set in place."""
+    client = local.client()
+    if not versions:
+        try:
+            client.unload_model(model_name)
+        except triton_grpc.InferenceServerException as exc:
+            log.warning("unloading %s: %s", model_name, exc.message())
+        local.repository.remove_model(model_name)
+        return
+    write_model(local, model_name=model_name, versions=versions)
+    try:
+        client.load_model(model_name)
+    except triton_grpc.InferenceServerException as exc:
+        raise LoadError(f"Triton refused to load {model_name}: {exc.message()}") from exc
+    for version in versions:
+        ready = wait_until(
+            lambda v=version: client.is_model_ready(model_name, str(v.number)), timeout=settings.TRITON_LOAD_TIMEOUT_S
+        )
+        if not ready:
+            raise LoadError(f"{model_name} version {version.number} did not become ready")
+    local.repository.remove_versions_except(model_name, {v.number for v in versions})
+
+
+def reload_live_models(local: LocalNode) -> None:
+    """After Triton (re)starts it holds nothing (EXPLICIT mode): load what is live here."""
+    models: dict[str, object] = {}
+    for replica in resident_replicas(node_id=local.node_id).filter(state=ReplicaState.LIVE):
+        models[replica.deployment.version.model.name] = replica.deployment.version.model_id
+    for model_name, model_id in models.items():
+        versions = resident_versions(local, model_id=model_id, states=(ReplicaState.LIVE,))
+        try:
+            load_model(local, model_name=model_name, versions=versions)
+        except LoadError:
+            log.exception("could not reload %s after Triton started", model_name)

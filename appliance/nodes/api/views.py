@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import ProtectedError
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from appliance.nodes import services
+from appliance.nodes.api.serializers import NodeSerializer, NodeUpdateSerializer
+from appliance.nodes.models import Node
+
+
+class NodeViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """GPU and CPU nodes. Node agents register themselves; operators may pre-register."""
+
+    queryset = Node.objects.all()
+    serializer_class = NodeSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+
+    def perform_create(self, serializer: NodeSerializer) -> None:
+        data = serializer.validated_data
+        serializer.instance = services.node_create(
+            name=data["name"], zone=data.get("zone", "default"),
+            grpc_address=data.get("grpc_address", ""), http_address=data.get("http_address", ""),
+        )  # fmt: skip
+
+    @extend_schema(request=NodeUpdateSerializer, responses=NodeSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        node = self.get_object()
+        body = NodeUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        node = services.node_update(node=node, zone=body.validated_data["zone"])
+        return Response(NodeSerializer(node).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        node = self.get_object()
+        try:
+            services.node_delete(node=node)
+        except ProtectedError:
+            return Response(
+                {"detail": f"node '{node.name}' still holds deployments; roll them off first"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from appliance.nodes.agent.main import AgentOptions, run_agent
+from appliance.nodes.agent.triton import TritonPorts
+
+
+class Command(BaseCommand):
+    help = "Run a node agent: supervise this node's Triton and consume the node's task queue."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True, help="node name (also names its Celery queue)")
+        parser.add_argument("--zone", default="default")
+        parser.add_argument("--host", default="127.0.0.1", help="address Triton binds to (loopback by default)")
+        parser.add_argument("--http-port", type=int, default=8200)
+        parser.add_argument("--grpc-port", type=int, default=8201)
+        parser.add_argument("--metrics-port", type=int, default=8202)
+        parser.add_argument("--workdir", type=Path, default=None, help="model repository and logs (var/nodes/<name>)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        workdir = options["workdir"] or settings.VAR_DIR / "nodes" / options["name"]
+        run_agent(
+            AgentOptions(
+                name=options["name"],
+                zone=options["zone"],
+                ports=TritonPorts(
+                    http=options["http_port"], grpc=options["grpc_port"], metrics=options["metrics_port"], host=options["host"]
+                ),
+                workdir=Path(workdir),
+            )
+        )

@@ -1,0 +1,69 @@
+"""Writes for nodes: registration by operators or agents, heartbeats, state."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from appliance.nodes.choices import NodeState
+from appliance.nodes.models import Node
+
+
+@transaction.atomic
+def node_create(*, name: str, zone: str = "default", grpc_address: str = "", http_address: str = "") -> Node:
+    node = Node(name=name, zone=zone, grpc_address=grpc_address, http_address=http_address)
+    node.full_clean()
+    node.save()
+    return node
+
+
+@transaction.atomic
+def node_register(
+    *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = ""
+) -> Node:
+    """Called by a node agent at start: creates the node or updates its endpoints."""
+    node = Node.objects.select_for_update().filter(name=name).first()
+    if node is None:
+        node = Node(name=name, zone=zone)
+    node.grpc_address = grpc_address
+    node.http_address = http_address
+    node.metrics_address = metrics_address
+    if triton_version:
+        node.triton_version = triton_version
+    node.full_clean()
+    node.save()
+    return node
+
+
+def node_heartbeat(*, node_id: object, triton_ready: bool) -> None:
+    """Records that the agent is alive. The timestamp is deliberately not audited
+    (it changes every few seconds); a change of readiness is, through node_set_state."""
+    Node.objects.filter(pk=node_id).update(last_heartbeat=timezone.now())
+    node = Node.objects.get(pk=node_id)
+    wanted = NodeState.READY if triton_ready else NodeState.NOT_READY
+    # Operator-set states (draining, maintenance) are never overridden by the agent.
+    if node.state in (NodeState.PENDING, NodeState.READY, NodeState.NOT_READY) and node.state != wanted:
+        node_set_state(node=node, state=wanted)
+
+
+@transaction.atomic
+def node_set_state(*, node: Node, state: str) -> Node:
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    if locked.state != state:
+        locked.state = state
+        locked.save(update_fields=["state", "updated"])
+    return locked
+
+
+@transaction.atomic
+def node_update(*, node: Node, zone: str) -> Node:
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    locked.zone = zone
+    locked.full_clean()
+    locked.save(update_fields=["zone", "updated"])
+    return locked
+
+
+@transaction.atomic
+def node_delete(*, node: Node) -> None:
+    node.delete()

@@ -1,0 +1,72 @@
+"""Rollout orchestration. rollout_start runs on the control queue; the replica
+tasks run inside node agents, on the queue named after their node."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from appliance.nodes.agent import sync
+from appliance.nodes.agent.runtime import require_local
+from appliance.nodes.agent.smoke import SmokeError, smoke_infer
+from appliance.nodes.queues import node_queue
+from appliance.rollouts import services
+from appliance.rollouts.choices import ReplicaState
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="rollouts.rollout_start")
+def rollout_start(deployment_id: str) -> None:
+    deployment = services.deployment_claim(deployment_id=deployment_id)
+    if deployment is None:
+        return
+    for replica in deployment.replicas.filter(state=ReplicaState.PENDING).select_related("node"):
+        replica_apply.apply_async(args=[str(replica.pk)], task_id=str(replica.pk), queue=node_queue(replica.node.name))
+
+
+@shared_task(name="rollouts.replica_apply")
+def replica_apply(replica_id: str) -> None:
+    """Materialise, configure, load, wait for READY, smoke-test, go live.
+    Safe to run twice; a failure leaves the versions already serving untouched."""
+    local = require_local()
+    replica = services.replica_claim(replica_id=replica_id)
+    if replica is None:
+        return
+    if str(replica.node_id) != local.node_id:
+        services.replica_mark_failed(replica=replica, error=f"task reached node {local.name}, not {replica.node.name}")
+        return
+    version = replica.deployment.version
+    model = version.model
+    wanted = sync.resident_versions(local, model_id=model.pk)
+    try:
+        sync.load_model(local, model_name=model.name, versions=wanted)
+        smoke_infer(local.client(), version, timeout=30.0)
+    except (sync.LoadError, SmokeError, OSError, ValueError) as exc:
+        log.warning("replica %s of %s failed: %s", replica_id, version, exc)
+        # Put the files and config back to what serves; Triton itself kept serving it.
+        keep = [v for v in wanted if v.pk != version.pk]
+        sync.write_model(local, model_name=model.name, versions=keep)
+        if not keep:
+            sync.load_model(local, model_name=model.name, versions=[])
+        services.replica_mark_failed(replica=replica, error=str(exc))
+        return
+    retired = services.replica_mark_live(replica=replica)
+    if retired:
+        # Unload the old version only after the gateway has seen the switch.
+        node_model_sync.apply_async(
+            args=[str(model.pk)], queue=node_queue(local.name), countdown=settings.RETIRE_GRACE_S
+        )
+
+
+@shared_task(name="rollouts.node_model_sync")
+def node_model_sync(model_id: str) -> None:
+    """Converge this node's Triton to the model's resident versions (drops retired ones)."""
+    local = require_local()
+    versions = sync.resident_versions(local, model_id=model_id)
+    from appliance.catalog.models import Model
+
+    model = Model.objects.get(pk=model_id)
+    sync.load_model(local, model_name=model.name, versions=versions)

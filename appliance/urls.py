@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
+from appliance.audit.api.views import AuditEventViewSet
+from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
+from appliance.nodes.api.views import NodeViewSet
+from appliance.rollouts.api.views import DeploymentViewSet
+
+router = DefaultRouter()
+router.register("nodes", NodeViewSet)
+router.register("models", ModelViewSet)
+router.register("versions", ModelVersionViewSet)
+router.register("deployments", DeploymentViewSet)
+router.register("tenants", TenantViewSet)
+router.register("api-keys", ApiKeyViewSet)
+router.register("grants", ModelGrantViewSet)
+router.register("audit-events", AuditEventViewSet)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+urlpatterns = [
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("healthz", healthz),
+    path("admin/", admin.site.urls),
+]
