@@ -7,7 +7,7 @@ from typing import Any
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
 from appliance.audit.choices import Origin
-from appliance.audit.context import _current, current, AuditContext
+from appliance.audit.context import AuditContext, _current, current
 
 _HEADER = "appliance_context"
 
@@ -17,7 +17,7 @@ def _attach(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is None:
         return
     ctx = current()
-    headers[_HEADER] = {"actor": ctx.resolved_actor(), "correlation_id": ctx.correlation_id}
+    headers[_HEADER] = {"principal": ctx.resolved_principal(), "correlation_id": ctx.correlation_id}
 
 
 _tokens: dict[str, Any] = {}
@@ -27,10 +27,11 @@ _tokens: dict[str, Any] = {}
 def _enter(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     carried = getattr(task.request, _HEADER, None) or {}
     name = getattr(task, "name", "task").rsplit(".", 1)[-1]
-    on_behalf = carried.get("actor", "system")
+    principal = carried.get("principal", "system")
     ctx = AuditContext(
         origin=Origin.TASK,
-        actor=f"task:{name} for {on_behalf}",
+        actor=f"task:{name} for {principal}",
+        principal=principal,
         correlation_id=carried.get("correlation_id") or (task_id or ""),
     )
     _tokens[task_id or ""] = _current.set(ctx)

@@ -24,9 +24,14 @@ class AuditContext:
     actor: str = "system"
     source_address: str = ""
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The person or system the whole chain of work is for (kept across tasks).
+    principal: str = ""
     # HTTP authenticates lazily (DRF resolves the user inside the view), so the
     # middleware hands a resolver instead of a name.
     actor_resolver: Callable[[], str] | None = None
+
+    def resolved_principal(self) -> str:
+        return self.principal or self.resolved_actor()
 
     def resolved_actor(self) -> str:
         if self.actor_resolver is not None:

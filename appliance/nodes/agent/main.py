@@ -4,6 +4,7 @@ node-local Celery tasks (rollout steps) from the queue named after the node."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ def run_agent(options: AgentOptions) -> None:
             queues=[node_queue(options.name)],
             pool="solo",
             concurrency=1,
-            hostname=f"agent-{options.name}@%h",
+            hostname=f"agent-{options.name}@{socket.gethostname()}",
             loglevel=settings.LOGGING["root"]["level"],
             without_gossip=True,
             without_mingle=True,

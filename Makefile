@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+TRITON_VENV := .venv-triton
+
+.PHONY: run test venv bench lint clean
+
+venv: $(VENV)/.installed $(TRITON_VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(TRITON_VENV)/.installed: requirements-triton.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-triton.txt
+	touch $@
+
+## Bring the whole appliance up (control plane, worker, node agent + Triton, gateway); Ctrl-C stops it.
+run: venv
+	$(VENV)/bin/python -m appliance.core.launcher
+
+## Every test, against PostgreSQL, RabbitMQ and a real tritonserver.
+test: venv
+	$(VENV)/bin/python manage.py makemigrations --check --dry-run
+	$(VENV)/bin/python -m pytest
+
+## Direct Triton vs the gateway, against the appliance `make run` started.
+bench: venv
+	$(VENV)/bin/python bench/gateway_overhead.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,283 @@
+"""`make run`: bring the whole appliance up on this machine, deploy the demo model,
+print how to call it, and stop everything on Ctrl-C.
+
+Uses PostgreSQL and RabbitMQ when they answer on 127.0.0.1; otherwise falls back
+to embedded defaults that need no server: SQLite (var/appliance.sqlite3) and
+Kombu's filesystem broker (var/broker/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+VAR = Path(os.environ.get("APPLIANCE_VAR_DIR", ROOT / "var"))
+PY = sys.executable
+API_PORT = int(os.environ.get("APPLIANCE_API_PORT", "8080"))
+GATEWAY = os.environ.get("APPLIANCE_GATEWAY_BIND", "127.0.0.1:8100")
+NODE = os.environ.get("APPLIANCE_DEMO_NODE", "node-1")
+TRITON_PORTS = [int(p) for p in os.environ.get("APPLIANCE_DEMO_TRITON_PORTS", "8200,8201,8202").split(",")]
+DEMO_MODEL = "digits"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def choose_backends(env: dict[str, str]) -> list[str]:
+    notes = []
+    if "APPLIANCE_DB_URL" not in env:
+        if _reachable(5432):
+            env["APPLIANCE_DB_URL"] = "postgresql://postgres@127.0.0.1:5432/appliance"
+            _ensure_database("appliance")
+            notes.append("database: PostgreSQL on 127.0.0.1:5432 (database 'appliance')")
+        else:
+            env["APPLIANCE_DB_URL"] = f"sqlite:///{VAR / 'appliance.sqlite3'}"
+            notes.append("database: PostgreSQL not reachable, using embedded SQLite (var/appliance.sqlite3)")
+    if "APPLIANCE_BROKER_URL" not in env:
+        if _reachable(5672):
+            env["APPLIANCE_BROKER_URL"] = "amqp://guest:guest@127.0.0.1:5672//"
+            notes.append("broker: RabbitMQ on 127.0.0.1:5672")
+        else:
+            env["APPLIANCE_BROKER_URL"] = "filesystem://"
+            (VAR / "broker" / "processed").mkdir(parents=True, exist_ok=True)
+            notes.append("broker: RabbitMQ not reachable, using Kombu's filesystem broker (var/broker/)")
+    return notes
+
+
+def _ensure_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        self.env.setdefault("APPLIANCE_VAR_DIR", str(VAR))
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.token = ""
+
+    def manage(self, *args: str) -> str:
+        out = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True)
+        return out.stdout
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (VAR / "log" / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, ctype: str = "") -> Any:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}/api/v1/{path}", data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Content-Type", ctype or "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+
+    def wait(self, what: str, predicate: Any, timeout: float = 180.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited ({proc.returncode}) while waiting for {what}; see var/log/{name}.log")
+            try:
+                result = predicate()
+                if result:
+                    return result
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    # --- the demo ---------------------------------------------------------------------
+    def deploy_demo(self) -> dict[str, Any]:
+        models = {m["name"] for m in self.api("GET", "models/?limit=1000")["results"]}
+        manifest = json.loads((ROOT / "triton_models" / DEMO_MODEL / "manifest.json").read_text())
+        if DEMO_MODEL not in models:
+            self.api("POST", "models/", {"name": DEMO_MODEL, "description": manifest["description"]})
+        live = [d for d in self.api("GET", f"deployments/?model={DEMO_MODEL}")["results"] if d["state"] == "live"]
+        if live:
+            return live[0]
+        artifact = (VAR / "build" / f"{DEMO_MODEL}.tar.gz").read_bytes()
+        body, ctype = _multipart(
+            {
+                "model": DEMO_MODEL,
+                "format": manifest["format"],
+                "signature": json.dumps(manifest["signature"]),
+                "max_batch_size": str(manifest["max_batch_size"]),
+                "decoupled": "true" if manifest["decoupled"] else "false",
+            },
+            {"artifact": (f"{DEMO_MODEL}.tar.gz", artifact)},
+        )
+        version = self.api("POST", "versions/", raw=body, ctype=ctype)
+        deployment = self.api("POST", "deployments/", {"version": version["id"], "nodes": [NODE]})
+
+        def settled() -> Any:
+            current = self.api("GET", f"deployments/{deployment['id']}/")
+            if current["state"] == "failed":
+                raise SystemExit(f"the demo rollout failed: {current['error']}")
+            return current if current["state"] == "live" else None
+
+        return self.wait("the demo model to go live", settled)
+
+    def demo_key(self) -> str:
+        tenants = {t["slug"] for t in self.api("GET", "tenants/?limit=1000")["results"]}
+        if "demo" not in tenants:
+            self.api("POST", "tenants/", {"slug": "demo", "name": "Demo team"})
+        grants = self.api("GET", "grants/?limit=1000")["results"]
+        if not any(g["tenant"] == "demo" and g["model"] == DEMO_MODEL for g in grants):
+            self.api("POST", "grants/", {"tenant": "demo", "model": DEMO_MODEL})
+        for key in self.api("GET", "api-keys/?limit=1000")["results"]:
+            if key["tenant"] == "demo" and key["name"] == "demo" and key["is_active"]:
+                self.api("POST", f"api-keys/{key['id']}/revoke/")
+        return str(self.api("POST", "api-keys/", {"tenant": "demo", "name": "demo"})["key"])
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for sub in ("log", "run", "build"):
+            (VAR / sub).mkdir(parents=True, exist_ok=True)
+        notes = choose_backends(self.env)
+        print("\n".join(notes), flush=True)
+        self.manage("migrate", "--noinput")
+        self.manage("collectstatic", "--noinput")
+        credentials = VAR / "run" / "admin-credentials"
+        admin = json.loads(self.manage("bootstrap_admin", "--credentials", str(credentials)))
+        self.token = admin["token"]
+        subprocess.run([PY, "-m", "triton_models.build", "--out", str(VAR / "build")], cwd=ROOT, check=True, capture_output=True)
+        instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
+        self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
+        self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
+        http, grpc_port, metrics = TRITON_PORTS
+        self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
+        gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--bind", GATEWAY])
+        self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
+        self.wait(f"node {NODE} to be ready", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "ready")
+        deployment = self.deploy_demo()
+        key = self.demo_key()
+        info = {
+            "console_url": f"http://127.0.0.1:{API_PORT}/admin/",
+            "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
+            "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
+            "gateway": GATEWAY,
+            "model": DEMO_MODEL,
+            "model_version": deployment["version_number"],
+            "api_key": key,
+            "admin_credentials": str(credentials),
+            "operator_token": self.token,
+            "node_triton_grpc": f"127.0.0.1:{grpc_port}",
+            "gateway_pid": gateway.pid,
+            "logs": str(VAR / "log"),
+        }
+        out = VAR / "run" / "appliance.json"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh, indent=2)
+        predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
+        print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
+                            snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while all(proc.poll() is None for _, proc in self.procs):
+                time.sleep(1)
+            dead = [name for name, proc in self.procs if proc.poll() is not None]
+            print(f"stopped: {', '.join(dead)} exited; see var/log/", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\nstopping the appliance…", flush=True)
+        finally:
+            self.stop()
+
+
+def _first_inference(info: dict[str, Any]) -> tuple[int, int] | None:
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    client = triton_grpc.InferenceServerClient(info["gateway"])
+    image = triton_grpc.InferInput("IMAGE", [1, 64], "FP32")
+    image.set_data_from_numpy(digits.data[:1].astype(np.float32))
+    try:
+        result = client.infer(info["model"], [image], headers={"authorization": f"Bearer {info['api_key']}"})
+    except triton_grpc.InferenceServerException:
+        return None
+    return int(result.as_numpy("LABEL")[0][0]), int(digits.target[0])
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = f"----appliance{os.urandom(8).hex()}"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+SNIPPET = '''import numpy as np, tritonclient.grpc as grpcclient
+from sklearn.datasets import load_digits
+digits = load_digits()
+client = grpcclient.InferenceServerClient("{gateway}")
+image = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+image.set_data_from_numpy(digits.data[7:8].astype(np.float32))
+result = client.infer("{model}", [image], headers={{"authorization": "Bearer {api_key}"}})
+print("predicted", result.as_numpy("LABEL")[0][0], "true", digits.target[7])'''
+
+BANNER = """
+================ inference appliance is up ({elapsed:.1f} s to the first correct inference) ================
+console (Django admin): {console_url}
+REST API:               {api_url}   (OpenAPI schema: {schema_url})
+admin credentials:      {admin_credentials}   (operator API token in {out})
+gateway (gRPC):         {gateway}   model '{model}' version {model_version}
+demo API key (tenant 'demo', shown once): {api_key}
+first inference through the gateway: predicted {predicted}, true label {true_label}
+logs:                   {logs}
+written to {out} (mode 0600)
+
+Try it (with {python}):
+{snippet}
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    os.chdir(ROOT)
+    Launcher().run()
+
+
+if __name__ == "__main__":
+    main()

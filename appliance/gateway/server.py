@@ -1,0 +1,329 @@
+"""The inference gateway: Triton's own gRPC service in front of the fleet.
+
+A stock tritonclient talks to it unchanged, adding `authorization: Bearer <key>`.
+Requests and responses stay raw bytes end to end; the gateway parses only the
+request (to learn the model), appends the chosen version on the wire, forwards
+the bytes to a replica's Triton and hands Triton's bytes straight back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from django.conf import settings
+from django.db import close_old_connections
+from tritonclient.grpc import service_pb2 as pb
+
+from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
+from appliance.gateway.wire import SERVICE, with_version
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+NOT_FOUND_MESSAGE = "model '{}' is not available to this API key"
+
+
+class Refusal(Exception):
+    """A request the gateway answers with a status itself."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        self._refresh_lock = asyncio.Lock()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary: dict[tuple[str, str], Any] = {}
+        self.inflight: dict[str, int] = defaultdict(int)
+
+    # --- control-plane view ---------------------------------------------------------
+    def _build(self) -> Snapshot:
+        close_old_connections()
+        return build_snapshot()
+
+    async def refresh(self) -> None:
+        async with self._refresh_lock:
+            loop = asyncio.get_running_loop()
+            self.snapshot = await loop.run_in_executor(self._db, self._build)
+
+    async def refresh_if_stale(self, min_age: float = 0.25) -> None:
+        if time.monotonic() - self.snapshot.built_at >= min_age:
+            await self.refresh()
+
+    async def refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("gateway snapshot refresh failed; keeping the previous one")
+            await asyncio.sleep(settings.GATEWAY_REFRESH_S)
+
+    # --- request checks ------------------------------------------------------------------
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> KeyEntry:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+                break
+        if not token:
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "missing API key: send 'authorization: Bearer <key>'")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        entry = self.snapshot.keys.get(digest)
+        if entry is None:
+            await self.refresh_if_stale()
+            entry = self.snapshot.keys.get(digest)
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid, expired or revoked API key")
+        return entry
+
+    async def routes_for(self, key: KeyEntry, model: str, version: str) -> tuple[Route, ...]:
+        if not model:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        if model not in self.snapshot.grants.get(key.tenant_id, ()):
+            await self.refresh_if_stale()
+            if model not in self.snapshot.grants.get(key.tenant_id, ()):
+                raise Refusal(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE.format(model))
+        routes = self.snapshot.routes.get(model, ())
+        if not routes:
+            await self.refresh_if_stale()
+            routes = self.snapshot.routes.get(model, ())
+        if version:
+            routes = tuple(r for r in routes if r.version == version)
+            if not routes and self.snapshot.routes.get(model):
+                raise Refusal(grpc.StatusCode.NOT_FOUND, f"model '{model}' has no live version '{version}'")
+        if not routes:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica right now; retry later")
+        return routes
+
+    def pick(self, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
+        """The least-loaded replica by in-flight requests (ties broken at random)."""
+        candidates = [r for r in routes if r.address != exclude]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = random.sample(candidates, 2)
+        return a if self.inflight[a.address] <= self.inflight[b.address] else b
+
+    # --- upstream -------------------------------------------------------------------------
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    def unary(self, address: str, method: str) -> Any:
+        key = (address, method)
+        call = self._unary.get(key)
+        if call is None:
+            call = self.channel(address).unary_unary(f"/{SERVICE}/{method}")
+            self._unary[key] = call
+        return call
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._db.shutdown(wait=False)
+
+
+def _parse(message_type: Any, raw: bytes, what: str) -> Any:
+    try:
+        return message_type.FromString(raw)
+    except Exception as exc:  # protobuf raises DecodeError
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {what} message") from exc
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed before it was sent")
+    return remaining
+
+
+class Handlers:
+    """gRPC method implementations; each returns raw bytes."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.gw.snapshot.built_at > 0)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="appliance-gateway", version="1", extensions=["model_configuration"])
+
+    async def _forward(self, method: str, raw: bytes, model: str, version: str, context: Any) -> bytes:
+        key = await self.gw.authenticate(context)
+        routes = await self.gw.routes_for(key, model, version)
+        timeout = _timeout(context)
+        tried: str | None = None
+        for attempt in range(2):
+            route = self.gw.pick(routes, exclude=tried)
+            if route is None:
+                break
+            body = raw if version else with_version(raw, route.version)
+            self.gw.inflight[route.address] += 1
+            try:
+                return await self.gw.unary(route.address, method)(body, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                # Retry once elsewhere only when the replica itself went away.
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and len(routes) > 1:
+                    tried = route.address
+                    continue
+                raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
+            finally:
+                self.gw.inflight[route.address] -= 1
+        raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no reachable replica right now; retry later")
+
+    async def model_infer(self, raw: bytes, context: Any) -> bytes:
+        request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
+        return await self._forward("ModelInfer", raw, request.model_name, request.model_version, context)
+
+    async def model_metadata(self, raw: bytes, context: Any) -> bytes:
+        request = _parse(pb.ModelMetadataRequest, raw, "ModelMetadataRequest")
+        return await self._forward("ModelMetadata", raw, request.name, request.version, context)
+
+    async def model_config(self, raw: bytes, context: Any) -> bytes:
+        request = _parse(pb.ModelConfigRequest, raw, "ModelConfigRequest")
+        return await self._forward("ModelConfig", raw, request.name, request.version, context)
+
+    async def model_ready(self, raw: bytes, context: Any) -> bytes:
+        request = _parse(pb.ModelReadyRequest, raw, "ModelReadyRequest")
+        try:
+            return await self._forward("ModelReady", raw, request.name, request.version, context)
+        except Refusal as refusal:
+            if refusal.code == grpc.StatusCode.UNAVAILABLE:
+                return pb.ModelReadyResponse(ready=False).SerializeToString()
+            raise
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """One stream, one model, one replica: the first request picks them."""
+        first_raw = await requests.__anext__()
+        first = _parse(pb.ModelInferRequest, first_raw, "ModelInferRequest")
+        model, version = first.model_name, first.model_version
+        key = await self.gw.authenticate(context)
+        routes = await self.gw.routes_for(key, model, version)
+        route = self.gw.pick(routes)
+        assert route is not None
+        chosen = version or route.version
+
+        async def upstream() -> AsyncIterator[bytes]:
+            yield first_raw if version else with_version(first_raw, chosen)
+            async for raw in requests:
+                request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
+                if request.model_name != model or (request.model_version and request.model_version != chosen):
+                    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one model version; open another stream")
+                yield raw if request.model_version else with_version(raw, chosen)
+
+        call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
+            upstream(), timeout=_timeout(context)
+        )
+        self.gw.inflight[route.address] += 1
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
+        finally:
+            self.gw.inflight[route.address] -= 1
+
+
+def _guard(handler: Any) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(request, context)
+        except Refusal as refusal:
+            await context.abort(refusal.code, refusal.message)
+
+    return unary
+
+
+def _guard_stream(handler: Any) -> Any:
+    async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in handler(requests, context):
+                yield item
+        except StopAsyncIteration:
+            return
+        except Refusal as refusal:
+            await context.abort(refusal.code, refusal.message)
+
+    return stream
+
+
+def generic_handler(handlers: Handlers) -> grpc.GenericRpcHandler:
+    typed = grpc.unary_unary_rpc_method_handler
+    raw = grpc.unary_unary_rpc_method_handler
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ServerLive": typed(
+                _guard(handlers.server_live),
+                request_deserializer=pb.ServerLiveRequest.FromString,
+                response_serializer=pb.ServerLiveResponse.SerializeToString,
+            ),
+            "ServerReady": typed(
+                _guard(handlers.server_ready),
+                request_deserializer=pb.ServerReadyRequest.FromString,
+                response_serializer=pb.ServerReadyResponse.SerializeToString,
+            ),
+            "ServerMetadata": typed(
+                _guard(handlers.server_metadata),
+                request_deserializer=pb.ServerMetadataRequest.FromString,
+                response_serializer=pb.ServerMetadataResponse.SerializeToString,
+            ),
+            "ModelReady": raw(_guard(handlers.model_ready)),
+            "ModelMetadata": raw(_guard(handlers.model_metadata)),
+            "ModelConfig": raw(_guard(handlers.model_config)),
+            "ModelInfer": raw(_guard(handlers.model_infer)),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(_guard_stream(handlers.model_stream_infer)),
+        },
+    )
+
+
+async def serve(bind: str, *, ready: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+    gateway = Gateway()
+    await gateway.refresh()
+    server = grpc.aio.server(
+        options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+    server.add_generic_rpc_handlers([generic_handler(Handlers(gateway))])
+    port = server.add_insecure_port(bind)
+    if port == 0:
+        raise RuntimeError(f"gateway cannot bind {bind}")
+    await server.start()
+    log.info("gateway listening on %s", bind)
+    refresher = asyncio.create_task(gateway.refresh_forever())
+    if ready is not None:
+        ready.set()
+    try:
+        await server.wait_for_termination()
+    finally:
+        refresher.cancel()
+        await server.stop(grace=5)
+        await gateway.close()

@@ -1,0 +1,73 @@
+"""The gateway's view of the control plane: keys, grants and live replicas.
+
+Built from PostgreSQL in one short read and swapped atomically, so the request
+path never touches the database. Refreshed every APPLIANCE_GATEWAY_REFRESH_S,
+and at once (rate-limited) when a request names a key or model it does not know.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import Q
+from django.utils import timezone
+
+from appliance.accounts.models import ApiKey, ModelGrant
+from appliance.nodes.selectors import routable_nodes
+from appliance.rollouts.selectors import live_replicas
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    tenant_id: str
+    tenant_slug: str
+    expires_at: float | None  # unix time
+
+
+@dataclass(frozen=True)
+class Route:
+    """One place a model version can be served: a node's Triton and the version there."""
+
+    node: str
+    address: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    keys: dict[str, KeyEntry] = field(default_factory=dict)
+    grants: dict[str, frozenset[str]] = field(default_factory=dict)
+    routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
+    built_at: float = 0.0
+
+
+def build_snapshot() -> Snapshot:
+    now = timezone.now()
+    keys = {
+        row.key_hash: KeyEntry(
+            tenant_id=str(row.tenant_id),
+            tenant_slug=row.tenant.slug,
+            expires_at=row.expires_at.timestamp() if row.expires_at else None,
+        )
+        for row in ApiKey.objects.filter(revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .select_related("tenant")
+    }
+    grants: dict[str, set[str]] = defaultdict(set)
+    for tenant_id, model_name in ModelGrant.objects.values_list("tenant_id", "model__name"):
+        grants[str(tenant_id)].add(model_name)
+    nodes = set(routable_nodes().values_list("pk", flat=True))
+    routes: dict[str, list[Route]] = defaultdict(list)
+    for replica in live_replicas().filter(node_id__in=nodes):
+        version = replica.deployment.version
+        routes[version.model.name].append(
+            Route(node=replica.node.name, address=replica.node.grpc_address, version=str(version.number))
+        )
+    return Snapshot(
+        keys=keys,
+        grants={tenant: frozenset(models) for tenant, models in grants.items()},
+        routes={model: tuple(sorted(r, key=lambda x: (x.node, x.version))) for model, r in routes.items()},
+        built_at=time.monotonic(),
+    )
