@@ -58,14 +58,18 @@ class Gateway:
         close_old_connections()
         return build_snapshot()
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, unless_newer_than: float | None = None) -> None:
         async with self._refresh_lock:
+            # Concurrent misses share one refresh: skip if one began after we asked.
+            if unless_newer_than is not None and self.snapshot.built_at >= unless_newer_than:
+                return
             loop = asyncio.get_running_loop()
             self.snapshot = await loop.run_in_executor(self._db, self._build)
 
-    async def refresh_if_stale(self, min_age: float = 0.25) -> None:
-        if time.monotonic() - self.snapshot.built_at >= min_age:
-            await self.refresh()
+    async def refresh_if_stale(self) -> None:
+        """Called when a request names a key or model the snapshot lacks: make sure
+        the answer comes from a snapshot read after the request arrived."""
+        await self.refresh(unless_newer_than=time.monotonic())
 
     async def refresh_forever(self) -> None:
         while True:

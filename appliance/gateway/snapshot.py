@@ -40,10 +40,11 @@ class Snapshot:
     keys: dict[str, KeyEntry] = field(default_factory=dict)
     grants: dict[str, frozenset[str]] = field(default_factory=dict)
     routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
-    built_at: float = 0.0
+    built_at: float = 0.0  # monotonic time the read began
 
 
 def build_snapshot() -> Snapshot:
+    started = time.monotonic()
     now = timezone.now()
     keys = {
         row.key_hash: KeyEntry(
@@ -69,5 +70,5 @@ def build_snapshot() -> Snapshot:
         keys=keys,
         grants={tenant: frozenset(models) for tenant, models in grants.items()},
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.version))) for model, r in routes.items()},
-        built_at=time.monotonic(),
+        built_at=started,
     )

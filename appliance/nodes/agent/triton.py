@@ -132,7 +132,9 @@ class TritonSupervisor:
             f"--grpc-port={p.grpc}",
             f"--metrics-address={p.host}",
             f"--metrics-port={p.metrics}",
-            "--strict-readiness=true",
+            # Server readiness must not hinge on one model: a failed load of a new
+            # version would otherwise take the whole node out of routing.
+            "--strict-readiness=false",
             "--disable-auto-complete-config",
             "--exit-timeout-secs=10",
             "--log-verbose=0",

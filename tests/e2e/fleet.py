@@ -1,0 +1,137 @@
+"""Starts a real fleet for end-to-end tests: node agents (each with its own
+tritonserver), a control-plane Celery worker and the gateway, all as
+subprocesses against the test database and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, procs: list[Any] | None = None) -> Any:
+    """Polls a condition (never a fixed sleep) until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        for proc in procs or []:
+            if proc.popen.poll() is not None:
+                raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing is not up yet
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    gateway: str = ""
+    node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, workdir: Path) -> Fleet:
+        db = settings.DATABASES["default"]
+        assert str(db["NAME"]).startswith("test_"), "end-to-end tests run only against the test database"
+        env = dict(os.environ)
+        env.update(
+            APPLIANCE_DB_URL=f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            APPLIANCE_VAR_DIR=str(settings.VAR_DIR),
+            APPLIANCE_NODE_HEARTBEAT_S="0.5",
+            APPLIANCE_GATEWAY_REFRESH_S="0.5",
+            APPLIANCE_RETIRE_GRACE_S="1",
+            PYTHONUNBUFFERED="1",
+        )
+        return cls(workdir=workdir, env=env)
+
+    def spawn(self, name: str, argv: list[str]) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as fh:
+            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name=name, popen=popen, log=log)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self) -> Proc:
+        return self.spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{settings.INSTANCE}.control",
+             "-c", "1", "-P", "solo", "-n", f"control-{settings.INSTANCE}@%h", "--without-gossip", "--without-mingle"],
+        )  # fmt: skip
+
+    def start_agent(self, name: str) -> Proc:
+        ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.node_ports[name] = ports
+        return self.spawn(
+            f"agent-{name}",
+            [sys.executable, "manage.py", "node_agent", "--name", name, "--workdir", str(self.workdir / name),
+             "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"])],
+        )  # fmt: skip
+
+    def start_gateway(self) -> Proc:
+        self.gateway = f"127.0.0.1:{free_port()}"
+        return self.spawn("gateway", [sys.executable, "manage.py", "run_gateway", "--bind", self.gateway])
+
+    def triton_pid(self, node: str) -> int:
+        port = self.node_ports[node]["grpc"]
+        out = subprocess.run(["pgrep", "-f", "--", f"tritonserver.*--grpc-port={port}"], capture_output=True, text=True).stdout.split()
+        return int(out[0])
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+        _delete_queues([f"{settings.INSTANCE}.control", *(f"{settings.INSTANCE}.node.{n}" for n in self.node_ports)])
+
+
+def _delete_queues(names: list[str]) -> None:
+    from appliance.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.channel()
+            for name in names:
+                try:
+                    channel.queue_delete(name)
+                except Exception:
+                    channel = conn.channel()
+    except Exception:
+        pass

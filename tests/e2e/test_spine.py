@@ -1,0 +1,361 @@
+"""The spine, end to end and real at every joint.
+
+An operator registers and rolls out the digits model through the REST API; a
+Celery worker and two node agents (each supervising its own tritonserver) do the
+rollout; internal teams call the gateway with the stock tritonclient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import queue
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from django.core.files.uploadedfile import SimpleUploadedFile
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.fleet import Fleet, wait_for
+from triton_models.digits import build as digits_build
+from triton_models.packaging import pack_files
+
+pytestmark = [pytest.mark.e2e]
+
+MODELS = Path(__file__).resolve().parents[2] / "triton_models"
+BROKEN_MODEL = "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights missing')\n"
+
+
+def _manifest(name: str) -> dict[str, Any]:
+    return json.loads((MODELS / name / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def db_unblocked(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="module")
+def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from appliance.nodes.models import Node
+
+    fleet = Fleet.create(tmp_path_factory.mktemp("fleet"))
+    try:
+        fleet.start_worker()
+        fleet.start_agent("node-a")
+        fleet.start_agent("node-b")
+        fleet.start_gateway()
+        wait_for(
+            "both nodes ready",
+            lambda: Node.objects.filter(name__in=["node-a", "node-b"], state="ready").count() == 2,
+            procs=fleet.procs,
+        )
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+class Operator:
+    """Erin, the platform operator, using the REST API."""
+
+    def __init__(self) -> None:
+        from django.contrib.auth import get_user_model
+        from rest_framework.test import APIClient
+
+        from appliance.accounts.services import operator_token_create
+
+        user = get_user_model().objects.create_user("erin", password="erin-operator-pw", is_staff=True)
+        _, token = operator_token_create(user=user, name="e2e")
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    def post(self, path: str, body: dict[str, Any], fmt: str = "json") -> dict[str, Any]:
+        response = self.client.post(f"/api/v1/{path}", body, format=fmt)
+        assert response.status_code in (200, 201, 202), (path, response.status_code, response.content)
+        return dict(response.json())
+
+    def get(self, path: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/v1/{path}")
+        assert response.status_code == 200, response.content
+        return dict(response.json())
+
+    def upload(self, name: str, artifact: bytes, note: str = "") -> dict[str, Any]:
+        spec = _manifest(name)
+        return self.post(
+            "versions/",
+            {
+                "model": name,
+                "format": spec["format"],
+                "signature": json.dumps(spec["signature"]),
+                "max_batch_size": spec["max_batch_size"],
+                "decoupled": spec["decoupled"],
+                "change_note": note,
+                "artifact": SimpleUploadedFile(f"{name}.tar.gz", artifact),
+            },
+            fmt="multipart",
+        )
+
+    def deploy(self, version: dict[str, Any], nodes: list[str], fleet: Fleet, expect: str = "live") -> dict[str, Any]:
+        deployment = self.post("deployments/", {"version": version["id"], "nodes": nodes})
+        return dict(
+            wait_for(
+                f"deployment of {version['model']}:{version['number']} to be {expect}",
+                lambda: (d := self.get(f"deployments/{deployment['id']}/"))["state"] in (expect, "failed" if expect == "live" else expect) and d,
+                timeout=120,
+                procs=fleet.procs,
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def story(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    erin = Operator()
+    out = tmp_path_factory.mktemp("build")
+    digits_build.build(out)
+    digits_artifact = (out / "digits.tar.gz").read_bytes()
+
+    erin.post("models/", {"name": "digits", "description": _manifest("digits")["description"]})
+    erin.post("models/", {"name": "countdown"})
+    erin.post("models/", {"name": "not-deployed"})
+    v1 = erin.upload("digits", digits_artifact, note="trained on sklearn digits")
+    d1 = erin.deploy(v1, ["node-a", "node-b"], fleet)
+    assert d1["state"] == "live", d1
+    cv = erin.upload("countdown", pack_files({"model.py": (MODELS / "countdown" / "model.py").read_bytes()}))
+    assert erin.deploy(cv, ["node-a"], fleet)["state"] == "live"
+
+    for slug in ("acme", "globex"):
+        erin.post("tenants/", {"slug": slug, "name": slug.title()})
+    for model in ("digits", "countdown", "not-deployed"):
+        erin.post("grants/", {"tenant": "acme", "model": model})
+    acme_key = erin.post("api-keys/", {"tenant": "acme", "name": "app"})
+    globex_key = erin.post("api-keys/", {"tenant": "globex", "name": "app"})
+    return {
+        "erin": erin,
+        "v1": v1,
+        "d1": d1,
+        "digits_artifact": digits_artifact,
+        "acme": acme_key["key"],
+        "acme_key_id": acme_key["id"],
+        "globex": globex_key["key"],
+    }
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def _expected_labels(images: np.ndarray) -> np.ndarray:
+    """What the model must answer: the same MLP computed here from the build's weights."""
+    weights, _ = digits_build.train()
+    x = images.astype(np.float32) / weights["scale"]
+    hidden = np.maximum(x @ weights["w1"] + weights["b1"], 0.0)
+    return np.asarray((hidden @ weights["w2"] + weights["b2"]).argmax(axis=1))
+
+
+def _infer_batch(client: grpcclient.InferenceServerClient, images: np.ndarray, key: str) -> Any:
+    tensor = grpcclient.InferInput("IMAGE", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images.astype(np.float32))
+    return client.infer("digits", [tensor], headers=_auth(key))
+
+
+def test_stock_sync_client_gets_correct_predictions(fleet: Fleet, story: dict[str, Any]) -> None:
+    _, x_test, _, y_test = digits_build.split()
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    labels = []
+    for start in range(0, len(x_test), 64):
+        result = _infer_batch(client, x_test[start : start + 64], story["acme"])
+        assert result.get_response().model_version == "1"
+        probabilities = result.as_numpy("PROBABILITIES")
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+        labels.append(result.as_numpy("LABEL").reshape(-1))
+    predicted = np.concatenate(labels)
+    assert np.array_equal(predicted, _expected_labels(x_test))
+    assert (predicted == y_test).mean() >= 0.95
+
+
+def test_stock_asyncio_client_and_metadata_calls(fleet: Fleet, story: dict[str, Any]) -> None:
+    _, x_test, _, y_test = digits_build.split()
+
+    async def scenario() -> None:
+        client = aioclient.InferenceServerClient(fleet.gateway)
+        headers = _auth(story["acme"])
+        assert await client.is_server_live()
+        assert await client.is_server_ready()
+        assert await client.is_model_ready("digits", headers=headers)
+        metadata = await client.get_model_metadata("digits", headers=headers)
+        assert [t.name for t in metadata.inputs] == ["IMAGE"]
+        config = await client.get_model_config("digits", headers=headers)
+        assert config.config.max_batch_size == 64
+        tensors = []
+        for image in x_test[:32]:
+            tensor = aioclient.InferInput("IMAGE", [1, 64], "FP32")
+            tensor.set_data_from_numpy(image.reshape(1, 64).astype(np.float32))
+            tensors.append(tensor)
+        results = await asyncio.gather(*(client.infer("digits", [t], headers=headers) for t in tensors))
+        labels = np.array([r.as_numpy("LABEL")[0][0] for r in results])
+        assert np.array_equal(labels, _expected_labels(x_test[:32]))
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def _code(call: Any) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value.status()), str(info.value.message())
+
+
+def test_refusals_use_precise_codes_and_leak_nothing(fleet: Fleet, story: dict[str, Any]) -> None:
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.zeros((1, 64), np.float32)
+    status, _ = _code(lambda: _infer_batch(client, image, ""))
+    assert status == "StatusCode.UNAUTHENTICATED"
+    status, _ = _code(lambda: client.infer("digits", [], headers={}))
+    assert status == "StatusCode.UNAUTHENTICATED"
+    status, _ = _code(lambda: _infer_batch(client, image, "ak_00000000_not-a-real-key"))
+    assert status == "StatusCode.UNAUTHENTICATED"
+    # Another tenant's key: the same answer as for a model that does not exist.
+    not_granted = _code(lambda: _infer_batch(client, image, story["globex"]))
+    tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(image)
+    unknown = _code(lambda: client.infer("no-such-model", [tensor], headers=_auth(story["acme"])))
+    assert not_granted[0] == unknown[0] == "StatusCode.NOT_FOUND"
+    assert not_granted[1].replace("digits", "X") == unknown[1].replace("no-such-model", "X")
+    status, message = _code(lambda: client.infer("not-deployed", [tensor], headers=_auth(story["acme"])))
+    assert status == "StatusCode.UNAVAILABLE" and "no live replica" in message
+    wrong_shape = grpcclient.InferInput("IMAGE", [1, 63], "FP32")
+    wrong_shape.set_data_from_numpy(np.zeros((1, 63), np.float32))
+    status, message = _code(lambda: client.infer("digits", [wrong_shape], headers=_auth(story["acme"])))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "IMAGE" in message
+
+    channel = grpc.insecure_channel(fleet.gateway)
+    raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\xff\xff", metadata=[("authorization", f"Bearer {story['acme']}")])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ModelInferRequest" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/inference.GRPCInferenceService/RepositoryModelUnload")(b"")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, "model control never passes the gateway"
+
+
+def test_revoked_key_is_refused_within_seconds(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    key = erin.post("api-keys/", {"tenant": "acme", "name": "short-lived"})
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.zeros((1, 64), np.float32)
+    assert _infer_batch(client, image, key["key"]).as_numpy("LABEL") is not None
+    erin.post(f"api-keys/{key['id']}/revoke/", {})
+
+    def refused() -> bool:
+        try:
+            _infer_batch(client, image, key["key"])
+        except InferenceServerException as exc:
+            return str(exc.status()) == "StatusCode.UNAUTHENTICATED"
+        return False
+
+    wait_for("the revoked key to be refused", refused, timeout=5)
+
+
+def test_streaming_through_model_stream_infer(fleet: Fleet, story: dict[str, Any]) -> None:
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    events: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)), headers=_auth(story["acme"]))
+    count = grpcclient.InferInput("COUNT", [1], "INT32")
+    count.set_data_from_numpy(np.array([8], dtype=np.int32))
+    client.async_stream_infer("countdown", [count], enable_empty_final_response=True)
+    values = []
+    while True:
+        result, error = events.get(timeout=30)
+        assert error is None, error
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+        values.append(int(result.as_numpy("VALUE")[0]))
+    client.stop_stream()
+    assert values == [7, 6, 5, 4, 3, 2, 1, 0]
+
+
+def test_both_nodes_serve_the_deployment(fleet: Fleet, story: dict[str, Any]) -> None:
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    for _ in range(40):
+        _infer_batch(client, np.zeros((1, 64), np.float32), story["acme"])
+    for node, ports in fleet.node_ports.items():
+        direct = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+        stats = direct.get_inference_statistics("digits", "1").model_stats[0]
+        assert stats.inference_stats.success.count > 0, f"{node} served nothing"
+
+
+def test_failed_rollout_keeps_the_previous_version_serving(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    broken = erin.upload("digits", pack_files({"model.py": BROKEN_MODEL.encode()}), note="broken on purpose")
+    deployment = erin.deploy(broken, ["node-a", "node-b"], fleet)
+    assert deployment["state"] == "failed"
+    assert "weights missing" in deployment["error"] or "refused to load" in deployment["error"]
+    assert erin.get(f"deployments/{story['d1']['id']}/")["state"] == "live"
+    result = _infer_batch(grpcclient.InferenceServerClient(fleet.gateway), np.zeros((1, 64), np.float32), story["acme"])
+    assert result.get_response().model_version == "1"
+    for ports in fleet.node_ports.values():
+        direct = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+        assert direct.is_model_ready("digits", "1")
+        assert not direct.is_model_ready("digits", str(broken["number"]))
+
+
+def test_new_version_replaces_the_old_one(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    v = erin.upload("digits", story["digits_artifact"], note="same weights, re-uploaded")
+    assert erin.deploy(v, ["node-a", "node-b"], fleet)["state"] == "live"
+    assert erin.get(f"deployments/{story['d1']['id']}/")["state"] == "superseded"
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    wait_for(
+        "the gateway to serve the new version",
+        lambda: _infer_batch(client, np.zeros((1, 64), np.float32), story["acme"]).get_response().model_version
+        == str(v["number"]),
+        timeout=10,
+    )
+    for ports in fleet.node_ports.values():
+        direct = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+        wait_for("the old version to be unloaded", lambda d=direct: not d.is_model_ready("digits", "1"), timeout=30)
+    story["live_version"] = str(v["number"])
+
+
+def test_node_agent_restarts_a_dead_triton_and_reloads_its_models(fleet: Fleet, story: dict[str, Any]) -> None:
+    old_pid = fleet.triton_pid("node-a")
+    os.kill(old_pid, signal.SIGKILL)
+    port = fleet.node_ports["node-a"]["grpc"]
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    live = story.get("live_version", "1")
+    wait_for("Triton on node-a to come back with digits loaded", lambda: direct.is_model_ready("digits", live), timeout=60)
+    assert fleet.triton_pid("node-a") != old_pid
+    wait_for("countdown to be reloaded too", lambda: direct.is_model_ready("countdown"), timeout=30)
+    image = np.zeros((1, 64), np.float32)
+    assert _infer_batch(grpcclient.InferenceServerClient(fleet.gateway), image, story["acme"]).as_numpy("LABEL") is not None
+
+
+def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:
+    from appliance.audit.models import AuditEvent
+
+    d1 = AuditEvent.objects.get(action="deployment.create", target_id=story["d1"]["id"])
+    assert (d1.actor, d1.origin) == ("user:erin", "api")
+    chain = AuditEvent.objects.filter(correlation_id=d1.correlation_id)
+    actions = [(e.origin, e.action, e.actor) for e in chain]
+    assert ("task", "deployment.update", "task:rollout_start for user:erin") in actions
+    assert ("task", "replica.update", "task:replica_apply for user:erin") in actions
+    live_changes = [e.changes for e in chain if e.action == "deployment.update"]
+    assert {"state": ["rolling_out", "live"]} in [{k: v for k, v in c.items() if k == "state"} for c in live_changes]
+    for action in ("model.create", "model_version.create", "tenant.create", "model_grant.create", "api_key.create"):
+        assert AuditEvent.objects.filter(action=action, actor="user:erin", origin="api").exists(), action
+    assert AuditEvent.objects.filter(action="node.create", origin="agent", actor="agent:node-a").exists()
+    assert AuditEvent.objects.filter(action="api_key.update", target_id=story["acme_key_id"]).count() == 0
+    everything = json.dumps(list(AuditEvent.objects.values("changes", "target_repr")), default=str)
+    assert story["acme"] not in everything and story["globex"] not in everything
