@@ -1,0 +1,92 @@
+"""Direct Triton vs the gateway, same Triton, same model, same run.
+
+Needs the appliance from `make run` (reads var/run/appliance.json). For each
+concurrency it sends the same single-image digits requests with the stock
+asyncio tritonclient, first straight to the node's Triton, then through the
+gateway, and prints p50/p99 latency, requests/s and the gateway process's CPU
+time per request (from /proc). Bounded: fixed request counts, loopback only.
+
+    make bench        # or: .venv/bin/python bench/gateway_overhead.py --requests 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+from sklearn.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the gateway and its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def run(address: str, model: str, version: str, headers: dict[str, str], concurrency: int, total: int) -> tuple[list[float], float]:
+    image = load_digits().data[:1].astype(np.float32)
+    clients = [aioclient.InferenceServerClient(address) for _ in range(concurrency)]
+    latencies: list[float] = []
+
+    async def worker(client: aioclient.InferenceServerClient, count: int) -> None:
+        tensor = aioclient.InferInput("IMAGE", [1, 64], "FP32")
+        tensor.set_data_from_numpy(image)
+        for _ in range(count):
+            start = time.perf_counter()
+            result = await client.infer(model, [tensor], model_version=version, headers=headers)
+            latencies.append(time.perf_counter() - start)
+            assert result.as_numpy("LABEL")[0][0] == 0
+
+    await asyncio.gather(*(worker(c, 50) for c in clients))  # warm-up
+    latencies.clear()
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(c, total // concurrency) for c in clients))
+    elapsed = time.perf_counter() - began
+    for client in clients:
+        await client.close()
+    return latencies, elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3200, help="requests per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    info = json.loads((ROOT / "var" / "run" / "appliance.json").read_text())
+    version = str(info["model_version"])
+    gateway_headers = {"authorization": f"Bearer {info['api_key']}"}
+    rows = []
+    for concurrency in args.concurrency:
+        for label, address, headers in (
+            ("direct Triton", info["node_triton_grpc"], {}),
+            ("via gateway", info["gateway"], gateway_headers),
+        ):
+            cpu_before = cpu_seconds(info["gateway_pid"])
+            latencies, elapsed = asyncio.run(run(address, info["model"], version, headers, concurrency, args.requests))
+            cpu = cpu_seconds(info["gateway_pid"]) - cpu_before
+            per_request = cpu / len(latencies) * 1e6 if label == "via gateway" else float("nan")
+            rows.append((label, concurrency, pct(latencies, 50), pct(latencies, 99), len(latencies) / elapsed, per_request))
+    print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} CPUs; model {info['model']}:{version}; batch 1")
+    print(f"{'path':<14} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'gw CPU µs/req':>14}")
+    for label, concurrency, p50, p99, rps, cpu in rows:
+        cpu_text = "-" if cpu != cpu else f"{cpu:.0f}"
+        print(f"{label:<14} {concurrency:>4} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f} {cpu_text:>14}")
+
+
+if __name__ == "__main__":
+    main()
