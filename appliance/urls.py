@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+import appliance.core.admin_registry  # noqa: F401  (registers the read-only admin views)
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -208,10 +207,6 @@ class TritonSupervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-
-
-def python_executable() -> str:
-    return sys.executable
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

@@ -13,6 +13,8 @@ from django.db import transaction
 from appliance.accounts.models import OperatorToken
 from appliance.accounts.services import operator_token_create
 from appliance.audit.choices import Origin
+from appliance.audit.mixins import REDACTED
+from appliance.audit.services import audit_record
 from appliance.audit.context import audit_context
 
 
@@ -36,9 +38,19 @@ class Command(BaseCommand):
                 password = secrets.token_urlsafe(18)
                 if user is None:
                     user = user_model.objects.create_superuser(options["username"], "", password)
+                    action = "user.create"
                 else:
                     user.set_password(password)
                     user.save()
+                    action = "user.set_password"
+                # Django's User is not an Audited model; record the change by hand.
+                audit_record(
+                    action=action,
+                    target_type="user",
+                    target_id=str(user.pk),
+                    target_repr=user.get_username(),
+                    changes={"password": [None, REDACTED], "is_superuser": [None, True]},
+                )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as fh:
