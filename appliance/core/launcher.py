@@ -173,47 +173,53 @@ class Launcher:
         admin = json.loads(self.manage("bootstrap_admin", "--credentials", str(credentials)))
         self.token = admin["token"]
         subprocess.run([PY, "-m", "triton_models.build", "--out", str(VAR / "build")], cwd=ROOT, check=True, capture_output=True)
-        instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
-        self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
-        self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
-        http, grpc_port, metrics = TRITON_PORTS
-        self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
-        gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--bind", GATEWAY])
-        self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
-        self.wait(f"node {NODE} to be ready", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "ready")
-        deployment = self.deploy_demo()
-        key = self.demo_key()
-        info = {
-            "console_url": f"http://127.0.0.1:{API_PORT}/admin/",
-            "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
-            "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
-            "gateway": GATEWAY,
-            "model": DEMO_MODEL,
-            "model_version": deployment["version_number"],
-            "api_key": key,
-            "admin_credentials": str(credentials),
-            "operator_token": self.token,
-            "node_triton_grpc": f"127.0.0.1:{grpc_port}",
-            "gateway_pid": gateway.pid,
-            "logs": str(VAR / "log"),
-        }
-        out = VAR / "run" / "appliance.json"
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh, indent=2)
-        predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
-        print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
-                            snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        failure: object = None
         try:
+            instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
+            self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
+            self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
+            http, grpc_port, metrics = TRITON_PORTS
+            self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
+            gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--bind", GATEWAY])
+            self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
+            self.wait(f"node {NODE} to be ready", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "ready")
+            deployment = self.deploy_demo()
+            key = self.demo_key()
+            info = {
+                "console_url": f"http://127.0.0.1:{API_PORT}/admin/",
+                "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
+                "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
+                "gateway": GATEWAY,
+                "model": DEMO_MODEL,
+                "model_version": deployment["version_number"],
+                "api_key": key,
+                "admin_credentials": str(credentials),
+                "operator_token": self.token,
+                "node_triton_grpc": f"127.0.0.1:{grpc_port}",
+                "gateway_pid": gateway.pid,
+                "logs": str(VAR / "log"),
+            }
+            out = VAR / "run" / "appliance.json"
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh, indent=2)
+            predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
+            print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
+                                snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
             while all(proc.poll() is None for _, proc in self.procs):
                 time.sleep(1)
             dead = [name for name, proc in self.procs if proc.poll() is not None]
             print(f"stopped: {', '.join(dead)} exited; see var/log/", file=sys.stderr)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if isinstance(stop, SystemExit) and stop.code:
+                failure = stop.code
+                print(stop.code, file=sys.stderr)
             print("\nstopping the appliance…", flush=True)
         finally:
             self.stop()
+        if failure:
+            sys.exit(1)
 
 
 def _first_inference(info: dict[str, Any]) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ import tritonclient.grpc as triton_grpc
 from django.conf import settings
 
 from appliance.catalog.models import ModelVersion
+from appliance.core.errors import DomainError
 from appliance.nodes.agent.runtime import LocalNode
 from appliance.nodes.agent.triton import wait_until
 from appliance.rollouts.choices import ReplicaState
@@ -74,5 +75,6 @@ def reload_live_models(local: LocalNode) -> None:
         versions = resident_versions(local, model_id=model_id, states=(ReplicaState.LIVE,))
         try:
             load_model(local, model_name=model_name, versions=versions)
-        except LoadError:
-            log.exception("could not reload %s after Triton started", model_name)
+        except (LoadError, DomainError) as exc:
+            # The replica stays recorded as live; the operator sees this in the agent log.
+            log.error("could not reload %s after Triton started: %s", model_name, exc)
