@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
+from django.db.models import ProtectedError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -22,3 +23,21 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, IntegrityError):
         return Response({"detail": "This conflicts with an existing record."}, status=status.HTTP_409_CONFLICT)
     return drf_exception_handler(exc, context)
+
+
+class ProtectedDestroyMixin:
+    """DELETE through the noun's delete service; 409 with a reason while other rows
+    still refer to the object (PROTECT foreign keys)."""
+
+    protected_message = "{obj} is still in use"
+
+    def delete_service(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def destroy(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()  # type: ignore[attr-defined]
+        try:
+            self.delete_service(obj)
+        except ProtectedError:
+            return Response({"detail": self.protected_message.format(obj=obj)}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)

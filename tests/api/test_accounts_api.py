@@ -75,3 +75,12 @@ def test_audit_trail_is_read_only_and_filterable(api: APIClient, acme: Any) -> N
     assert api.post("/api/v1/audit-events/", {}, format="json").status_code == 405
     assert api.get("/api/v1/audit-events/?since=yesterday").status_code == 400
     assert AuditEvent.objects.filter(pk=event_id).exists()
+
+
+def test_tenant_with_keys_cannot_be_deleted_but_an_empty_one_can(api: APIClient, acme: Any, globex: Any) -> None:
+    api.post("/api/v1/api-keys/", {"tenant": "acme", "name": "k"}, format="json")
+    refused = api.delete("/api/v1/tenants/acme/")
+    assert refused.status_code == 409
+    assert "still has API keys" in refused.json()["detail"]
+    assert api.delete("/api/v1/tenants/globex/").status_code == 204
+    assert_audited("tenant.delete", target_id=globex.pk)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import ProtectedError
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
+from appliance.core.api import ProtectedDestroyMixin
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -24,7 +24,11 @@ from appliance.core.errors import DomainError
 
 
 class TenantViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    ProtectedDestroyMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Internal teams that call models."""
 
@@ -32,6 +36,10 @@ class TenantViewSet(
     serializer_class = TenantSerializer
     lookup_field = "slug"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    protected_message = "tenant '{obj}' still has API keys; revoke them and keep them for the record"
+
+    def delete_service(self, obj: Any) -> None:
+        services.tenant_delete(tenant=obj)
 
     def perform_create(self, serializer: TenantSerializer) -> None:
         data = serializer.validated_data
@@ -44,16 +52,6 @@ class TenantViewSet(
         tenant = services.tenant_update(tenant=self.get_object(), name=body.validated_data["name"])
         return Response(TenantSerializer(tenant).data)
 
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        tenant = self.get_object()
-        try:
-            services.tenant_delete(tenant=tenant)
-        except ProtectedError:
-            return Response(
-                {"detail": f"tenant '{tenant.slug}' still has API keys; revoke them and keep them for the record"},
-                status=status.HTTP_409_CONFLICT,
-            )
-        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import ProtectedError, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from appliance.core.api import ProtectedDestroyMixin
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -22,7 +23,11 @@ from appliance.catalog.tritonconfig import render_config
 
 
 class ModelViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    ProtectedDestroyMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Models that tenants call by name."""
 
@@ -30,6 +35,10 @@ class ModelViewSet(
     serializer_class = ModelSerializer
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    protected_message = "model '{obj}' has versions; it cannot be deleted"
+
+    def delete_service(self, obj: Any) -> None:
+        services.model_delete(model=obj)
 
     def perform_create(self, serializer: ModelSerializer) -> None:
         data = serializer.validated_data
@@ -42,15 +51,6 @@ class ModelViewSet(
         model = services.model_update(model=self.get_object(), description=body.validated_data["description"])
         return Response(ModelSerializer(model).data)
 
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        model = self.get_object()
-        try:
-            services.model_delete(model=model)
-        except ProtectedError:
-            return Response(
-                {"detail": f"model '{model.name}' has versions; it cannot be deleted"}, status=status.HTTP_409_CONFLICT
-            )
-        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ModelVersionViewSet(

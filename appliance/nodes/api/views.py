@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import ProtectedError
 from drf_spectacular.utils import extend_schema
+from appliance.core.api import ProtectedDestroyMixin
 from rest_framework import mixins, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,7 +14,11 @@ from appliance.nodes.models import Node
 
 
 class NodeViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    ProtectedDestroyMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
 ):
     """GPU and CPU nodes. Node agents register themselves; operators may pre-register."""
 
@@ -22,6 +26,10 @@ class NodeViewSet(
     serializer_class = NodeSerializer
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    protected_message = "node '{obj}' still holds deployments; roll them off first"
+
+    def delete_service(self, obj: Any) -> None:
+        services.node_delete(node=obj)
 
     def perform_create(self, serializer: NodeSerializer) -> None:
         data = serializer.validated_data
@@ -38,13 +46,3 @@ class NodeViewSet(
         node = services.node_update(node=node, zone=body.validated_data["zone"])
         return Response(NodeSerializer(node).data)
 
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        node = self.get_object()
-        try:
-            services.node_delete(node=node)
-        except ProtectedError:
-            return Response(
-                {"detail": f"node '{node.name}' still holds deployments; roll them off first"},
-                status=status.HTTP_409_CONFLICT,
-            )
-        return Response(status=status.HTTP_204_NO_CONTENT)
