@@ -54,7 +54,6 @@ def choose_backends(env: dict[str, str]) -> list[str]:
             notes.append("broker: RabbitMQ on 127.0.0.1:5672")
         else:
             env["APPLIANCE_BROKER_URL"] = "filesystem://"
-            (VAR / "broker" / "processed").mkdir(parents=True, exist_ok=True)
             notes.append("broker: RabbitMQ not reachable, using Kombu's filesystem broker (var/broker/)")
     return notes
 
