@@ -3,15 +3,18 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 from appliance.audit.choices import Origin
 
 
 class AuditEvent(models.Model):
-    """One thing someone or something did to the appliance's state."""
+    """One thing someone or something did to the appliance's state; a link in the hash chain."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    time = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Position in the chain: 1, 2, 3, … with no gaps (a gap is a deleted event).
+    sequence = models.BigIntegerField(unique=True)
+    time = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=200)
     origin = models.CharField(max_length=16, choices=Origin.choices)
     action = models.CharField(max_length=100, db_index=True)
@@ -21,9 +24,29 @@ class AuditEvent(models.Model):
     changes = models.JSONField(default=dict, blank=True)
     source_address = models.CharField(max_length=100, blank=True)
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
 
     class Meta:
-        ordering = ["time", "id"]
+        ordering = ["sequence"]
 
     def __str__(self) -> str:
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_repr}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the chain head at one moment, to be kept off the box."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sequence = models.BigIntegerField()
+    event_hash = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+    key_id = models.CharField(max_length=32)
+    public_key = models.CharField(max_length=64, help_text="Ed25519 public key, base64")
+    signature = models.CharField(max_length=128, help_text="Ed25519 signature of the canonical payload, base64")
+
+    class Meta:
+        ordering = ["sequence", "created"]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.sequence} {self.event_hash[:12]}…"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.audit.context import current
+from appliance.audit.chain import append
 from appliance.audit.models import AuditEvent
 
 
@@ -17,7 +18,7 @@ def audit_record(
     changes: dict[str, Any] | None = None,
 ) -> AuditEvent:
     ctx = current()
-    return AuditEvent.objects.create(
+    return append(
         actor=ctx.resolved_actor()[:200],
         origin=ctx.origin,
         action=action,

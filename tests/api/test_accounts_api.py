@@ -84,3 +84,14 @@ def test_tenant_with_keys_cannot_be_deleted_but_an_empty_one_can(api: APIClient,
     assert "still has API keys" in refused.json()["detail"]
     assert api.delete("/api/v1/tenants/globex/").status_code == 204
     assert_audited("tenant.delete", target_id=globex.pk)
+
+
+def test_audit_export_over_the_api(api: APIClient, acme: Any) -> None:
+    response = api.get("/api/v1/audit-events/export/?format=csv&action=tenant.create")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv"
+    body = b"".join(response.streaming_content).decode()
+    assert body.splitlines()[0].startswith("sequence,") and "acme" in body
+    jsonl = api.get("/api/v1/audit-events/export/")
+    assert jsonl["Content-Type"] == "application/x-ndjson"
+    assert api.get("/api/v1/audit-events/export/?format=xml").status_code == 400

@@ -7,7 +7,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = [
-            "id", "time", "actor", "origin", "action", "target_type", "target_id", "target_repr",
-            "changes", "source_address", "correlation_id",
+            "id", "sequence", "time", "actor", "origin", "action", "target_type", "target_id", "target_repr",
+            "changes", "source_address", "correlation_id", "prev_hash", "hash",
         ]  # fmt: skip
         read_only_fields = fields

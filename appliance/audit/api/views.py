@@ -4,7 +4,13 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import viewsets
 
+from django.http import StreamingHttpResponse
+from rest_framework.decorators import action
+from rest_framework.request import Request
+
 from appliance.audit.api.serializers import AuditEventSerializer
+from appliance.audit.export import FORMATS, export_lines
+from appliance.core.errors import DomainError
 from appliance.audit.models import AuditEvent
 from appliance.audit.selectors import audit_events
 
@@ -20,3 +26,19 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         return audit_events(self.request.query_params)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", str, enum=list(FORMATS)), *(OpenApiParameter(n, str) for n in _FILTERS)],
+        responses={(200, "application/x-ndjson"): str, (200, "text/csv"): str},
+    )
+    @action(detail=False, methods=["get"], url_path="export")
+    def export(self, request: Request) -> StreamingHttpResponse:
+        """The filtered trail as JSON lines (default) or CSV, streamed."""
+        fmt = request.query_params.get("format", "jsonl")
+        if fmt not in FORMATS:
+            raise DomainError(f"format must be one of {', '.join(FORMATS)}")
+        events = self.get_queryset().order_by("sequence").iterator(chunk_size=2000)
+        content_type = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+        response = StreamingHttpResponse(export_lines(events, fmt), content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="audit.{fmt}"'
+        return response

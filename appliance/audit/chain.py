@@ -1,0 +1,134 @@
+"""The audit trail as a hash chain.
+
+Every event carries the sha256 of a canonical serialisation of its own fields
+plus the previous event's hash. Appends are serialised by a PostgreSQL advisory
+lock held to the end of the writing transaction, so the chain has one order and
+no gaps. `verify` recomputes it; signed checkpoints pin the head so that a
+truncated tail is caught too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from appliance.audit.models import AuditCheckpoint, AuditEvent
+
+GENESIS = "0" * 64
+# An arbitrary 63-bit constant naming the audit-append lock.
+_LOCK_KEY = 0x4155444954  # "AUDIT"
+_CHAINED_FIELDS = (
+    "sequence", "id", "time", "actor", "origin", "action", "target_type", "target_id",
+    "target_repr", "changes", "source_address", "correlation_id", "prev_hash",
+)  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if not isinstance(value, (str, int, float, bool, list, dict, type(None))):
+        return str(value)
+    return value
+
+
+def canonical(fields: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {name: _plain(fields[name]) for name in _CHAINED_FIELDS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def compute_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(fields)).hexdigest()
+
+
+def _lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+
+
+def append(**fields: Any) -> AuditEvent:
+    """Writes one event at the head of the chain (inside the caller's transaction)."""
+    with transaction.atomic():
+        _lock()
+        head = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+        sequence, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        event = AuditEvent(sequence=sequence, prev_hash=prev_hash, time=timezone.now(), **fields)
+        event.hash = compute_hash({name: getattr(event, name) for name in _CHAINED_FIELDS})
+        event.save(force_insert=True)
+        return event
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    checked: int
+    checkpoints: int
+    broken_sequence: int | None = None
+    broken_id: str = ""
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"audit trail intact: {self.checked} events, {self.checkpoints} checkpoints verified"
+        where = f"event #{self.broken_sequence}" + (f" ({self.broken_id})" if self.broken_id else "")
+        return f"audit trail BROKEN at {where}: {self.reason}"
+
+
+def _events(first: int | None, last: int | None) -> Iterator[AuditEvent]:
+    qs = AuditEvent.objects.order_by("sequence")
+    if first is not None:
+        qs = qs.filter(sequence__gte=first)
+    if last is not None:
+        qs = qs.filter(sequence__lte=last)
+    return qs.iterator(chunk_size=2000)
+
+
+def verify(*, first: int | None = None, last: int | None = None) -> Verdict:
+    """Recomputes the chain over [first, last] (the whole trail by default)."""
+    expected_seq = first if first is not None else 1
+    prev_hash: str | None = None if first not in (None, 1) else GENESIS
+    if first not in (None, 1):
+        before = AuditEvent.objects.filter(sequence=first - 1).values_list("hash", flat=True).first()
+        prev_hash = before
+    checked = 0
+    hashes: dict[int, str] = {}
+    for event in _events(first, last):
+        if event.sequence != expected_seq:
+            return Verdict(False, checked, 0, expected_seq, "",
+                           f"missing: events #{expected_seq}..#{event.sequence - 1} were deleted")  # fmt: skip
+        if prev_hash is not None and event.prev_hash != prev_hash:
+            return Verdict(False, checked, 0, event.sequence, str(event.id),
+                           "its prev_hash does not match the previous event (reordered or previous changed)")  # fmt: skip
+        recomputed = compute_hash({name: getattr(event, name) for name in _CHAINED_FIELDS})
+        if recomputed != event.hash:
+            return Verdict(False, checked, 0, event.sequence, str(event.id), "its content was changed after it was written")
+        prev_hash = event.hash
+        hashes[event.sequence] = event.hash
+        expected_seq += 1
+        checked += 1
+    head = expected_seq - 1
+    from appliance.audit.checkpoints import verify_checkpoint
+
+    count = 0
+    for checkpoint in AuditCheckpoint.objects.all():
+        problem = verify_checkpoint(checkpoint)
+        if problem:
+            return Verdict(False, checked, count, checkpoint.sequence, "", problem)
+        if last is None and checkpoint.sequence > head and first in (None, 1):
+            return Verdict(False, checked, count, head + 1, "",
+                           f"missing: a checkpoint vouches for event #{checkpoint.sequence}, the trail ends at #{head}")  # fmt: skip
+        if checkpoint.sequence in hashes and hashes[checkpoint.sequence] != checkpoint.event_hash:
+            return Verdict(False, checked, count, checkpoint.sequence, "", "differs from the signed checkpoint")
+        count += 1
+    return Verdict(True, checked, count)
