@@ -1,0 +1,110 @@
+"""Every mutating REST endpoint writes an audit event.
+
+The endpoints are enumerated from the router, so a new mutating endpoint
+without a case below fails test_every_mutating_endpoint_has_a_case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from appliance.audit.models import AuditEvent
+from appliance.urls import router
+from tests.factories import make_node, make_version, python_artifact
+
+pytestmark = pytest.mark.django_db
+
+_STANDARD = ("create", "update", "partial_update", "destroy")
+
+
+def mutating_endpoints() -> set[tuple[str, str]]:
+    found = set()
+    for prefix, viewset, _ in router.registry:
+        for name in _STANDARD:
+            if hasattr(viewset, name):
+                found.add((prefix, name))
+        for extra in viewset.get_extra_actions():
+            if set(extra.mapping) - {"get", "head", "options"}:
+                found.add((prefix, extra.__name__))
+    return found
+
+
+def _tenant_key(api: APIClient) -> str:
+    api.post("/api/v1/tenants/", {"slug": "acme", "name": "Acme"}, format="json")
+    return str(api.post("/api/v1/api-keys/", {"tenant": "acme", "name": "k"}, format="json").json()["id"])
+
+
+def _grant_create(api: APIClient) -> Any:
+    make_version("digits")
+    api.post("/api/v1/tenants/", {"slug": "acme", "name": "Acme"}, format="json")
+    return api.post("/api/v1/grants/", {"tenant": "acme", "model": "digits"}, format="json")
+
+
+def _grant(api: APIClient) -> str:
+    return str(_grant_create(api).json()["id"])
+
+
+def _upload(api: APIClient) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.factories import manifest
+
+    api.post("/api/v1/models/", {"name": "digits"}, format="json")
+    return api.post(
+        "/api/v1/versions/",
+        {"model": "digits", "format": "python", "signature": __import__("json").dumps(manifest("digits")["signature"]),
+         "artifact": SimpleUploadedFile("a.tar.gz", python_artifact())},
+        format="multipart",
+    )  # fmt: skip
+
+
+# (prefix, action) -> (does the request and returns the response, the audit action expected)
+CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
+    ("nodes", "create"): (lambda api: api.post("/api/v1/nodes/", {"name": "n1"}, format="json"), "node.create"),
+    ("nodes", "partial_update"): (
+        lambda api: (make_node("n1"), api.patch("/api/v1/nodes/n1/", {"zone": "z2"}, format="json"))[1], "node.update"),
+    ("nodes", "destroy"): (lambda api: (make_node("n1"), api.delete("/api/v1/nodes/n1/"))[1], "node.delete"),
+    ("models", "create"): (lambda api: api.post("/api/v1/models/", {"name": "m1"}, format="json"), "model.create"),
+    ("models", "partial_update"): (
+        lambda api: (api.post("/api/v1/models/", {"name": "m1"}, format="json"),
+                     api.patch("/api/v1/models/m1/", {"description": "d"}, format="json"))[1], "model.update"),
+    ("models", "destroy"): (
+        lambda api: (api.post("/api/v1/models/", {"name": "m1"}, format="json"), api.delete("/api/v1/models/m1/"))[1],
+        "model.delete"),
+    ("versions", "create"): (_upload, "model_version.create"),
+    ("deployments", "create"): (
+        lambda api: api.post("/api/v1/deployments/", {"version": str(make_version().pk), "nodes": [make_node().name]},
+                             format="json"), "deployment.create"),
+    ("tenants", "create"): (lambda api: api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"), "tenant.create"),
+    ("tenants", "partial_update"): (
+        lambda api: (api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"),
+                     api.patch("/api/v1/tenants/t1/", {"name": "U"}, format="json"))[1], "tenant.update"),
+    ("tenants", "destroy"): (
+        lambda api: (api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"),
+                     api.delete("/api/v1/tenants/t1/"))[1], "tenant.delete"),
+    ("api-keys", "create"): (
+        lambda api: (api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"),
+                     api.post("/api/v1/api-keys/", {"tenant": "t1", "name": "k"}, format="json"))[1], "api_key.create"),
+    ("api-keys", "revoke"): (lambda api: api.post(f"/api/v1/api-keys/{_tenant_key(api)}/revoke/"), "api_key.update"),
+    ("grants", "create"): (_grant_create, "model_grant.create"),
+    ("grants", "destroy"): (lambda api: api.delete(f"/api/v1/grants/{_grant(api)}/"), "model_grant.delete"),
+}  # fmt: skip
+
+
+def test_every_mutating_endpoint_has_a_case() -> None:
+    assert mutating_endpoints() == set(CASES), "add an audit case for each new mutating endpoint"
+
+
+@pytest.mark.parametrize("endpoint", sorted(CASES), ids=lambda e: f"{e[0]}.{e[1]}")
+def test_mutating_endpoint_writes_an_audit_event(api: APIClient, endpoint: tuple[str, str], django_capture_on_commit_callbacks: Any) -> None:
+    call, expected = CASES[endpoint]
+    with django_capture_on_commit_callbacks(execute=False):
+        response = call(api)
+    assert response.status_code < 300, response.content
+    event = AuditEvent.objects.filter(action=expected).order_by("-sequence").first()
+    assert event is not None, f"{endpoint} wrote no {expected} event"
+    assert (event.actor, event.origin) == ("user:olivia", "api")
+    assert event.source_address == "127.0.0.1"
