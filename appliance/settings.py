@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "appliance.nodes",
     "appliance.catalog",
     "appliance.rollouts",
+    "appliance.policies",
     "appliance.gateway",
 ]
 

@@ -9,6 +9,7 @@ from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, Tenan
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
 from appliance.nodes.api.views import NodeViewSet
+from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
 router = DefaultRouter()
@@ -20,6 +21,7 @@ router.register("tenants", TenantViewSet)
 router.register("api-keys", ApiKeyViewSet)
 router.register("grants", ModelGrantViewSet)
 router.register("audit-events", AuditEventViewSet)
+router.register("policy-rules", PolicyRuleViewSet)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

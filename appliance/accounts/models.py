@@ -8,6 +8,7 @@ from django.db import models
 from django.utils import timezone
 
 from appliance.audit.mixins import Audited
+from appliance.policies.choices import Classification
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,62}$", "Use 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit."
@@ -20,6 +21,10 @@ class Tenant(Audited):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
+    # The most sensitive class of data this tenant sends (data residency).
+    classification = models.CharField(max_length=16, choices=Classification.choices, default=Classification.INTERNAL)
+    # Zones the tenant's data may go to; empty means any zone the rules allow.
+    allowed_zones = models.JSONField(default=list, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

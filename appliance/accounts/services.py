@@ -14,8 +14,10 @@ from appliance.catalog.models import Model
 
 
 @transaction.atomic
-def tenant_create(*, slug: str, name: str) -> Tenant:
-    tenant = Tenant(slug=slug, name=name or slug)
+def tenant_create(
+    *, slug: str, name: str, classification: str = "internal", allowed_zones: list[str] | None = None
+) -> Tenant:
+    tenant = Tenant(slug=slug, name=name or slug, classification=classification, allowed_zones=allowed_zones or [])
     tenant.full_clean()
     tenant.save()
     return tenant
@@ -63,10 +65,15 @@ def operator_token_create(
 
 
 @transaction.atomic
-def tenant_update(*, tenant: Tenant, name: str) -> Tenant:
+def tenant_update(
+    *, tenant: Tenant, name: str | None = None, classification: str | None = None, allowed_zones: list[str] | None = None
+) -> Tenant:
     locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    locked.name = name
-    locked.save(update_fields=["name"])
+    for field, value in (("name", name), ("classification", classification), ("allowed_zones", allowed_zones)):
+        if value is not None:
+            setattr(locked, field, value)
+    locked.full_clean()
+    locked.save()
     return locked
 
 

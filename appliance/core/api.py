@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -41,3 +41,10 @@ class ProtectedDestroyMixin:
         except ProtectedError:
             return Response({"detail": self.protected_message.format(obj=obj)}, status=status.HTTP_409_CONFLICT)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def slug_list_field(**kwargs: Any) -> serializers.ListField:
+    """A list of slugs (zones, sites, compliance tags); a new field each call."""
+    from appliance.accounts.models import slug_validator
+
+    return serializers.ListField(child=serializers.CharField(max_length=63, validators=[slug_validator]), **kwargs)

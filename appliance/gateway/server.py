@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from tritonclient.grpc import service_pb2 as pb
 
+from appliance.audit.choices import Origin
+from appliance.audit.context import audit_context
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
 from appliance.gateway.wire import SERVICE, with_version
 
@@ -52,6 +54,7 @@ class Gateway:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[tuple[str, str], Any] = {}
         self.inflight: dict[str, int] = defaultdict(int)
+        self._denied: dict[tuple[str, str], float] = {}
 
     # --- control-plane view ---------------------------------------------------------
     def _build(self) -> Snapshot:
@@ -116,7 +119,36 @@ class Gateway:
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"model '{model}' has no live version '{version}'")
         if not routes:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica right now; retry later")
-        return routes
+        allowed = self.snapshot.permitted.get(key.tenant_id, frozenset())
+        permitted = tuple(r for r in routes if r.node in allowed)
+        if not permitted:
+            reason = self.snapshot.denials.get((key.tenant_id, routes[0].node), "")
+            self.record_denial(key, model, routes[0].node, reason)
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the residency policy permits no live replica of model '{model}' for this tenant: {reason}",
+            )
+        return permitted
+
+    def record_denial(self, key: KeyEntry, model: str, node: str, reason: str) -> None:
+        """Audits a routing denial, at most once per tenant and model every 10 s."""
+        now = time.monotonic()
+        if now - self._denied.get((key.tenant_id, model), -1e9) < 10.0:
+            return
+        self._denied[(key.tenant_id, model)] = now
+
+        def write() -> None:
+            from appliance.policies.engine import Decision
+            from appliance.policies.services import policy_denial_record
+
+            close_old_connections()
+            with audit_context(origin=Origin.GRPC, actor=f"tenant:{key.tenant_slug}"):
+                policy_denial_record(
+                    decision=Decision(False, "", (reason,)), operation="process", tenant=key.tenant_slug,
+                    place=node, subject=f"request for model '{model}'",
+                )  # fmt: skip
+
+        self._db.submit(write)
 
     def pick(self, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
         """The least-loaded replica by in-flight requests (ties broken at random)."""

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from django.db.models import Q
 from django.utils import timezone
 
-from appliance.accounts.models import ApiKey, ModelGrant
+from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.nodes.models import Node
+from appliance.policies.choices import Operation
+from appliance.policies.engine import check, current_rules
 from appliance.nodes.selectors import routable_nodes
 from appliance.rollouts.selectors import live_replicas
 
@@ -40,6 +43,9 @@ class Snapshot:
     keys: dict[str, KeyEntry] = field(default_factory=dict)
     grants: dict[str, frozenset[str]] = field(default_factory=dict)
     routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
+    # Residency: the nodes each tenant's data may be processed on, and why not elsewhere.
+    permitted: dict[str, frozenset[str]] = field(default_factory=dict)
+    denials: dict[tuple[str, str], str] = field(default_factory=dict)
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -59,16 +65,36 @@ def build_snapshot() -> Snapshot:
     grants: dict[str, set[str]] = defaultdict(set)
     for tenant_id, model_name in ModelGrant.objects.values_list("tenant_id", "model__name"):
         grants[str(tenant_id)].add(model_name)
-    nodes = set(routable_nodes().values_list("pk", flat=True))
+    nodes = list(routable_nodes())
     routes: dict[str, list[Route]] = defaultdict(list)
-    for replica in live_replicas().filter(node_id__in=nodes):
+    for replica in live_replicas().filter(node_id__in=[n.pk for n in nodes]):
         version = replica.deployment.version
         routes[version.model.name].append(
             Route(node=replica.node.name, address=replica.node.grpc_address, version=str(version.number))
         )
+    permitted, denials = _residency(nodes, set(grants))
     return Snapshot(
         keys=keys,
         grants={tenant: frozenset(models) for tenant, models in grants.items()},
+        permitted=permitted,
+        denials=denials,
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.version))) for model, r in routes.items()},
         built_at=started,
     )
+
+
+def _residency(nodes: list[Node], tenant_ids: set[str]) -> tuple[dict[str, frozenset[str]], dict[tuple[str, str], str]]:
+    """policies.check for every (tenant with grants, routable node) pair."""
+    rules = current_rules()
+    permitted: dict[str, frozenset[str]] = {}
+    denials: dict[tuple[str, str], str] = {}
+    for tenant in Tenant.objects.filter(pk__in=tenant_ids):
+        allowed = set()
+        for node in nodes:
+            decision = check(tenant=tenant, node=node, operation=Operation.PROCESS, rules=rules)
+            if decision.allowed:
+                allowed.add(node.name)
+            else:
+                denials[(str(tenant.pk), node.name)] = decision.explain()
+        permitted[str(tenant.pk)] = frozenset(allowed)
+    return permitted, denials

@@ -17,6 +17,9 @@ class Node(Audited):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     zone = models.CharField(max_length=63, default="default")
+    site = models.CharField(max_length=63, blank=True)
+    # Compliance tags the node carries (for example "hipaa", "pci-dss"); policy rules may require them.
+    compliance_tags = models.JSONField(default=list, blank=True)
     # Triton's endpoints on this node, host:port.
     grpc_address = models.CharField(max_length=255, blank=True)
     http_address = models.CharField(max_length=255, blank=True)

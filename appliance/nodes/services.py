@@ -10,8 +10,17 @@ from appliance.nodes.models import Node
 
 
 @transaction.atomic
-def node_create(*, name: str, zone: str = "default", grpc_address: str = "", http_address: str = "") -> Node:
-    node = Node(name=name, zone=zone, grpc_address=grpc_address, http_address=http_address)
+def node_create(
+    *,
+    name: str,
+    zone: str = "default",
+    site: str = "",
+    compliance_tags: list[str] | None = None,
+    grpc_address: str = "",
+    http_address: str = "",
+) -> Node:
+    node = Node(name=name, zone=zone, site=site, compliance_tags=compliance_tags or [], grpc_address=grpc_address,
+                http_address=http_address)  # fmt: skip
     node.full_clean()
     node.save()
     return node
@@ -56,11 +65,15 @@ def node_set_state(*, node: Node, state: str) -> Node:
 
 
 @transaction.atomic
-def node_update(*, node: Node, zone: str) -> Node:
+def node_update(
+    *, node: Node, zone: str | None = None, site: str | None = None, compliance_tags: list[str] | None = None
+) -> Node:
     locked = Node.objects.select_for_update().get(pk=node.pk)
-    locked.zone = zone
+    for field, value in (("zone", zone), ("site", site), ("compliance_tags", compliance_tags)):
+        if value is not None:
+            setattr(locked, field, value)
     locked.full_clean()
-    locked.save(update_fields=["zone", "updated"])
+    locked.save()
     return locked
 
 

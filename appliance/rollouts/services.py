@@ -27,11 +27,35 @@ class RolloutBusy(ConflictError):
     """Another rollout of the same model is under way."""
 
 
-@transaction.atomic
 def deployment_create(*, version: ModelVersion, nodes: Sequence[Node]) -> Deployment:
-    """Records the deployment and its replicas; the rollout task starts after commit."""
+    """Records the deployment and its replicas; the rollout task starts after commit.
+    Refused when the residency policy forbids a node for a tenant the model serves."""
     if not nodes:
         raise RolloutError("a deployment needs at least one node")
+    placement_check(model_id=version.model_id, nodes=nodes, subject=f"deployment of {version}")
+    return _deployment_create(version=version, nodes=nodes)
+
+
+def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) -> None:
+    """Every tenant granted the model must be allowed to have its data processed on
+    every node; the first refusal is audited and raised with the rule that decided."""
+    from appliance.accounts.models import Tenant
+    from appliance.policies.choices import Operation
+    from appliance.policies.engine import check, current_rules
+    from appliance.policies.services import PolicyDenied, policy_denial_record
+
+    rules = current_rules()
+    for tenant in Tenant.objects.filter(grants__model_id=model_id).order_by("slug"):
+        for node in sorted(nodes, key=lambda n: n.name):
+            decision = check(tenant=tenant, node=node, operation=Operation.PROCESS, rules=rules)
+            if not decision.allowed:
+                policy_denial_record(decision=decision, operation=Operation.PROCESS, tenant=tenant.slug,
+                                     place=node.name, subject=subject)  # fmt: skip
+                raise PolicyDenied(f"placement refused: {decision.explain()}")
+
+
+@transaction.atomic
+def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node]) -> Deployment:
     if version.format == ArtifactFormat.ENSEMBLE:
         raise RolloutError("ensemble versions are deployed with their composing models (not supported yet)")
     # Lock the model's row so that two concurrent requests cannot both start a rollout.

@@ -18,6 +18,8 @@ from tests.factories import make_node, make_version, python_artifact
 pytestmark = pytest.mark.django_db
 
 _STANDARD = ("create", "update", "partial_update", "destroy")
+# POST endpoints that change nothing (computations); listed so that adding one is a decision.
+READ_ONLY_POSTS = {("policy-rules", "dry_run")}
 
 
 def mutating_endpoints() -> set[tuple[str, str]]:
@@ -29,7 +31,7 @@ def mutating_endpoints() -> set[tuple[str, str]]:
         for extra in viewset.get_extra_actions():
             if set(extra.mapping) - {"get", "head", "options"}:
                 found.add((prefix, extra.__name__))
-    return found
+    return found - READ_ONLY_POSTS
 
 
 def _tenant_key(api: APIClient) -> str:
@@ -45,6 +47,10 @@ def _grant_create(api: APIClient) -> Any:
 
 def _grant(api: APIClient) -> str:
     return str(_grant_create(api).json()["id"])
+
+
+def _rule(api: APIClient) -> Any:
+    return api.post("/api/v1/policy-rules/", {"position": 10, "name": "r", "effect": "deny"}, format="json")
 
 
 def _upload(api: APIClient) -> Any:
@@ -91,6 +97,12 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("api-keys", "revoke"): (lambda api: api.post(f"/api/v1/api-keys/{_tenant_key(api)}/revoke/"), "api_key.update"),
     ("grants", "create"): (_grant_create, "model_grant.create"),
     ("grants", "destroy"): (lambda api: api.delete(f"/api/v1/grants/{_grant(api)}/"), "model_grant.delete"),
+    ("policy-rules", "create"): (lambda api: _rule(api), "policy_rule.create"),
+    ("policy-rules", "partial_update"): (
+        lambda api: api.patch(f"/api/v1/policy-rules/{_rule(api).json()['id']}/", {"enabled": False}, format="json"),
+        "policy_rule.update"),
+    ("policy-rules", "destroy"): (
+        lambda api: api.delete(f"/api/v1/policy-rules/{_rule(api).json()['id']}/"), "policy_rule.delete"),
 }  # fmt: skip
 
 

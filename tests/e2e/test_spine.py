@@ -343,6 +343,42 @@ def test_node_agent_restarts_a_dead_triton_and_reloads_its_models(fleet: Fleet, 
     assert _infer_batch(grpcclient.InferenceServerClient(fleet.gateway), image, story["acme"]).as_numpy("LABEL") is not None
 
 
+def _successes(fleet: Fleet, node: str, version: str) -> int:
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports[node]['grpc']}")
+    return int(direct.get_inference_statistics("digits", version).model_stats[0].inference_stats.success.count)
+
+
+def test_residency_policy_decides_where_a_tenants_requests_go(fleet: Fleet, story: dict[str, Any]) -> None:
+    from appliance.audit.models import AuditEvent
+
+    erin = story["erin"]
+    erin.post("tenants/", {"slug": "vault", "name": "Vault", "classification": "restricted"})
+    grant = erin.post("grants/", {"tenant": "vault", "model": "digits"})
+    key = erin.post("api-keys/", {"tenant": "vault", "name": "app"})["key"]
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.zeros((1, 64), np.float32)
+    status, message = _code(lambda: _infer_batch(client, image, key))
+    assert status == "StatusCode.FAILED_PRECONDITION"
+    assert "residency policy" in message and "restricted data of tenant 'vault'" in message and "default" in message
+    # The gateway audits the denial off the request path.
+    wait_for("the denial in the audit trail",
+             lambda: AuditEvent.objects.filter(action="policy.deny", actor="tenant:vault", origin="grpc").exists(), timeout=5)  # fmt: skip
+
+    # Restricted data may go to HIPAA-tagged nodes only; node-b becomes one.
+    erin.post("policy-rules/", {"position": 10, "name": "restricted-hipaa-only", "effect": "allow",
+                                "classifications": ["restricted"], "require_tags": ["hipaa"]})  # fmt: skip
+    response = erin.client.patch("/api/v1/nodes/node-b/", {"compliance_tags": ["hipaa"]}, format="json")
+    assert response.status_code == 200
+    wait_for("vault's requests to be served", lambda: _infer_batch(client, image, key).as_numpy("LABEL") is not None, timeout=10)
+    live = story.get("live_version", "1")
+    before_a, before_b = _successes(fleet, "node-a", live), _successes(fleet, "node-b", live)
+    for _ in range(20):
+        _infer_batch(client, image, key)
+    assert _successes(fleet, "node-a", live) == before_a, "a forbidden replica got restricted data"
+    assert _successes(fleet, "node-b", live) == before_b + 20
+    assert erin.client.delete(f"/api/v1/grants/{grant['id']}/").status_code == 204
+
+
 def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:
     from appliance.audit.models import AuditEvent
 

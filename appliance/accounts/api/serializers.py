@@ -1,18 +1,24 @@
 from rest_framework import serializers
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.core.api import slug_list_field
+from appliance.policies.choices import Classification
 from appliance.catalog.models import Model
 
 
 class TenantSerializer(serializers.ModelSerializer):
+    allowed_zones = slug_list_field(required=False)
+
     class Meta:
         model = Tenant
-        fields = ["id", "slug", "name", "created"]
+        fields = ["id", "slug", "name", "classification", "allowed_zones", "created"]
         read_only_fields = ["id", "created"]
 
 
 class TenantUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=200, required=False)
+    classification = serializers.ChoiceField(choices=Classification.choices, required=False)
+    allowed_zones = slug_list_field(required=False)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

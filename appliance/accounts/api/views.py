@@ -21,6 +21,7 @@ from appliance.accounts.api.serializers import (
 )
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.core.errors import DomainError
+from appliance.policies.choices import Classification
 
 
 class TenantViewSet(
@@ -43,13 +44,16 @@ class TenantViewSet(
 
     def perform_create(self, serializer: TenantSerializer) -> None:
         data = serializer.validated_data
-        serializer.instance = services.tenant_create(slug=data["slug"], name=data.get("name", ""))
+        serializer.instance = services.tenant_create(
+            slug=data["slug"], name=data.get("name", ""),
+            classification=data.get("classification", Classification.INTERNAL), allowed_zones=data.get("allowed_zones", []),
+        )  # fmt: skip
 
     @extend_schema(request=TenantUpdateSerializer, responses=TenantSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         body = TenantUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        tenant = services.tenant_update(tenant=self.get_object(), name=body.validated_data["name"])
+        tenant = services.tenant_update(tenant=self.get_object(), **body.validated_data)
         return Response(TenantSerializer(tenant).data)
 
 

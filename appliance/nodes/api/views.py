@@ -34,7 +34,8 @@ class NodeViewSet(
     def perform_create(self, serializer: NodeSerializer) -> None:
         data = serializer.validated_data
         serializer.instance = services.node_create(
-            name=data["name"], zone=data.get("zone", "default"),
+            name=data["name"], zone=data.get("zone", "default"), site=data.get("site", ""),
+            compliance_tags=data.get("compliance_tags", []),
             grpc_address=data.get("grpc_address", ""), http_address=data.get("http_address", ""),
         )  # fmt: skip
 
@@ -43,6 +44,6 @@ class NodeViewSet(
         node = self.get_object()
         body = NodeUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        node = services.node_update(node=node, zone=body.validated_data["zone"])
+        node = services.node_update(node=node, **body.validated_data)
         return Response(NodeSerializer(node).data)
 
