@@ -98,7 +98,7 @@ REST_FRAMEWORK = {
         "appliance.accounts.authentication.OperatorTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["appliance.accounts.permissions.IsOperator"],
+    "DEFAULT_PERMISSION_CLASSES": ["appliance.accounts.permissions.RolePermission"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,

@@ -40,16 +40,43 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> An
         teardown_databases(config, verbosity=0)
 
 
+def _account(django_user_model: Any, username: str, role: str | None, tenant: Any = None) -> Any:
+    from appliance.accounts.models import AccountRole
+
+    user = django_user_model.objects.create_user(username, password=f"{username}-pass-1234")
+    if role is not None:
+        AccountRole.objects.create(user=user, role=role, tenant=tenant)
+    return user
+
+
+@pytest.fixture
+def admin(django_user_model: Any) -> Any:
+    """Ada, an administrator."""
+    return _account(django_user_model, "ada", "admin")
+
+
 @pytest.fixture
 def operator(django_user_model: Any) -> Any:
-    """Olivia, a platform operator (staff account)."""
-    return django_user_model.objects.create_user("olivia", password="operator-pass-123", is_staff=True)
+    """Olivia, a platform operator."""
+    return _account(django_user_model, "olivia", "operator")
+
+
+@pytest.fixture
+def auditor(django_user_model: Any) -> Any:
+    """Audrey, an auditor: reads everything, changes nothing."""
+    return _account(django_user_model, "audrey", "auditor")
+
+
+@pytest.fixture
+def tenant_admin(django_user_model: Any, acme: Any) -> Any:
+    """Tanya, the administrator of tenant acme."""
+    return _account(django_user_model, "tanya", "tenant_admin", acme)
 
 
 @pytest.fixture
 def outsider(django_user_model: Any) -> Any:
-    """Oscar, a logged-in account that is not an operator."""
-    return django_user_model.objects.create_user("oscar", password="outsider-pass-123", is_staff=False)
+    """Oscar, a logged-in account with no appliance role."""
+    return _account(django_user_model, "oscar", None)
 
 
 def client_for(user: Any) -> APIClient:
@@ -64,6 +91,11 @@ def client_for(user: Any) -> APIClient:
 @pytest.fixture
 def api(operator: Any) -> APIClient:
     return client_for(operator)
+
+
+@pytest.fixture
+def admin_api(admin: Any) -> APIClient:
+    return client_for(admin)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from appliance.accounts.choices import Role
 from appliance.audit.mixins import Audited
 from appliance.policies.choices import Classification
 
@@ -45,12 +46,14 @@ class ApiKey(Audited):
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True)
     key_hash = models.CharField(max_length=64, unique=True)
+    # Empty: every model granted to the tenant.
+    allowed_models = models.ManyToManyField("catalog.Model", blank=True, related_name="api_keys")
     created = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["tenant__slug", "name"]
+        ordering = ["tenant__slug", "name", "created"]
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}/{self.name} ({self.prefix}…)"
@@ -98,3 +101,27 @@ class OperatorToken(Audited):
 
     def __str__(self) -> str:
         return f"{self.user.get_username()}/{self.name} ({self.prefix}…)"
+
+
+class AccountRole(Audited):
+    """The role of an operator account (superusers are admins without a row)."""
+
+    audit_type = "account_role"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="appliance_role")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="admins")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(role="tenant_admin") & models.Q(tenant__isnull=False))
+                | (~models.Q(role="tenant_admin") & models.Q(tenant__isnull=True)),
+                name="account_role_tenant_iff_tenant_admin",
+            )
+        ]
+
+    def __str__(self) -> str:
+        suffix = f" of {self.tenant.slug}" if self.tenant_id else ""
+        return f"{self.user.get_username()}: {self.role}{suffix}"

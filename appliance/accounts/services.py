@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from appliance.accounts.models import ApiKey, ModelGrant, OperatorToken, Tenant
+from appliance.accounts.choices import Role
+from appliance.accounts.models import AccountRole, ApiKey, ModelGrant, OperatorToken, Tenant
 from appliance.accounts.secrets import make_secret
+from appliance.audit.mixins import REDACTED
+from appliance.audit.services import audit_record
 from appliance.catalog.models import Model
+from appliance.core.errors import DomainError
 
 
 @transaction.atomic
@@ -24,13 +30,35 @@ def tenant_create(
 
 
 @transaction.atomic
-def api_key_create(*, tenant: Tenant, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def api_key_create(
+    *, tenant: Tenant, name: str, expires_at: datetime | None = None, models: Sequence[Model] = ()
+) -> tuple[ApiKey, str]:
     """Returns the key row and the plaintext, which exists only in this return value."""
     secret = make_secret("ak")
     key = ApiKey.objects.create(
         tenant=tenant, name=name, prefix=secret.prefix, key_hash=secret.digest, expires_at=expires_at
     )
+    if models:
+        key.allowed_models.set(models)
+        audit_record(action="api_key.scope", target_type="api_key", target_id=str(key.pk), target_repr=key.audit_label(),
+                     changes={"models": [None, sorted(m.name for m in models)]})  # fmt: skip
     return key, secret.plaintext
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, overlap_s: int) -> tuple[ApiKey, str]:
+    """A successor with the same tenant, name and scope; the old key expires after the overlap."""
+    locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if not locked.is_active:
+        raise DomainError("only an active key can be rotated")
+    successor, plaintext = api_key_create(
+        tenant=locked.tenant, name=locked.name, expires_at=locked.expires_at, models=list(locked.allowed_models.all())
+    )
+    cutoff = timezone.now() + timedelta(seconds=overlap_s)
+    if locked.expires_at is None or locked.expires_at > cutoff:
+        locked.expires_at = cutoff
+        locked.save(update_fields=["expires_at"])
+    return successor, plaintext
 
 
 @transaction.atomic
@@ -80,3 +108,21 @@ def tenant_update(
 @transaction.atomic
 def tenant_delete(*, tenant: Tenant) -> None:
     tenant.delete()
+
+
+@transaction.atomic
+def account_create(*, username: str, password: str, role: str, tenant: Tenant | None = None) -> tuple[Any, str]:
+    """An operator account with its role and a first API token (returned once)."""
+    from django.contrib.auth import get_user_model
+
+    if (role == Role.TENANT_ADMIN) != (tenant is not None):
+        raise DomainError("a tenant admin needs a tenant, and only a tenant admin has one")
+    users = get_user_model()
+    if users.objects.filter(username=username).exists():
+        raise DomainError(f"an account named {username!r} already exists")
+    user = users.objects.create_user(username=username, password=password, is_staff=role in (Role.ADMIN, Role.OPERATOR))
+    audit_record(action="user.create", target_type="user", target_id=str(user.pk), target_repr=username,
+                 changes={"password": [None, REDACTED]})  # fmt: skip
+    AccountRole.objects.create(user=user, role=role, tenant=tenant)
+    _, token = operator_token_create(user=user, name="initial")
+    return user, token

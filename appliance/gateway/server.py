@@ -109,6 +109,8 @@ class Gateway:
             await self.refresh_if_stale()
             if model not in self.snapshot.grants.get(key.tenant_id, ()):
                 raise Refusal(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE.format(model))
+        if key.models is not None and model not in key.models:
+            raise Refusal(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE.format(model))
         routes = self.snapshot.routes.get(model, ())
         if not routes:
             await self.refresh_if_stale()

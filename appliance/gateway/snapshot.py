@@ -27,6 +27,7 @@ class KeyEntry:
     tenant_id: str
     tenant_slug: str
     expires_at: float | None  # unix time
+    models: frozenset[str] | None = None  # None: every model granted to the tenant
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ def build_snapshot() -> Snapshot:
             tenant_id=str(row.tenant_id),
             tenant_slug=row.tenant.slug,
             expires_at=row.expires_at.timestamp() if row.expires_at else None,
+            models=frozenset(m.name for m in row.allowed_models.all()) or None,
         )
         for row in ApiKey.objects.filter(revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .select_related("tenant")
+        .prefetch_related("allowed_models")
     }
     grants: dict[str, set[str]] = defaultdict(set)
     for tenant_id, model_name in ModelGrant.objects.values_list("tenant_id", "model__name"):

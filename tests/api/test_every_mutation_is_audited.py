@@ -95,6 +95,8 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
         lambda api: (api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"),
                      api.post("/api/v1/api-keys/", {"tenant": "t1", "name": "k"}, format="json"))[1], "api_key.create"),
     ("api-keys", "revoke"): (lambda api: api.post(f"/api/v1/api-keys/{_tenant_key(api)}/revoke/"), "api_key.update"),
+    ("api-keys", "rotate"): (lambda api: api.post(f"/api/v1/api-keys/{_tenant_key(api)}/rotate/", {}, format="json"),
+                             "api_key.update"),
     ("grants", "create"): (_grant_create, "model_grant.create"),
     ("grants", "destroy"): (lambda api: api.delete(f"/api/v1/grants/{_grant(api)}/"), "model_grant.delete"),
     ("policy-rules", "create"): (lambda api: _rule(api), "policy_rule.create"),
@@ -111,12 +113,15 @@ def test_every_mutating_endpoint_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("endpoint", sorted(CASES), ids=lambda e: f"{e[0]}.{e[1]}")
-def test_mutating_endpoint_writes_an_audit_event(api: APIClient, endpoint: tuple[str, str], django_capture_on_commit_callbacks: Any) -> None:
+def test_mutating_endpoint_writes_an_audit_event(
+    admin_api: APIClient, endpoint: tuple[str, str], django_capture_on_commit_callbacks: Any
+) -> None:
+    api = admin_api
     call, expected = CASES[endpoint]
     with django_capture_on_commit_callbacks(execute=False):
         response = call(api)
     assert response.status_code < 300, response.content
     event = AuditEvent.objects.filter(action=expected).order_by("-sequence").first()
     assert event is not None, f"{endpoint} wrote no {expected} event"
-    assert (event.actor, event.origin) == ("user:olivia", "api")
+    assert (event.actor, event.origin) == ("user:ada", "api")
     assert event.source_address == "127.0.0.1"

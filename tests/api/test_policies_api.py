@@ -14,7 +14,8 @@ from tests.factories import make_node, make_version
 pytestmark = pytest.mark.django_db
 
 
-def test_rules_are_validated(api: APIClient) -> None:
+def test_rules_are_validated(admin_api: APIClient) -> None:
+    api = admin_api
     bad = api.post("/api/v1/policy-rules/", {"position": 1, "name": "x", "effect": "maybe",
                                              "classifications": ["secret"]}, format="json")  # fmt: skip
     assert bad.status_code == 400
@@ -26,7 +27,7 @@ def test_rules_are_validated(api: APIClient) -> None:
 
 
 def test_placement_refuses_a_node_the_policy_forbids_and_audits_the_refusal(
-    api: APIClient, django_capture_on_commit_callbacks: Any
+    api: APIClient, admin_api: APIClient, django_capture_on_commit_callbacks: Any
 ) -> None:
     version = make_version("digits")
     make_node("dmz-1")
@@ -41,7 +42,7 @@ def test_placement_refuses_a_node_the_policy_forbids_and_audits_the_refusal(
     event = assert_audited("policy.deny", target_id="vault", actor="user:olivia")
     assert event.changes["rule"] == "default"
 
-    api.post("/api/v1/policy-rules/", {"position": 5, "name": "confidential-dmz", "effect": "allow",
+    admin_api.post("/api/v1/policy-rules/", {"position": 5, "name": "confidential-dmz", "effect": "allow",
                                        "classifications": ["confidential"], "zones": ["dmz"]}, format="json")  # fmt: skip
     with django_capture_on_commit_callbacks(execute=False):
         allowed = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["dmz-1"]}, format="json")

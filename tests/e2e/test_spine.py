@@ -76,7 +76,10 @@ class Operator:
 
         from appliance.accounts.services import operator_token_create
 
-        user = get_user_model().objects.create_user("erin", password="erin-operator-pw", is_staff=True)
+        from appliance.accounts.models import AccountRole
+
+        user = get_user_model().objects.create_user("erin", password="erin-operator-pw")
+        AccountRole.objects.create(user=user, role="admin")
         _, token = operator_token_create(user=user, name="e2e")
         self.client = APIClient()
         self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
@@ -233,6 +236,8 @@ def test_refusals_use_precise_codes_and_leak_nothing(fleet: Fleet, story: dict[s
     unknown = _code(lambda: client.infer("no-such-model", [tensor], headers=_auth(story["acme"])))
     assert not_granted[0] == unknown[0] == "StatusCode.NOT_FOUND"
     assert not_granted[1].replace("digits", "X") == unknown[1].replace("no-such-model", "X")
+    scoped = story["erin"].post("api-keys/", {"tenant": "acme", "name": "stream-only", "models": ["countdown"]})["key"]
+    assert _code(lambda: _infer_batch(client, image, scoped)) == not_granted, "a key scoped to other models"
     status, message = _code(lambda: client.infer("not-deployed", [tensor], headers=_auth(story["acme"])))
     assert status == "StatusCode.UNAVAILABLE" and "no live replica" in message
     wrong_shape = grpcclient.InferInput("IMAGE", [1, 63], "FP32")

@@ -23,10 +23,12 @@ class TenantUpdateSerializer(serializers.Serializer):
 
 class ApiKeySerializer(serializers.ModelSerializer):
     tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    models = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True,
+                                          help_text="models this key may call; empty means all the tenant's models")  # fmt: skip
 
     class Meta:
         model = ApiKey
-        fields = ["id", "tenant", "name", "prefix", "created", "expires_at", "revoked_at", "is_active"]
+        fields = ["id", "tenant", "name", "prefix", "models", "created", "expires_at", "revoked_at", "is_active"]
         read_only_fields = fields
 
 
@@ -34,6 +36,19 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
     name = serializers.CharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    models = serializers.SlugRelatedField(slug_field="name", queryset=Model.objects.all(), many=True, required=False)
+
+    def validate(self, attrs: dict) -> dict:  # type: ignore[type-arg]
+        granted = set(ModelGrant.objects.filter(tenant=attrs["tenant"]).values_list("model__name", flat=True))
+        outside = sorted(m.name for m in attrs.get("models", []) if m.name not in granted)
+        if outside:
+            raise serializers.ValidationError({"models": f"not granted to tenant '{attrs['tenant'].slug}': {', '.join(outside)}"})
+        return attrs
+
+
+class ApiKeyRotateSerializer(serializers.Serializer):
+    overlap_s = serializers.IntegerField(min_value=0, max_value=30 * 86400, default=3600,
+                                         help_text="how long the old key keeps working")  # fmt: skip
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):

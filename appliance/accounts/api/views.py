@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from appliance.core.api import ProtectedDestroyMixin
@@ -14,17 +15,20 @@ from appliance.accounts import services
 from appliance.accounts.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
+    ApiKeyRotateSerializer,
     ApiKeySerializer,
     ModelGrantSerializer,
     TenantSerializer,
     TenantUpdateSerializer,
 )
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.accounts.permissions import TenantScopedMixin
 from appliance.core.errors import DomainError
 from appliance.policies.choices import Classification
 
 
 class TenantViewSet(
+    TenantScopedMixin,
     ProtectedDestroyMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -37,6 +41,11 @@ class TenantViewSet(
     serializer_class = TenantSerializer
     lookup_field = "slug"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    tenant_scope = "pk"
+    tenant_admin_actions = frozenset({"list", "retrieve"})
+
+    def get_queryset(self) -> QuerySet[Tenant]:
+        return self.scope(super().get_queryset())
     protected_message = "tenant '{obj}' still has API keys; revoke them and keep them for the record"
 
     def delete_service(self, obj: Any) -> None:
@@ -58,11 +67,15 @@ class TenantViewSet(
 
 
 
-class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Inference API keys. The key is returned once, by create; only its prefix after that."""
+class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Inference API keys. The key is returned once, by create or rotate; only its prefix after that."""
 
-    queryset = ApiKey.objects.select_related("tenant")
+    queryset = ApiKey.objects.select_related("tenant").prefetch_related("allowed_models")
     serializer_class = ApiKeySerializer
+    tenant_admin_actions = frozenset({"list", "retrieve", "create", "revoke", "rotate"})
+
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        return self.scope(super().get_queryset())
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -71,13 +84,22 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         expires_at = body.validated_data.get("expires_at")
         if expires_at is not None and expires_at <= timezone.now():
             raise DomainError("expires_at must be in the future")
+        self.require_own_tenant(body.validated_data["tenant"])
         key, plaintext = services.api_key_create(
-            tenant=body.validated_data["tenant"], name=body.validated_data["name"], expires_at=expires_at
-        )
-        data = ApiKeyCreatedSerializer(key).data | {"key": plaintext}
-        response = Response(data, status=status.HTTP_201_CREATED)
-        response["Cache-Control"] = "no-store"
-        return response
+            tenant=body.validated_data["tenant"], name=body.validated_data["name"], expires_at=expires_at,
+            models=body.validated_data.get("models", []),
+        )  # fmt: skip
+        return _shown_once(key, plaintext, status.HTTP_201_CREATED)
+
+    @extend_schema(request=ApiKeyRotateSerializer, responses={201: ApiKeyCreatedSerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, pk: str | None = None) -> Response:
+        """A new key with the same tenant, name and scope; the old one keeps working
+        for `overlap_s` seconds (then expires), so clients can switch without an outage."""
+        body = ApiKeyRotateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        key, plaintext = services.api_key_rotate(key=self.get_object(), overlap_s=body.validated_data["overlap_s"])
+        return _shown_once(key, plaintext, status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])
@@ -86,7 +108,14 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(ApiKeySerializer(key).data)
 
 
+def _shown_once(key: ApiKey, plaintext: str, code: int) -> Response:
+    response = Response(ApiKeyCreatedSerializer(key).data | {"key": plaintext}, status=code)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 class ModelGrantViewSet(
+    TenantScopedMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,
@@ -97,6 +126,10 @@ class ModelGrantViewSet(
 
     queryset = ModelGrant.objects.select_related("tenant", "model")
     serializer_class = ModelGrantSerializer
+    tenant_admin_actions = frozenset({"list", "retrieve"})
+
+    def get_queryset(self) -> QuerySet[ModelGrant]:
+        return self.scope(super().get_queryset())
 
     def perform_create(self, serializer: ModelGrantSerializer) -> None:
         data = serializer.validated_data

@@ -11,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from appliance.accounts.permissions import TenantScopedMixin
 from appliance.catalog import services
 from appliance.catalog.api.serializers import (
     ModelSerializer,
@@ -23,6 +24,7 @@ from appliance.catalog.tritonconfig import render_config
 
 
 class ModelViewSet(
+    TenantScopedMixin,
     ProtectedDestroyMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -35,6 +37,11 @@ class ModelViewSet(
     serializer_class = ModelSerializer
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    tenant_scope = "grants__tenant"
+    tenant_admin_actions = frozenset({"list", "retrieve"})
+
+    def get_queryset(self) -> QuerySet[Model]:
+        return self.scope(super().get_queryset())
     protected_message = "model '{obj}' has versions; it cannot be deleted"
 
     def delete_service(self, obj: Any) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from appliance.accounts.roles import role_of
 from appliance.accounts.services import operator_token_create
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
@@ -22,8 +23,8 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=options["username"]).first()
         if user is None:
             raise CommandError(f"no operator account named {options['username']!r}")
-        if not user.is_staff:
-            raise CommandError(f"{options['username']!r} is not an operator (staff) account")
+        if role_of(user) is None:
+            raise CommandError(f"{options['username']!r} has no appliance role (create it with create_account)")
         with audit_context(origin=Origin.CLI, actor=f"cli:{os.environ.get('USER', 'root')}"):
             _, token = operator_token_create(user=user, name=options["name"])
         self.stdout.write(token)
