@@ -74,3 +74,8 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value == "":
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_path(name: str) -> Path | None:
+    value = env_str(name, "")
+    return Path(value) if value else None

@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -344,21 +346,36 @@ def generic_handler(handlers: Handlers) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(bind: str, *, ready: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for the gateway's TLS; a client CA turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None) -> None:
     gateway = Gateway()
     await gateway.refresh()
     server = grpc.aio.server(
         options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     server.add_generic_rpc_handlers([generic_handler(Handlers(gateway))])
-    port = server.add_insecure_port(bind)
+    port = server.add_secure_port(bind, tls.credentials()) if tls else server.add_insecure_port(bind)
     if port == 0:
         raise RuntimeError(f"gateway cannot bind {bind}")
     await server.start()
-    log.info("gateway listening on %s", bind)
+    log.info("gateway listening on %s (%s)", bind, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     refresher = asyncio.create_task(gateway.refresh_forever())
-    if ready is not None:
-        ready.set()
     try:
         await server.wait_for_termination()
     finally:

@@ -101,9 +101,11 @@ class Fleet:
              "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"])],
         )  # fmt: skip
 
-    def start_gateway(self) -> Proc:
-        self.gateway = f"127.0.0.1:{free_port()}"
-        return self.spawn("gateway", [sys.executable, "manage.py", "run_gateway", "--bind", self.gateway])
+    def start_gateway(self, *extra: str, name: str = "gateway") -> tuple[Proc, str]:
+        address = f"127.0.0.1:{free_port()}"
+        if name == "gateway":
+            self.gateway = address
+        return self.spawn(name, [sys.executable, "manage.py", "run_gateway", "--bind", address, *extra]), address
 
     def triton_pid(self, node: str) -> int:
         port = self.node_ports[node]["grpc"]

@@ -348,6 +348,29 @@ def test_node_agent_restarts_a_dead_triton_and_reloads_its_models(fleet: Fleet, 
     assert _infer_batch(grpcclient.InferenceServerClient(fleet.gateway), image, story["acme"]).as_numpy("LABEL") is not None
 
 
+def test_gateway_over_mutual_tls(fleet: Fleet, story: dict[str, Any], tmp_path: Path) -> None:
+    from tests.e2e.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    proc, address = fleet.start_gateway(
+        "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"]), "--tls-client-ca", str(pki["ca"]),
+        name="gateway-mtls",
+    )  # fmt: skip
+    trusted = {"ssl": True, "root_certificates": str(pki["ca"])}
+    client = grpcclient.InferenceServerClient(
+        address, **trusted, private_key=str(pki["client_key"]), certificate_chain=str(pki["client"])
+    )
+    wait_for("the TLS gateway", lambda: client.is_server_ready(), procs=[proc])
+    image = np.zeros((1, 64), np.float32)
+    assert _infer_batch(client, image, story["acme"]).as_numpy("LABEL") is not None
+    no_client_cert = grpcclient.InferenceServerClient(address, **trusted)
+    with pytest.raises(InferenceServerException):
+        _infer_batch(no_client_cert, image, story["acme"])
+    plaintext = grpcclient.InferenceServerClient(address)
+    with pytest.raises(InferenceServerException):
+        plaintext.is_server_live(client_timeout=5)
+
+
 def _successes(fleet: Fleet, node: str, version: str) -> int:
     direct = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports[node]['grpc']}")
     return int(direct.get_inference_statistics("digits", version).model_stats[0].inference_stats.success.count)
@@ -381,6 +404,15 @@ def test_residency_policy_decides_where_a_tenants_requests_go(fleet: Fleet, stor
         _infer_batch(client, image, key)
     assert _successes(fleet, "node-a", live) == before_a, "a forbidden replica got restricted data"
     assert _successes(fleet, "node-b", live) == before_b + 20
+
+    # No payload of a restricted request lands in any log or in the audit trail.
+    secret = np.full((1, 64), 13.371337, np.float32)
+    _infer_batch(client, secret, key)
+    needles = [secret.tobytes()[:16], b"13.371337", b"13.37134"]
+    for log in fleet.workdir.rglob("*.log"):
+        content = log.read_bytes()
+        assert not any(n in content for n in needles), f"payload found in {log}"
+    assert "13.37" not in json.dumps(list(AuditEvent.objects.values("changes")), default=str)
     assert erin.client.delete(f"/api/v1/grants/{grant['id']}/").status_code == 204
 
 

@@ -4,12 +4,14 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
+from appliance.core.env import env_path
 
 
 class Command(BaseCommand):
@@ -18,9 +20,26 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default="127.0.0.1:8100", help="host:port (loopback by default)")
         parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+        parser.add_argument("--tls-cert", type=Path, default=env_path("GATEWAY_TLS_CERT_FILE"), help="PEM certificate chain")
+        parser.add_argument("--tls-key", type=Path, default=env_path("GATEWAY_TLS_KEY_FILE"), help="PEM private key")
+        parser.add_argument(
+            "--tls-client-ca", type=Path, default=env_path("GATEWAY_TLS_CLIENT_CA_FILE"),
+            help="PEM CA bundle; when given, clients must present a certificate it signed (mutual TLS)",
+        )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from appliance.gateway.server import serve
+        from appliance.gateway.server import TlsFiles, serve
+
+        tls = None
+        if options["tls_cert"] or options["tls_key"]:
+            if not (options["tls_cert"] and options["tls_key"]):
+                raise CommandError("TLS needs both --tls-cert and --tls-key")
+            for path in (options["tls_cert"], options["tls_key"], options["tls_client_ca"]):
+                if path is not None and not path.is_file():
+                    raise CommandError(f"{path}: no such file")
+            tls = TlsFiles(cert=options["tls_cert"], key=options["tls_key"], client_ca=options["tls_client_ca"])
+        elif options["tls_client_ca"]:
+            raise CommandError("--tls-client-ca needs --tls-cert and --tls-key")
 
         workers = max(1, options["workers"])
         children: list[int] = []
@@ -40,7 +59,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         with audit_context(origin=Origin.GRPC, actor="gateway"):
             try:
-                asyncio.run(serve(options["bind"], reuse_port=workers > 1))
+                asyncio.run(serve(options["bind"], reuse_port=workers > 1, tls=tls))
             except KeyboardInterrupt:
                 pass
             finally:
