@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "appliance.core",
     "appliance.audit",
     "appliance.accounts",
     "appliance.nodes",

@@ -28,6 +28,7 @@ GATEWAY = os.environ.get("APPLIANCE_GATEWAY_BIND", "127.0.0.1:8100")
 NODE = os.environ.get("APPLIANCE_DEMO_NODE", "node-1")
 TRITON_PORTS = [int(p) for p in os.environ.get("APPLIANCE_DEMO_TRITON_PORTS", "8200,8201,8202").split(",")]
 DEMO_MODEL = "digits"
+RUNTIME_ROLE = "appliance_app"
 
 
 def _reachable(port: int) -> bool:
@@ -72,6 +73,17 @@ class Launcher:
         self.env.setdefault("APPLIANCE_VAR_DIR", str(VAR))
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.token = ""
+
+    def drop_privileges(self) -> None:
+        """Migrations ran as the owner; the running appliance connects as a role
+        that can neither change the audit trail nor disable its triggers."""
+        url = self.env["APPLIANCE_DB_URL"]
+        if not url.startswith("postgresql://postgres@") or "APPLIANCE_RUNTIME_DB_URL" in self.env:
+            self.env["APPLIANCE_DB_URL"] = self.env.get("APPLIANCE_RUNTIME_DB_URL", url)
+            return
+        self.manage("db_runtime_role", RUNTIME_ROLE)
+        self.env["APPLIANCE_DB_URL"] = url.replace("postgresql://postgres@", f"postgresql://{RUNTIME_ROLE}@", 1)
+        print(f"database role of the running appliance: {RUNTIME_ROLE} (no superuser, audit trail append-only)", flush=True)
 
     def manage(self, *args: str) -> str:
         out = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True)
@@ -171,6 +183,7 @@ class Launcher:
         credentials = VAR / "run" / "admin-credentials"
         admin = json.loads(self.manage("bootstrap_admin", "--credentials", str(credentials)))
         self.token = admin["token"]
+        self.drop_privileges()
         subprocess.run([PY, "-m", "triton_models.build", "--out", str(VAR / "build")], cwd=ROOT, check=True, capture_output=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         failure: object = None

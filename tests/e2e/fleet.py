@@ -4,12 +4,14 @@ subprocesses against the test database and the real RabbitMQ."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,20 +64,27 @@ class Fleet:
     gateway: str = ""
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    runtime_role: str = ""
+
     @classmethod
     def create(cls, workdir: Path) -> Fleet:
+        """The fleet's processes connect as an unprivileged runtime role, as in production."""
+        from django.core.management import call_command
+
         db = settings.DATABASES["default"]
         assert str(db["NAME"]).startswith("test_"), "end-to-end tests run only against the test database"
+        role = f"appliance_e2e_{uuid.uuid4().hex[:8]}"
+        call_command("db_runtime_role", role, stdout=io.StringIO())
         env = dict(os.environ)
         env.update(
-            APPLIANCE_DB_URL=f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            APPLIANCE_DB_URL=f"postgresql://{role}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
             APPLIANCE_VAR_DIR=str(settings.VAR_DIR),
             APPLIANCE_NODE_HEARTBEAT_S="0.5",
             APPLIANCE_GATEWAY_REFRESH_S="0.5",
             APPLIANCE_RETIRE_GRACE_S="1",
             PYTHONUNBUFFERED="1",
         )
-        return cls(workdir=workdir, env=env)
+        return cls(workdir=workdir, env=env, runtime_role=role)
 
     def spawn(self, name: str, argv: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
@@ -122,6 +131,17 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
         _delete_queues([f"{settings.INSTANCE}.control", *(f"{settings.INSTANCE}.node.{n}" for n in self.node_ports)])
+        if self.runtime_role:
+            _drop_role(self.runtime_role)
+
+
+def _drop_role(role: str) -> None:
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=True) as conn:
+        conn.execute(f'DROP OWNED BY "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')
 
 
 def _delete_queues(names: list[str]) -> None:
