@@ -125,3 +125,22 @@ class AccountRole(Audited):
     def __str__(self) -> str:
         suffix = f" of {self.tenant.slug}" if self.tenant_id else ""
         return f"{self.user.get_username()}: {self.role}{suffix}"
+
+
+class TotpDevice(Audited):
+    """An account's second factor for console logins (RFC 6238)."""
+
+    audit_redact = frozenset({"secret"})
+    audit_ignore = frozenset({"last_step"})
+    audit_type = "totp_device"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="totp_device")
+    secret = models.CharField(max_length=64)
+    confirmed = models.BooleanField(default=False)
+    # The last time step used: a code is accepted once (no replay).
+    last_step = models.BigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"TOTP of {self.user.get_username()}"

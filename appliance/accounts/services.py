@@ -11,7 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from appliance.accounts.choices import Role
-from appliance.accounts.models import AccountRole, ApiKey, ModelGrant, OperatorToken, Tenant
+from appliance.accounts import totp
+from appliance.accounts.models import AccountRole, ApiKey, ModelGrant, OperatorToken, Tenant, TotpDevice
 from appliance.accounts.secrets import make_secret
 from appliance.audit.mixins import REDACTED
 from appliance.audit.services import audit_record
@@ -126,3 +127,25 @@ def account_create(*, username: str, password: str, role: str, tenant: Tenant | 
     AccountRole.objects.create(user=user, role=role, tenant=tenant)
     _, token = operator_token_create(user=user, name="initial")
     return user, token
+
+
+@transaction.atomic
+def totp_enroll(*, user: Any) -> TotpDevice:
+    """A new, unconfirmed device (replacing any earlier one)."""
+    TotpDevice.objects.filter(user=user).delete()
+    return TotpDevice.objects.create(user=user, secret=totp.new_secret())
+
+
+@transaction.atomic
+def totp_verify(*, user: Any, code: str, confirm: bool = False) -> bool:
+    """True when the code is valid and unused; confirm=True activates a new device."""
+    device = TotpDevice.objects.select_for_update().filter(user=user).first()
+    if device is None or (not device.confirmed and not confirm):
+        return False
+    step = totp.matching_step(device.secret, code)
+    if step is None or step <= device.last_step:
+        return False
+    device.last_step = step
+    device.confirmed = True
+    device.save(update_fields=["last_step", "confirmed"])
+    return True

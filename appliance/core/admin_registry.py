@@ -1,11 +1,16 @@
 from django.contrib import admin
 
+from appliance.accounts.forms import TotpAuthenticationForm
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.audit.models import AuditEvent
 from appliance.catalog.models import Model, ModelVersion
 from appliance.core.admin import ReadOnlyAdmin
 from appliance.nodes.models import Node
 from appliance.rollouts.models import Deployment, Replica
+
+
+admin.site.login_form = TotpAuthenticationForm
+admin.site.site_header = "Inference appliance"
 
 
 @admin.register(Node)
