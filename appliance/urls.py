@@ -8,7 +8,7 @@ import appliance.core.admin_registry  # noqa: F401  (registers the read-only adm
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
-from appliance.nodes.api.views import NodeViewSet
+from appliance.nodes.api.views import MigPlanView, NodeViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
@@ -29,6 +29,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
+    path("api/v1/mig/plan/", MigPlanView.as_view(), name="mig-plan"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz),

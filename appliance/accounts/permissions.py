@@ -26,7 +26,8 @@ class RolePermission(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         role = role_of(request.user)
-        action = getattr(view, "action", None)
+        # ViewSets name their actions; plain APIViews are named by HTTP method.
+        action = getattr(view, "action", None) or request.method.lower()
         if role is None:
             self.message = "Only operator accounts may use the control-plane API."
             return False

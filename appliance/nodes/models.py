@@ -35,3 +35,50 @@ class Node(Audited):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Gpu(Audited):
+    """One accelerator of a node, as its agent last reported it."""
+
+    audit_ignore = frozenset({"updated"})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=64)
+    product = models.CharField(max_length=100)
+    # The MIG catalog's name for it (appliance/nodes/mig/catalog.py); blank when not MIG-capable.
+    model = models.CharField(max_length=32, blank=True)
+    memory_mib = models.PositiveIntegerField()
+    mig_enabled = models.BooleanField(default=False)
+    mig_pending = models.BooleanField(default=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["node__name", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_unique_index")]
+
+    def __str__(self) -> str:
+        return f"{self.node.name}/gpu{self.index} ({self.model or self.product})"
+
+
+class MigDevice(Audited):
+    """A MIG instance on a GPU (one GPU instance with its full compute instance)."""
+
+    audit_type = "mig_device"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="mig_devices")
+    uuid = models.CharField(max_length=64)
+    profile = models.CharField(max_length=32)
+    start = models.PositiveSmallIntegerField()
+    size = models.PositiveSmallIntegerField()
+    gpu_instance_id = models.PositiveIntegerField()
+    memory_mib = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["gpu", "start"]
+        constraints = [models.UniqueConstraint(fields=["gpu", "start"], name="mig_device_unique_start")]
+
+    def __str__(self) -> str:
+        return f"{self.gpu}: {self.profile}@{self.start}"

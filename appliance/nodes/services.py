@@ -6,7 +6,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from appliance.nodes.choices import NodeState
-from appliance.nodes.models import Node
+from appliance.nodes.inventory.base import GpuInfo
+from appliance.nodes.models import Gpu, MigDevice, Node
 
 
 @transaction.atomic
@@ -80,3 +81,28 @@ def node_update(
 @transaction.atomic
 def node_delete(*, node: Node) -> None:
     node.delete()
+
+
+@transaction.atomic
+def node_report_inventory(*, node_id: object, gpus: list[GpuInfo]) -> None:
+    """Makes the database's GPUs and MIG devices of a node match what its agent reports."""
+    node = Node.objects.select_for_update().get(pk=node_id)
+    reported = {g.index for g in gpus}
+    for stale in node.gpus.exclude(index__in=reported):
+        stale.delete()
+    for info in gpus:
+        gpu = Gpu.objects.filter(node=node, index=info.index).first() or Gpu(node=node, index=info.index)
+        gpu.uuid, gpu.product, gpu.model = info.uuid, info.product, info.model or ""
+        gpu.memory_mib, gpu.mig_enabled, gpu.mig_pending = info.memory_mib, info.mig_current, info.mig_pending
+        gpu.save()
+        seen = set()
+        for device in info.mig_devices:
+            seen.add(device.uuid)
+            row = MigDevice.objects.filter(gpu=gpu, uuid=device.uuid).first()
+            if row is None:
+                MigDevice.objects.filter(gpu=gpu, start=device.start).delete()
+                MigDevice.objects.create(gpu=gpu, uuid=device.uuid, profile=device.profile, start=device.start,
+                                         size=device.size, gpu_instance_id=device.gpu_instance_id,
+                                         memory_mib=device.memory_mib)  # fmt: skip
+        for gone in gpu.mig_devices.exclude(uuid__in=seen):
+            gone.delete()

@@ -101,13 +101,14 @@ class Fleet:
              "-c", "1", "-P", "solo", "-n", f"control-{settings.INSTANCE}@%h", "--without-gossip", "--without-mingle"],
         )  # fmt: skip
 
-    def start_agent(self, name: str) -> Proc:
+    def start_agent(self, name: str, *extra: str) -> Proc:
         ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         self.node_ports[name] = ports
         return self.spawn(
             f"agent-{name}",
             [sys.executable, "manage.py", "node_agent", "--name", name, "--workdir", str(self.workdir / name),
-             "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"])],
+             "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
+             *extra],
         )  # fmt: skip
 
     def start_gateway(self, *extra: str, name: str = "gateway") -> tuple[Proc, str]:

@@ -55,7 +55,7 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         fleet.start_worker()
         fleet.start_agent("node-a")
-        fleet.start_agent("node-b")
+        fleet.start_agent("node-b", "--inventory", "simulated", "--simulate-gpus", "H100-80GB,A30-24GB")
         fleet.start_gateway()
         wait_for(
             "both nodes ready",
@@ -171,6 +171,14 @@ def _infer_batch(client: grpcclient.InferenceServerClient, images: np.ndarray, k
     tensor = grpcclient.InferInput("IMAGE", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images.astype(np.float32))
     return client.infer("digits", [tensor], headers=_auth(key))
+
+
+def test_agents_report_their_gpus(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    assert erin.get("nodes/node-a/")["gpus"] == [], "node-a is a CPU node"
+    gpus = wait_for("node-b's GPUs", lambda: erin.get("nodes/node-b/")["gpus"])
+    assert [(g["index"], g["model"], g["mig_enabled"]) for g in gpus] == [(0, "H100-80GB", False), (1, "A30-24GB", False)]
+    assert all(g["uuid"].startswith("GPU-") for g in gpus)
 
 
 def test_stock_sync_client_gets_correct_predictions(fleet: Fleet, story: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from appliance.nodes.agent import sync
 from appliance.nodes.agent.repository import ModelRepository
 from appliance.nodes.agent.runtime import LocalNode, set_local
 from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor
+from appliance.nodes.inventory.base import Inventory, open_inventory
 from appliance.nodes.queues import node_queue
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ class AgentOptions:
     zone: str
     ports: TritonPorts
     workdir: Path
+    inventory: str = "none"  # none (CPU node), simulated, nvml
+    simulate_gpus: tuple[str, ...] = ()
+
+    def open_inventory(self) -> Inventory:
+        if self.inventory == "simulated":
+            return open_inventory("simulated", state_path=self.workdir / "simulated-gpus.json", models=self.simulate_gpus)
+        return open_inventory(self.inventory)
 
 
 def _triton_ready(address: str) -> bool:
@@ -51,13 +59,19 @@ def _triton_version(address: str) -> str:
         return ""
 
 
-def _heartbeats(node_id: str, supervisor: TritonSupervisor, stop: threading.Event) -> None:
+def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event) -> None:
+    """Liveness every beat; the GPU inventory whenever it differs from the last report."""
+    reported: list[dict] = []  # type: ignore[type-arg]
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.is_set():
             try:
                 close_old_connections()
                 ready = supervisor.alive() and _triton_ready(supervisor.ports.grpc_address)
                 services.node_heartbeat(node_id=node_id, triton_ready=ready)
+                gpus = inventory.gpus()
+                if [g.as_dict() for g in gpus] != reported:
+                    services.node_report_inventory(node_id=node_id, gpus=gpus)
+                    reported = [g.as_dict() for g in gpus]
             except Exception:
                 log.exception("heartbeat failed")
             stop.wait(settings.NODE_HEARTBEAT_S)
@@ -87,14 +101,16 @@ def run_agent(options: AgentOptions) -> None:
             http_address=options.ports.http_address,
             metrics_address=options.ports.metrics_address,
         )
-    local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address)
+    inventory = options.open_inventory()
+    local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address,
+                      inventory=inventory)  # fmt: skip
     set_local(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
     supervisor.on_start.append(lambda: _record_version(node.name, options))
     stop = threading.Event()
     threads = [
         threading.Thread(target=supervisor.watch, args=(lambda: _triton_ready(options.ports.grpc_address),), daemon=True),
-        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, stop), daemon=True),
+        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop), daemon=True),
     ]
     for thread in threads:
         thread.start()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import tritonclient.grpc as triton_grpc
 
@@ -15,6 +16,7 @@ class LocalNode:
     name: str
     repository: ModelRepository
     triton_grpc: str
+    inventory: Any = field(default=None)  # appliance.nodes.inventory.base.Inventory
 
     def client(self) -> triton_grpc.InferenceServerClient:
         return triton_grpc.InferenceServerClient(self.triton_grpc)

@@ -1,17 +1,44 @@
 from rest_framework import serializers
 
 from appliance.core.api import slug_list_field
-from appliance.nodes.models import Node
+from appliance.nodes.mig.catalog import GPU_MODELS
+from appliance.nodes.models import Gpu, MigDevice, Node
+
+
+class MigDeviceSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MigDevice
+        fields = ["uuid", "profile", "start", "size", "gpu_instance_id", "memory_mib"]
+        read_only_fields = fields
+
+
+class GpuSerializer(serializers.ModelSerializer):
+    mig_devices = MigDeviceSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Gpu
+        fields = ["index", "uuid", "product", "model", "memory_mib", "mig_enabled", "mig_pending", "mig_devices"]
+        read_only_fields = fields
+
+
+class MigPlanRequestSerializer(serializers.Serializer):
+    gpu_model = serializers.ChoiceField(choices=sorted(GPU_MODELS))
+    profiles = serializers.ListField(child=serializers.CharField(max_length=32), allow_empty=True)
+
+
+class MigPlanSerializer(serializers.Serializer):
+    placements = serializers.ListField(child=serializers.CharField())
 
 
 class NodeSerializer(serializers.ModelSerializer):
     compliance_tags = slug_list_field(required=False)
+    gpus = GpuSerializer(many=True, read_only=True)
 
     class Meta:
         model = Node
         fields = [
             "id", "name", "zone", "site", "compliance_tags", "grpc_address", "http_address", "metrics_address",
-            "state", "triton_version", "last_heartbeat", "created", "updated",
+            "state", "triton_version", "last_heartbeat", "gpus", "created", "updated",
         ]  # fmt: skip
         read_only_fields = ["id", "state", "triton_version", "last_heartbeat", "created", "updated", "metrics_address"]
 

@@ -9,7 +9,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from appliance.nodes import services
-from appliance.nodes.api.serializers import NodeSerializer, NodeUpdateSerializer
+from rest_framework.views import APIView
+
+from appliance.core.errors import DomainError
+from appliance.nodes.api.serializers import (
+    MigPlanRequestSerializer,
+    MigPlanSerializer,
+    NodeSerializer,
+    NodeUpdateSerializer,
+)
+from appliance.nodes.mig.catalog import GPU_MODELS
+from appliance.nodes.mig.planner import plan
 from appliance.nodes.models import Node
 
 
@@ -22,7 +32,7 @@ class NodeViewSet(
 ):
     """GPU and CPU nodes. Node agents register themselves; operators may pre-register."""
 
-    queryset = Node.objects.all()
+    queryset = Node.objects.prefetch_related("gpus__mig_devices")
     serializer_class = NodeSerializer
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
@@ -47,3 +57,19 @@ class NodeViewSet(
         node = services.node_update(node=node, **body.validated_data)
         return Response(NodeSerializer(node).data)
 
+
+
+class MigPlanView(APIView):
+    """Where a MIG layout would place each instance on one GPU model, or why it cannot."""
+
+    read_only_actions = frozenset({"post"})
+    tenant_admin_actions: frozenset[str] = frozenset()
+
+    @extend_schema(request=MigPlanRequestSerializer, responses={200: MigPlanSerializer})
+    def post(self, request: Request) -> Response:
+        body = MigPlanRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = plan(GPU_MODELS[body.validated_data["gpu_model"]], body.validated_data["profiles"])
+        if not result.ok:
+            raise DomainError(result.reason)
+        return Response({"placements": [str(p) for p in result.placements]})

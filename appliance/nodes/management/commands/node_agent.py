@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from appliance.core.env import env_str
 from appliance.nodes.agent.main import AgentOptions, run_agent
 from appliance.nodes.agent.triton import TritonPorts
 
@@ -21,6 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--grpc-port", type=int, default=8201)
         parser.add_argument("--metrics-port", type=int, default=8202)
         parser.add_argument("--workdir", type=Path, default=None, help="model repository and logs (var/nodes/<name>)")
+        parser.add_argument("--inventory", choices=["none", "simulated", "nvml"], default=env_str("NODE_INVENTORY", "none"),
+                            help="accelerator inventory: none (CPU node), simulated GPUs, or nvml (real NVIDIA GPUs)")
+        parser.add_argument("--simulate-gpus", default=env_str("SIMULATE_GPUS", ""),
+                            help="comma-separated GPU models for --inventory simulated, e.g. H100-80GB,H100-80GB")
 
     def handle(self, *args: Any, **options: Any) -> None:
         workdir = options["workdir"] or settings.VAR_DIR / "nodes" / options["name"]
@@ -32,5 +37,7 @@ class Command(BaseCommand):
                     http=options["http_port"], grpc=options["grpc_port"], metrics=options["metrics_port"], host=options["host"]
                 ),
                 workdir=Path(workdir),
+                inventory=options["inventory"],
+                simulate_gpus=tuple(m for m in options["simulate_gpus"].split(",") if m),
             )
         )
