@@ -170,6 +170,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": env_float("AUDIT_CHECKPOINT_S", 300.0)},
+    "health-sweep": {
+        "task": "nodes.health_sweep",
+        "schedule": env_float("HEALTH_PERIOD_S", 2.0),
+        # A sweep not started within a period is stale: the next one replaces it.
+        "options": {"expires": env_float("HEALTH_PERIOD_S", 2.0)},
+    },
 }
 
 # --- Artifacts, nodes, gateway ------------------------------------------------------
@@ -178,6 +184,11 @@ ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 2 * 1024**3, minimum=1)
 NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
 TRITON_LOAD_TIMEOUT_S = env_float("TRITON_LOAD_TIMEOUT_S", 120.0)
+HEALTH_PROBE_TIMEOUT_S = env_float("HEALTH_PROBE_TIMEOUT_S", 2.0)
+HEALTH_TEMP_DEGRADED_C = env_int("HEALTH_TEMP_DEGRADED_C", 85)
+HEALTH_TEMP_UNHEALTHY_C = env_int("HEALTH_TEMP_UNHEALTHY_C", 95)
+HEALTH_ECC_CORRECTED_DEGRADED = env_int("HEALTH_ECC_CORRECTED_DEGRADED", 1000, minimum=1)
+HEALTH_XID_WINDOW_S = env_int("HEALTH_XID_WINDOW_S", 600, minimum=1)
 RETIRE_GRACE_S = env_float("RETIRE_GRACE_S", 3.0)
 GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 

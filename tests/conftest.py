@@ -1,25 +1,17 @@
 """Shared fixtures: named personas, an authenticated REST client, audit assertions.
 
-The suite runs against the real PostgreSQL and RabbitMQ. Every run gets its own
-Celery queue namespace (APPLIANCE_INSTANCE) and its own var/ directory, so it
-never touches a running `make run` appliance.
+The suite runs against the real PostgreSQL and RabbitMQ; tests/environment.py
+gives each run its own queue namespace and var/ directory.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
+from typing import Any
 
-os.environ.setdefault("APPLIANCE_INSTANCE", f"test-{uuid.uuid4().hex[:8]}")
-os.environ.setdefault("APPLIANCE_VAR_DIR", tempfile.mkdtemp(prefix="appliance-test-"))
+import pytest
+from rest_framework.test import APIClient
 
-from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
-
-from appliance.audit.models import AuditEvent  # noqa: E402
+from appliance.audit.models import AuditEvent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

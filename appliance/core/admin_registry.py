@@ -15,8 +15,8 @@ admin.site.site_header = "Inference appliance"
 
 @admin.register(Node)
 class NodeAdmin(ReadOnlyAdmin):
-    list_display = ("name", "zone", "state", "grpc_address", "triton_version", "last_heartbeat")
-    list_filter = ("state", "zone")
+    list_display = ("name", "zone", "admin_state", "health", "grpc_address", "triton_version", "last_heartbeat")
+    list_filter = ("admin_state", "health", "zone")
 
 
 @admin.register(Model)

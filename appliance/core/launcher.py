@@ -196,7 +196,7 @@ class Launcher:
             self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
             gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--bind", GATEWAY])
             self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
-            self.wait(f"node {NODE} to be ready", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "ready")
+            self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
             deployment = self.deploy_demo()
             key = self.demo_key()
             info = {

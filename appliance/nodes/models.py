@@ -3,16 +3,17 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 from appliance.accounts.models import slug_validator
 from appliance.audit.mixins import Audited
-from appliance.nodes.choices import NodeState
+from appliance.nodes.choices import AdminState, Health
 
 
 class Node(Audited):
     """A server that runs one node agent and its Triton Inference Server."""
 
-    audit_ignore = frozenset({"updated", "last_heartbeat"})
+    audit_ignore = frozenset({"updated", "last_heartbeat", "triton_ready", "health_checked"})
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
@@ -24,9 +25,14 @@ class Node(Audited):
     grpc_address = models.CharField(max_length=255, blank=True)
     http_address = models.CharField(max_length=255, blank=True)
     metrics_address = models.CharField(max_length=255, blank=True)
-    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.PENDING)
+    admin_state = models.CharField(max_length=16, choices=AdminState.choices, default=AdminState.ACTIVE)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
+    health_reasons = models.JSONField(default=list, blank=True)
+    health_checked = models.DateTimeField(null=True, blank=True)
     triton_version = models.CharField(max_length=32, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # What the agent itself last saw of its Triton (the sweep also probes it from here).
+    triton_ready = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -36,11 +42,31 @@ class Node(Audited):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def state(self) -> str:
+        """One word for people: the operator's state when not active, else the health."""
+        return self.admin_state if self.admin_state != AdminState.ACTIVE else self.health
+
+
+class NodeHealthChange(models.Model):
+    """History: every change of a node's health, with the reasons found."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="health_history")
+    time = models.DateTimeField(default=timezone.now, db_index=True)
+    previous = models.CharField(max_length=16, choices=Health.choices)
+    health = models.CharField(max_length=16, choices=Health.choices)
+    reasons = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-time"]
+
 
 class Gpu(Audited):
     """One accelerator of a node, as its agent last reported it."""
 
-    audit_ignore = frozenset({"updated"})
+    audit_ignore = frozenset({"updated", "temperature_c", "ecc_corrected", "ecc_uncorrected", "xid_events",
+                              "throttle_reasons", "memory_used_mib", "remapped_rows_pending", "remap_failed",
+                              "readout_error", "readout_time"})  # fmt: skip
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
@@ -52,6 +78,17 @@ class Gpu(Audited):
     memory_mib = models.PositiveIntegerField()
     mig_enabled = models.BooleanField(default=False)
     mig_pending = models.BooleanField(default=False)
+    # Health readouts (NVML or simulated), refreshed with every heartbeat; None = not supported here.
+    temperature_c = models.IntegerField(null=True, blank=True)
+    ecc_corrected = models.BigIntegerField(null=True, blank=True)
+    ecc_uncorrected = models.BigIntegerField(null=True, blank=True)
+    xid_events = models.JSONField(default=list, blank=True)  # [{"xid": 79, "time": iso}, …] recent ones
+    throttle_reasons = models.JSONField(default=list, blank=True)
+    memory_used_mib = models.IntegerField(null=True, blank=True)
+    remapped_rows_pending = models.BooleanField(null=True, blank=True)
+    remap_failed = models.BooleanField(null=True, blank=True)
+    readout_error = models.CharField(max_length=500, blank=True)
+    readout_time = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(auto_now=True)
 
     class Meta:

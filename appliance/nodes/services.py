@@ -5,9 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from appliance.nodes.choices import NodeState
-from appliance.nodes.inventory.base import GpuInfo
-from appliance.nodes.models import Gpu, MigDevice, Node
+from appliance.nodes.inventory.base import GpuHealth, GpuInfo
+from appliance.nodes.models import Gpu, MigDevice, Node, NodeHealthChange
 
 
 @transaction.atomic
@@ -46,23 +45,49 @@ def node_register(
 
 
 def node_heartbeat(*, node_id: object, triton_ready: bool) -> None:
-    """Records that the agent is alive. The timestamp is deliberately not audited
-    (it changes every few seconds); a change of readiness is, through node_set_state."""
-    Node.objects.filter(pk=node_id).update(last_heartbeat=timezone.now())
-    node = Node.objects.get(pk=node_id)
-    wanted = NodeState.READY if triton_ready else NodeState.NOT_READY
-    # Operator-set states (draining, maintenance) are never overridden by the agent.
-    if node.state in (NodeState.PENDING, NodeState.READY, NodeState.NOT_READY) and node.state != wanted:
-        node_set_state(node=node, state=wanted)
+    """Records that the agent is alive and what it sees of its Triton. Not audited
+    (it changes every few seconds); health changes are, through node_set_health."""
+    Node.objects.filter(pk=node_id).update(last_heartbeat=timezone.now(), triton_ready=triton_ready)
 
 
 @transaction.atomic
-def node_set_state(*, node: Node, state: str) -> Node:
+def node_set_admin_state(*, node: Node, admin_state: str) -> Node:
+    """Drain, maintenance or back to active: an operator's decision, audited."""
     locked = Node.objects.select_for_update().get(pk=node.pk)
-    if locked.state != state:
-        locked.state = state
-        locked.save(update_fields=["state", "updated"])
+    if locked.admin_state != admin_state:
+        locked.admin_state = admin_state
+        locked.save(update_fields=["admin_state", "updated"])
     return locked
+
+
+@transaction.atomic
+def node_set_health(*, node_id: object, health: str, reasons: list[str]) -> bool:
+    """Stores the sweep's verdict; a change is audited and kept in the history. True if it changed."""
+    locked = Node.objects.select_for_update().get(pk=node_id)
+    now = timezone.now()
+    changed = locked.health != health
+    if changed:
+        NodeHealthChange.objects.create(node=locked, time=now, previous=locked.health, health=health, reasons=reasons)
+        locked.health = health
+        locked.health_reasons = reasons
+        locked.health_checked = now
+        locked.save(update_fields=["health", "health_reasons", "health_checked", "updated"])
+    else:
+        Node.objects.filter(pk=node_id).update(health_reasons=reasons, health_checked=now)
+    return changed
+
+
+def node_report_gpu_health(*, node_id: object, readings: list[GpuHealth]) -> None:
+    """Health read-outs of every GPU, each heartbeat (not audited: they change constantly)."""
+    now = timezone.now()
+    for reading in readings:
+        Gpu.objects.filter(node_id=node_id, index=reading.index).update(
+            temperature_c=reading.temperature_c, ecc_corrected=reading.ecc_corrected,
+            ecc_uncorrected=reading.ecc_uncorrected, xid_events=reading.xid_events,
+            throttle_reasons=reading.throttle_reasons, memory_used_mib=reading.memory_used_mib,
+            remapped_rows_pending=reading.remapped_rows_pending, remap_failed=reading.remap_failed,
+            readout_error=reading.readout_error[:500], readout_time=now,
+        )  # fmt: skip
 
 
 @transaction.atomic

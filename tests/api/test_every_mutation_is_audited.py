@@ -73,6 +73,11 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "partial_update"): (
         lambda api: (make_node("n1"), api.patch("/api/v1/nodes/n1/", {"zone": "z2"}, format="json"))[1], "node.update"),
     ("nodes", "destroy"): (lambda api: (make_node("n1"), api.delete("/api/v1/nodes/n1/"))[1], "node.delete"),
+    ("nodes", "drain"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/drain/"))[1], "node.update"),
+    ("nodes", "maintenance"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/maintenance/"))[1], "node.update"),
+    ("nodes", "undrain"): (
+        lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/drain/"), api.post("/api/v1/nodes/n1/undrain/"))[2],
+        "node.update"),
     ("models", "create"): (lambda api: api.post("/api/v1/models/", {"name": "m1"}, format="json"), "model.create"),
     ("models", "partial_update"): (
         lambda api: (api.post("/api/v1/models/", {"name": "m1"}, format="json"),

@@ -13,7 +13,7 @@ def test_register_list_update_delete_node(api: APIClient) -> None:
     created = api.post("/api/v1/nodes/", {"name": "gpu-01", "zone": "eu-west"}, format="json")
     assert created.status_code == 201, created.json()
     node = created.json()
-    assert (node["name"], node["zone"], node["state"]) == ("gpu-01", "eu-west", "pending")
+    assert (node["name"], node["zone"], node["state"]) == ("gpu-01", "eu-west", "unknown")
     event = assert_audited("node.create", target_id=node["id"], actor="user:olivia", origin="api")
     assert event.changes["zone"] == [None, "eu-west"]
 
@@ -40,3 +40,27 @@ def test_duplicate_node_is_a_clear_error(api: APIClient) -> None:
     response = api.post("/api/v1/nodes/", {"name": "gpu-01"}, format="json")
     assert response.status_code == 400
     assert "already exists" in str(response.json())
+
+
+def test_drain_maintenance_undrain_are_audited_and_shown(api: APIClient) -> None:
+    node_id = api.post("/api/v1/nodes/", {"name": "gpu-01"}, format="json").json()["id"]
+    drained = api.post("/api/v1/nodes/gpu-01/drain/").json()
+    assert (drained["admin_state"], drained["state"]) == ("draining", "draining")
+    assert assert_audited("node.update", target_id=node_id).changes == {"admin_state": ["active", "draining"]}
+    assert api.post("/api/v1/nodes/gpu-01/maintenance/").json()["state"] == "maintenance"
+    assert api.post("/api/v1/nodes/gpu-01/undrain/").json()["state"] == "unknown", "health decides once active"
+
+
+def test_health_history_is_kept(api: APIClient) -> None:
+    from appliance.nodes.services import node_set_health
+
+    node_id = api.post("/api/v1/nodes/", {"name": "gpu-01"}, format="json").json()["id"]
+    assert node_set_health(node_id=node_id, health="healthy", reasons=[])
+    assert not node_set_health(node_id=node_id, health="healthy", reasons=[])
+    assert node_set_health(node_id=node_id, health="unhealthy", reasons=["GPU 0: XID 79"])
+    history = api.get("/api/v1/nodes/gpu-01/health-history/").json()
+    assert [(h["previous"], h["health"], h["reasons"]) for h in history] == [
+        ("healthy", "unhealthy", ["GPU 0: XID 79"]),
+        ("unknown", "healthy", []),
+    ]
+    assert api.get("/api/v1/nodes/gpu-01/").json()["health_reasons"] == ["GPU 0: XID 79"]

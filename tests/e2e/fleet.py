@@ -82,6 +82,9 @@ class Fleet:
             APPLIANCE_NODE_HEARTBEAT_S="0.5",
             APPLIANCE_GATEWAY_REFRESH_S="0.5",
             APPLIANCE_RETIRE_GRACE_S="1",
+            APPLIANCE_HEALTH_PERIOD_S="0.5",
+            APPLIANCE_HEALTH_PROBE_TIMEOUT_S="1",
+            APPLIANCE_NODE_STALE_AFTER_S="5",
             PYTHONUNBUFFERED="1",
         )
         return cls(workdir=workdir, env=env, runtime_role=role)
@@ -100,6 +103,10 @@ class Fleet:
             [sys.executable, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{settings.INSTANCE}.control",
              "-c", "1", "-P", "solo", "-n", f"control-{settings.INSTANCE}@%h", "--without-gossip", "--without-mingle"],
         )  # fmt: skip
+
+    def start_beat(self) -> Proc:
+        return self.spawn("beat", [sys.executable, "-m", "celery", "-A", "appliance", "beat",
+                                   "-s", str(self.workdir / "celerybeat-schedule")])  # fmt: skip
 
     def start_agent(self, name: str, *extra: str) -> Proc:
         ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}

@@ -54,12 +54,13 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     fleet = Fleet.create(tmp_path_factory.mktemp("fleet"))
     try:
         fleet.start_worker()
+        fleet.start_beat()
         fleet.start_agent("node-a")
         fleet.start_agent("node-b", "--inventory", "simulated", "--simulate-gpus", "H100-80GB,A30-24GB")
         fleet.start_gateway()
         wait_for(
-            "both nodes ready",
-            lambda: Node.objects.filter(name__in=["node-a", "node-b"], state="ready").count() == 2,
+            "both nodes healthy",
+            lambda: Node.objects.filter(name__in=["node-a", "node-b"], health="healthy").count() == 2,
             procs=fleet.procs,
         )
         yield fleet
@@ -422,6 +423,65 @@ def test_residency_policy_decides_where_a_tenants_requests_go(fleet: Fleet, stor
         assert not any(n in content for n in needles), f"payload found in {log}"
     assert "13.37" not in json.dumps(list(AuditEvent.objects.values("changes")), default=str)
     assert erin.client.delete(f"/api/v1/grants/{grant['id']}/").status_code == 204
+
+
+def _health(name: str) -> str:
+    from appliance.nodes.models import Node
+
+    return Node.objects.get(name=name).health
+
+
+def _both_healthy(fleet: Fleet) -> None:
+    wait_for("both nodes healthy", lambda: _health("node-a") == _health("node-b") == "healthy", timeout=20, procs=fleet.procs)
+
+
+def test_a_wedged_triton_makes_its_node_unhealthy_and_traffic_moves(fleet: Fleet, story: dict[str, Any]) -> None:
+    """A hung server (SIGSTOP) still accepts connections: only a probe that must be
+    answered catches it. GPUStack's check failed open on exactly this."""
+    from appliance.nodes.models import Node
+
+    _both_healthy(fleet)
+    pid = fleet.triton_pid("node-a")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for("node-a unhealthy", lambda: _health("node-a") == "unhealthy", timeout=15)
+        assert any("Triton" in r for r in Node.objects.get(name="node-a").health_reasons)
+        client = grpcclient.InferenceServerClient(fleet.gateway)
+        image = np.zeros((1, 64), np.float32)
+        live = story.get("live_version", "1")
+
+        def served_by_b() -> bool:
+            before = _successes(fleet, "node-b", live)
+            _infer_batch(client, image, story["acme"])
+            return _successes(fleet, "node-b", live) == before + 1
+
+        wait_for("the gateway to route around node-a", served_by_b, timeout=10)
+        before = _successes(fleet, "node-b", live)
+        for _ in range(20):
+            assert _infer_batch(client, image, story["acme"]).as_numpy("LABEL") is not None
+        assert _successes(fleet, "node-b", live) == before + 20, "every request went to the healthy node"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for("node-a healthy again", lambda: _health("node-a") == "healthy", timeout=20)
+    history = [(h.previous, h.health) for h in Node.objects.get(name="node-a").health_history.all()[:2]]
+    assert history == [("unhealthy", "healthy"), ("healthy", "unhealthy")]
+
+
+def test_gpu_signals_drive_node_health(fleet: Fleet, story: dict[str, Any]) -> None:
+    from appliance.nodes.inventory.simulated import SimulatedInventory
+    from appliance.nodes.models import Node
+
+    _both_healthy(fleet)
+    gpus = SimulatedInventory(state_path=fleet.workdir / "node-b" / "simulated-gpus.json")
+    gpus.inject(0, ecc_corrected=5000)
+    wait_for("node-b degraded", lambda: _health("node-b") == "degraded", timeout=15)
+    assert Node.objects.get(name="node-b").health_reasons == ["GPU 0: 5000 corrected ECC errors ≥ 1000"]
+    gpus.inject(1, xid=79)
+    wait_for("node-b unhealthy", lambda: _health("node-b") == "unhealthy", timeout=15)
+    assert any("GPU 1: XID 79" in r for r in Node.objects.get(name="node-b").health_reasons)
+    gpus.inject(0, clear=True)
+    gpus.inject(1, clear=True)
+    wait_for("node-b healthy again", lambda: _health("node-b") == "healthy", timeout=15)
 
 
 def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:

@@ -67,11 +67,12 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
             try:
                 close_old_connections()
                 ready = supervisor.alive() and _triton_ready(supervisor.ports.grpc_address)
-                services.node_heartbeat(node_id=node_id, triton_ready=ready)
                 gpus = inventory.gpus()
                 if [g.as_dict() for g in gpus] != reported:
                     services.node_report_inventory(node_id=node_id, gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
+                services.node_report_gpu_health(node_id=node_id, readings=inventory.health())
+                services.node_heartbeat(node_id=node_id, triton_ready=ready)
             except Exception:
                 log.exception("heartbeat failed")
             stop.wait(settings.NODE_HEARTBEAT_S)

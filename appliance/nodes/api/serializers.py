@@ -17,7 +17,9 @@ class GpuSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Gpu
-        fields = ["index", "uuid", "product", "model", "memory_mib", "mig_enabled", "mig_pending", "mig_devices"]
+        fields = ["index", "uuid", "product", "model", "memory_mib", "mig_enabled", "mig_pending", "mig_devices",
+                  "temperature_c", "ecc_corrected", "ecc_uncorrected", "xid_events", "throttle_reasons",
+                  "memory_used_mib", "remapped_rows_pending", "remap_failed", "readout_error", "readout_time"]  # fmt: skip
         read_only_fields = fields
 
 
@@ -33,17 +35,27 @@ class MigPlanSerializer(serializers.Serializer):
 class NodeSerializer(serializers.ModelSerializer):
     compliance_tags = slug_list_field(required=False)
     gpus = GpuSerializer(many=True, read_only=True)
+    state = serializers.CharField(read_only=True, help_text="admin state when not active, else health")
 
     class Meta:
         model = Node
         fields = [
             "id", "name", "zone", "site", "compliance_tags", "grpc_address", "http_address", "metrics_address",
-            "state", "triton_version", "last_heartbeat", "gpus", "created", "updated",
+            "state", "admin_state", "health", "health_reasons", "health_checked",
+            "triton_version", "last_heartbeat", "gpus", "created", "updated",
         ]  # fmt: skip
-        read_only_fields = ["id", "state", "triton_version", "last_heartbeat", "created", "updated", "metrics_address"]
+        read_only_fields = ["id", "admin_state", "health", "health_reasons", "health_checked", "triton_version",
+                            "last_heartbeat", "created", "updated", "metrics_address"]  # fmt: skip
 
 
 class NodeUpdateSerializer(serializers.Serializer):
     zone = serializers.CharField(max_length=63, required=False)
     site = serializers.CharField(max_length=63, required=False, allow_blank=True)
     compliance_tags = slug_list_field(required=False)
+
+
+class NodeHealthChangeSerializer(serializers.Serializer):
+    time = serializers.DateTimeField()
+    previous = serializers.CharField()
+    health = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())

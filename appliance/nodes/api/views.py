@@ -9,15 +9,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from appliance.nodes import services
+from rest_framework.decorators import action
 from rest_framework.views import APIView
 
 from appliance.core.errors import DomainError
 from appliance.nodes.api.serializers import (
     MigPlanRequestSerializer,
+    NodeHealthChangeSerializer,
     MigPlanSerializer,
     NodeSerializer,
     NodeUpdateSerializer,
 )
+from appliance.nodes.choices import AdminState
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.mig.planner import plan
 from appliance.nodes.models import Node
@@ -57,6 +60,36 @@ class NodeViewSet(
         node = services.node_update(node=node, **body.validated_data)
         return Response(NodeSerializer(node).data)
 
+
+
+    def _admin_state(self, state: str) -> Response:
+        node = services.node_set_admin_state(node=self.get_object(), admin_state=state)
+        return Response(NodeSerializer(self.get_queryset().get(pk=node.pk)).data)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def drain(self, request: Request, name: str | None = None) -> Response:
+        """Stop sending the node new requests (requests in flight finish)."""
+        return self._admin_state(AdminState.DRAINING)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def maintenance(self, request: Request, name: str | None = None) -> Response:
+        """Take the node out of service for maintenance."""
+        return self._admin_state(AdminState.MAINTENANCE)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def undrain(self, request: Request, name: str | None = None) -> Response:
+        """Back into service (routing resumes once the node is healthy)."""
+        return self._admin_state(AdminState.ACTIVE)
+
+    @extend_schema(responses=NodeHealthChangeSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="health-history")
+    def health_history(self, request: Request, name: str | None = None) -> Response:
+        """The node's health changes, newest first (last 200)."""
+        changes = self.get_object().health_history.all()[:200]
+        return Response(NodeHealthChangeSerializer(changes, many=True).data)
 
 
 class MigPlanView(APIView):

@@ -71,10 +71,28 @@ class GpuInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class GpuHealth:
+    """One GPU's health read-out. None: not supported on this GPU (not a failure)."""
+
+    index: int
+    temperature_c: int | None = None
+    ecc_corrected: int | None = None
+    ecc_uncorrected: int | None = None
+    xid_events: list[dict[str, Any]] = field(default_factory=list)  # recent, {"xid", "time"}
+    throttle_reasons: list[str] = field(default_factory=list)
+    memory_used_mib: int | None = None
+    remapped_rows_pending: bool | None = None
+    remap_failed: bool | None = None
+    readout_error: str = ""  # the read-out itself failed: a failed check (fail closed)
+
+
 class Inventory(Protocol):
     name: str
 
     def gpus(self) -> list[GpuInfo]: ...
+
+    def health(self) -> list[GpuHealth]: ...
 
     def set_mig_mode(self, index: int, enabled: bool) -> str:
         """'applied' or 'pending-reset' (Ampere needs a GPU reset to switch)."""

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from appliance.nodes.inventory.base import (
+    GpuHealth,
     GpuInfo,
     InsufficientResources,
     InUse,
@@ -64,11 +65,79 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_THROTTLE_BITS = {
+    0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 0x8: "HwSlowdown", 0x10: "SyncBoost",
+    0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown", 0x100: "DisplayClockSetting",
+}  # fmt: skip
+
+
+def _optional(fn: Callable[..., T], *args: Any) -> T | None:
+    """A read-out this GPU may not support: None then; any other failure propagates."""
+    try:
+        return fn(*args)
+    except pynvml.NVMLError_NotSupported:
+        return None
+
+
 class NvmlInventory:
     name = "nvml"
 
     def __init__(self) -> None:
         ensure_nvml()
+        self._xids: dict[int, list[dict[str, Any]]] = {}
+        self._events: Any = None
+        try:
+            self._events = pynvml.nvmlEventSetCreate()
+            for index in range(_call(pynvml.nvmlDeviceGetCount)):
+                handle = _call(pynvml.nvmlDeviceGetHandleByIndex, index)
+                _optional(pynvml.nvmlDeviceRegisterEvents, handle, pynvml.nvmlEventTypeXidCriticalError, self._events)
+        except pynvml.NVMLError:
+            self._events = None  # XIDs then show up as a failed read-out (fail closed)
+
+    def _drain_xids(self) -> None:
+        from django.utils import timezone
+
+        while True:
+            try:
+                event = pynvml.nvmlEventSetWait(self._events, 0)
+            except pynvml.NVMLError_Timeout:
+                return
+            index = _call(pynvml.nvmlDeviceGetIndex, event.device)
+            self._xids.setdefault(index, []).append({"xid": int(event.eventData), "time": timezone.now().isoformat()})
+            self._xids[index] = self._xids[index][-20:]
+
+    def health(self) -> list[GpuHealth]:
+        readings = []
+        try:
+            if self._events is None:
+                raise InventoryError("XID events cannot be watched on this node")
+            self._drain_xids()
+        except InventoryError as exc:
+            return [GpuHealth(i, readout_error=str(exc)) for i in range(_call(pynvml.nvmlDeviceGetCount))]
+        for index in range(_call(pynvml.nvmlDeviceGetCount)):
+            try:
+                readings.append(self._health(index))
+            except (pynvml.NVMLError, InventoryError) as exc:  # e.g. GPU is lost: a failed check
+                readings.append(GpuHealth(index, readout_error=str(exc)))
+        return readings
+
+    def _health(self, index: int) -> GpuHealth:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        reasons = _optional(pynvml.nvmlDeviceGetCurrentClocksEventReasons, handle) or 0
+        remapped = _optional(pynvml.nvmlDeviceGetRemappedRows, handle)
+        volatile, corrected, uncorrected = (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                                            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)  # fmt: skip
+        return GpuHealth(
+            index=index,
+            temperature_c=_optional(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU),
+            ecc_corrected=_optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, corrected, volatile),
+            ecc_uncorrected=_optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, uncorrected, volatile),
+            xid_events=list(self._xids.get(index, [])),
+            throttle_reasons=[name for bit, name in _THROTTLE_BITS.items() if reasons & bit],
+            memory_used_mib=int(pynvml.nvmlDeviceGetMemoryInfo(handle).used // (1024 * 1024)),
+            remapped_rows_pending=bool(remapped[2]) if remapped else None,
+            remap_failed=bool(remapped[3]) if remapped else None,
+        )
 
     # --- profiles, discovered on the device -----------------------------------------------
     def profiles(self, handle: Any) -> dict[int, tuple[str, int]]:

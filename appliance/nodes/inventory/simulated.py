@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.nodes.inventory.base import (
+    GpuHealth,
     GpuInfo,
     InsufficientResources,
     InUse,
@@ -35,6 +36,11 @@ from appliance.nodes.inventory.base import (
 )
 from appliance.nodes.mig.catalog import gpu_model
 from appliance.nodes.mig.planner import Placement, valid_placements
+
+_HEALTHY: dict[str, Any] = {
+    "temperature_c": 45, "ecc_corrected": 0, "ecc_uncorrected": 0, "xid_events": [], "throttle_reasons": [],
+    "memory_used_mib": 0, "remapped_rows_pending": False, "remap_failed": False, "fail_readout": False,
+}  # fmt: skip
 
 # Ampere keeps MIG mode in the InfoROM and switches it on a GPU reset; Hopper and later switch at once.
 _NEEDS_RESET = ("A100", "A30")
@@ -107,6 +113,35 @@ class SimulatedInventory:
                 result.append(GpuInfo(gpu["index"], gpu["uuid"], f"Simulated {model.name}", model.name, memory,
                                       gpu["mig_current"], gpu["mig_pending"], devices))  # fmt: skip
             return result
+
+    def health(self) -> list[GpuHealth]:
+        with self._state() as state:
+            readings = []
+            for gpu in state["gpus"]:
+                signals = {**_HEALTHY, **gpu.get("health", {})}
+                if signals.pop("fail_readout"):
+                    readings.append(GpuHealth(gpu["index"], readout_error="GPU is lost (simulated NVML_ERROR_GPU_IS_LOST)"))
+                    continue
+                readings.append(GpuHealth(gpu["index"], **signals))
+            return readings
+
+    def inject(self, index: int, **signals: Any) -> None:
+        """Sets health signals of a GPU (temperature_c, ecc_*, throttle_reasons, remapped_rows_pending,
+        remap_failed, fail_readout); `xid=N` records an XID event now; `clear=True` resets all."""
+        from django.utils import timezone
+
+        with self._state(write=True) as state:
+            gpu = self._gpu(state, index)
+            if signals.pop("clear", False):
+                gpu["health"] = {}
+            current = gpu.setdefault("health", {})
+            xid = signals.pop("xid", None)
+            if xid is not None:
+                current.setdefault("xid_events", []).append({"xid": int(xid), "time": timezone.now().isoformat()})
+            unknown = set(signals) - set(_HEALTHY)
+            if unknown:
+                raise ValueError(f"unknown health signals {sorted(unknown)}")
+            current.update(signals)
 
     def possible_placements(self, index: int, profile: str) -> list[int]:
         with self._state() as state:

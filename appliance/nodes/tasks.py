@@ -1,0 +1,98 @@
+"""Periodic health sweep (Celery beat, every APPLIANCE_HEALTH_PERIOD_S)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import tritonclient.grpc as triton_grpc
+from celery import shared_task
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from appliance.nodes.health import GpuFacts, NodeFacts, Thresholds, evaluate
+from appliance.nodes.models import Node
+from appliance.nodes.services import node_set_health
+from appliance.rollouts.choices import ReplicaState
+from appliance.rollouts.models import Replica
+
+log = logging.getLogger(__name__)
+_SWEEP_LOCK = 0x4845414C5448  # "HEALTH"
+
+
+def _probe(address: str, models: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    """('' or why Triton failed, models not ready) — asked from the control plane, not the agent."""
+    if not address:
+        return "the node has no Triton address", []
+    timeout = settings.HEALTH_PROBE_TIMEOUT_S
+    try:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            if not client.is_server_live(client_timeout=timeout):
+                return "not live", []
+            if not client.is_server_ready(client_timeout=timeout):
+                return "not ready", []
+            missing = [f"{m}:{v}" for m, v in models if not client.is_model_ready(m, v, client_timeout=timeout)]
+            return "", missing
+        finally:
+            client.close()
+    except triton_grpc.InferenceServerException as exc:  # unreachable, timed out, hung: a failed check
+        return (exc.message() or str(exc))[:200], []
+    except Exception as exc:
+        return str(exc)[:200], []
+
+
+def thresholds() -> Thresholds:
+    return Thresholds(
+        temp_degraded_c=settings.HEALTH_TEMP_DEGRADED_C,
+        temp_unhealthy_c=settings.HEALTH_TEMP_UNHEALTHY_C,
+        ecc_corrected_degraded=settings.HEALTH_ECC_CORRECTED_DEGRADED,
+        xid_window_s=settings.HEALTH_XID_WINDOW_S,
+        heartbeat_stale_s=settings.NODE_STALE_AFTER_S,
+    )
+
+
+def sweep() -> dict[str, str]:
+    """One health sweep of every node; returns node → health."""
+    nodes = list(Node.objects.prefetch_related("gpus"))
+    live = {}
+    for replica in Replica.objects.filter(state=ReplicaState.LIVE).select_related("deployment__version__model"):
+        version = replica.deployment.version
+        live.setdefault(replica.node_id, []).append((version.model.name, str(version.number)))
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
+        probes = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe(n.grpc_address, live.get(n.pk, [])), nodes), strict=True))
+    now = timezone.now()
+    limits = thresholds()
+    result = {}
+    for node in nodes:
+        probe_error, not_ready = probes[node.pk]
+        facts = NodeFacts(
+            name=node.name, now=now, last_heartbeat=node.last_heartbeat, agent_triton_ready=node.triton_ready,
+            probe_error=probe_error, models_not_ready=not_ready,
+            gpus=[GpuFacts(g.index, g.temperature_c, g.ecc_corrected, g.ecc_uncorrected, g.xid_events,
+                           g.throttle_reasons, g.remapped_rows_pending, g.remap_failed, g.readout_error, g.readout_time)
+                  for g in node.gpus.all()],
+        )  # fmt: skip
+        health, reasons = evaluate(facts, limits)
+        if node_set_health(node_id=node.pk, health=health, reasons=reasons):
+            log.info("node %s is now %s: %s", node.name, health, "; ".join(reasons) or "all checks passed")
+        result[node.name] = health
+    return result
+
+
+@shared_task(name="nodes.health_sweep", ignore_result=True)
+def health_sweep() -> None:
+    """Skips when another sweep still runs (the database decides, not the broker)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_SWEEP_LOCK])
+            if not cursor.fetchone()[0]:
+                return
+        try:
+            sweep()
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_SWEEP_LOCK])
+    else:
+        sweep()
