@@ -23,12 +23,14 @@ run: venv
 
 ## Every test, against PostgreSQL, RabbitMQ and a real tritonserver.
 test: venv
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run
 	$(VENV)/bin/python -m pytest
 
-## Direct Triton vs the gateway, against the appliance `make run` started.
+## Direct Triton vs the gateway, against the appliance `make run` started; then the fleet-scale benchmark.
 bench: venv
 	$(VENV)/bin/python bench/gateway_overhead.py
+	$(VENV)/bin/python bench/fleet_scale.py
 
 clean:
 	rm -rf var

@@ -10,8 +10,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from appliance.accounts.choices import Role
 from appliance.accounts import totp
+from appliance.accounts.choices import Role
 from appliance.accounts.models import AccountRole, ApiKey, ModelGrant, OperatorToken, Tenant, TotpDevice
 from appliance.accounts.secrets import make_secret
 from appliance.audit.mixins import REDACTED

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.audit.context import current
 from appliance.audit.chain import append
+from appliance.audit.context import current
 from appliance.audit.models import AuditEvent
 
 

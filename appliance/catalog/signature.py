@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-
-from appliance.core.errors import DomainError
 from typing import Any
 
 from appliance.catalog.choices import TRITON_DATATYPES
+from appliance.core.errors import DomainError
 
 _TENSOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 

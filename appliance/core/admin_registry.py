@@ -8,7 +8,6 @@ from appliance.core.admin import ReadOnlyAdmin
 from appliance.nodes.models import Node
 from appliance.rollouts.models import Deployment, Replica
 
-
 admin.site.login_form = TotpAuthenticationForm
 admin.site.site_header = "Inference appliance"
 

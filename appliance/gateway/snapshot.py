@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.nodes.models import Node
+from appliance.nodes.selectors import routable_nodes
 from appliance.policies.choices import Operation
 from appliance.policies.engine import check, current_rules
-from appliance.nodes.selectors import routable_nodes
 from appliance.rollouts.selectors import live_replicas
 
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from django.db import transaction
 
 from appliance.catalog.choices import ArtifactFormat
-from appliance.core.errors import ConflictError, DomainError
 from appliance.catalog.models import ModelVersion
+from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes.models import Node
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import Deployment, Replica

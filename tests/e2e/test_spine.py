@@ -24,7 +24,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
-from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.fleet import Fleet, wait_for
@@ -75,9 +74,8 @@ class Operator:
         from django.contrib.auth import get_user_model
         from rest_framework.test import APIClient
 
-        from appliance.accounts.services import operator_token_create
-
         from appliance.accounts.models import AccountRole
+        from appliance.accounts.services import operator_token_create
 
         user = get_user_model().objects.create_user("erin", password="erin-operator-pw")
         AccountRole.objects.create(user=user, role="admin")

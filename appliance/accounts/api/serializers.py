@@ -1,9 +1,9 @@
 from rest_framework import serializers
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.catalog.models import Model
 from appliance.core.api import slug_list_field
 from appliance.policies.choices import Classification
-from appliance.catalog.models import Model
 
 
 class TenantSerializer(serializers.ModelSerializer):

@@ -5,7 +5,6 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from appliance.core.api import ProtectedDestroyMixin
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -23,6 +22,7 @@ from appliance.accounts.api.serializers import (
 )
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.accounts.permissions import TenantScopedMixin
+from appliance.core.api import ProtectedDestroyMixin
 from appliance.core.errors import DomainError
 from appliance.policies.choices import Classification
 

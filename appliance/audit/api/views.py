@@ -1,18 +1,17 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import viewsets
-
-from django.http import StreamingHttpResponse
 from rest_framework.decorators import action
 from rest_framework.request import Request
 
 from appliance.audit.api.serializers import AuditEventSerializer
 from appliance.audit.export import FORMATS, export_lines
-from appliance.core.errors import DomainError
 from appliance.audit.models import AuditEvent
 from appliance.audit.selectors import audit_events
+from appliance.core.errors import DomainError
 
 _FILTERS = ["actor", "origin", "action", "target_type", "target_id", "correlation_id", "since", "until"]
 

@@ -5,7 +5,6 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from appliance.core.api import ProtectedDestroyMixin
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -21,6 +20,7 @@ from appliance.catalog.api.serializers import (
 )
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.tritonconfig import render_config
+from appliance.core.api import ProtectedDestroyMixin
 
 
 class ModelViewSet(

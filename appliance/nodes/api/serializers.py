@@ -59,3 +59,22 @@ class NodeHealthChangeSerializer(serializers.Serializer):
     previous = serializers.CharField()
     health = serializers.CharField()
     reasons = serializers.ListField(child=serializers.CharField())
+
+
+class NodeListSerializer(NodeSerializer):
+    """The list shows a GPU summary; a node's detail has every GPU and MIG device."""
+
+    gpus = None  # type: ignore[assignment]
+    gpu_summary = serializers.SerializerMethodField()
+
+    class Meta(NodeSerializer.Meta):
+        fields = [f for f in NodeSerializer.Meta.fields if f != "gpus"] + ["gpu_summary"]
+
+    def get_gpu_summary(self, node: Node) -> dict[str, object]:
+        gpus = list(node.gpus.all())
+        return {
+            "count": len(gpus),
+            "models": sorted({g.model or g.product for g in gpus}),
+            "mig_enabled": sum(1 for g in gpus if g.mig_enabled),
+            "max_temperature_c": max((g.temperature_c for g in gpus if g.temperature_c is not None), default=None),
+        }

@@ -2,21 +2,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from appliance.core.api import ProtectedDestroyMixin
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-
-from appliance.nodes import services
-from rest_framework.decorators import action
 from rest_framework.views import APIView
 
+from appliance.core.api import ProtectedDestroyMixin
 from appliance.core.errors import DomainError
+from appliance.nodes import services
 from appliance.nodes.api.serializers import (
     MigPlanRequestSerializer,
-    NodeHealthChangeSerializer,
     MigPlanSerializer,
+    NodeHealthChangeSerializer,
+    NodeListSerializer,
     NodeSerializer,
     NodeUpdateSerializer,
 )
@@ -37,6 +38,14 @@ class NodeViewSet(
 
     queryset = Node.objects.prefetch_related("gpus__mig_devices")
     serializer_class = NodeSerializer
+
+    def get_serializer_class(self) -> type[NodeSerializer]:
+        return NodeListSerializer if self.action == "list" else NodeSerializer
+
+    def get_queryset(self) -> QuerySet[Node]:
+        if self.action == "list":
+            return Node.objects.prefetch_related("gpus")
+        return super().get_queryset()
     lookup_field = "name"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
     protected_message = "node '{obj}' still holds deployments; roll them off first"

@@ -8,6 +8,7 @@ from appliance.core.api import slug_list_field
 from appliance.policies.choices import Classification, Effect, Operation
 from appliance.policies.models import PolicyRule
 
+
 class PolicyRuleSerializer(serializers.ModelSerializer):
     effect = serializers.ChoiceField(choices=Effect.choices)
     operations = serializers.ListField(child=serializers.ChoiceField(choices=Operation.choices), required=False)

@@ -13,9 +13,9 @@ from django.db import transaction
 from appliance.accounts.models import OperatorToken
 from appliance.accounts.services import operator_token_create
 from appliance.audit.choices import Origin
+from appliance.audit.context import audit_context
 from appliance.audit.mixins import REDACTED
 from appliance.audit.services import audit_record
-from appliance.audit.context import audit_context
 
 
 class Command(BaseCommand):
