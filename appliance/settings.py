@@ -191,6 +191,8 @@ HEALTH_ECC_CORRECTED_DEGRADED = env_int("HEALTH_ECC_CORRECTED_DEGRADED", 1000, m
 HEALTH_XID_WINDOW_S = env_int("HEALTH_XID_WINDOW_S", 600, minimum=1)
 RETIRE_GRACE_S = env_float("RETIRE_GRACE_S", 3.0)
 GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
+# Upstream deadline for requests that bring none of their own.
+GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
 
 LOGGING = {
     "version": 1,

@@ -193,10 +193,12 @@ def _parse(message_type: Any, raw: bytes, what: str) -> Any:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {what} message") from exc
 
 
-def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+def _timeout(context: grpc.aio.ServicerContext) -> float:
+    """The client's remaining deadline, or the gateway's default: a wedged replica
+    must not hold a request (and a gateway slot) forever."""
     remaining = context.time_remaining()
     if remaining is None:
-        return None
+        return float(settings.GATEWAY_DEFAULT_TIMEOUT_S)
     if remaining <= 0:
         raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed before it was sent")
     return remaining

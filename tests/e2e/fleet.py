@@ -19,6 +19,8 @@ from typing import Any
 
 from django.conf import settings
 
+from appliance.nodes.agent.triton import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,7 +94,8 @@ class Fleet:
     def spawn(self, name: str, argv: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
         with log.open("ab") as fh:
-            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
         proc = Proc(name=name, popen=popen, log=log)
         self.procs.append(proc)
         return proc

@@ -166,10 +166,10 @@ def _expected_labels(images: np.ndarray) -> np.ndarray:
     return np.asarray((hidden @ weights["w2"] + weights["b2"]).argmax(axis=1))
 
 
-def _infer_batch(client: grpcclient.InferenceServerClient, images: np.ndarray, key: str) -> Any:
+def _infer_batch(client: grpcclient.InferenceServerClient, images: np.ndarray, key: str, timeout: float = 30.0) -> Any:
     tensor = grpcclient.InferInput("IMAGE", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images.astype(np.float32))
-    return client.infer("digits", [tensor], headers=_auth(key))
+    return client.infer("digits", [tensor], headers=_auth(key), client_timeout=timeout)
 
 
 def test_agents_report_their_gpus(fleet: Fleet, story: dict[str, Any]) -> None:
@@ -449,8 +449,9 @@ def test_a_wedged_triton_makes_its_node_unhealthy_and_traffic_moves(fleet: Fleet
         live = story.get("live_version", "1")
 
         def served_by_b() -> bool:
+            # A request the gateway still sends to the hung node times out here and is tried again.
             before = _successes(fleet, "node-b", live)
-            _infer_batch(client, image, story["acme"])
+            _infer_batch(client, image, story["acme"], timeout=2.0)
             return _successes(fleet, "node-b", live) == before + 1
 
         wait_for("the gateway to route around node-a", served_by_b, timeout=10)

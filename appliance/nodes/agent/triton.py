@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # If the agent is killed outright, its Triton must not linger holding ports.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -160,7 +160,7 @@ class TritonSupervisor:
             stdout=logfile,
             stderr=subprocess.STDOUT,
             env=self.environment(),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         logfile.close()
 
