@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from appliance.audit.models import AuditCheckpoint, AuditEvent
+from appliance.audit.models import AuditCheckpoint, AuditEvent, AuditPrune
 
 GENESIS = "0" * 64
 # An arbitrary 63-bit constant naming the audit-append lock.
@@ -94,13 +94,34 @@ def _events(first: int | None, last: int | None) -> Iterator[AuditEvent]:
     return qs.iterator(chunk_size=2000)
 
 
+def _retained_start() -> tuple[int, str, str]:
+    """(first sequence kept, the hash it must link to, '' or what is wrong with the anchor)."""
+    prune = AuditPrune.objects.order_by("-upto_sequence").first()
+    if prune is None:
+        return 1, GENESIS, ""
+    anchor = AuditCheckpoint.objects.filter(sequence=prune.upto_sequence, event_hash=prune.anchor_hash).first()
+    if anchor is None:
+        return prune.upto_sequence + 1, prune.anchor_hash, (
+            f"the retention anchor at #{prune.upto_sequence} has no signed checkpoint"
+        )
+    return prune.upto_sequence + 1, prune.anchor_hash, ""
+
+
 def verify(*, first: int | None = None, last: int | None = None) -> Verdict:
-    """Recomputes the chain over [first, last] (the whole trail by default)."""
-    expected_seq = first if first is not None else 1
-    prev_hash: str | None = None if first not in (None, 1) else GENESIS
-    if first not in (None, 1):
-        before = AuditEvent.objects.filter(sequence=first - 1).values_list("hash", flat=True).first()
-        prev_hash = before
+    """Recomputes the chain over [first, last] (the whole trail by default; after a
+    retention prune, from the first kept event, anchored by a signed checkpoint)."""
+    floor, anchor, problem = _retained_start()
+    if problem:
+        return Verdict(False, 0, 0, floor - 1, "", problem)
+    if first is None or first <= floor:
+        first_whole = first is None or first <= floor
+        first = floor
+    else:
+        first_whole = False
+    expected_seq = first
+    prev_hash: str | None = anchor if first_whole else None
+    if not first_whole:
+        prev_hash = AuditEvent.objects.filter(sequence=first - 1).values_list("hash", flat=True).first()
     checked = 0
     hashes: dict[int, str] = {}
     for event in _events(first, last):
@@ -125,7 +146,7 @@ def verify(*, first: int | None = None, last: int | None = None) -> Verdict:
         problem = verify_checkpoint(checkpoint)
         if problem:
             return Verdict(False, checked, count, checkpoint.sequence, "", problem)
-        if last is None and checkpoint.sequence > head and first in (None, 1):
+        if last is None and checkpoint.sequence > head and first_whole:
             return Verdict(False, checked, count, head + 1, "",
                            f"missing: a checkpoint vouches for event #{checkpoint.sequence}, the trail ends at #{head}")  # fmt: skip
         if checkpoint.sequence in hashes and hashes[checkpoint.sequence] != checkpoint.event_hash:

@@ -64,9 +64,12 @@ def _created_text(checkpoint: AuditCheckpoint) -> str:
 
 
 @transaction.atomic
-def checkpoint_create() -> AuditCheckpoint | None:
-    """Signs the current head; None when the trail is empty."""
-    head = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+def checkpoint_create(*, sequence: int | None = None) -> AuditCheckpoint | None:
+    """Signs the current head (or the given event); None when there is no such event."""
+    events = AuditEvent.objects.order_by("-sequence")
+    if sequence is not None:
+        events = events.filter(sequence=sequence)
+    head = events.values_list("sequence", "hash").first()
     if head is None:
         return None
     key = signing_key()

@@ -50,3 +50,17 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint #{self.sequence} {self.event_hash[:12]}…"
+
+
+class AuditPrune(models.Model):
+    """Retention: events up to `upto_sequence` were deleted; the chain now starts after it,
+    anchored by the signed checkpoint at that sequence."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    upto_sequence = models.BigIntegerField(unique=True)
+    anchor_hash = models.CharField(max_length=64)
+    cutoff = models.DateTimeField()
+    time = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["upto_sequence"]

@@ -126,3 +126,51 @@ def test_exports(trail: list[AuditEvent], tmp_path: Any) -> None:
     call_command("audit_export", "--format", "csv", "--out", str(csv_out), "--action", "tenant.create")
     lines = csv_out.read_text().splitlines()
     assert lines[0].startswith("sequence,id,time") and len(lines) == 6
+
+
+def test_retention_prunes_old_events_and_the_rest_still_verifies(trail: list[AuditEvent]) -> None:
+    from datetime import timedelta
+
+    from appliance.audit.retention import audit_prune
+
+    result = audit_prune(before=trail[2].time + timedelta(microseconds=1))
+    assert result is not None and (result.upto_sequence, result.deleted) == (3, 3)
+    assert list(AuditEvent.objects.values_list("sequence", flat=True)) == [4, 5, 6]
+    prune_event = AuditEvent.objects.get(sequence=6)
+    assert prune_event.action == "audit.prune" and prune_event.changes["upto_sequence"] == 3
+    verdict = verify()
+    assert verdict.ok and verdict.checked == 3, verdict.describe()
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert "intact: 3 events" in out.getvalue()
+
+
+def test_after_retention_tampering_is_still_caught(trail: list[AuditEvent]) -> None:
+    from datetime import timedelta
+
+    from appliance.audit.retention import audit_prune
+
+    audit_prune(before=trail[1].time + timedelta(microseconds=1))
+    _sql("UPDATE audit_auditevent SET actor = 'x' WHERE sequence = 3")
+    assert "event #3" in _verify_fails()
+    _sql("UPDATE audit_auditevent SET actor = %s WHERE sequence = 3", [trail[2].actor])
+    assert verify().ok
+    _sql("DELETE FROM audit_auditcheckpoint")
+    assert "retention anchor at #2 has no signed checkpoint" in _verify_fails()
+
+
+def test_the_trigger_lets_only_a_prune_delete_and_only_old_events(trail: list[AuditEvent]) -> None:
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('appliance.audit_prune_upto', '2', true)")
+        cursor.execute("DELETE FROM audit_auditevent WHERE sequence = 4")
+    assert AuditEvent.objects.count() == 5
+
+
+def test_retention_keeps_the_newest_event(trail: list[AuditEvent]) -> None:
+    from django.utils import timezone
+
+    from appliance.audit.retention import audit_prune
+    from appliance.core.errors import DomainError
+
+    with pytest.raises(DomainError, match="keep at least the newest"):
+        audit_prune(before=timezone.now())

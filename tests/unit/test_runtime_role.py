@@ -39,6 +39,9 @@ def _as(role: str) -> psycopg.Connection[Any]:
         ("ALTER TABLE audit_auditevent DISABLE TRIGGER ALL", "must be owner"),
         ("SET session_replication_role = replica", "permission denied"),
         ("DROP TRIGGER audit_event_append_only ON audit_auditevent", "must be owner"),
+        ("SELECT set_config('appliance.audit_prune_upto', '999999', false); DELETE FROM audit_auditevent",
+         "permission denied"),
+        ("DELETE FROM audit_auditprune", "permission denied"),
     ],
 )
 def test_runtime_role_cannot_touch_the_trail(runtime_role: str, statement: str, error: str) -> None:

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 # Tables the running appliance may only read and append to.
-APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditcheckpoint")
+APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditcheckpoint", "audit_auditprune")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
