@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from appliance.core.api import slug_list_field
@@ -61,6 +62,13 @@ class NodeHealthChangeSerializer(serializers.Serializer):
     reasons = serializers.ListField(child=serializers.CharField())
 
 
+class GpuSummarySerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    models = serializers.ListField(child=serializers.CharField())
+    mig_enabled = serializers.IntegerField(help_text="GPUs with MIG mode on")
+    max_temperature_c = serializers.IntegerField(allow_null=True)
+
+
 class NodeListSerializer(NodeSerializer):
     """The list shows a GPU summary; a node's detail has every GPU and MIG device."""
 
@@ -70,6 +78,7 @@ class NodeListSerializer(NodeSerializer):
     class Meta(NodeSerializer.Meta):
         fields = [f for f in NodeSerializer.Meta.fields if f != "gpus"] + ["gpu_summary"]
 
+    @extend_schema_field(GpuSummarySerializer)
     def get_gpu_summary(self, node: Node) -> dict[str, object]:
         gpus = list(node.gpus.all())
         return {
