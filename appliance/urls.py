@@ -8,7 +8,7 @@ import appliance.core.admin_registry  # noqa: F401  (registers the read-only adm
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
-from appliance.nodes.api.views import MigPlanView, NodeViewSet
+from appliance.nodes.api.views import MigPlanView, NodeViewSet, ReconfigurationViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
@@ -22,6 +22,7 @@ router.register("api-keys", ApiKeyViewSet)
 router.register("grants", ModelGrantViewSet)
 router.register("audit-events", AuditEventViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
+router.register("reconfigurations", ReconfigurationViewSet)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -8,3 +8,5 @@ import uuid
 
 os.environ.setdefault("APPLIANCE_INSTANCE", f"test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("APPLIANCE_VAR_DIR", tempfile.mkdtemp(prefix="appliance-test-"))
+# Reconfiguration tests inject failures at each step (refused unless this is on).
+os.environ.setdefault("APPLIANCE_ALLOW_FAULT_INJECTION", "true")

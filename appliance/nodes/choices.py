@@ -20,3 +20,19 @@ class Health(models.TextChoices):
 
 # The gateway sends new requests only to active nodes in these health states.
 ROUTABLE_HEALTH = (Health.HEALTHY, Health.DEGRADED)
+
+
+class ReconfigurationState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed (previous layout restored)"
+
+
+ACTIVE_RECONFIGURATION_STATES = (ReconfigurationState.PENDING, ReconfigurationState.RUNNING)
+
+# The steps of a MIG reconfiguration, in order (appliance/nodes/reconfigure.py).
+RECONFIGURATION_STEPS = (
+    "preflight", "drain", "wait_inflight", "unload", "mig_mode", "repartition", "start_tritons", "reload", "verify",
+    "undrain",
+)  # fmt: skip

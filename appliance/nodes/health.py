@@ -52,6 +52,8 @@ class NodeFacts:
     probe_error: str  # '' when the control plane's own Triton probe passed
     models_not_ready: list[str] = field(default_factory=list)
     gpus: list[GpuFacts] = field(default_factory=list)
+    fault: str = ""  # left by a failed (rolled-back) reconfiguration until cleared
+    mig_problems: list[str] = field(default_factory=list)  # per-MIG-device Tritons not answering
 
 
 def _gpu(gpu: GpuFacts, facts: NodeFacts, t: Thresholds) -> tuple[list[str], list[str]]:
@@ -102,6 +104,9 @@ def evaluate(facts: NodeFacts, thresholds: Thresholds) -> tuple[str, list[str]]:
     elif not facts.agent_triton_ready:
         bad.append("the node agent reports its Triton not ready")
     poor.extend(f"model {name} is not ready" for name in facts.models_not_ready)
+    poor.extend(facts.mig_problems)
+    if facts.fault:
+        poor.append(facts.fault)
     for gpu in facts.gpus:
         gpu_bad, gpu_poor = _gpu(gpu, facts, thresholds)
         bad.extend(gpu_bad)

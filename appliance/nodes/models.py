@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from appliance.accounts.models import slug_validator
 from appliance.audit.mixins import Audited
-from appliance.nodes.choices import AdminState, Health
+from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES, AdminState, Health, ReconfigurationState
 
 
 class Node(Audited):
@@ -33,6 +33,8 @@ class Node(Audited):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # What the agent itself last saw of its Triton (the sweep also probes it from here).
     triton_ready = models.BooleanField(default=False)
+    # Set when a reconfiguration failed and was rolled back: the node stays degraded until cleared.
+    fault = models.CharField(max_length=500, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -112,6 +114,8 @@ class MigDevice(Audited):
     size = models.PositiveSmallIntegerField()
     gpu_instance_id = models.PositiveIntegerField()
     memory_mib = models.PositiveIntegerField(default=0)
+    # The Triton the agent runs on this device (CUDA_VISIBLE_DEVICES=<uuid>), host:port.
+    grpc_address = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["gpu", "start"]
@@ -119,3 +123,53 @@ class MigDevice(Audited):
 
     def __str__(self) -> str:
         return f"{self.gpu}: {self.profile}@{self.start}"
+
+
+class Reconfiguration(Audited):
+    """One run of a MIG layout change on one GPU of a node; its id is the task id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="reconfigurations")
+    gpu_index = models.PositiveSmallIntegerField()
+    layout = models.JSONField()  # ["3g.40gb", …] as asked
+    placements = models.JSONField()  # [{"profile", "start"}] as planned
+    previous = models.JSONField(default=list)  # the layout before, to restore on failure
+    previous_admin_state = models.CharField(max_length=16, choices=AdminState.choices, default=AdminState.ACTIVE)
+    state = models.CharField(max_length=16, choices=ReconfigurationState.choices, default=ReconfigurationState.PENDING)
+    step = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    # Fault injection for tests and drills (APPLIANCE_ALLOW_FAULT_INJECTION): fail at this step.
+    inject_failure_at = models.CharField(max_length=32, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node"], condition=models.Q(state__in=ACTIVE_RECONFIGURATION_STATES),
+                name="one_active_reconfiguration_per_node",
+            )
+        ]  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"{self.node.name}/gpu{self.gpu_index} → {' '.join(self.layout) or '(MIG off)'} ({self.state})"
+
+
+class ReconfigurationStep(Audited):
+    """One step of a reconfiguration: when it ran and how it ended."""
+
+    audit_type = "reconfiguration_step"
+
+    reconfiguration = models.ForeignKey(Reconfiguration, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=32)
+    state = models.CharField(max_length=16)  # running, succeeded, failed, restored
+    detail = models.TextField(blank=True)
+    started = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.reconfiguration_id}:{self.name} ({self.state})"

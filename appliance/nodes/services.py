@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from appliance.core.errors import ConflictError, DomainError
+from appliance.nodes.choices import RECONFIGURATION_STEPS, ReconfigurationState
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo
-from appliance.nodes.models import Gpu, MigDevice, Node, NodeHealthChange
+from appliance.nodes.mig.catalog import gpu_model
+from appliance.nodes.mig.planner import plan
+from appliance.nodes.models import Gpu, MigDevice, Node, NodeHealthChange, Reconfiguration, ReconfigurationStep
+from appliance.nodes.queues import node_queue
 
 
 @transaction.atomic
@@ -131,3 +137,101 @@ def node_report_inventory(*, node_id: object, gpus: list[GpuInfo]) -> None:
                                          memory_mib=device.memory_mib)  # fmt: skip
         for gone in gpu.mig_devices.exclude(uuid__in=seen):
             gone.delete()
+
+
+# --- MIG reconfiguration: the state machine (the node agent runs the steps) ---------------
+
+
+class ReconfigurationBusy(ConflictError):
+    """Another reconfiguration of the node is pending or running."""
+
+
+def reconfiguration_create(*, node: Node, gpu_index: int, layout: list[str], inject_failure_at: str = "") -> Reconfiguration:
+    """Validates and plans (nothing changes on the node yet), records the run and
+    enqueues it on the node's queue after commit, with the row id as task id."""
+    gpu = node.gpus.filter(index=gpu_index).first()
+    if gpu is None:
+        raise DomainError(f"node {node.name} has no GPU {gpu_index}")
+    if not gpu.model:
+        raise DomainError(f"GPU {gpu_index} of {node.name} ({gpu.product}) is not a MIG-capable model we know")
+    if inject_failure_at:
+        step = inject_failure_at.removeprefix("kill:")
+        if not settings.ALLOW_FAULT_INJECTION:
+            raise DomainError("fault injection is off (APPLIANCE_ALLOW_FAULT_INJECTION)")
+        if step not in RECONFIGURATION_STEPS:
+            raise DomainError(f"inject_failure_at must name a step: {', '.join(RECONFIGURATION_STEPS)}")
+    result = plan(gpu_model(gpu.model), layout)
+    if not result.ok:
+        raise DomainError(f"layout refused for {gpu.model}: {result.reason}")
+    try:
+        with transaction.atomic():
+            reconfiguration = Reconfiguration.objects.create(
+                node=node, gpu_index=gpu_index, layout=list(layout), inject_failure_at=inject_failure_at,
+                placements=[{"profile": p.profile, "start": p.start} for p in result.placements],
+                previous=[{"profile": d.profile, "start": d.start} for d in gpu.mig_devices.all()],
+            )  # fmt: skip
+            from appliance.nodes.tasks import reconfigure
+
+            run_id = str(reconfiguration.pk)
+            transaction.on_commit(
+                lambda: reconfigure.apply_async(args=[run_id], task_id=run_id, queue=node_queue(node.name))
+            )
+    except IntegrityError as exc:
+        raise ReconfigurationBusy(f"a reconfiguration of node {node.name} is already pending or running") from exc
+    return reconfiguration
+
+
+def reconfiguration_claim(*, reconfiguration_id: str) -> tuple[Reconfiguration | None, bool]:
+    """(the run, True if it was already running: a re-delivery after the agent died)."""
+    with transaction.atomic():
+        run = Reconfiguration.objects.select_for_update().filter(pk=reconfiguration_id).first()
+        if run is None or run.state not in (ReconfigurationState.PENDING, ReconfigurationState.RUNNING):
+            return None, False
+        if run.state == ReconfigurationState.RUNNING:
+            return run, True
+        run.state = ReconfigurationState.RUNNING
+        run.previous_admin_state = run.node.admin_state
+        run.save(update_fields=["state", "previous_admin_state"])
+        return run, False
+
+
+@transaction.atomic
+def reconfiguration_step_start(*, run: Reconfiguration, name: str) -> ReconfigurationStep:
+    Reconfiguration.objects.filter(pk=run.pk).update(step=name)
+    return ReconfigurationStep.objects.create(reconfiguration=run, name=name, state="running")
+
+
+@transaction.atomic
+def reconfiguration_step_end(*, step: ReconfigurationStep, state: str, detail: str = "") -> None:
+    step.state = state
+    step.detail = detail[:4000]
+    step.finished = timezone.now()
+    step.save(update_fields=["state", "detail", "finished"])
+
+
+@transaction.atomic
+def reconfiguration_finish(*, run: Reconfiguration, succeeded: bool, error: str = "") -> None:
+    """Ends the run. A failure leaves a fault on the node (degraded until cleared)."""
+    locked = Reconfiguration.objects.select_for_update().get(pk=run.pk)
+    locked.state = ReconfigurationState.SUCCEEDED if succeeded else ReconfigurationState.FAILED
+    locked.error = error[:4000]
+    locked.finished = timezone.now()
+    locked.save(update_fields=["state", "error", "finished"])
+    node = Node.objects.select_for_update().get(pk=locked.node_id)
+    node.fault = "" if succeeded else f"MIG reconfiguration of GPU {locked.gpu_index} failed and was rolled back: {error}"[:500]
+    node.save(update_fields=["fault", "updated"])
+
+
+@transaction.atomic
+def node_clear_fault(*, node: Node) -> Node:
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    if locked.fault:
+        locked.fault = ""
+        locked.save(update_fields=["fault", "updated"])
+    return locked
+
+
+def node_set_mig_endpoints(*, node_id: object, addresses: dict[str, str]) -> None:
+    """Where the Triton of each MIG device listens (not audited: it follows the devices)."""
+    for device_uuid, address in addresses.items():
+        MigDevice.objects.filter(gpu__node_id=node_id, uuid=device_uuid).update(grpc_address=address)

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 _SWEEP_LOCK = 0x4845414C5448  # "HEALTH"
 
 
+def _probe_mig(devices: list[tuple[str, str, str]]) -> list[str]:
+    """Reasons for every per-MIG-device Triton that does not answer ready."""
+    problems = []
+    for device_uuid, profile, address in devices:
+        error, _ = _probe(address, [])
+        if error:
+            problems.append(f"Triton on {profile} ({device_uuid}) did not answer: {error}")
+    return problems
+
+
 def _probe(address: str, models: list[tuple[str, str]]) -> tuple[str, list[str]]:
     """('' or why Triton failed, models not ready) — asked from the control plane, not the agent."""
     if not address:
@@ -55,13 +65,15 @@ def thresholds() -> Thresholds:
 
 def sweep() -> dict[str, str]:
     """One health sweep of every node; returns node → health."""
-    nodes = list(Node.objects.prefetch_related("gpus"))
+    nodes = list(Node.objects.prefetch_related("gpus__mig_devices"))
     live = {}
     for replica in Replica.objects.filter(state=ReplicaState.LIVE).select_related("deployment__version__model"):
         version = replica.deployment.version
         live.setdefault(replica.node_id, []).append((version.model.name, str(version.number)))
+    mig = {n.pk: [(d.uuid, d.profile, d.grpc_address) for g in n.gpus.all() for d in g.mig_devices.all()] for n in nodes}
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
         probes = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe(n.grpc_address, live.get(n.pk, [])), nodes), strict=True))
+        mig_problems = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe_mig(mig[n.pk]), nodes), strict=True))
     now = timezone.now()
     limits = thresholds()
     result = {}
@@ -69,10 +81,11 @@ def sweep() -> dict[str, str]:
         probe_error, not_ready = probes[node.pk]
         facts = NodeFacts(
             name=node.name, now=now, last_heartbeat=node.last_heartbeat, agent_triton_ready=node.triton_ready,
-            probe_error=probe_error, models_not_ready=not_ready,
+            probe_error=probe_error, models_not_ready=not_ready, mig_problems=mig_problems[node.pk],
             gpus=[GpuFacts(g.index, g.temperature_c, g.ecc_corrected, g.ecc_uncorrected, g.xid_events,
                            g.throttle_reasons, g.remapped_rows_pending, g.remap_failed, g.readout_error, g.readout_time)
                   for g in node.gpus.all()],
+            fault=node.fault,
         )  # fmt: skip
         health, reasons = evaluate(facts, limits)
         if node_set_health(node_id=node.pk, health=health, reasons=reasons):
@@ -96,3 +109,12 @@ def health_sweep() -> None:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_SWEEP_LOCK])
     else:
         sweep()
+
+
+@shared_task(name="nodes.reconfigure")
+def reconfigure(reconfiguration_id: str) -> None:
+    """Runs inside the node agent (node queue); see appliance/nodes/agent/reconfigure.py."""
+    from appliance.nodes.agent.reconfigure import run_reconfiguration
+    from appliance.nodes.agent.runtime import require_local
+
+    run_reconfiguration(require_local(), reconfiguration_id)

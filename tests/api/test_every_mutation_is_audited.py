@@ -49,6 +49,32 @@ def _grant(api: APIClient) -> str:
     return str(_grant_create(api).json()["id"])
 
 
+def _gpu_node() -> Any:
+    from pathlib import Path
+    from tempfile import mkdtemp
+
+    from appliance.nodes.inventory.simulated import SimulatedInventory
+    from appliance.nodes.services import node_report_inventory
+
+    node = make_node("n1")
+    sim = SimulatedInventory(state_path=Path(mkdtemp()) / "gpus.json", models=("H100-80GB",))
+    node_report_inventory(node_id=node.pk, gpus=sim.gpus())
+    return node
+
+
+def _reconfigure(api: APIClient) -> Any:
+    _gpu_node()
+    return api.post("/api/v1/nodes/n1/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"]}, format="json")
+
+
+def _faulty_node() -> Any:
+    from appliance.nodes.models import Node
+
+    node = make_node("n1")
+    Node.objects.filter(pk=node.pk).update(fault="MIG reconfiguration failed")
+    return node
+
+
 def _rule(api: APIClient) -> Any:
     return api.post("/api/v1/policy-rules/", {"position": 10, "name": "r", "effect": "deny"}, format="json")
 
@@ -75,6 +101,9 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "destroy"): (lambda api: (make_node("n1"), api.delete("/api/v1/nodes/n1/"))[1], "node.delete"),
     ("nodes", "drain"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/drain/"))[1], "node.update"),
     ("nodes", "maintenance"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/maintenance/"))[1], "node.update"),
+    ("nodes", "reconfigure"): (_reconfigure, "reconfiguration.create"),
+    ("nodes", "clear_fault"): (
+        lambda api: (_faulty_node(), api.post("/api/v1/nodes/n1/clear-fault/"))[1], "node.update"),
     ("nodes", "undrain"): (
         lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/drain/"), api.post("/api/v1/nodes/n1/undrain/"))[2],
         "node.update"),

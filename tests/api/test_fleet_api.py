@@ -43,3 +43,24 @@ def test_reported_inventory_shows_in_the_api_and_is_audited(api: APIClient, tmp_
     assert_audited("mig_device.delete")
     node_report_inventory(node_id=node.pk, gpus=[])
     assert api.get("/api/v1/nodes/gpu-01/").json()["gpus"] == []
+
+
+def test_reconfiguration_requests_are_validated_and_one_at_a_time(
+    api: APIClient, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    node = make_node("gpu-01")
+    node_report_inventory(node_id=node.pk, gpus=SimulatedInventory(state_path=tmp_path / "g.json", models=("H100-80GB",)).gpus())
+    bad = api.post("/api/v1/nodes/gpu-01/reconfigure/", {"gpu": 0, "layout": ["4g.40gb", "4g.40gb"]}, format="json")
+    assert bad.status_code == 400 and "allows at most 1" in bad.json()["detail"]
+    assert api.post("/api/v1/nodes/gpu-01/reconfigure/", {"gpu": 3, "layout": []}, format="json").status_code == 400
+    wrong_step = api.post("/api/v1/nodes/gpu-01/reconfigure/", {"gpu": 0, "layout": [], "inject_failure_at": "x"},
+                          format="json")  # fmt: skip
+    assert wrong_step.status_code == 400 and "must name a step" in wrong_step.json()["detail"]
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first = api.post("/api/v1/nodes/gpu-01/reconfigure/", {"gpu": 0, "layout": ["3g.40gb", "3g.40gb"]}, format="json")
+    assert first.status_code == 202 and len(callbacks) == 1
+    assert first.json()["placements"] == [{"profile": "3g.40gb", "start": 0}, {"profile": "3g.40gb", "start": 4}]
+    second = api.post("/api/v1/nodes/gpu-01/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"]}, format="json")
+    assert second.status_code == 409
+    assert_audited("reconfiguration.create", target_id=first.json()["id"])
+    assert api.get(f"/api/v1/reconfigurations/{first.json()['id']}/").json()["state"] == "pending"

@@ -33,7 +33,7 @@ def test_auditor_is_refused_every_mutation(auditor: Any, endpoint: tuple[str, st
         "create": lambda: client.post(f"/api/v1/{prefix}/", {}, format="json"),
         "partial_update": lambda: client.patch(detail, {}, format="json"),
         "destroy": lambda: client.delete(detail),
-    }.get(action, lambda: client.post(f"{detail}{action}/", {}, format="json"))()
+    }.get(action, lambda: client.post(f"{detail}{action.replace('_', '-')}/", {}, format="json"))()
     assert response.status_code == 403, (endpoint, response.status_code)
     assert "Auditors" in response.json()["detail"]
 

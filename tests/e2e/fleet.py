@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from appliance.nodes.agent.triton import die_with_parent
+from appliance.nodes.agent.triton import with_parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +65,7 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
     gateway: str = ""
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
+    agent_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     runtime_role: str = ""
 
@@ -87,6 +88,7 @@ class Fleet:
             APPLIANCE_HEALTH_PERIOD_S="0.5",
             APPLIANCE_HEALTH_PROBE_TIMEOUT_S="1",
             APPLIANCE_NODE_STALE_AFTER_S="5",
+            APPLIANCE_ALLOW_FAULT_INJECTION="true",
             PYTHONUNBUFFERED="1",
         )
         return cls(workdir=workdir, env=env, runtime_role=role)
@@ -94,8 +96,8 @@ class Fleet:
     def spawn(self, name: str, argv: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
         with log.open("ab") as fh:
-            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
+            popen = subprocess.Popen(with_parent_death_signal(argv), cwd=ROOT, env=self.env, stdout=fh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         proc = Proc(name=name, popen=popen, log=log)
         self.procs.append(proc)
         return proc
@@ -112,8 +114,9 @@ class Fleet:
                                    "-s", str(self.workdir / "celerybeat-schedule")])  # fmt: skip
 
     def start_agent(self, name: str, *extra: str) -> Proc:
-        ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        ports = self.node_ports.get(name) or {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         self.node_ports[name] = ports
+        self.agent_args[name] = extra
         return self.spawn(
             f"agent-{name}",
             [sys.executable, "manage.py", "node_agent", "--name", name, "--workdir", str(self.workdir / name),
@@ -126,6 +129,13 @@ class Fleet:
         if name == "gateway":
             self.gateway = address
         return self.spawn(name, [sys.executable, "manage.py", "run_gateway", "--bind", address, *extra]), address
+
+    def restart_agent(self, name: str) -> Proc:
+        """Starts the node's agent again (same ports, directory and options) after it died."""
+        old = next(p for p in reversed(self.procs) if p.name == f"agent-{name}")
+        old.popen.wait(timeout=30)
+        self.procs.remove(old)
+        return self.start_agent(name, *self.agent_args[name])
 
     def triton_pid(self, node: str) -> int:
         port = self.node_ports[node]["grpc"]

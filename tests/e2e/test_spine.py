@@ -483,6 +483,96 @@ def test_gpu_signals_drive_node_health(fleet: Fleet, story: dict[str, Any]) -> N
     wait_for("node-b healthy again", lambda: _health("node-b") == "healthy", timeout=15)
 
 
+def _reconfigure(erin: Operator, body: dict[str, Any], fleet: Fleet) -> dict[str, Any]:
+    run = erin.post("nodes/node-b/reconfigure/", body)
+    return dict(wait_for(f"reconfiguration {body}", lambda: (r := erin.get(f"reconfigurations/{run['id']}/"))["state"]
+                         in ("succeeded", "failed") and r, timeout=90, procs=fleet.procs))  # fmt: skip
+
+
+def _layout(erin: Operator, index: int) -> list[tuple[str, int]]:
+    gpu = erin.get("nodes/node-b/")["gpus"][index]
+    return sorted((d["profile"], d["start"]) for d in gpu["mig_devices"])
+
+
+def test_mig_reconfiguration_end_to_end_while_traffic_flows(fleet: Fleet, story: dict[str, Any]) -> None:
+    """H100 on node-b goes 3g+2g+1g with one Triton per MIG device; the deployment keeps
+    answering through the gateway (node-a serves while node-b drains); a second run is refused."""
+    import threading
+
+    erin = story["erin"]
+    _both_healthy(fleet)
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = grpcclient.InferenceServerClient(fleet.gateway)
+        image = np.zeros((1, 64), np.float32)
+        while not stop.is_set():
+            try:
+                _infer_batch(client, image, story["acme"], timeout=10)
+                served[0] += 1
+            except InferenceServerException as exc:
+                failures.append(str(exc))
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        run = erin.post("nodes/node-b/reconfigure/", {"gpu": 0, "layout": ["3g.40gb", "2g.20gb", "1g.10gb"]})
+        busy = erin.client.post("/api/v1/nodes/node-b/reconfigure/", {"gpu": 1, "layout": ["4g.24gb"]}, format="json")
+        assert busy.status_code == 409 and "already pending or running" in busy.json()["detail"]
+        done = wait_for("the reconfiguration", lambda: (r := erin.get(f"reconfigurations/{run['id']}/"))["state"]
+                        in ("succeeded", "failed") and r, timeout=90, procs=fleet.procs)  # fmt: skip
+    finally:
+        stop.set()
+        worker.join()
+    assert done["state"] == "succeeded", done
+    assert [s["name"] for s in done["steps"]] == ["preflight", "drain", "wait_inflight", "unload", "mig_mode",
+                                                   "repartition", "start_tritons", "reload", "verify", "undrain"]
+    assert all(s["state"] == "succeeded" for s in done["steps"])
+    assert failures == [] and served[0] > 0, f"{len(failures)} failed requests during the reconfiguration: {failures[:3]}"
+    assert _layout(erin, 0) == [("1g.10gb", 6), ("2g.20gb", 4), ("3g.40gb", 0)]
+    devices = erin.get("nodes/node-b/")["gpus"][0]["mig_devices"]
+    for device in devices:
+        assert grpcclient.InferenceServerClient(device["grpc_address"]).is_server_ready(), device
+    assert len({d["grpc_address"] for d in devices}) == 3, "one Triton per MIG device"
+    assert erin.get("nodes/node-b/")["admin_state"] == "active"
+    wait_for("node-b healthy after the change", lambda: _health("node-b") == "healthy", timeout=20)
+
+
+@pytest.mark.parametrize("step", ["preflight", "drain", "wait_inflight", "unload", "mig_mode", "repartition",
+                                  "start_tritons", "reload", "verify", "undrain"])  # fmt: skip
+def test_a_failure_at_any_step_restores_the_previous_layout(fleet: Fleet, story: dict[str, Any], step: str) -> None:
+    erin = story["erin"]
+    before = _layout(erin, 0)
+    assert before, "runs after the successful reconfiguration"
+    done = _reconfigure(erin, {"gpu": 0, "layout": ["7g.80gb"], "inject_failure_at": step}, fleet)
+    assert done["state"] == "failed" and f"step {step} failed: fault injected" in done["error"]
+    assert done["steps"][-1]["name"] == "restore" and done["steps"][-1]["state"] == "succeeded"
+    assert _layout(erin, 0) == before
+    node = erin.get("nodes/node-b/")
+    assert node["admin_state"] == "active" and "rolled back" in node["fault"]
+    wait_for("node-b degraded with the reason", lambda: _health("node-b") == "degraded", timeout=15)
+    erin.post("nodes/node-b/clear-fault/", {})
+    wait_for("node-b healthy again", lambda: _health("node-b") == "healthy", timeout=15)
+
+
+def test_agent_killed_mid_reconfiguration_ends_consistent(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    before = _layout(erin, 0)
+    run = erin.post("nodes/node-b/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"], "inject_failure_at": "kill:repartition"})
+    agent = next(p for p in reversed(fleet.procs) if p.name == "agent-node-b")
+    wait_for("the agent to die mid-run", lambda: agent.popen.poll() is not None, timeout=60)
+    fleet.restart_agent("node-b")
+    done = wait_for("the re-delivered run to roll back", lambda: (r := erin.get(f"reconfigurations/{run['id']}/"))["state"]
+                    in ("succeeded", "failed") and r, timeout=90, procs=fleet.procs)  # fmt: skip
+    assert done["state"] == "failed" and "interrupted at step repartition" in done["error"]
+    assert _layout(erin, 0) == before
+    assert erin.get("nodes/node-b/")["admin_state"] == "active"
+    erin.post("nodes/node-b/clear-fault/", {})
+    _both_healthy(fleet)
+
+
 def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:
     from appliance.audit.models import AuditEvent
 

@@ -17,6 +17,7 @@ from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.nodes import services
 from appliance.nodes.agent import sync
+from appliance.nodes.agent.mig_servers import MigServers
 from appliance.nodes.agent.repository import ModelRepository
 from appliance.nodes.agent.runtime import LocalNode, set_local
 from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor
@@ -34,6 +35,7 @@ class AgentOptions:
     workdir: Path
     inventory: str = "none"  # none (CPU node), simulated, nvml
     simulate_gpus: tuple[str, ...] = ()
+    mig_port_base: int = 0  # ports of the per-MIG-device Tritons, 3 each from here; 0: any free ports
 
     def open_inventory(self) -> Inventory:
         if self.inventory == "simulated":
@@ -103,9 +105,12 @@ def run_agent(options: AgentOptions) -> None:
             metrics_address=options.ports.metrics_address,
         )
     inventory = options.open_inventory()
+    mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
+                             port_base=options.mig_port_base, inventory=inventory)  # fmt: skip
     local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address,
-                      inventory=inventory)  # fmt: skip
+                      inventory=inventory, mig_servers=mig_servers)  # fmt: skip
     set_local(local)
+    _start_mig_servers(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
     supervisor.on_start.append(lambda: _record_version(node.name, options))
     stop = threading.Event()
@@ -128,8 +133,24 @@ def run_agent(options: AgentOptions) -> None:
         worker.start()
     finally:
         stop.set()
+        mig_servers.stop_all()
         supervisor.stop()
         set_local(None)
+
+
+def _start_mig_servers(local: LocalNode) -> None:
+    """A Triton for every MIG device that already exists (after a restart of the agent)."""
+    for gpu in local.inventory.gpus():
+        for device in gpu.mig_devices:
+            try:
+                if hasattr(local.inventory, "detach"):
+                    local.inventory.detach(device.uuid)  # the previous agent's Tritons died with it
+                local.mig_servers.start(device)
+            except Exception:
+                log.exception("could not start a Triton for %s", device.uuid)
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
+        services.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
+        services.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
 
 
 def _record_version(name: str, options: AgentOptions) -> None:

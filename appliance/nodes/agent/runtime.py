@@ -17,6 +17,7 @@ class LocalNode:
     repository: ModelRepository
     triton_grpc: str
     inventory: Any = field(default=None)  # appliance.nodes.inventory.base.Inventory
+    mig_servers: Any = field(default=None)  # appliance.nodes.agent.mig_servers.MigServers
 
     def client(self) -> triton_grpc.InferenceServerClient:
         return triton_grpc.InferenceServerClient(self.triton_grpc)

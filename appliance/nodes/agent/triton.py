@@ -7,11 +7,9 @@ APPLIANCE_TRITON_BIN / APPLIANCE_TRITON_BACKENDS to a Triton install instead.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -24,12 +22,15 @@ from appliance.core.env import env_str
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
+_SETPRIV = shutil.which("setpriv")
 
 
-def die_with_parent() -> None:
-    # If the agent is killed outright, its Triton must not linger holding ports.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def with_parent_death_signal(argv: list[str]) -> list[str]:
+    """If the agent is killed outright, its Triton must not linger holding ports.
+    Not with a preexec_fn: the agent has gRPC threads, and Python code between fork
+    and exec can then crash it (gRPC skips its fork handlers). util-linux's setpriv
+    sets the parent-death signal, then execs."""
+    return [_SETPRIV, "--pdeathsig", "TERM", *argv] if _SETPRIV else argv
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class TritonSupervisor:
     log_path: Path
     install: TritonInstall = field(default_factory=TritonInstall.discover)
     on_start: list = field(default_factory=list)  # callbacks run after each (re)start is ready
+    # A second Triton of the node (one per MIG device): its own shared-memory prefix and device.
+    instance: str = ""
+    extra_env: dict = field(default_factory=dict)
     restarts: int = 0
     _process: subprocess.Popen | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -124,7 +128,7 @@ class TritonSupervisor:
             "--model-control-mode=explicit",
             f"--backend-directory={self.install.backend_dir}",
             # Several Tritons on one machine must not share Python-backend shared memory.
-            f"--backend-config=python,shm-region-prefix-name=appliance-{self.node_name}-",
+            f"--backend-config=python,shm-region-prefix-name=appliance-{self.node_name}-{self.instance}-",
             f"--http-address={p.host}",
             f"--http-port={p.http}",
             f"--grpc-address={p.host}",
@@ -148,6 +152,7 @@ class TritonSupervisor:
             env["PATH"] = f"{self.install.python_bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
             env.pop("PYTHONPATH", None)
             env.pop("VIRTUAL_ENV", None)
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:
@@ -156,11 +161,10 @@ class TritonSupervisor:
         logfile = self.log_path.open("ab")
         log.info("starting tritonserver for node %s (grpc %s)", self.node_name, self.ports.grpc_address)
         self._process = subprocess.Popen(
-            self.command(),
+            with_parent_death_signal(self.command()),
             stdout=logfile,
             stderr=subprocess.STDOUT,
             env=self.environment(),
-            preexec_fn=die_with_parent,
         )
         logfile.close()
 

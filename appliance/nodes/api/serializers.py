@@ -3,13 +3,13 @@ from rest_framework import serializers
 
 from appliance.core.api import slug_list_field
 from appliance.nodes.mig.catalog import GPU_MODELS
-from appliance.nodes.models import Gpu, MigDevice, Node
+from appliance.nodes.models import Gpu, MigDevice, Node, Reconfiguration, ReconfigurationStep
 
 
 class MigDeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = MigDevice
-        fields = ["uuid", "profile", "start", "size", "gpu_instance_id", "memory_mib"]
+        fields = ["uuid", "profile", "start", "size", "gpu_instance_id", "memory_mib", "grpc_address"]
         read_only_fields = fields
 
 
@@ -42,10 +42,10 @@ class NodeSerializer(serializers.ModelSerializer):
         model = Node
         fields = [
             "id", "name", "zone", "site", "compliance_tags", "grpc_address", "http_address", "metrics_address",
-            "state", "admin_state", "health", "health_reasons", "health_checked",
+            "state", "admin_state", "health", "health_reasons", "health_checked", "fault",
             "triton_version", "last_heartbeat", "gpus", "created", "updated",
         ]  # fmt: skip
-        read_only_fields = ["id", "admin_state", "health", "health_reasons", "health_checked", "triton_version",
+        read_only_fields = ["id", "admin_state", "health", "health_reasons", "health_checked", "fault", "triton_version",
                             "last_heartbeat", "created", "updated", "metrics_address"]  # fmt: skip
 
 
@@ -87,3 +87,29 @@ class NodeListSerializer(NodeSerializer):
             "mig_enabled": sum(1 for g in gpus if g.mig_enabled),
             "max_temperature_c": max((g.temperature_c for g in gpus if g.temperature_c is not None), default=None),
         }
+
+
+class ReconfigurationStepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ReconfigurationStep
+        fields = ["name", "state", "detail", "started", "finished"]
+        read_only_fields = fields
+
+
+class ReconfigurationSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    steps = ReconfigurationStepSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Reconfiguration
+        fields = ["id", "node", "gpu_index", "layout", "placements", "previous", "state", "step", "error",
+                  "steps", "created", "finished"]  # fmt: skip
+        read_only_fields = fields
+
+
+class ReconfigureRequestSerializer(serializers.Serializer):
+    gpu = serializers.IntegerField(min_value=0)
+    layout = serializers.ListField(child=serializers.CharField(max_length=32), allow_empty=True,
+                                   help_text="profile names for the GPU; empty turns MIG off")  # fmt: skip
+    inject_failure_at = serializers.CharField(required=False, allow_blank=True, default="",
+                                              help_text="tests and drills only (APPLIANCE_ALLOW_FAULT_INJECTION)")  # fmt: skip

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,11 +20,13 @@ from appliance.nodes.api.serializers import (
     NodeListSerializer,
     NodeSerializer,
     NodeUpdateSerializer,
+    ReconfigurationSerializer,
+    ReconfigureRequestSerializer,
 )
 from appliance.nodes.choices import AdminState
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import Node
+from appliance.nodes.models import Node, Reconfiguration
 
 
 class NodeViewSet(
@@ -93,12 +95,38 @@ class NodeViewSet(
         """Back into service (routing resumes once the node is healthy)."""
         return self._admin_state(AdminState.ACTIVE)
 
+    @extend_schema(request=ReconfigureRequestSerializer, responses={202: ReconfigurationSerializer})
+    @action(detail=True, methods=["post"])
+    def reconfigure(self, request: Request, name: str | None = None) -> Response:
+        """Apply a MIG layout to one GPU: planned now, carried out by the node agent step by step."""
+        body = ReconfigureRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.reconfiguration_create(
+            node=self.get_object(), gpu_index=body.validated_data["gpu"], layout=body.validated_data["layout"],
+            inject_failure_at=body.validated_data["inject_failure_at"],
+        )  # fmt: skip
+        return Response(ReconfigurationSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"], url_path="clear-fault")
+    def clear_fault(self, request: Request, name: str | None = None) -> Response:
+        """The operator has looked at a failed reconfiguration: the node may be healthy again."""
+        node = services.node_clear_fault(node=self.get_object())
+        return Response(NodeSerializer(self.get_queryset().get(pk=node.pk)).data)
+
     @extend_schema(responses=NodeHealthChangeSerializer(many=True))
     @action(detail=True, methods=["get"], url_path="health-history")
     def health_history(self, request: Request, name: str | None = None) -> Response:
         """The node's health changes, newest first (last 200)."""
         changes = self.get_object().health_history.all()[:200]
         return Response(NodeHealthChangeSerializer(changes, many=True).data)
+
+
+class ReconfigurationViewSet(viewsets.ReadOnlyModelViewSet):
+    """MIG reconfigurations and their steps, newest first."""
+
+    queryset = Reconfiguration.objects.select_related("node").prefetch_related("steps")
+    serializer_class = ReconfigurationSerializer
 
 
 class MigPlanView(APIView):

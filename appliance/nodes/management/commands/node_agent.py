@@ -24,6 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--workdir", type=Path, default=None, help="model repository and logs (var/nodes/<name>)")
         parser.add_argument("--inventory", choices=["none", "simulated", "nvml"], default=env_str("NODE_INVENTORY", "none"),
                             help="accelerator inventory: none (CPU node), simulated GPUs, or nvml (real NVIDIA GPUs)")
+        parser.add_argument("--mig-port-base", type=int, default=0,
+                            help="first port of the per-MIG-device Tritons (3 ports each); 0 takes free ports")
         parser.add_argument("--simulate-gpus", default=env_str("SIMULATE_GPUS", ""),
                             help="comma-separated GPU models for --inventory simulated, e.g. H100-80GB,H100-80GB")
 
@@ -39,5 +41,6 @@ class Command(BaseCommand):
                 workdir=Path(workdir),
                 inventory=options["inventory"],
                 simulate_gpus=tuple(m for m in options["simulate_gpus"].split(",") if m),
+                mig_port_base=options["mig_port_base"],
             )
         )

@@ -1,0 +1,103 @@
+"""One Triton per MIG device, as the MIG guide and Triton's maintainers advise:
+`CUDA_VISIBLE_DEVICES=MIG-<uuid>`, its own ports, repository and shared-memory prefix."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, wait_until
+from appliance.nodes.inventory.base import MigDeviceInfo
+
+log = logging.getLogger(__name__)
+
+
+def _ready(address: str) -> bool:
+    import tritonclient.grpc as triton_grpc
+
+    try:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            return bool(client.is_server_ready(client_timeout=2.0))
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class MigServers:
+    node_name: str
+    workdir: Path
+    host: str
+    port_base: int
+    inventory: Any
+    servers: dict[str, tuple[int, TritonSupervisor, threading.Thread]] = field(default_factory=dict)
+
+    def _slot(self) -> int:
+        used = {slot for slot, _, _ in self.servers.values()}
+        return next(i for i in range(64) if i not in used)
+
+    def address(self, uuid: str) -> str:
+        return self.servers[uuid][1].ports.grpc_address
+
+    def addresses(self) -> dict[str, str]:
+        return {uuid: self.address(uuid) for uuid in self.servers}
+
+    def start(self, device: MigDeviceInfo, *, timeout: float = 60.0) -> str:
+        if device.uuid in self.servers:
+            return self.address(device.uuid)
+        slot = self._slot()
+        if self.port_base:
+            ports = TritonPorts(http=self.port_base + 3 * slot, grpc=self.port_base + 3 * slot + 1,
+                                metrics=self.port_base + 3 * slot + 2, host=self.host)  # fmt: skip
+        else:
+            http, grpc, metrics = _free_ports(self.host, 3)
+            ports = TritonPorts(http=http, grpc=grpc, metrics=metrics, host=self.host)
+        supervisor = TritonSupervisor(
+            node_name=self.node_name,
+            repository=self.workdir / "mig" / device.uuid / "models",
+            ports=ports,
+            log_path=self.workdir / "mig" / device.uuid / "tritonserver.log",
+            instance=device.uuid.removeprefix("MIG-")[:8],
+            extra_env={"CUDA_VISIBLE_DEVICES": device.uuid},
+        )
+        thread = threading.Thread(target=supervisor.watch, args=(lambda: _ready(supervisor.ports.grpc_address),),
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        self.servers[device.uuid] = (slot, supervisor, thread)
+        if not wait_until(lambda: _ready(supervisor.ports.grpc_address), timeout=timeout, interval=0.2):
+            raise RuntimeError(f"the Triton for {device.profile} ({device.uuid}) did not become ready")
+        if hasattr(self.inventory, "attach"):
+            self.inventory.attach(device.uuid, f"tritonserver pid {supervisor.pid}")
+        log.info("Triton for %s on %s ready at %s", device.profile, device.uuid, supervisor.ports.grpc_address)
+        return supervisor.ports.grpc_address
+
+    def stop(self, uuid: str) -> None:
+        entry = self.servers.pop(uuid, None)
+        if entry is None:
+            return
+        entry[1].stop()
+        if hasattr(self.inventory, "detach"):
+            self.inventory.detach(uuid)
+
+    def stop_all(self) -> None:
+        for uuid in list(self.servers):
+            self.stop(uuid)
