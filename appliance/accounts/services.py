@@ -18,6 +18,7 @@ from appliance.audit.mixins import REDACTED
 from appliance.audit.services import audit_record
 from appliance.catalog.models import Model
 from appliance.core.errors import DomainError
+from appliance.core.services import update_locked
 
 
 @transaction.atomic
@@ -97,13 +98,7 @@ def operator_token_create(
 def tenant_update(
     *, tenant: Tenant, name: str | None = None, classification: str | None = None, allowed_zones: list[str] | None = None
 ) -> Tenant:
-    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    for field, value in (("name", name), ("classification", classification), ("allowed_zones", allowed_zones)):
-        if value is not None:
-            setattr(locked, field, value)
-    locked.full_clean()
-    locked.save()
-    return locked
+    return update_locked(tenant, name=name, classification=classification, allowed_zones=allowed_zones)
 
 
 @transaction.atomic

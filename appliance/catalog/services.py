@@ -11,6 +11,7 @@ from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_re
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.signature import validate_signature
+from appliance.core.services import update_locked
 
 
 @transaction.atomic
@@ -72,10 +73,7 @@ def version_create(
 
 @transaction.atomic
 def model_update(*, model: Model, description: str) -> Model:
-    locked = Model.objects.select_for_update().get(pk=model.pk)
-    locked.description = description
-    locked.save(update_fields=["description"])
-    return locked
+    return update_locked(model, description=description)
 
 
 @transaction.atomic

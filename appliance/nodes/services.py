@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from appliance.core.errors import ConflictError, DomainError
+from appliance.core.services import update_locked
 from appliance.nodes.choices import RECONFIGURATION_STEPS, ReconfigurationState
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo
 from appliance.nodes.mig.catalog import gpu_model
@@ -100,13 +101,7 @@ def node_report_gpu_health(*, node_id: object, readings: list[GpuHealth]) -> Non
 def node_update(
     *, node: Node, zone: str | None = None, site: str | None = None, compliance_tags: list[str] | None = None
 ) -> Node:
-    locked = Node.objects.select_for_update().get(pk=node.pk)
-    for field, value in (("zone", zone), ("site", site), ("compliance_tags", compliance_tags)):
-        if value is not None:
-            setattr(locked, field, value)
-    locked.full_clean()
-    locked.save()
-    return locked
+    return update_locked(node, zone=zone, site=site, compliance_tags=compliance_tags)
 
 
 @transaction.atomic

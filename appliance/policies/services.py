@@ -8,6 +8,7 @@ from django.db import transaction
 
 from appliance.audit.services import audit_record
 from appliance.core.errors import DomainError
+from appliance.core.services import update_locked
 from appliance.policies.engine import Decision
 from appliance.policies.models import PolicyRule
 
@@ -32,13 +33,7 @@ def policy_rule_create(**fields: Any) -> PolicyRule:
 
 @transaction.atomic
 def policy_rule_update(*, rule: PolicyRule, **fields: Any) -> PolicyRule:
-    locked = PolicyRule.objects.select_for_update().get(pk=rule.pk)
-    for name, value in fields.items():
-        if name in _FIELDS:
-            setattr(locked, name, value)
-    locked.full_clean()
-    locked.save()
-    return locked
+    return update_locked(rule, **{name: value for name, value in fields.items() if name in _FIELDS})
 
 
 @transaction.atomic

@@ -20,7 +20,7 @@ from appliance.nodes.agent import sync
 from appliance.nodes.agent.mig_servers import MigServers
 from appliance.nodes.agent.repository import ModelRepository
 from appliance.nodes.agent.runtime import LocalNode, set_local
-from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor
+from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.nodes.inventory.base import Inventory, open_inventory
 from appliance.nodes.queues import node_queue
 
@@ -43,17 +43,6 @@ class AgentOptions:
         return open_inventory(self.inventory)
 
 
-def _triton_ready(address: str) -> bool:
-    try:
-        client = triton_grpc.InferenceServerClient(address)
-        try:
-            return bool(client.is_server_ready(client_timeout=2.0))
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
 def _triton_version(address: str) -> str:
     try:
         return str(triton_grpc.InferenceServerClient(address).get_server_metadata(client_timeout=2.0).version)
@@ -68,7 +57,7 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
         while not stop.is_set():
             try:
                 close_old_connections()
-                ready = supervisor.alive() and _triton_ready(supervisor.ports.grpc_address)
+                ready = supervisor.alive() and triton_ready(supervisor.ports.grpc_address)
                 gpus = inventory.gpus()
                 if [g.as_dict() for g in gpus] != reported:
                     services.node_report_inventory(node_id=node_id, gpus=gpus)
@@ -115,7 +104,7 @@ def run_agent(options: AgentOptions) -> None:
     supervisor.on_start.append(lambda: _record_version(node.name, options))
     stop = threading.Event()
     threads = [
-        threading.Thread(target=supervisor.watch, args=(lambda: _triton_ready(options.ports.grpc_address),), daemon=True),
+        threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(options.ports.grpc_address),), daemon=True),
         threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop), daemon=True),
     ]
     for thread in threads:

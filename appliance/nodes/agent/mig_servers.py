@@ -10,23 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, wait_until
+from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready, wait_until
 from appliance.nodes.inventory.base import MigDeviceInfo
 
 log = logging.getLogger(__name__)
-
-
-def _ready(address: str) -> bool:
-    import tritonclient.grpc as triton_grpc
-
-    try:
-        client = triton_grpc.InferenceServerClient(address)
-        try:
-            return bool(client.is_server_ready(client_timeout=2.0))
-        finally:
-            client.close()
-    except Exception:
-        return False
 
 
 def _free_ports(host: str, count: int) -> list[int]:
@@ -79,11 +66,11 @@ class MigServers:
             instance=device.uuid.removeprefix("MIG-")[:8],
             extra_env={"CUDA_VISIBLE_DEVICES": device.uuid},
         )
-        thread = threading.Thread(target=supervisor.watch, args=(lambda: _ready(supervisor.ports.grpc_address),),
+        thread = threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(supervisor.ports.grpc_address),),
                                   daemon=True)  # fmt: skip
         thread.start()
         self.servers[device.uuid] = (slot, supervisor, thread)
-        if not wait_until(lambda: _ready(supervisor.ports.grpc_address), timeout=timeout, interval=0.2):
+        if not wait_until(lambda: triton_ready(supervisor.ports.grpc_address), timeout=timeout, interval=0.2):
             raise RuntimeError(f"the Triton for {device.profile} ({device.uuid}) did not become ready")
         if hasattr(self.inventory, "attach"):
             self.inventory.attach(device.uuid, f"tritonserver pid {supervisor.pid}")

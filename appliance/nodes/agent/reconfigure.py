@@ -19,7 +19,7 @@ from django.conf import settings
 
 from appliance.nodes import services
 from appliance.nodes.agent.runtime import LocalNode
-from appliance.nodes.agent.triton import wait_until
+from appliance.nodes.agent.triton import triton_ready, wait_until
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState
 from appliance.nodes.inventory.base import InventoryError, NotFound, ResetRequired
 from appliance.nodes.mig.catalog import gpu_model
@@ -135,10 +135,8 @@ def verify(local: LocalNode, run: Reconfiguration) -> str:
     wanted = sorted(f"{p['profile']}@{p['start']}" for p in run.placements)
     if layout != wanted:
         raise StepFailed(f"the GPU shows {layout}, not the planned {wanted}")
-    from appliance.nodes.agent.mig_servers import _ready
-
-    down = [d.uuid for d in gpu.mig_devices if not _ready(local.mig_servers.address(d.uuid))]
-    if down or not _ready(local.triton_grpc):
+    down = [d.uuid for d in gpu.mig_devices if not triton_ready(local.mig_servers.address(d.uuid))]
+    if down or not triton_ready(local.triton_grpc):
         raise StepFailed(f"Triton not ready on {', '.join(down) or 'the main server'}")
     return "layout and Tritons verified"
 

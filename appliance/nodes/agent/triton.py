@@ -213,6 +213,20 @@ class TritonSupervisor:
                 proc.wait(timeout=5)
 
 
+def triton_ready(address: str, timeout: float = 2.0) -> bool:
+    """Does the Triton at address answer ready? Any failure is a no."""
+    import tritonclient.grpc as triton_grpc
+
+    try:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            return bool(client.is_server_ready(client_timeout=timeout))
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
