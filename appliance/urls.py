@@ -8,7 +8,7 @@ import appliance.core.admin_registry  # noqa: F401  (registers the read-only adm
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
-from appliance.nodes.api.views import MigPlanView, NodeViewSet, ReconfigurationViewSet
+from appliance.nodes.api.views import MigDeviceViewSet, MigPlanView, NodeViewSet, ReconfigurationViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
@@ -23,6 +23,7 @@ router.register("grants", ModelGrantViewSet)
 router.register("audit-events", AuditEventViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
 router.register("reconfigurations", ReconfigurationViewSet)
+router.register("mig-devices", MigDeviceViewSet)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

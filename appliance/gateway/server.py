@@ -123,6 +123,11 @@ class Gateway:
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"model '{model}' has no live version '{version}'")
         if not routes:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica right now; retry later")
+        # Slices dedicated to a tenant serve that tenant only, and that tenant there first.
+        own = tuple(r for r in routes if r.tenant == key.tenant_id)
+        routes = own or tuple(r for r in routes if r.tenant is None)
+        if not routes:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica for this API key; retry later")
         allowed = self.snapshot.permitted.get(key.tenant_id, frozenset())
         permitted = tuple(r for r in routes if r.node in allowed)
         if not permitted:

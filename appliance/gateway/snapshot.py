@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
-from appliance.nodes.models import Node
+from appliance.nodes.models import MigDevice, Node
 from appliance.nodes.selectors import routable_nodes
 from appliance.policies.choices import Operation
 from appliance.policies.engine import check, current_rules
@@ -37,6 +37,7 @@ class Route:
     node: str
     address: str
     version: str
+    tenant: str | None = None  # a slice dedicated to this tenant (MIG device)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,18 @@ def build_snapshot() -> Snapshot:
         grants[str(tenant_id)].add(model_name)
     nodes = list(routable_nodes())
     routes: dict[str, list[Route]] = defaultdict(list)
+    devices = {d.uuid: d for d in MigDevice.objects.filter(gpu__node__in=nodes).exclude(grpc_address="")}
     for replica in live_replicas().filter(node_id__in=[n.pk for n in nodes]):
         version = replica.deployment.version
+        if replica.mig_uuid:
+            device = devices.get(replica.mig_uuid)
+            if device is None:
+                continue  # its Triton is not (yet) known: never route blind
+            address, tenant = device.grpc_address, str(device.tenant_id) if device.tenant_id else None
+        else:
+            address, tenant = replica.node.grpc_address, None
         routes[version.model.name].append(
-            Route(node=replica.node.name, address=replica.node.grpc_address, version=str(version.number))
+            Route(node=replica.node.name, address=address, version=str(version.number), tenant=tenant)
         )
     permitted, denials = _residency(nodes, set(grants))
     return Snapshot(
@@ -81,7 +90,7 @@ def build_snapshot() -> Snapshot:
         grants={tenant: frozenset(models) for tenant, models in grants.items()},
         permitted=permitted,
         denials=denials,
-        routes={model: tuple(sorted(r, key=lambda x: (x.node, x.version))) for model, r in routes.items()},
+        routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -158,6 +160,9 @@ def reconfiguration_create(*, node: Node, gpu_index: int, layout: list[str], inj
     result = plan(gpu_model(gpu.model), layout)
     if not result.ok:
         raise DomainError(f"layout refused for {gpu.model}: {result.reason}")
+    busy = gpu_in_use(gpu)
+    if busy:
+        raise ConflictError(busy)
     try:
         with transaction.atomic():
             reconfiguration = Reconfiguration.objects.create(
@@ -230,3 +235,33 @@ def node_set_mig_endpoints(*, node_id: object, addresses: dict[str, str]) -> Non
     """Where the Triton of each MIG device listens (not audited: it follows the devices)."""
     for device_uuid, address in addresses.items():
         MigDevice.objects.filter(gpu__node_id=node_id, uuid=device_uuid).update(grpc_address=address)
+
+
+@transaction.atomic
+def mig_device_dedicate(*, device: MigDevice, tenant: Any) -> MigDevice:
+    """Dedicate a MIG slice to one tenant (None: shared again); audited."""
+    if tenant is not None:
+        return update_locked(device, tenant=tenant)
+    locked = MigDevice.objects.select_for_update().get(pk=device.pk)
+    locked.tenant = None
+    locked.save(update_fields=["tenant"])
+    return locked
+
+
+def gpu_in_use(gpu: Gpu) -> str:
+    """Why the GPU's MIG layout must not change now ('' if it may)."""
+    from appliance.rollouts.choices import RESIDENT_REPLICA_STATES
+    from appliance.rollouts.models import Replica
+
+    uuids = list(gpu.mig_devices.values_list("uuid", flat=True))
+    serving = Replica.objects.filter(mig_uuid__in=uuids, state__in=RESIDENT_REPLICA_STATES).select_related(
+        "deployment__version__model"
+    )
+    if serving:
+        names = ", ".join(sorted({str(r.deployment.version) for r in serving}))
+        return f"MIG devices of GPU {gpu.index} serve {names}: move those deployments off first"
+    dedicated = gpu.mig_devices.filter(tenant__isnull=False).select_related("tenant")
+    if dedicated:
+        owners = ", ".join(sorted({d.tenant.slug for d in dedicated}))  # type: ignore[union-attr]
+        return f"MIG devices of GPU {gpu.index} are dedicated to {owners}: share them again first"
+    return ""

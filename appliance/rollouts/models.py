@@ -33,6 +33,8 @@ class Replica(Audited):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="replicas")
+    # Set when the replica runs on one MIG device (its own Triton); blank: the node's main Triton.
+    mig_uuid = models.CharField(max_length=64, blank=True)
     state = models.CharField(max_length=16, choices=ReplicaState.choices, default=ReplicaState.PENDING)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -41,7 +43,10 @@ class Replica(Audited):
 
     class Meta:
         ordering = ["deployment", "node__name"]
-        constraints = [models.UniqueConstraint(fields=["deployment", "node"], name="replica_unique_node")]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "node", "mig_uuid"], name="replica_unique_endpoint")
+        ]
 
     def __str__(self) -> str:
-        return f"{self.deployment.version}@{self.node.name} ({self.state})"
+        where = f"{self.node.name}/{self.mig_uuid}" if self.mig_uuid else self.node.name
+        return f"{self.deployment.version}@{where} ({self.state})"

@@ -14,7 +14,7 @@ from django.db import transaction
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import ConflictError, DomainError
-from appliance.nodes.models import Node
+from appliance.nodes.models import MigDevice, Node
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import Deployment, Replica
 
@@ -27,13 +27,20 @@ class RolloutBusy(ConflictError):
     """Another rollout of the same model is under way."""
 
 
-def deployment_create(*, version: ModelVersion, nodes: Sequence[Node]) -> Deployment:
-    """Records the deployment and its replicas; the rollout task starts after commit.
-    Refused when the residency policy forbids a node for a tenant the model serves."""
-    if not nodes:
-        raise RolloutError("a deployment needs at least one node")
-    placement_check(model_id=version.model_id, nodes=nodes, subject=f"deployment of {version}")
-    return _deployment_create(version=version, nodes=nodes)
+def deployment_create(
+    *, version: ModelVersion, nodes: Sequence[Node] = (), mig_devices: Sequence[MigDevice] = ()
+) -> Deployment:
+    """Records the deployment and its replicas (on nodes' main Tritons and/or on MIG
+    devices); the rollout task starts after commit. Refused when the residency
+    policy forbids a node for a tenant the model serves."""
+    if not nodes and not mig_devices:
+        raise RolloutError("a deployment needs at least one node or MIG device")
+    for device in mig_devices:
+        if not device.grpc_address:
+            raise RolloutError(f"MIG device {device.uuid} has no running Triton yet")
+    targets = {n.pk: n for n in [*nodes, *(d.gpu.node for d in mig_devices)]}
+    placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")
+    return _deployment_create(version=version, nodes=nodes, mig_devices=mig_devices)
 
 
 def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) -> None:
@@ -55,7 +62,7 @@ def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) ->
 
 
 @transaction.atomic
-def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node]) -> Deployment:
+def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> Deployment:
     if version.format == ArtifactFormat.ENSEMBLE:
         raise RolloutError("ensemble versions are deployed with their composing models (not supported yet)")
     # Lock the model's row so that two concurrent requests cannot both start a rollout.
@@ -66,6 +73,8 @@ def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node]) -> Deplo
     deployment = Deployment.objects.create(version=version)
     for node in sorted(set(nodes), key=lambda n: n.name):
         Replica.objects.create(deployment=deployment, node=node)
+    for device in mig_devices:
+        Replica.objects.create(deployment=deployment, node=device.gpu.node, mig_uuid=device.uuid)
 
     from appliance.rollouts.tasks import rollout_start
 
@@ -120,6 +129,7 @@ def replica_mark_live(*, replica: Replica) -> list[Replica]:
         Replica.objects.select_for_update()
         .filter(
             node_id=locked.node_id,
+            mig_uuid=locked.mig_uuid,
             deployment__version__model_id=replica.deployment.version.model_id,
             state=ReplicaState.LIVE,
         )

@@ -40,33 +40,37 @@ def replica_apply(replica_id: str) -> None:
         return
     version = replica.deployment.version
     model = version.model
-    wanted = sync.resident_versions(local, model_id=model.pk)
+    where = replica.mig_uuid
     try:
-        sync.load_model(local, model_name=model.name, versions=wanted)
-        smoke_infer(local.client(), version, timeout=30.0)
+        wanted = sync.resident_versions(local, model_id=model.pk, mig_uuid=where)
+        sync.load_model(local, model_name=model.name, versions=wanted, mig_uuid=where)
+        smoke_infer(local.endpoint(where).client(), version, timeout=30.0)
+    except LookupError as exc:
+        services.replica_mark_failed(replica=replica, error=str(exc))
+        return
     except (sync.LoadError, SmokeError, OSError, ValueError) as exc:
         log.warning("replica %s of %s failed: %s", replica_id, version, exc)
         # Put the files and config back to what serves; Triton itself kept serving it.
         keep = [v for v in wanted if v.pk != version.pk]
-        sync.write_model(local, model_name=model.name, versions=keep)
+        sync.write_model(local, model_name=model.name, versions=keep, mig_uuid=where)
         if not keep:
-            sync.load_model(local, model_name=model.name, versions=[])
+            sync.load_model(local, model_name=model.name, versions=[], mig_uuid=where)
         services.replica_mark_failed(replica=replica, error=str(exc))
         return
     retired = services.replica_mark_live(replica=replica)
     if retired:
         # Unload the old version only after the gateway has seen the switch.
         node_model_sync.apply_async(
-            args=[str(model.pk)], queue=node_queue(local.name), countdown=settings.RETIRE_GRACE_S
+            args=[str(model.pk), where], queue=node_queue(local.name), countdown=settings.RETIRE_GRACE_S
         )
 
 
 @shared_task(name="rollouts.node_model_sync")
-def node_model_sync(model_id: str) -> None:
-    """Converge this node's Triton to the model's resident versions (drops retired ones)."""
+def node_model_sync(model_id: str, mig_uuid: str = "") -> None:
+    """Converge one of this node's Tritons to the model's resident versions (drops retired ones)."""
     local = require_local()
-    versions = sync.resident_versions(local, model_id=model_id)
+    versions = sync.resident_versions(local, model_id=model_id, mig_uuid=mig_uuid)
     from appliance.catalog.models import Model
 
     model = Model.objects.get(pk=model_id)
-    sync.load_model(local, model_name=model.name, versions=versions)
+    sync.load_model(local, model_name=model.name, versions=versions, mig_uuid=mig_uuid)

@@ -62,6 +62,22 @@ def _gpu_node() -> Any:
     return node
 
 
+def _dedicate(api: APIClient) -> Any:
+    from pathlib import Path
+    from tempfile import mkdtemp
+
+    from appliance.nodes.inventory.simulated import SimulatedInventory
+    from appliance.nodes.services import node_report_inventory
+
+    node = make_node("n1")
+    sim = SimulatedInventory(state_path=Path(mkdtemp()) / "gpus.json", models=("H100-80GB",))
+    sim.set_mig_mode(0, True)
+    device = sim.create_instance(0, "7g.80gb", 0)
+    node_report_inventory(node_id=node.pk, gpus=sim.gpus())
+    api.post("/api/v1/tenants/", {"slug": "acme", "name": "Acme"}, format="json")
+    return api.patch(f"/api/v1/mig-devices/{device.uuid}/", {"tenant": "acme"}, format="json")
+
+
 def _reconfigure(api: APIClient) -> Any:
     _gpu_node()
     return api.post("/api/v1/nodes/n1/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"]}, format="json")
@@ -102,6 +118,7 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "drain"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/drain/"))[1], "node.update"),
     ("nodes", "maintenance"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/maintenance/"))[1], "node.update"),
     ("nodes", "reconfigure"): (_reconfigure, "reconfiguration.create"),
+    ("mig-devices", "partial_update"): (_dedicate, "mig_device.update"),
     ("nodes", "clear_fault"): (
         lambda api: (_faulty_node(), api.post("/api/v1/nodes/n1/clear-fault/"))[1], "node.update"),
     ("nodes", "undrain"): (

@@ -573,6 +573,51 @@ def test_agent_killed_mid_reconfiguration_ends_consistent(fleet: Fleet, story: d
     _both_healthy(fleet)
 
 
+def _stats(address: str, version: str) -> int:
+    client = grpcclient.InferenceServerClient(address)
+    return int(client.get_inference_statistics("digits", version).model_stats[0].inference_stats.success.count)
+
+
+def test_tenant_slice_serves_its_tenant_and_nobody_else(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    _both_healthy(fleet)
+    live = story.get("live_version", "1")
+    erin.post("tenants/", {"slug": "initech", "name": "Initech"})
+    erin.post("grants/", {"tenant": "initech", "model": "digits"})
+    initech = erin.post("api-keys/", {"tenant": "initech", "name": "app"})["key"]
+    device = next(d for d in erin.get("nodes/node-b/")["gpus"][0]["mig_devices"] if d["profile"] == "3g.40gb")
+    response = erin.client.patch(f"/api/v1/mig-devices/{device['uuid']}/", {"tenant": "acme"}, format="json")
+    assert response.status_code == 200 and response.json()["tenant"] == "acme"
+    version = next(v for v in erin.get("versions/?model=digits&limit=100")["results"] if str(v["number"]) == live)
+    deployment = erin.post("deployments/", {"version": version["id"], "mig_devices": [device["uuid"]]})
+    done = wait_for("the slice replica", lambda: (d := erin.get(f"deployments/{deployment['id']}/"))["state"]
+                    in ("live", "failed") and d, timeout=60, procs=fleet.procs)  # fmt: skip
+    assert done["state"] == "live", done
+    assert done["replicas"][0]["mig_uuid"] == device["uuid"]
+
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.zeros((1, 64), np.float32)
+    wait_for("acme routed to its slice",
+             lambda: _slice_took(device["grpc_address"], live, client, image, story["acme"]), timeout=10)  # fmt: skip
+    mains = {n: _successes(fleet, n, live) for n in ("node-a", "node-b")}
+    on_slice = _stats(device["grpc_address"], live)
+    for _ in range(10):
+        _infer_batch(client, image, story["acme"])
+    assert _stats(device["grpc_address"], live) == on_slice + 10, "acme's requests go to its slice"
+    for _ in range(10):
+        _infer_batch(client, image, initech)
+    assert _stats(device["grpc_address"], live) == on_slice + 10, "nobody else's requests reach the slice"
+    assert sum(_successes(fleet, n, live) for n in mains) == sum(mains.values()) + 10
+    busy = erin.client.post("/api/v1/nodes/node-b/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"]}, format="json")
+    assert busy.status_code == 409 and "move those deployments off first" in busy.json()["detail"]
+
+
+def _slice_took(address: str, version: str, client: grpcclient.InferenceServerClient, image: np.ndarray, key: str) -> bool:
+    before = _stats(address, version)
+    _infer_batch(client, image, key)
+    return _stats(address, version) == before + 1
+
+
 def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:
     from appliance.audit.models import AuditEvent
 

@@ -69,10 +69,10 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
             stop.wait(settings.NODE_HEARTBEAT_S)
 
 
-def _reload_after_start(local: LocalNode) -> None:
+def _reload_after_start(local: LocalNode, mig_uuid: str = "") -> None:
     with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
         close_old_connections()
-        sync.reload_live_models(local)
+        sync.reload_live_models(local, mig_uuid=mig_uuid)
 
 
 def run_agent(options: AgentOptions) -> None:
@@ -99,6 +99,7 @@ def run_agent(options: AgentOptions) -> None:
     local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address,
                       inventory=inventory, mig_servers=mig_servers)  # fmt: skip
     set_local(local)
+    mig_servers.after_start = lambda uuid: _reload_after_start(local, uuid)
     _start_mig_servers(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
     supervisor.on_start.append(lambda: _record_version(node.name, options))

@@ -37,6 +37,8 @@ class MigServers:
     port_base: int
     inventory: Any
     servers: dict[str, tuple[int, TritonSupervisor, threading.Thread]] = field(default_factory=dict)
+    # Called with the device uuid after its Triton (re)starts: reload what is live on it.
+    after_start: Any = None
 
     def _slot(self) -> int:
         used = {slot for slot, _, _ in self.servers.values()}
@@ -66,6 +68,8 @@ class MigServers:
             instance=device.uuid.removeprefix("MIG-")[:8],
             extra_env={"CUDA_VISIBLE_DEVICES": device.uuid},
         )
+        if self.after_start is not None:
+            supervisor.on_start.append(lambda uuid=device.uuid: self.after_start(uuid))
         thread = threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(supervisor.ports.grpc_address),),
                                   daemon=True)  # fmt: skip
         thread.start()

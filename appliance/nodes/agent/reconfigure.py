@@ -60,7 +60,9 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
     result = plan(gpu_model(gpu.model), run.layout)
     if not result.ok:
         raise StepFailed(result.reason)
-    # Deployments are not yet placed on MIG devices (only on the node's main Triton), so nothing must move.
+    busy = services.gpu_in_use(Node.objects.get(pk=local.node_id).gpus.get(index=run.gpu_index))
+    if busy:
+        raise StepFailed(busy)
     return f"{gpu.model}: {' '.join(str(p) for p in result.placements) or 'MIG off'}"
 
 

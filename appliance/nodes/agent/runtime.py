@@ -10,6 +10,17 @@ import tritonclient.grpc as triton_grpc
 from appliance.nodes.agent.repository import ModelRepository
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One Triton of the node: its model repository and gRPC address."""
+
+    repository: ModelRepository
+    address: str
+
+    def client(self) -> triton_grpc.InferenceServerClient:
+        return triton_grpc.InferenceServerClient(self.address)
+
+
 @dataclass
 class LocalNode:
     node_id: str
@@ -21,6 +32,15 @@ class LocalNode:
 
     def client(self) -> triton_grpc.InferenceServerClient:
         return triton_grpc.InferenceServerClient(self.triton_grpc)
+
+    def endpoint(self, mig_uuid: str = "") -> Endpoint:
+        """The main Triton, or the one running on MIG device `mig_uuid`."""
+        if not mig_uuid:
+            return Endpoint(self.repository, self.triton_grpc)
+        if self.mig_servers is None or mig_uuid not in self.mig_servers.servers:
+            raise LookupError(f"MIG device {mig_uuid} has no Triton on node {self.name}")
+        supervisor = self.mig_servers.servers[mig_uuid][1]
+        return Endpoint(ModelRepository(supervisor.repository), supervisor.ports.grpc_address)
 
 
 _local: LocalNode | None = None

@@ -21,17 +21,19 @@ class LoadError(RuntimeError):
     """Triton refused to load or did not make ready a version."""
 
 
-def resident_versions(local: LocalNode, *, model_id: object, states: tuple[str, ...] | None = None) -> list[ModelVersion]:
-    replicas = resident_replicas(node_id=local.node_id, model_id=model_id)
+def resident_versions(
+    local: LocalNode, *, model_id: object, states: tuple[str, ...] | None = None, mig_uuid: str = ""
+) -> list[ModelVersion]:
+    replicas = resident_replicas(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid)
     if states is not None:
         replicas = replicas.filter(state__in=states)
     versions = {r.deployment.version.pk: r.deployment.version for r in replicas}
     return sorted(versions.values(), key=lambda v: v.number)
 
 
-def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion]) -> None:
+def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion], mig_uuid: str = "") -> None:
     """Files and config only: what Triton will load next."""
-    repo = local.repository
+    repo = local.endpoint(mig_uuid).repository
     if not versions:
         repo.remove_model(model_name)
         return
@@ -40,19 +42,21 @@ def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersio
     repo.write_config(versions[-1], versions=[v.number for v in versions])
 
 
-def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion]) -> None:
-    """Makes Triton serve exactly these versions (an empty list unloads the model).
-    Triton reloads in the background: versions already serving keep serving until
-    the new set is ready, and a failed load leaves the old set in place."""
-    client = local.client()
+def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion], mig_uuid: str = "") -> None:
+    """Makes one of the node's Tritons (the main one, or a MIG device's) serve exactly
+    these versions (an empty list unloads the model). Triton reloads in the
+    background: versions already serving keep serving until the new set is ready,
+    and a failed load leaves the old set in place."""
+    endpoint = local.endpoint(mig_uuid)
+    client = endpoint.client()
     if not versions:
         try:
             client.unload_model(model_name)
         except triton_grpc.InferenceServerException as exc:
             log.warning("unloading %s: %s", model_name, exc.message())
-        local.repository.remove_model(model_name)
+        endpoint.repository.remove_model(model_name)
         return
-    write_model(local, model_name=model_name, versions=versions)
+    write_model(local, model_name=model_name, versions=versions, mig_uuid=mig_uuid)
     try:
         client.load_model(model_name)
     except triton_grpc.InferenceServerException as exc:
@@ -63,18 +67,18 @@ def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion
         )
         if not ready:
             raise LoadError(f"{model_name} version {version.number} did not become ready")
-    local.repository.remove_versions_except(model_name, {v.number for v in versions})
+    endpoint.repository.remove_versions_except(model_name, {v.number for v in versions})
 
 
-def reload_live_models(local: LocalNode) -> None:
-    """After Triton (re)starts it holds nothing (EXPLICIT mode): load what is live here."""
+def reload_live_models(local: LocalNode, mig_uuid: str = "") -> None:
+    """After a Triton (re)starts it holds nothing (EXPLICIT mode): load what is live on it."""
     models: dict[str, object] = {}
-    for replica in resident_replicas(node_id=local.node_id).filter(state=ReplicaState.LIVE):
+    for replica in resident_replicas(node_id=local.node_id, mig_uuid=mig_uuid).filter(state=ReplicaState.LIVE):
         models[replica.deployment.version.model.name] = replica.deployment.version.model_id
     for model_name, model_id in models.items():
-        versions = resident_versions(local, model_id=model_id, states=(ReplicaState.LIVE,))
+        versions = resident_versions(local, model_id=model_id, states=(ReplicaState.LIVE,), mig_uuid=mig_uuid)
         try:
-            load_model(local, model_name=model_name, versions=versions)
+            load_model(local, model_name=model_name, versions=versions, mig_uuid=mig_uuid)
         except (LoadError, DomainError) as exc:
             # The replica stays recorded as live; the operator sees this in the agent log.
             log.error("could not reload %s after Triton started: %s", model_name, exc)

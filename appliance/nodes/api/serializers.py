@@ -1,16 +1,27 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from appliance.accounts.models import Tenant
 from appliance.core.api import slug_list_field
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.models import Gpu, MigDevice, Node, Reconfiguration, ReconfigurationStep
 
 
 class MigDeviceSerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    node = serializers.CharField(source="gpu.node.name", read_only=True)
+    gpu_index = serializers.IntegerField(source="gpu.index", read_only=True)
+
     class Meta:
         model = MigDevice
-        fields = ["uuid", "profile", "start", "size", "gpu_instance_id", "memory_mib", "grpc_address"]
+        fields = ["uuid", "node", "gpu_index", "profile", "start", "size", "gpu_instance_id", "memory_mib",
+                  "grpc_address", "tenant"]  # fmt: skip
         read_only_fields = fields
+
+
+class MigDeviceDedicateSerializer(serializers.Serializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all(), allow_null=True,
+                                          help_text="tenant slug, or null to share the slice again")  # fmt: skip
 
 
 class GpuSerializer(serializers.ModelSerializer):

@@ -14,6 +14,8 @@ from appliance.core.api import ProtectedDestroyMixin
 from appliance.core.errors import DomainError
 from appliance.nodes import services
 from appliance.nodes.api.serializers import (
+    MigDeviceDedicateSerializer,
+    MigDeviceSerializer,
     MigPlanRequestSerializer,
     MigPlanSerializer,
     NodeHealthChangeSerializer,
@@ -26,7 +28,7 @@ from appliance.nodes.api.serializers import (
 from appliance.nodes.choices import AdminState
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import Node, Reconfiguration
+from appliance.nodes.models import MigDevice, Node, Reconfiguration
 
 
 class NodeViewSet(
@@ -120,6 +122,22 @@ class NodeViewSet(
         """The node's health changes, newest first (last 200)."""
         changes = self.get_object().health_history.all()[:200]
         return Response(NodeHealthChangeSerializer(changes, many=True).data)
+
+
+class MigDeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """MIG devices of the fleet; dedicate one to a tenant (a tenant slice)."""
+
+    queryset = MigDevice.objects.select_related("gpu__node", "tenant")
+    serializer_class = MigDeviceSerializer
+    lookup_field = "uuid"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(request=MigDeviceDedicateSerializer, responses=MigDeviceSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = MigDeviceDedicateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        device = services.mig_device_dedicate(device=self.get_object(), tenant=body.validated_data["tenant"])
+        return Response(MigDeviceSerializer(self.get_queryset().get(pk=device.pk)).data)
 
 
 class ReconfigurationViewSet(viewsets.ReadOnlyModelViewSet):

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from appliance.catalog.models import ModelVersion
-from appliance.nodes.models import Node
+from appliance.nodes.models import MigDevice, Node
 from appliance.rollouts.models import Deployment, Replica
 
 
@@ -10,7 +10,7 @@ class ReplicaSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Replica
-        fields = ["id", "node", "state", "error", "attempts", "updated"]
+        fields = ["id", "node", "mig_uuid", "state", "error", "attempts", "updated"]
         read_only_fields = fields
 
 
@@ -27,4 +27,14 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 class DeploymentCreateSerializer(serializers.Serializer):
     version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model"))
-    nodes = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all(), many=True, allow_empty=False)
+    nodes = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all(), many=True, required=False,
+                                         help_text="replicas on these nodes' main Tritons")  # fmt: skip
+    mig_devices = serializers.SlugRelatedField(
+        slug_field="uuid", queryset=MigDevice.objects.select_related("gpu__node"), many=True, required=False,
+        help_text="replicas on these MIG devices (one Triton each)",
+    )  # fmt: skip
+
+    def validate(self, attrs: dict) -> dict:  # type: ignore[type-arg]
+        if not attrs.get("nodes") and not attrs.get("mig_devices"):
+            raise serializers.ValidationError("name at least one node or MIG device")
+        return attrs

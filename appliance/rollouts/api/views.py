@@ -35,7 +35,8 @@ class DeploymentViewSet(
         body = DeploymentCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         deployment = services.deployment_create(
-            version=body.validated_data["version"], nodes=body.validated_data["nodes"]
-        )
+            version=body.validated_data["version"], nodes=body.validated_data.get("nodes", []),
+            mig_devices=body.validated_data.get("mig_devices", []),
+        )  # fmt: skip
         deployment = self.get_queryset().get(pk=deployment.pk)
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
