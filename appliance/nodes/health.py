@@ -41,6 +41,8 @@ class GpuFacts:
     remap_failed: bool | None = None
     readout_error: str = ""
     readout_time: datetime | None = None
+    ecc_uncorrected_aggregate: int | None = None
+    retired_pages_pending: bool | None = None
 
 
 @dataclass
@@ -71,6 +73,10 @@ def _gpu(gpu: GpuFacts, facts: NodeFacts, t: Thresholds) -> tuple[list[str], lis
             poor.append(f"{where}: temperature {gpu.temperature_c} °C ≥ {t.temp_degraded_c} °C")
     if gpu.ecc_uncorrected:
         bad.append(f"{where}: {gpu.ecc_uncorrected} uncorrectable ECC errors")
+    if gpu.ecc_uncorrected_aggregate and not gpu.ecc_uncorrected:
+        poor.append(f"{where}: {gpu.ecc_uncorrected_aggregate} uncorrectable ECC errors in its lifetime")
+    if gpu.retired_pages_pending:
+        poor.append(f"{where}: retired pages pending a reset")
     if gpu.ecc_corrected is not None and gpu.ecc_corrected >= t.ecc_corrected_degraded:
         poor.append(f"{where}: {gpu.ecc_corrected} corrected ECC errors ≥ {t.ecc_corrected_degraded}")
     recent = facts.now - timedelta(seconds=t.xid_window_s)

@@ -67,6 +67,7 @@ class Gpu(Audited):
     """One accelerator of a node, as its agent last reported it."""
 
     audit_ignore = frozenset({"updated", "temperature_c", "ecc_corrected", "ecc_uncorrected", "xid_events",
+                              "ecc_uncorrected_aggregate", "retired_pages_pending",
                               "throttle_reasons", "memory_used_mib", "remapped_rows_pending", "remap_failed",
                               "readout_error", "readout_time"})  # fmt: skip
 
@@ -84,6 +85,8 @@ class Gpu(Audited):
     temperature_c = models.IntegerField(null=True, blank=True)
     ecc_corrected = models.BigIntegerField(null=True, blank=True)
     ecc_uncorrected = models.BigIntegerField(null=True, blank=True)
+    ecc_uncorrected_aggregate = models.BigIntegerField(null=True, blank=True)
+    retired_pages_pending = models.BooleanField(null=True, blank=True)
     xid_events = models.JSONField(default=list, blank=True)  # [{"xid": 79, "time": iso}, …] recent ones
     throttle_reasons = models.JSONField(default=list, blank=True)
     memory_used_mib = models.IntegerField(null=True, blank=True)

@@ -93,6 +93,8 @@ def node_report_gpu_health(*, node_id: object, readings: list[GpuHealth]) -> Non
         Gpu.objects.filter(node_id=node_id, index=reading.index).update(
             temperature_c=reading.temperature_c, ecc_corrected=reading.ecc_corrected,
             ecc_uncorrected=reading.ecc_uncorrected, xid_events=reading.xid_events,
+            ecc_uncorrected_aggregate=reading.ecc_uncorrected_aggregate,
+            retired_pages_pending=reading.retired_pages_pending,
             throttle_reasons=reading.throttle_reasons, memory_used_mib=reading.memory_used_mib,
             remapped_rows_pending=reading.remapped_rows_pending, remap_failed=reading.remap_failed,
             readout_error=reading.readout_error[:500], readout_time=now,

@@ -83,7 +83,8 @@ def sweep() -> dict[str, str]:
             name=node.name, now=now, last_heartbeat=node.last_heartbeat, agent_triton_ready=node.triton_ready,
             probe_error=probe_error, models_not_ready=not_ready, mig_problems=mig_problems[node.pk],
             gpus=[GpuFacts(g.index, g.temperature_c, g.ecc_corrected, g.ecc_uncorrected, g.xid_events,
-                           g.throttle_reasons, g.remapped_rows_pending, g.remap_failed, g.readout_error, g.readout_time)
+                           g.throttle_reasons, g.remapped_rows_pending, g.remap_failed, g.readout_error, g.readout_time,
+                           g.ecc_uncorrected_aggregate, g.retired_pages_pending)
                   for g in node.gpus.all()],
             fault=node.fault,
         )  # fmt: skip

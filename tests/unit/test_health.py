@@ -38,6 +38,8 @@ def _xid(xid: int, age_s: int = 5) -> list[dict[str, object]]:
         ({"throttle_reasons": ["HwThermalSlowdown", "GpuIdle"]}, "degraded", "HwThermalSlowdown"),
         ({"throttle_reasons": ["GpuIdle", "SwPowerCap"]}, "healthy", None),
         ({"remapped_rows_pending": True}, "degraded", "remapped rows pending"),
+        ({"ecc_uncorrected_aggregate": 3}, "degraded", "3 uncorrectable ECC errors in its lifetime"),
+        ({"retired_pages_pending": True}, "degraded", "retired pages pending a reset"),
         ({"remap_failed": True}, "unhealthy", "row remapping failed"),
         ({"readout_error": "GPU is lost"}, "unhealthy", "read-out failed (GPU is lost)"),
         ({"readout_time": None}, "unhealthy", "no recent health read-out"),

@@ -30,7 +30,8 @@ class GpuSerializer(serializers.ModelSerializer):
     class Meta:
         model = Gpu
         fields = ["index", "uuid", "product", "model", "memory_mib", "mig_enabled", "mig_pending", "mig_devices",
-                  "temperature_c", "ecc_corrected", "ecc_uncorrected", "xid_events", "throttle_reasons",
+                  "temperature_c", "ecc_corrected", "ecc_uncorrected", "ecc_uncorrected_aggregate",
+                  "retired_pages_pending", "xid_events", "throttle_reasons",
                   "memory_used_mib", "remapped_rows_pending", "remap_failed", "readout_error", "readout_time"]  # fmt: skip
         read_only_fields = fields
 

@@ -79,6 +79,8 @@ class GpuHealth:
     temperature_c: int | None = None
     ecc_corrected: int | None = None
     ecc_uncorrected: int | None = None
+    ecc_uncorrected_aggregate: int | None = None  # over the GPU's lifetime (volatile ones reset on reboot)
+    retired_pages_pending: bool | None = None  # pre-Ampere page retirement waiting for a reset
     xid_events: list[dict[str, Any]] = field(default_factory=list)  # recent, {"xid", "time"}
     throttle_reasons: list[str] = field(default_factory=list)
     memory_used_mib: int | None = None

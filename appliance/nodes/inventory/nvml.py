@@ -132,6 +132,9 @@ class NvmlInventory:
             temperature_c=_optional(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU),
             ecc_corrected=_optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, corrected, volatile),
             ecc_uncorrected=_optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, uncorrected, volatile),
+            ecc_uncorrected_aggregate=_optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, uncorrected,
+                                                pynvml.NVML_AGGREGATE_ECC),  # fmt: skip
+            retired_pages_pending=_retired_pending(handle),
             xid_events=list(self._xids.get(index, [])),
             throttle_reasons=[name for bit, name in _THROTTLE_BITS.items() if reasons & bit],
             memory_used_mib=int(pynvml.nvmlDeviceGetMemoryInfo(handle).used // (1024 * 1024)),
@@ -255,6 +258,12 @@ class NvmlInventory:
             for i in range(count.value):
                 _call(pynvml.nvmlComputeInstanceDestroy, infos[i])
         _call(pynvml.nvmlGpuInstanceDestroy, gi)
+
+
+def _retired_pending(handle: Any) -> bool | None:
+    """Pre-Ampere page retirement pending a reset (Ampere+ remap rows instead: None there)."""
+    status = _optional(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+    return None if status is None else bool(status)
 
 
 def _full_compute_profile(profile: str) -> int:
