@@ -139,7 +139,10 @@ class Reconfiguration(Audited):
     gpu_index = models.PositiveSmallIntegerField()
     layout = models.JSONField()  # ["3g.40gb", …] as asked
     placements = models.JSONField()  # [{"profile", "start"}] as planned
-    previous = models.JSONField(default=list)  # the layout before, to restore on failure
+    previous = models.JSONField(default=list)  # [{"profile", "start", "uuid", "tenant"}] before, to restore on failure
+    # Slices in use (serving replicas or dedicated) → the new placement that takes them over.
+    moves = models.JSONField(default=list)  # [{"from": uuid, "to": placement index, "tenant": id or None}]
+    moved = models.JSONField(default=dict)  # {old uuid: new uuid} once the reload step moved them
     previous_admin_state = models.CharField(max_length=16, choices=AdminState.choices, default=AdminState.ACTIVE)
     state = models.CharField(max_length=16, choices=ReconfigurationState.choices, default=ReconfigurationState.PENDING)
     step = models.CharField(max_length=32, blank=True)

@@ -162,15 +162,17 @@ def reconfiguration_create(*, node: Node, gpu_index: int, layout: list[str], inj
     result = plan(gpu_model(gpu.model), layout)
     if not result.ok:
         raise DomainError(f"layout refused for {gpu.model}: {result.reason}")
-    busy = gpu_in_use(gpu)
-    if busy:
-        raise ConflictError(busy)
+    placements = [{"profile": p.profile, "start": p.start} for p in result.placements]
+    moves, problem = plan_moves(gpu, placements)
+    if problem:
+        raise ConflictError(problem)
     try:
         with transaction.atomic():
             reconfiguration = Reconfiguration.objects.create(
                 node=node, gpu_index=gpu_index, layout=list(layout), inject_failure_at=inject_failure_at,
-                placements=[{"profile": p.profile, "start": p.start} for p in result.placements],
-                previous=[{"profile": d.profile, "start": d.start} for d in gpu.mig_devices.all()],
+                placements=placements, moves=moves,
+                previous=[{"profile": d.profile, "start": d.start, "uuid": d.uuid,
+                           "tenant": str(d.tenant_id) if d.tenant_id else None} for d in gpu.mig_devices.all()],  # fmt: skip
             )  # fmt: skip
             from appliance.nodes.tasks import reconfigure
 
@@ -250,20 +252,50 @@ def mig_device_dedicate(*, device: MigDevice, tenant: Any) -> MigDevice:
     return locked
 
 
-def gpu_in_use(gpu: Gpu) -> str:
-    """Why the GPU's MIG layout must not change now ('' if it may)."""
+def plan_moves(gpu: Gpu, placements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Every slice in use (serving replicas, or dedicated to a tenant) gets a slice of
+    the new layout with at least its memory — the same profile first, else the
+    smallest that fits. Returns (moves, '') or ([], why it cannot be done)."""
     from appliance.rollouts.choices import RESIDENT_REPLICA_STATES
     from appliance.rollouts.models import Replica
 
-    uuids = list(gpu.mig_devices.values_list("uuid", flat=True))
-    serving = Replica.objects.filter(mig_uuid__in=uuids, state__in=RESIDENT_REPLICA_STATES).select_related(
-        "deployment__version__model"
-    )
-    if serving:
-        names = ", ".join(sorted({str(r.deployment.version) for r in serving}))
-        return f"MIG devices of GPU {gpu.index} serve {names}: move those deployments off first"
-    dedicated = gpu.mig_devices.filter(tenant__isnull=False).select_related("tenant")
-    if dedicated:
-        owners = ", ".join(sorted({d.tenant.slug for d in dedicated}))  # type: ignore[union-attr]
-        return f"MIG devices of GPU {gpu.index} are dedicated to {owners}: share them again first"
-    return ""
+    catalog = gpu_model(gpu.model)
+    in_use = []
+    for device in gpu.mig_devices.select_related("tenant"):
+        serving = sorted({str(r.deployment.version) for r in Replica.objects.filter(
+            mig_uuid=device.uuid, state__in=RESIDENT_REPLICA_STATES).select_related("deployment__version__model")})  # fmt: skip
+        if serving or device.tenant_id:
+            in_use.append((device, serving))
+    free = list(range(len(placements)))
+    moves = []
+    memory = {p.name: p.memory_gib for p in catalog.profiles}
+    for device, serving in sorted(in_use, key=lambda item: -memory[item[0].profile]):
+        need = memory[device.profile]
+        fits = sorted((i for i in free if memory[placements[i]["profile"]] >= need),
+                      key=lambda i: (placements[i]["profile"] != device.profile, memory[placements[i]["profile"]]))  # fmt: skip
+        if not fits:
+            what = ", ".join(serving) if serving else f"dedicated to {device.tenant.slug}"  # type: ignore[union-attr]
+            return [], (f"the new layout has no slice for {device.profile}@{device.start} ({what}), "
+                        f"which needs at least {need} GiB")  # fmt: skip
+        free.remove(fits[0])
+        moves.append({"from": device.uuid, "to": fits[0], "tenant": str(device.tenant_id) if device.tenant_id else None})
+    return moves, ""
+
+
+def replicas_move(*, node_id: object, from_uuid: str, to_uuid: str, tenant_id: str | None) -> None:
+    """Replicas (and a tenant's dedication) follow their slice to its new MIG device; audited."""
+    from appliance.rollouts.models import Replica
+
+    with transaction.atomic():
+        for replica in Replica.objects.select_for_update().filter(node_id=node_id, mig_uuid=from_uuid):
+            replica.mig_uuid = to_uuid
+            replica.save(update_fields=["mig_uuid", "updated"])
+        if tenant_id:
+            target = MigDevice.objects.filter(gpu__node_id=node_id, uuid=to_uuid).first()
+            if target is not None and str(target.tenant_id) != tenant_id:
+                update_locked(target, tenant_id=tenant_id)
+
+
+def reconfiguration_record_moved(*, run: Reconfiguration, moved: dict[str, str]) -> None:
+    Reconfiguration.objects.filter(pk=run.pk).update(moved=moved)
+    run.moved = moved

@@ -608,8 +608,42 @@ def test_tenant_slice_serves_its_tenant_and_nobody_else(fleet: Fleet, story: dic
         _infer_batch(client, image, initech)
     assert _stats(device["grpc_address"], live) == on_slice + 10, "nobody else's requests reach the slice"
     assert sum(_successes(fleet, n, live) for n in mains) == sum(mains.values()) + 10
-    busy = erin.client.post("/api/v1/nodes/node-b/reconfigure/", {"gpu": 0, "layout": ["7g.80gb"]}, format="json")
-    assert busy.status_code == 409 and "move those deployments off first" in busy.json()["detail"]
+    story["slice_deployment"] = deployment["id"]
+
+
+def _slice(erin: Operator) -> dict[str, Any]:
+    return next(d for d in erin.get("mig-devices/?limit=100")["results"] if d["tenant"] == "acme")
+
+
+def test_reconfiguration_moves_a_tenant_slice_with_its_replica(fleet: Fleet, story: dict[str, Any]) -> None:
+    erin = story["erin"]
+    live = story.get("live_version", "1")
+    old = _slice(erin)
+    too_small = erin.client.post("/api/v1/nodes/node-b/reconfigure/", {"gpu": 0, "layout": ["1g.10gb"] * 4}, format="json")
+    assert too_small.status_code == 409 and "no slice for 3g.40gb@0 (digits:" in too_small.json()["detail"]
+    done = _reconfigure(erin, {"gpu": 0, "layout": ["4g.40gb", "3g.40gb"]}, fleet)
+    assert done["state"] == "succeeded", done
+    new = _slice(erin)
+    assert new["uuid"] != old["uuid"] and new["profile"] == "3g.40gb" and new["start"] == 4
+    replica = erin.get(f"deployments/{story['slice_deployment']}/")["replicas"][0]
+    assert replica["mig_uuid"] == new["uuid"] and replica["state"] == "live"
+    _both_healthy(fleet)
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.zeros((1, 64), np.float32)
+    wait_for("acme served on the moved slice", lambda: _slice_took(new["grpc_address"], live, client, image, story["acme"]),
+             timeout=10)  # fmt: skip
+
+    # A failure after the move puts layout, replica and dedication back where they were.
+    failed = _reconfigure(erin, {"gpu": 0, "layout": ["7g.80gb"], "inject_failure_at": "verify"}, fleet)
+    assert failed["state"] == "failed"
+    back = _slice(erin)
+    assert (back["profile"], back["start"]) == ("3g.40gb", 4)
+    replica = erin.get(f"deployments/{story['slice_deployment']}/")["replicas"][0]
+    assert replica["mig_uuid"] == back["uuid"]
+    erin.post("nodes/node-b/clear-fault/", {})
+    _both_healthy(fleet)
+    wait_for("acme served on the restored slice",
+             lambda: _slice_took(back["grpc_address"], live, client, image, story["acme"]), timeout=10)  # fmt: skip
 
 
 def _slice_took(address: str, version: str, client: grpcclient.InferenceServerClient, image: np.ndarray, key: str) -> bool:

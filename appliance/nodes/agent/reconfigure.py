@@ -60,9 +60,10 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
     result = plan(gpu_model(gpu.model), run.layout)
     if not result.ok:
         raise StepFailed(result.reason)
-    busy = services.gpu_in_use(Node.objects.get(pk=local.node_id).gpus.get(index=run.gpu_index))
-    if busy:
-        raise StepFailed(busy)
+    moves, problem = services.plan_moves(Node.objects.get(pk=local.node_id).gpus.get(index=run.gpu_index), run.placements)
+    if problem:
+        raise StepFailed(problem)
+    run.moves = moves
     return f"{gpu.model}: {' '.join(str(p) for p in result.placements) or 'MIG off'}"
 
 
@@ -124,11 +125,25 @@ def start_tritons(local: LocalNode, run: Reconfiguration) -> str:
     return ", ".join(addresses) or "no MIG devices"
 
 
+def _move_slices(local: LocalNode, run: Reconfiguration, pairs: list[tuple[str, str, str | None]]) -> None:
+    """Replicas and dedications follow (old uuid → new uuid); then load them there."""
+    from appliance.nodes.agent.sync import reload_live_models
+
+    for source, target, tenant in pairs:
+        services.replicas_move(node_id=local.node_id, from_uuid=source, to_uuid=target, tenant_id=tenant)
+    for target in {t for _, t, _ in pairs}:
+        reload_live_models(local, mig_uuid=target)
+
+
 def reload(local: LocalNode, run: Reconfiguration) -> str:
     from appliance.nodes.agent.sync import reload_live_models
 
     reload_live_models(local)  # the node's main Triton keeps its models; make sure they are all loaded
-    return "live models loaded"
+    by_start = {d.start: d.uuid for d in _gpu(local, run.gpu_index).mig_devices}
+    pairs = [(m["from"], by_start[run.placements[m["to"]]["start"]], m["tenant"]) for m in run.moves]
+    services.reconfiguration_record_moved(run=run, moved={source: target for source, target, _ in pairs})
+    _move_slices(local, run, pairs)
+    return f"live models loaded; {len(pairs)} slice(s) moved" if pairs else "live models loaded"
 
 
 def verify(local: LocalNode, run: Reconfiguration) -> str:
@@ -140,7 +155,16 @@ def verify(local: LocalNode, run: Reconfiguration) -> str:
     down = [d.uuid for d in gpu.mig_devices if not triton_ready(local.mig_servers.address(d.uuid))]
     if down or not triton_ready(local.triton_grpc):
         raise StepFailed(f"Triton not ready on {', '.join(down) or 'the main server'}")
-    return "layout and Tritons verified"
+    from appliance.rollouts.choices import ReplicaState
+    from appliance.rollouts.selectors import resident_replicas
+
+    for target in run.moved.values():
+        client = local.endpoint(target).client()
+        for replica in resident_replicas(node_id=local.node_id, mig_uuid=target).filter(state=ReplicaState.LIVE):
+            version = replica.deployment.version
+            if not client.is_model_ready(version.model.name, str(version.number)):
+                raise StepFailed(f"{version} is not ready on its new slice {target}")
+    return "layout, Tritons and moved replicas verified"
 
 
 def undrain(local: LocalNode, run: Reconfiguration) -> str:
@@ -172,6 +196,14 @@ def restore(local: LocalNode, run: Reconfiguration, reason: str) -> None:
             for device in _gpu(local, run.gpu_index).mig_devices:
                 local.mig_servers.start(device)
         _report(local)
+        # Slices come back at their old places (with new uuids): their replicas and tenants follow.
+        by_start = {d.start: d.uuid for d in _gpu(local, run.gpu_index).mig_devices}
+        moved = Reconfiguration.objects.get(pk=run.pk).moved
+        pairs = []
+        for entry in run.previous:
+            for source in {entry.get("uuid"), moved.get(entry.get("uuid", ""))} - {None, ""}:
+                pairs.append((source, by_start[entry["start"]], entry.get("tenant")))
+        _move_slices(local, run, pairs)
         services.node_set_admin_state(node=Node.objects.get(pk=local.node_id), admin_state=run.previous_admin_state)
         services.reconfiguration_step_end(step=step, state="succeeded", detail="previous layout restored")
         services.reconfiguration_finish(run=run, succeeded=False, error=reason)
