@@ -196,6 +196,10 @@ RETIRE_GRACE_S = env_float("RETIRE_GRACE_S", 3.0)
 GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 # Upstream deadline for requests that bring none of their own.
 GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
+# The zone the gateway and its Redis response cache live in (the residency policy decides what may be cached here).
+GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHE_TTL_S = env_int("CACHE_TTL_S", 300, minimum=1)
 
 LOGGING = {
     "version": 1,

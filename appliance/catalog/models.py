@@ -15,6 +15,8 @@ class Model(Audited):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
     description = models.TextField(blank=True)
+    # Opt-in exact response cache at the gateway (per tenant and version; the residency policy decides who may use it).
+    response_cache = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -15,8 +15,8 @@ from appliance.core.services import update_locked
 
 
 @transaction.atomic
-def model_create(*, name: str, description: str = "") -> Model:
-    model = Model(name=name, description=description)
+def model_create(*, name: str, description: str = "", response_cache: bool = False) -> Model:
+    model = Model(name=name, description=description, response_cache=response_cache)
     model.full_clean()
     model.save()
     return model
@@ -72,8 +72,8 @@ def version_create(
 
 
 @transaction.atomic
-def model_update(*, model: Model, description: str) -> Model:
-    return update_locked(model, description=description)
+def model_update(*, model: Model, description: str | None = None, response_cache: bool | None = None) -> Model:
+    return update_locked(model, description=description, response_cache=response_cache)
 
 
 @transaction.atomic

@@ -27,6 +27,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
+from appliance.gateway.cache import ResponseCache
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
 from appliance.gateway.wire import SERVICE, with_version
 
@@ -57,6 +58,7 @@ class Gateway:
         self._unary: dict[tuple[str, str], Any] = {}
         self.inflight: dict[str, int] = defaultdict(int)
         self._denied: dict[tuple[str, str], float] = {}
+        self.cache = ResponseCache()
 
     # --- control-plane view ---------------------------------------------------------
     def _build(self) -> Snapshot:
@@ -186,6 +188,7 @@ class Gateway:
         return call
 
     async def close(self) -> None:
+        await self.cache.close()
         for channel in self._channels.values():
             await channel.close()
         self._db.shutdown(wait=False)
@@ -224,19 +227,31 @@ class Handlers:
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="appliance-gateway", version="1", extensions=["model_configuration"])
 
-    async def _forward(self, method: str, raw: bytes, model: str, version: str, context: Any) -> bytes:
+    async def _forward(
+        self, method: str, raw: bytes, model: str, version: str, context: Any, request: Any = None
+    ) -> bytes:
         key = await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version)
+        snapshot = self.gw.snapshot
+        if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
+            return await self._cached(raw, model, version, routes, key, request, context)
+        response, _ = await self._send(method, raw, version, routes, context)
+        return response
+
+    async def _send(
+        self, method: str, raw: bytes, version: str, routes: tuple[Route, ...], context: Any
+    ) -> tuple[bytes, Route]:
+        """Once to a replica (retried once elsewhere only if that replica went away)."""
         timeout = _timeout(context)
         tried: str | None = None
         for attempt in range(2):
             route = self.gw.pick(routes, exclude=tried)
             if route is None:
                 break
-            body = raw if version else with_version(raw, route.version)
             self.gw.inflight[route.address] += 1
             try:
-                return await self.gw.unary(route.address, method)(body, timeout=timeout)
+                body = raw if version else with_version(raw, route.version)
+                return await self.gw.unary(route.address, method)(body, timeout=timeout), route
             except grpc.aio.AioRpcError as exc:
                 # Retry once elsewhere only when the replica itself went away.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and len(routes) > 1:
@@ -245,11 +260,26 @@ class Handlers:
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
                 self.gw.inflight[route.address] -= 1
-        raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no reachable replica right now; retry later")
+        raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
+
+    async def _cached(
+        self, raw: bytes, model: str, version: str, routes: tuple[Route, ...], key: Any, request: Any, context: Any
+    ) -> bytes:
+        # The answer depends on the version: look up under the version that would answer.
+        served_version = version or self.gw.pick(routes).version  # type: ignore[union-attr]
+        cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
+        hit = await self.gw.cache.get(cache_key, request.id)
+        if hit is not None:
+            return hit
+        pinned = version or served_version
+        same_version = tuple(r for r in routes if r.version == pinned) or routes
+        response, _ = await self._send("ModelInfer", raw, version, same_version, context)
+        await self.gw.cache.put(cache_key, response)
+        return response
 
     async def model_infer(self, raw: bytes, context: Any) -> bytes:
         request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
-        return await self._forward("ModelInfer", raw, request.model_name, request.model_version, context)
+        return await self._forward("ModelInfer", raw, request.model_name, request.model_version, context, request)
 
     async def model_metadata(self, raw: bytes, context: Any) -> bytes:
         request = _parse(pb.ModelMetadataRequest, raw, "ModelMetadataRequest")

@@ -11,10 +11,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.catalog.models import Model
 from appliance.nodes.models import MigDevice, Node
 from appliance.nodes.selectors import routable_nodes
 from appliance.policies.choices import Operation
@@ -48,6 +50,9 @@ class Snapshot:
     # Residency: the nodes each tenant's data may be processed on, and why not elsewhere.
     permitted: dict[str, frozenset[str]] = field(default_factory=dict)
     denials: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Response cache: the models that opted in, and the tenants whose data the policy lets us cache here.
+    cached_models: frozenset[str] = frozenset()
+    cache_tenants: frozenset[str] = frozenset()
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -85,11 +90,18 @@ def build_snapshot() -> Snapshot:
             Route(node=replica.node.name, address=address, version=str(version.number), tenant=tenant)
         )
     permitted, denials = _residency(nodes, set(grants))
+    rules = current_rules()
+    cache_tenants = frozenset(
+        str(t.pk) for t in Tenant.objects.filter(pk__in=set(grants))
+        if check(tenant=t, zone=settings.GATEWAY_ZONE, operation=Operation.CACHE, rules=rules).allowed
+    )  # fmt: skip
     return Snapshot(
         keys=keys,
         grants={tenant: frozenset(models) for tenant, models in grants.items()},
         permitted=permitted,
         denials=denials,
+        cached_models=frozenset(Model.objects.filter(response_cache=True).values_list("name", flat=True)),
+        cache_tenants=cache_tenants,
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )

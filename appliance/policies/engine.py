@@ -112,6 +112,11 @@ def current_rules() -> list[RuleFacts]:
     return rule_facts(PolicyRule.objects.all())
 
 
-def check(*, tenant: Any, node: Any, operation: str, rules: Sequence[RuleFacts] | None = None) -> Decision:
-    """The policy entry point: may `operation` on `tenant`'s data happen on `node`?"""
-    return evaluate(current_rules() if rules is None else rules, tenant_facts(tenant), node_facts(node), operation)
+def check(
+    *, tenant: Any, operation: str, node: Any = None, zone: str = "", rules: Sequence[RuleFacts] | None = None
+) -> Decision:
+    """The policy entry point: may `operation` on `tenant`'s data happen on `node`
+    (or, for something that lives in a zone rather than on a node — the gateway's
+    response cache — in `zone`)?"""
+    place = node_facts(node) if node is not None else PlaceFacts(name=f"the {operation} store", zone=zone)
+    return evaluate(current_rules() if rules is None else rules, tenant_facts(tenant), place, operation)

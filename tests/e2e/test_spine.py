@@ -652,6 +652,47 @@ def _slice_took(address: str, version: str, client: grpcclient.InferenceServerCl
     return _stats(address, version) == before + 1
 
 
+def test_response_cache_is_per_tenant_and_never_holds_restricted_data(fleet: Fleet, story: dict[str, Any]) -> None:
+    import redis
+    from django.conf import settings
+
+    from appliance.accounts.models import Tenant
+
+    erin = story["erin"]
+    _both_healthy(fleet)
+    live = story.get("live_version", "1")
+    response = erin.client.patch("/api/v1/models/digits/", {"response_cache": True}, format="json")
+    assert response.status_code == 200 and response.json()["response_cache"] is True
+    erin.post("tenants/", {"slug": "vault2", "name": "Vault 2", "classification": "restricted"})
+    erin.post("tenants/", {"slug": "hooli", "name": "Hooli"})
+    for slug in ("vault2", "hooli"):
+        erin.post("grants/", {"tenant": slug, "model": "digits"})
+    restricted = erin.post("api-keys/", {"tenant": "vault2", "name": "app"})["key"]
+    hooli = erin.post("api-keys/", {"tenant": "hooli", "name": "app"})["key"]
+    initech = erin.post("api-keys/", {"tenant": "initech", "name": "cache-test"})["key"]
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    image = np.full((1, 64), 7.0, np.float32)
+
+    def reached_triton(key: str) -> int:
+        before = sum(_successes(fleet, n, live) for n in ("node-a", "node-b"))
+        assert _infer_batch(client, image, key).as_numpy("LABEL") is not None
+        return sum(_successes(fleet, n, live) for n in ("node-a", "node-b")) - before
+
+    wait_for("the gateway to cache for initech", lambda: reached_triton(initech) == 0, timeout=10)
+    first = _infer_batch(client, image, initech).as_numpy("PROBABILITIES")
+    assert reached_triton(initech) == 0, "a repeated request is answered from the cache"
+    assert reached_triton(hooli) == 1, "another tenant's identical request is not answered from initech's entry"
+    assert reached_triton(hooli) == 0, "…it gets its own entry"
+    assert reached_triton(restricted) == 1 and reached_triton(restricted) == 1, "restricted data is never cached"
+    keys = [k.decode() for k in redis.Redis.from_url(settings.REDIS_URL).keys(f"{settings.INSTANCE}:cache:*")]
+    tenants = {k.split(":")[2] for k in keys}
+    assert {str(Tenant.objects.get(slug=s).pk) for s in ("initech", "hooli")} <= tenants
+    assert str(Tenant.objects.get(slug="vault2").pk) not in tenants
+    assert all(f":digits:{live}:" in k for k in keys), "entries are per model version"
+    assert np.array_equal(first, _infer_batch(client, image, initech).as_numpy("PROBABILITIES"))
+    erin.client.patch("/api/v1/models/digits/", {"response_cache": False}, format="json")
+
+
 def test_the_whole_story_is_in_the_audit_trail(fleet: Fleet, story: dict[str, Any]) -> None:
     from appliance.audit.models import AuditEvent
 

@@ -12,12 +12,13 @@ from appliance.catalog.models import Model, ModelVersion
 class ModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
-        fields = ["id", "name", "description", "created"]
+        fields = ["id", "name", "description", "response_cache", "created"]
         read_only_fields = ["id", "created"]
 
 
 class ModelUpdateSerializer(serializers.Serializer):
-    description = serializers.CharField(allow_blank=True)
+    description = serializers.CharField(allow_blank=True, required=False)
+    response_cache = serializers.BooleanField(required=False)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

@@ -49,13 +49,15 @@ class ModelViewSet(
 
     def perform_create(self, serializer: ModelSerializer) -> None:
         data = serializer.validated_data
-        serializer.instance = services.model_create(name=data["name"], description=data.get("description", ""))
+        serializer.instance = services.model_create(
+            name=data["name"], description=data.get("description", ""), response_cache=data.get("response_cache", False)
+        )
 
     @extend_schema(request=ModelUpdateSerializer, responses=ModelSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         body = ModelUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        model = services.model_update(model=self.get_object(), description=body.validated_data["description"])
+        model = services.model_update(model=self.get_object(), **body.validated_data)
         return Response(ModelSerializer(model).data)
 
 
