@@ -448,13 +448,12 @@ def test_a_wedged_triton_makes_its_node_unhealthy_and_traffic_moves(fleet: Fleet
         image = np.zeros((1, 64), np.float32)
         live = story.get("live_version", "1")
 
-        def served_by_b() -> bool:
-            # A request the gateway still sends to the hung node times out here and is tried again.
-            before = _successes(fleet, "node-b", live)
-            _infer_batch(client, image, story["acme"], timeout=2.0)
-            return _successes(fleet, "node-b", live) == before + 1
-
-        wait_for("the gateway to route around node-a", served_by_b, timeout=10)
+        # A key the gateway has never seen makes it re-read the fleet at once, so the
+        # first request with it is routed by a snapshot that knows node-a is unhealthy.
+        fresh = story["erin"].post("api-keys/", {"tenant": "acme", "name": "after-wedge"})["key"]
+        before = _successes(fleet, "node-b", live)
+        assert _infer_batch(client, image, fresh, timeout=10).as_numpy("LABEL") is not None
+        assert _successes(fleet, "node-b", live) == before + 1
         before = _successes(fleet, "node-b", live)
         for _ in range(20):
             assert _infer_batch(client, image, story["acme"]).as_numpy("LABEL") is not None
