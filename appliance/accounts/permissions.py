@@ -51,7 +51,8 @@ class TenantScopedMixin:
 
     tenant_scope = "tenant"
 
-    def scope(self, qs: QuerySet[Any]) -> QuerySet[Any]:
+    def get_queryset(self) -> QuerySet[Any]:
+        qs = super().get_queryset()  # type: ignore[misc]
         tenant_id = tenant_id_of(self.request.user)  # type: ignore[attr-defined]
         if tenant_id is None:
             return qs

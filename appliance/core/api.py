@@ -13,6 +13,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from appliance.core.errors import DomainError
 
+# URL pattern of the slug lookups (nodes, models, tenants); slug_validator says what is valid.
+SLUG_LOOKUP = "[a-z0-9][a-z0-9_-]*"
+
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):

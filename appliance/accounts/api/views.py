@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -22,7 +21,7 @@ from appliance.accounts.api.serializers import (
 )
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.accounts.permissions import TenantScopedMixin
-from appliance.core.api import ProtectedDestroyMixin
+from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
 from appliance.core.errors import DomainError
 from appliance.policies.choices import Classification
 
@@ -40,12 +39,9 @@ class TenantViewSet(
     queryset = Tenant.objects.all()
     serializer_class = TenantSerializer
     lookup_field = "slug"
-    lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    lookup_value_regex = SLUG_LOOKUP
     tenant_scope = "pk"
     tenant_admin_actions = frozenset({"list", "retrieve"})
-
-    def get_queryset(self) -> QuerySet[Tenant]:
-        return self.scope(super().get_queryset())
     protected_message = "tenant '{obj}' still has API keys; revoke them and keep them for the record"
 
     def delete_service(self, obj: Any) -> None:
@@ -74,8 +70,6 @@ class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
     serializer_class = ApiKeySerializer
     tenant_admin_actions = frozenset({"list", "retrieve", "create", "revoke", "rotate"})
 
-    def get_queryset(self) -> QuerySet[ApiKey]:
-        return self.scope(super().get_queryset())
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -128,8 +122,6 @@ class ModelGrantViewSet(
     serializer_class = ModelGrantSerializer
     tenant_admin_actions = frozenset({"list", "retrieve"})
 
-    def get_queryset(self) -> QuerySet[ModelGrant]:
-        return self.scope(super().get_queryset())
 
     def perform_create(self, serializer: ModelGrantSerializer) -> None:
         data = serializer.validated_data

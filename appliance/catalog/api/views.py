@@ -20,7 +20,7 @@ from appliance.catalog.api.serializers import (
 )
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.tritonconfig import render_config
-from appliance.core.api import ProtectedDestroyMixin
+from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
 
 
 class ModelViewSet(
@@ -36,12 +36,9 @@ class ModelViewSet(
     queryset = Model.objects.all()
     serializer_class = ModelSerializer
     lookup_field = "name"
-    lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    lookup_value_regex = SLUG_LOOKUP
     tenant_scope = "grants__tenant"
     tenant_admin_actions = frozenset({"list", "retrieve"})
-
-    def get_queryset(self) -> QuerySet[Model]:
-        return self.scope(super().get_queryset())
     protected_message = "model '{obj}' has versions; it cannot be deleted"
 
     def delete_service(self, obj: Any) -> None:

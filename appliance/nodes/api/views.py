@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from appliance.core.api import ProtectedDestroyMixin
+from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
 from appliance.core.errors import DomainError
 from appliance.nodes import services
 from appliance.nodes.api.serializers import (
@@ -51,7 +51,7 @@ class NodeViewSet(
             return Node.objects.prefetch_related("gpus")
         return super().get_queryset()
     lookup_field = "name"
-    lookup_value_regex = "[a-z0-9][a-z0-9_-]*"
+    lookup_value_regex = SLUG_LOOKUP
     protected_message = "node '{obj}' still holds deployments; roll them off first"
 
     def delete_service(self, obj: Any) -> None:
