@@ -176,6 +176,11 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep not started within a period is stale: the next one replaces it.
         "options": {"expires": env_float("HEALTH_PERIOD_S", 2.0)},
     },
+    "rollout-tick": {
+        "task": "rollouts.tick",
+        "schedule": env_float("ROLLOUT_TICK_S", 1.0),
+        "options": {"expires": env_float("ROLLOUT_TICK_S", 1.0)},
+    },
 }
 
 # --- Artifacts, nodes, gateway ------------------------------------------------------
@@ -193,11 +198,17 @@ HEALTH_TEMP_UNHEALTHY_C = env_int("HEALTH_TEMP_UNHEALTHY_C", 95)
 HEALTH_ECC_CORRECTED_DEGRADED = env_int("HEALTH_ECC_CORRECTED_DEGRADED", 1000, minimum=1)
 HEALTH_XID_WINDOW_S = env_int("HEALTH_XID_WINDOW_S", 600, minimum=1)
 RETIRE_GRACE_S = env_float("RETIRE_GRACE_S", 3.0)
+# A rollout whose replicas are not all live this long after it began is rolled back.
+ROLLOUT_LOAD_TIMEOUT_S = env_float("ROLLOUT_LOAD_TIMEOUT_S", 600.0)
+# A start or replica task not picked up within this long is sent again (its claim makes that safe).
+ROLLOUT_RESEND_AFTER_S = env_float("ROLLOUT_RESEND_AFTER_S", 30.0)
 GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 # Upstream deadline for requests that bring none of their own.
 GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
 # The zone the gateway and its Redis response cache live in (the residency policy decides what may be cached here).
 GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
+# How often a request held for a model waking from zero looks for its replica.
+GATEWAY_WAKE_POLL_S = env_float("GATEWAY_WAKE_POLL_S", 0.1)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHE_TTL_S = env_int("CACHE_TTL_S", 300, minimum=1)
 

@@ -8,6 +8,16 @@ class ArtifactFormat(models.TextChoices):
     ENSEMBLE = "ensemble", "Ensemble"
 
 
+class ChangeKind(models.TextChoices):
+    """What a version changed relative to its parent (lineage)."""
+
+    INITIAL = "initial", "First version"
+    NEW_WEIGHTS = "new_weights", "New weights"
+    RE_EXPORT = "re_export", "Re-export of the same weights"
+    QUANTISATION = "quantisation", "Quantisation"
+    CONFIG = "config", "Serving change only"
+
+
 # Triton data types (model_config.proto TYPE_* without the prefix, as the
 # KServe v2 protocol spells them).
 TRITON_DATATYPES = (

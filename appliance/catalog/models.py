@@ -6,7 +6,7 @@ from django.db import models
 
 from appliance.accounts.models import slug_validator
 from appliance.audit.mixins import Audited
-from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.choices import ArtifactFormat, ChangeKind
 
 
 class Model(Audited):
@@ -17,6 +17,10 @@ class Model(Audited):
     description = models.TextField(blank=True)
     # Opt-in exact response cache at the gateway (per tenant and version; the residency policy decides who may use it).
     response_cache = models.BooleanField(default=False)
+    # How Triton serves it (catalog/profile.py validates; tritonconfig.py turns it into config.pbtxt).
+    serving_profile = models.JSONField(default=dict, blank=True)
+    # Scale-to-zero: unload every replica after this many seconds without a request (0: always resident).
+    idle_unload_s = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -42,7 +46,13 @@ class ModelVersion(Audited):
     max_batch_size = models.PositiveIntegerField(default=0)
     decoupled = models.BooleanField(default=False)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    change_kind = models.CharField(max_length=16, choices=ChangeKind.choices, default=ChangeKind.INITIAL)
     change_note = models.CharField(max_length=500, blank=True)
+    # A TensorRT plan runs only where it was built: GPU compute capability ("9.0") and TensorRT version.
+    gpu_arch = models.CharField(max_length=16, blank=True)
+    tensorrt_version = models.CharField(max_length=32, blank=True)
+    # One sample per input, without the batch dimension: {"IMAGE": [...]}; used for warm-up.
+    sample_inputs = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

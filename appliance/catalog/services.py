@@ -8,15 +8,20 @@ from django.db import transaction
 from django.db.models import Max
 
 from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_read_verified, check_archive
-from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
-from appliance.catalog.signature import validate_signature
+from appliance.catalog.profile import check_against, normalise
+from appliance.catalog.signature import validate_samples, validate_signature
 from appliance.core.services import update_locked
 
 
 @transaction.atomic
-def model_create(*, name: str, description: str = "", response_cache: bool = False) -> Model:
-    model = Model(name=name, description=description, response_cache=response_cache)
+def model_create(
+    *, name: str, description: str = "", response_cache: bool = False, serving_profile: dict[str, Any] | None = None,
+    idle_unload_s: int = 0,
+) -> Model:
+    model = Model(name=name, description=description, response_cache=response_cache,
+                  serving_profile=normalise(serving_profile), idle_unload_s=idle_unload_s)  # fmt: skip
     model.full_clean()
     model.save()
     return model
@@ -38,7 +43,11 @@ def version_create(
     max_batch_size: int = 0,
     decoupled: bool = False,
     parent: ModelVersion | None = None,
+    change_kind: str = ChangeKind.INITIAL,
     change_note: str = "",
+    gpu_arch: str = "",
+    tensorrt_version: str = "",
+    sample_inputs: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Stores the artifact (outside the transaction: the store is content-addressed,
     so an orphan file from a failed create is harmless and reused), then records
@@ -46,6 +55,7 @@ def version_create(
     if fmt not in ArtifactFormat.values:
         raise ArtifactError(f"format {fmt!r} is not one of {', '.join(ArtifactFormat.values)}")
     normalised = validate_signature(signature)
+    samples = validate_samples(sample_inputs, normalised)
     if decoupled and max_batch_size:
         raise ArtifactError("a decoupled (streaming) model must have max_batch_size 0")
     sha256, size = artifact_put(artifact)
@@ -67,13 +77,28 @@ def version_create(
             max_batch_size=max_batch_size,
             decoupled=decoupled,
             parent=parent,
+            change_kind=change_kind,
             change_note=change_note,
+            gpu_arch=gpu_arch,
+            tensorrt_version=tensorrt_version,
+            sample_inputs=samples,
         )
 
 
 @transaction.atomic
-def model_update(*, model: Model, description: str | None = None, response_cache: bool | None = None) -> Model:
-    return update_locked(model, description=description, response_cache=response_cache)
+def model_update(
+    *, model: Model, description: str | None = None, response_cache: bool | None = None,
+    serving_profile: dict[str, Any] | None = None, idle_unload_s: int | None = None,
+) -> Model:
+    """A new serving profile is checked against the model's newest version (it applies
+    at the next rollout; a node's running config changes only when a version loads)."""
+    if serving_profile is not None:
+        serving_profile = normalise(serving_profile)
+        newest = model.versions.order_by("-number").first()
+        if newest is not None:
+            check_against(newest, serving_profile)
+    return update_locked(model, description=description, response_cache=response_cache,
+                         serving_profile=serving_profile, idle_unload_s=idle_unload_s)  # fmt: skip
 
 
 @transaction.atomic

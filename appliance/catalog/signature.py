@@ -55,3 +55,30 @@ def validate_signature(signature: Any) -> dict[str, list[dict[str, Any]]]:
             raise SignatureError(f"signature.{side}: tensor names must be unique")
         result[side] = tensors
     return result
+
+
+def validate_samples(samples: Any, signature: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Stored sample inputs: one sample per input (no batch dimension), with exactly
+    as many values as the input's fixed dims hold, of a type its datatype takes."""
+    if samples is None:
+        return None
+    if not isinstance(samples, dict):
+        raise SignatureError("sample_inputs: expected an object mapping input names to values")
+    inputs = {t["name"]: t for t in signature["inputs"]}
+    if set(samples) != set(inputs):
+        raise SignatureError(f"sample_inputs: give exactly the inputs {sorted(inputs)}, got {sorted(samples)}")
+    import numpy as np
+    from tritonclient.utils import triton_to_np_dtype
+
+    for name, values in samples.items():
+        tensor = inputs[name]
+        if tensor["datatype"] == "BYTES" or -1 in tensor["dims"]:
+            raise SignatureError(f"sample_inputs.{name}: samples are supported for fixed-size numeric inputs only")
+        try:
+            array = np.asarray(values, dtype=triton_to_np_dtype(tensor["datatype"]))
+        except (TypeError, ValueError) as exc:
+            raise SignatureError(f"sample_inputs.{name}: values are not {tensor['datatype']}: {exc}") from exc
+        expected = int(np.prod(tensor["dims"]))
+        if array.size != expected:
+            raise SignatureError(f"sample_inputs.{name}: {array.size} values for dims {tensor['dims']} ({expected} expected)")
+    return dict(samples)

@@ -1,30 +1,70 @@
-"""Generates a version's Triton config.pbtxt from its signature.
+"""Generates a model's Triton config.pbtxt from a version's signature and the
+model's serving profile (catalog/profile.py).
 
 Built as a ModelConfig protobuf (the message Triton itself parses) and printed in
-text format, so the output is well-formed by construction. The serving-profile
-fields (dynamic batching, instance groups, warm-up, …) arrive with the model
-lifecycle issue; this module is where they go.
+text format, so the output is well-formed by construction; the profile is
+checked against the version before anything is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import triton_to_np_dtype
 
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
+from appliance.catalog.profile import check_against, effective_batch_size, normalise, warmup_source
 
 _BACKEND = {
     ArtifactFormat.ONNX: ("onnxruntime", ""),
     ArtifactFormat.TENSORRT_PLAN: ("tensorrt", "tensorrt_plan"),
     ArtifactFormat.PYTHON: ("python", ""),
 }
+_KIND = {"auto": mc.ModelInstanceGroup.KIND_AUTO, "cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+_ACTION = {"reject": mc.ModelQueuePolicy.REJECT, "delay": mc.ModelQueuePolicy.DELAY}
+WARMUP_DIR = "warmup"
 
 
-def build_config(version: ModelVersion, *, versions: Iterable[int]) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=version.model.name, max_batch_size=version.max_batch_size)
+def _dtype(datatype: str) -> int:
+    return int(mc.DataType.Value(f"TYPE_{datatype}"))
+
+
+def _queue_policy(target: mc.ModelQueuePolicy, policy: dict[str, Any]) -> None:
+    target.timeout_action = _ACTION[policy["timeout_action"]]
+    target.default_timeout_microseconds = policy["default_timeout_us"]
+    target.allow_timeout_override = policy["allow_timeout_override"]
+    target.max_queue_size = policy["max_queue_size"]
+
+
+def warmup_file_name(version: ModelVersion, tensor: str) -> str:
+    return f"v{version.number}_{tensor}"
+
+
+def warmup_files(version: ModelVersion, profile: Any) -> dict[str, bytes]:
+    """Raw row-major sample inputs for Triton's warm-up, named as the config names them."""
+    if warmup_source(version, normalise(profile)) != "samples" or not version.sample_inputs:
+        return {}
+    files = {}
+    for tensor in version.signature["inputs"]:
+        values = version.sample_inputs[tensor["name"]]
+        files[warmup_file_name(version, tensor["name"])] = np.asarray(
+            values, dtype=triton_to_np_dtype(tensor["datatype"])
+        ).tobytes()
+    return files
+
+
+def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None) -> mc.ModelConfig:
+    if profile is None:
+        profile = version.model.serving_profile
+    spec = normalise(profile)
+    check_against(version, spec)
+    batch = effective_batch_size(version, spec)
+    config = mc.ModelConfig(name=version.model.name, max_batch_size=batch)
     if version.format == ArtifactFormat.ENSEMBLE:
         config.platform = "ensemble"
     else:
@@ -34,18 +74,51 @@ def build_config(version: ModelVersion, *, versions: Iterable[int]) -> mc.ModelC
             config.platform = platform
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     for tensor in version.signature["inputs"]:
-        config.input.add(name=tensor["name"], data_type=mc.DataType.Value(f"TYPE_{tensor['datatype']}"), dims=tensor["dims"])
+        config.input.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
     for tensor in version.signature["outputs"]:
-        config.output.add(
-            name=tensor["name"], data_type=mc.DataType.Value(f"TYPE_{tensor['datatype']}"), dims=tensor["dims"]
-        )
+        config.output.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
     if version.decoupled:
         config.model_transaction_policy.decoupled = True
-    if version.max_batch_size > 0 and not version.decoupled:
-        config.dynamic_batching.max_queue_delay_microseconds = 0
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU if version.format == ArtifactFormat.PYTHON else mc.ModelInstanceGroup.KIND_AUTO, count=1)
+
+    dyn = spec["dynamic_batching"]
+    if dyn["enabled"] and batch > 0 and not version.decoupled:
+        batching = config.dynamic_batching
+        batching.max_queue_delay_microseconds = dyn["max_queue_delay_us"]
+        batching.preferred_batch_size.extend(dyn["preferred_batch_sizes"])
+        if dyn["priority_levels"]:
+            batching.priority_levels = dyn["priority_levels"]
+            batching.default_priority_level = dyn["default_priority_level"]
+        if "default_queue_policy" in dyn:
+            _queue_policy(batching.default_queue_policy, dyn["default_queue_policy"])
+        for level, policy in sorted(dyn["priority_queue_policy"].items(), key=lambda kv: int(kv[0])):
+            _queue_policy(batching.priority_queue_policy[int(level)], policy)
+
+    group = spec["instance_group"]
+    kind = group["kind"]
+    if kind == "auto" and version.format == ArtifactFormat.PYTHON:
+        kind = "cpu"
+    if version.format != ArtifactFormat.ENSEMBLE:
+        instance = config.instance_group.add(kind=_KIND[kind], count=group["count"])
+        instance.gpus.extend(group["gpus"])
+
+    warmup, source = spec["warmup"], warmup_source(version, spec)
+    if source != "none" and version.format != ArtifactFormat.ENSEMBLE:
+        sample = config.model_warmup.add(name=f"{source}_warmup", batch_size=warmup["batch_size"],
+                                         count=warmup["count"])  # fmt: skip
+        for tensor in version.signature["inputs"]:
+            item = sample.inputs[tensor["name"]]
+            item.data_type = _dtype(tensor["datatype"])
+            item.dims.extend(tensor["dims"])
+            if source == "zero":
+                item.zero_data = True
+            elif source == "random":
+                item.random_data = True
+            else:
+                item.input_data_file = warmup_file_name(version, tensor["name"])
+    if spec["response_cache"]:
+        config.response_cache.enable = True
     return config
 
 
-def render_config(version: ModelVersion, *, versions: Iterable[int]) -> str:
-    return text_format.MessageToString(build_config(version, versions=versions))
+def render_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None) -> str:
+    return text_format.MessageToString(build_config(version, versions=versions, profile=profile))

@@ -29,6 +29,7 @@ from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.gateway.cache import ResponseCache
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
+from appliance.gateway.stats import Recorder
 from appliance.gateway.wire import SERVICE, with_version
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class Gateway:
         self.inflight: dict[str, int] = defaultdict(int)
         self._denied: dict[tuple[str, str], float] = {}
         self.cache = ResponseCache()
+        self.stats = Recorder()
+        self._woken: dict[str, float] = {}
 
     # --- control-plane view ---------------------------------------------------------
     def _build(self) -> Snapshot:
@@ -106,7 +109,7 @@ class Gateway:
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid, expired or revoked API key")
         return entry
 
-    async def routes_for(self, key: KeyEntry, model: str, version: str) -> tuple[Route, ...]:
+    async def routes_for(self, key: KeyEntry, model: str, version: str, deadline: float | None = None) -> tuple[Route, ...]:
         if not model:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
         if model not in self.snapshot.grants.get(key.tenant_id, ()):
@@ -119,6 +122,8 @@ class Gateway:
         if not routes:
             await self.refresh_if_stale()
             routes = self.snapshot.routes.get(model, ())
+        if not routes and model in self.snapshot.parked:
+            routes = await self.wake(model, deadline)
         if version:
             routes = tuple(r for r in routes if r.version == version)
             if not routes and self.snapshot.routes.get(model):
@@ -140,6 +145,41 @@ class Gateway:
                 f"the residency policy permits no live replica of model '{model}' for this tenant: {reason}",
             )
         return permitted
+
+    async def wake(self, model: str, deadline: float | None) -> tuple[Route, ...]:
+        """A model scaled to zero: ask the control plane to load it again (at most once a
+        second per model and process) and hold the request until a replica is live or
+        its deadline is near."""
+        now = time.monotonic()
+        if now - self._woken.get(model, -1e9) > 1.0:
+            self._woken[model] = now
+
+            def ask() -> None:
+                from appliance.rollouts.services import model_wake
+
+                close_old_connections()
+                with audit_context(origin=Origin.GRPC, actor="gateway"):
+                    model_wake(model_name=model)
+
+            await asyncio.get_running_loop().run_in_executor(self._db, ask)
+        limit = (deadline if deadline is not None else now + settings.GATEWAY_DEFAULT_TIMEOUT_S) - 0.05
+        while time.monotonic() < limit:
+            await self.refresh(unless_newer_than=time.monotonic())
+            routes = self.snapshot.routes.get(model, ())
+            if routes:
+                return routes
+            await asyncio.sleep(min(settings.GATEWAY_WAKE_POLL_S, max(0.0, limit - time.monotonic())))
+        raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, f"model '{model}' was loading after idle and not ready before the deadline")
+
+    def choose_version(self, model: str, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        """During a rollout: the routes of one version, drawn by the rollout's traffic split."""
+        versions = sorted({r.version for r in routes})
+        if len(versions) == 1:
+            return routes
+        split = self.snapshot.weights.get(model, {})
+        weights = [split.get(v, 0) for v in versions]
+        chosen = random.choices(versions, weights)[0] if sum(weights) > 0 else random.choice(versions)
+        return tuple(r for r in routes if r.version == chosen)
 
     def record_denial(self, key: KeyEntry, model: str, node: str, reason: str) -> None:
         """Audits a routing denial, at most once per tenant and model every 10 s."""
@@ -189,6 +229,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.cache.close()
+        await self.stats.close()
         for channel in self._channels.values():
             await channel.close()
         self._db.shutdown(wait=False)
@@ -199,6 +240,12 @@ def _parse(message_type: Any, raw: bytes, what: str) -> Any:
         return message_type.FromString(raw)
     except Exception as exc:  # protobuf raises DecodeError
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {what} message") from exc
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the monotonic clock, if it sent one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _timeout(context: grpc.aio.ServicerContext) -> float:
@@ -231,32 +278,42 @@ class Handlers:
         self, method: str, raw: bytes, model: str, version: str, context: Any, request: Any = None
     ) -> bytes:
         key = await self.gw.authenticate(context)
-        routes = await self.gw.routes_for(key, model, version)
+        routes = await self.gw.routes_for(key, model, version, _deadline(context))
         snapshot = self.gw.snapshot
         if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
             return await self._cached(raw, model, version, routes, key, request, context)
-        response, _ = await self._send(method, raw, version, routes, context)
+        response, _ = await self._send(method, raw, model, version, routes, context)
         return response
 
     async def _send(
-        self, method: str, raw: bytes, version: str, routes: tuple[Route, ...], context: Any
+        self, method: str, raw: bytes, model: str, version: str, routes: tuple[Route, ...], context: Any
     ) -> tuple[bytes, Route]:
-        """Once to a replica (retried once elsewhere only if that replica went away)."""
+        """Once to a replica (retried once elsewhere only if that replica went away).
+        Unpinned inference follows the rollout's traffic split; a retry may go to
+        any version's replica."""
         timeout = _timeout(context)
         tried: str | None = None
+        infer = method == "ModelInfer"
+        first = self.gw.choose_version(model, routes) if infer and not version else routes
         for attempt in range(2):
-            route = self.gw.pick(routes, exclude=tried)
+            route = self.gw.pick(first if attempt == 0 else routes, exclude=tried)
             if route is None:
                 break
             self.gw.inflight[route.address] += 1
+            started = time.perf_counter()
             try:
                 body = raw if version else with_version(raw, route.version)
-                return await self.gw.unary(route.address, method)(body, timeout=timeout), route
+                response = await self.gw.unary(route.address, method)(body, timeout=timeout)
+                if infer:
+                    self.gw.stats.record(model, route.version, True, time.perf_counter() - started)
+                return response, route
             except grpc.aio.AioRpcError as exc:
                 # Retry once elsewhere only when the replica itself went away.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and len(routes) > 1:
                     tried = route.address
                     continue
+                if infer:
+                    self.gw.stats.record(model, route.version, False, time.perf_counter() - started)
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
                 self.gw.inflight[route.address] -= 1
@@ -266,14 +323,14 @@ class Handlers:
         self, raw: bytes, model: str, version: str, routes: tuple[Route, ...], key: Any, request: Any, context: Any
     ) -> bytes:
         # The answer depends on the version: look up under the version that would answer.
-        served_version = version or self.gw.pick(routes).version  # type: ignore[union-attr]
+        served_version = version or self.gw.pick(self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
         cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
         hit = await self.gw.cache.get(cache_key, request.id)
         if hit is not None:
             return hit
         pinned = version or served_version
         same_version = tuple(r for r in routes if r.version == pinned) or routes
-        response, _ = await self._send("ModelInfer", raw, version, same_version, context)
+        response, _ = await self._send("ModelInfer", raw, model, version, same_version, context)
         await self.gw.cache.put(cache_key, response)
         return response
 
@@ -304,8 +361,8 @@ class Handlers:
         first = _parse(pb.ModelInferRequest, first_raw, "ModelInferRequest")
         model, version = first.model_name, first.model_version
         key = await self.gw.authenticate(context)
-        routes = await self.gw.routes_for(key, model, version)
-        route = self.gw.pick(routes)
+        routes = await self.gw.routes_for(key, model, version, _deadline(context))
+        route = self.gw.pick(routes if version else self.gw.choose_version(model, routes))
         assert route is not None
         chosen = version or route.version
 
@@ -321,13 +378,16 @@ class Handlers:
             upstream(), timeout=_timeout(context)
         )
         self.gw.inflight[route.address] += 1
+        started, ok = time.perf_counter(), False
         try:
             async for response in call:
                 yield response
+            ok = True
         except grpc.aio.AioRpcError as exc:
             raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
         finally:
             self.gw.inflight[route.address] -= 1
+            self.gw.stats.record(model, chosen, ok, time.perf_counter() - started)
 
 
 def _guard(handler: Any) -> Any:
@@ -413,9 +473,11 @@ async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = N
     await server.start()
     log.info("gateway listening on %s (%s)", bind, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     refresher = asyncio.create_task(gateway.refresh_forever())
+    flusher = asyncio.create_task(gateway.stats.flush_forever())
     try:
         await server.wait_for_termination()
     finally:
         refresher.cancel()
+        flusher.cancel()
         await server.stop(grace=5)
         await gateway.close()

@@ -53,6 +53,11 @@ class Snapshot:
     # Response cache: the models that opted in, and the tenants whose data the policy lets us cache here.
     cached_models: frozenset[str] = frozenset()
     cache_tenants: frozenset[str] = frozenset()
+    # Traffic split during a rollout: {model: {version: percent}}; absent versions get 0
+    # unless no weighted version has a live replica.
+    weights: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Models scaled to zero: no live replica, but parked ones a request can wake.
+    parked: frozenset[str] = frozenset()
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -89,6 +94,7 @@ def build_snapshot() -> Snapshot:
         routes[version.model.name].append(
             Route(node=replica.node.name, address=address, version=str(version.number), tenant=tenant)
         )
+    weights, parked = _traffic()
     permitted, denials = _residency(nodes, set(grants))
     rules = current_rules()
     cache_tenants = frozenset(
@@ -102,9 +108,18 @@ def build_snapshot() -> Snapshot:
         denials=denials,
         cached_models=frozenset(Model.objects.filter(response_cache=True).values_list("name", flat=True)),
         cache_tenants=cache_tenants,
+        weights=weights,
+        parked=parked,
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )
+
+
+def _traffic() -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+    """Each model's split between its serving deployment and a rollout in progress."""
+    from appliance.rollouts.selectors import traffic_split
+
+    return traffic_split()
 
 
 def _residency(nodes: list[Node], tenant_ids: set[str]) -> tuple[dict[str, frozenset[str]], dict[tuple[str, str], str]]:

@@ -30,6 +30,8 @@ class Node(Audited):
     health_reasons = models.JSONField(default=list, blank=True)
     health_checked = models.DateTimeField(null=True, blank=True)
     triton_version = models.CharField(max_length=32, blank=True)
+    # The TensorRT the node's Triton runs (blank: none, so no TensorRT plan is placed here).
+    tensorrt_version = models.CharField(max_length=32, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # What the agent itself last saw of its Triton (the sweep also probes it from here).
     triton_ready = models.BooleanField(default=False)

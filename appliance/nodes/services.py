@@ -37,7 +37,8 @@ def node_create(
 
 @transaction.atomic
 def node_register(
-    *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = ""
+    *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = "",
+    tensorrt_version: str = "",
 ) -> Node:
     """Called by a node agent at start: creates the node or updates its endpoints."""
     node = Node.objects.select_for_update().filter(name=name).first()
@@ -48,6 +49,7 @@ def node_register(
     node.metrics_address = metrics_address
     if triton_version:
         node.triton_version = triton_version
+    node.tensorrt_version = tensorrt_version
     node.full_clean()
     node.save()
     return node

@@ -7,16 +7,43 @@ from django.db import models
 from appliance.audit.mixins import Audited
 from appliance.catalog.models import ModelVersion
 from appliance.nodes.models import Node
-from appliance.rollouts.choices import DeploymentState, ReplicaState
+from appliance.rollouts.choices import DeploymentState, ReplicaState, Strategy
+
+
+def default_gate() -> dict[str, float]:
+    return dict(DEFAULT_GATE)
+
+
+# Compared each tick of a traffic step, new version against the old one over the same window.
+DEFAULT_GATE = {
+    "min_requests": 20,  # the new version's requests in the window before the gate judges at all
+    "max_error_rate_increase": 0.01,  # new error rate may exceed the old one by at most this (absolute)
+    "max_latency_ratio": 1.5,  # new p99 at most this times the old p99 …
+    "latency_slack_ms": 5.0,  # … or the old p99 plus this, whichever is larger (sub-ms noise)
+}
 
 
 class Deployment(Audited):
-    """A model version placed on a set of nodes; its id is the rollout task's id."""
+    """A model version placed on a set of nodes, and the rollout that brings traffic to
+    it: the replicas load beside the serving version, then traffic shifts by the
+    strategy's steps, each gated on the new version's success rate and latency
+    against the old one's in the same window (rollouts/progress.py)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
     state = models.CharField(max_length=16, choices=DeploymentState.choices, default=DeploymentState.PENDING)
     error = models.TextField(blank=True)
+    # The deployment serving when this one began (None for a model's first); it keeps serving until promotion.
+    previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successors")
+    strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.ALL_AT_ONCE)
+    steps = models.JSONField(default=list)  # traffic percentages, ending at 100
+    step_index = models.IntegerField(default=-1)  # -1: replicas still loading
+    step_started = models.DateTimeField(null=True, blank=True)
+    step_seconds = models.PositiveIntegerField(default=0)  # how long each step is held under the gate
+    traffic_percent = models.PositiveSmallIntegerField(default=0)  # the share the gateway sends to this version
+    gate = models.JSONField(default=default_gate)
+    gate_log = models.JSONField(default=list)  # one entry per judged step: the numbers and the verdict
+    paused = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from appliance.rollouts.choices import RESIDENT_REPLICA_STATES, ReplicaState
-from appliance.rollouts.models import Replica
+from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, RESIDENT_REPLICA_STATES, DeploymentState, ReplicaState
+from appliance.rollouts.models import Deployment, Replica
 
 
 def resident_replicas(*, node_id: object, model_id: object | None = None, mig_uuid: str | None = "") -> QuerySet[Replica]:
@@ -19,3 +19,30 @@ def resident_replicas(*, node_id: object, model_id: object | None = None, mig_uu
 
 def live_replicas() -> QuerySet[Replica]:
     return Replica.objects.filter(state=ReplicaState.LIVE).select_related("deployment__version__model", "node")
+
+
+def traffic_split() -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+    """{model: {version: percent}} for models with a rollout in progress (the serving
+    deployment gets what the rollout does not), and the models scaled to zero."""
+    rows = Deployment.objects.filter(
+        state__in=[DeploymentState.LIVE, *ACTIVE_DEPLOYMENT_STATES]
+    ).values_list("version__model__name", "version__number", "state", "traffic_percent")
+    per_model: dict[str, list[tuple[str, str, int]]] = {}
+    for model, number, state, percent in rows:
+        per_model.setdefault(model, []).append((str(number), state, percent))
+    weights: dict[str, dict[str, int]] = {}
+    for model, deployments in per_model.items():
+        split: dict[str, int] = {}
+        rolling = sum(p for _, s, p in deployments if s != DeploymentState.LIVE)
+        for number, state, percent in deployments:
+            share = max(0, 100 - rolling) if state == DeploymentState.LIVE else percent
+            split[number] = max(split.get(number, 0), share)
+        weights[model] = split
+    # Scaled to zero, or waking: the serving deployment has replicas parked or loading again.
+    parked = frozenset(
+        Replica.objects.filter(
+            state__in=[ReplicaState.PARKED, ReplicaState.PENDING, ReplicaState.LOADING], deployment__state=DeploymentState.LIVE
+        )
+        .values_list("deployment__version__model__name", flat=True)
+    )
+    return weights, parked

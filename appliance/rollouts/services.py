@@ -1,5 +1,12 @@
 """The rollout state machine: every transition of a deployment or replica is here.
 
+A deployment's replicas load beside the version that serves (the same Tritons
+hold both versions; `version_policy: specific` lists both), then traffic moves
+to it by the strategy's steps (rollouts/progress.py judges each step), and on
+promotion the previous deployment is superseded and unloaded after a grace
+period that the gateway needs to see the switch. A rollback is the reverse and
+just as quick: the previous version never stopped serving.
+
 Tasks (rollouts/tasks.py) only orchestrate: they claim work with conditional
 updates and call these functions. Each transition saves an Audited row, so each
 one leaves an audit event in the same transaction.
@@ -7,16 +14,23 @@ one leaves an audit event in the same transaction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes.models import MigDevice, Node
-from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
-from appliance.rollouts.models import Deployment, Replica
+from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState, Strategy
+from appliance.rollouts.models import DEFAULT_GATE, Deployment, Replica
+
+DEFAULT_CANARY_STEPS = (10, 50, 100)
+DEFAULT_STEP_SECONDS = {Strategy.ALL_AT_ONCE: 0, Strategy.BLUE_GREEN: 60, Strategy.CANARY: 30}
 
 
 class RolloutError(DomainError):
@@ -27,20 +41,139 @@ class RolloutBusy(ConflictError):
     """Another rollout of the same model is under way."""
 
 
+class RolloutStateError(ConflictError):
+    """The deployment is not in a state that allows this action."""
+
+
+def _normalise_steps(strategy: str, steps: Sequence[int] | None) -> list[int]:
+    if strategy != Strategy.CANARY:
+        if steps and list(steps) != [100]:
+            raise RolloutError(f"steps apply to canary rollouts only ({strategy} switches all traffic at once)")
+        return [100]
+    wanted = list(steps or DEFAULT_CANARY_STEPS)
+    if any(not isinstance(p, int) or not 1 <= p <= 100 for p in wanted):
+        raise RolloutError("canary steps are traffic percentages between 1 and 100")
+    if any(b <= a for a, b in zip(wanted, wanted[1:], strict=False)):
+        raise RolloutError("canary steps must increase")
+    if wanted[-1] != 100:
+        wanted.append(100)
+    return wanted
+
+
+def _normalise_gate(gate: dict[str, Any] | None) -> dict[str, Any]:
+    merged = dict(DEFAULT_GATE)
+    for name, value in (gate or {}).items():
+        if name not in DEFAULT_GATE:
+            raise RolloutError(f"unknown gate setting {name!r}; known: {', '.join(DEFAULT_GATE)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
+            raise RolloutError(f"gate setting {name!r} must be a non-negative number")
+        merged[name] = value
+    if merged["max_latency_ratio"] < 1:
+        raise RolloutError("gate max_latency_ratio below 1 would refuse a version as fast as the old one")
+    return merged
+
+
+def serving_deployment(model_id: object) -> Deployment | None:
+    return Deployment.objects.filter(version__model_id=model_id, state=DeploymentState.LIVE).order_by("-created").first()
+
+
+def place(*, version: ModelVersion, count: int) -> list[Node]:
+    """Picks `count` nodes for new replicas: routable (active, healthy or degraded,
+    heard from recently), allowed by the residency policy for every tenant the
+    model serves, able to run the version's format, and with the most room
+    (free GPU memory, then fewest replicas). Refuses naming why when too few fit."""
+    from appliance.nodes.selectors import routable_nodes
+
+    if count < 1:
+        raise RolloutError("replicas must be at least 1")
+    candidates: list[tuple[float, int, str, Node]] = []
+    refused: list[str] = []
+    for node in routable_nodes().prefetch_related("gpus"):
+        reason = format_refusal(version, node)
+        if reason:
+            refused.append(f"{node.name}: {reason}")
+            continue
+        free = sum(g.memory_mib - (g.memory_used_mib or 0) for g in node.gpus.all())
+        load = Replica.objects.filter(node=node, state__in=[ReplicaState.LIVE, ReplicaState.LOADING]).count()
+        candidates.append((-free, load, node.name, node))
+    candidates.sort(key=lambda c: c[:3])
+    chosen = [c[3] for c in candidates[:count]]
+    if len(chosen) < count:
+        detail = f" ({'; '.join(refused)})" if refused else ""
+        raise RolloutError(f"{count} replicas asked, {len(chosen)} routable nodes can take {version}{detail}")
+    return chosen
+
+
+def format_refusal(version: ModelVersion, node: Node) -> str:
+    """Why this node cannot run this version's format, or ''."""
+    if version.format != ArtifactFormat.TENSORRT_PLAN:
+        return ""
+    from appliance.nodes.mig.catalog import GPU_MODELS
+
+    capabilities = {GPU_MODELS[g.model].compute_capability for g in node.gpus.all() if g.model in GPU_MODELS}
+    if version.gpu_arch not in capabilities:
+        have = ", ".join(sorted(capabilities)) or "no GPU"
+        return f"the TensorRT plan was built for compute capability {version.gpu_arch}; the node has {have}"
+    if node.tensorrt_version != version.tensorrt_version:
+        have = node.tensorrt_version or "no TensorRT"
+        return f"the TensorRT plan was built with TensorRT {version.tensorrt_version}; the node runs {have}"
+    return ""
+
+
 def deployment_create(
-    *, version: ModelVersion, nodes: Sequence[Node] = (), mig_devices: Sequence[MigDevice] = ()
+    *,
+    version: ModelVersion,
+    nodes: Sequence[Node] = (),
+    mig_devices: Sequence[MigDevice] = (),
+    replicas: int | None = None,
+    strategy: str = Strategy.ALL_AT_ONCE,
+    steps: Sequence[int] | None = None,
+    step_seconds: int | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> Deployment:
-    """Records the deployment and its replicas (on nodes' main Tritons and/or on MIG
-    devices); the rollout task starts after commit. Refused when the residency
-    policy forbids a node for a tenant the model serves."""
-    if not nodes and not mig_devices:
-        raise RolloutError("a deployment needs at least one node or MIG device")
+    """Records the deployment and its replicas and starts its rollout after commit.
+
+    Where: the nodes / MIG devices named; or `replicas` nodes chosen by `place`;
+    or, when neither is given, wherever the serving version runs now. Refused
+    when the residency policy forbids a node for a tenant the model serves, when
+    a node cannot run the format, or when the serving profile does not fit the
+    version (checked here, before any node sees a config)."""
+    from appliance.catalog.profile import ProfileError
+    from appliance.catalog.tritonconfig import build_config
+
+    if strategy not in Strategy.values:
+        raise RolloutError(f"strategy {strategy!r} is not one of {', '.join(Strategy.values)}")
+    normalised_steps = _normalise_steps(strategy, steps)
+    normalised_gate = _normalise_gate(gate)
+    try:
+        build_config(version, versions=[version.number])
+    except ProfileError as exc:
+        raise RolloutError(f"the serving profile of '{version.model.name}' does not fit {version}: {exc}") from exc
+    if replicas is not None and (nodes or mig_devices):
+        raise RolloutError("name nodes / MIG devices, or ask for a number of replicas, not both")
+    if replicas is not None:
+        nodes = place(version=version, count=replicas)
+    elif not nodes and not mig_devices:
+        current = serving_deployment(version.model_id)
+        if current is None:
+            raise RolloutError(f"'{version.model.name}' serves nowhere yet: name nodes or a number of replicas")
+        live = current.replicas.exclude(state__in=[ReplicaState.FAILED, ReplicaState.RETIRED]).select_related("node")
+        nodes = [r.node for r in live if not r.mig_uuid]
+        mig_devices = list(MigDevice.objects.filter(uuid__in=[r.mig_uuid for r in live if r.mig_uuid]).select_related("gpu__node"))
     for device in mig_devices:
         if not device.grpc_address:
             raise RolloutError(f"MIG device {device.uuid} has no running Triton yet")
     targets = {n.pk: n for n in [*nodes, *(d.gpu.node for d in mig_devices)]}
+    for node in targets.values():
+        reason = format_refusal(version, node)
+        if reason:
+            raise RolloutError(f"{node.name} cannot run {version}: {reason}")
     placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")
-    return _deployment_create(version=version, nodes=nodes, mig_devices=mig_devices)
+    return _deployment_create(
+        version=version, nodes=nodes, mig_devices=mig_devices, strategy=strategy, steps=normalised_steps,
+        step_seconds=DEFAULT_STEP_SECONDS[Strategy(strategy)] if step_seconds is None else step_seconds,
+        gate=normalised_gate,
+    )  # fmt: skip
 
 
 def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) -> None:
@@ -62,7 +195,10 @@ def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) ->
 
 
 @transaction.atomic
-def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> Deployment:
+def _deployment_create(
+    *, version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice], strategy: str,
+    steps: list[int], step_seconds: int, gate: dict[str, Any],
+) -> Deployment:  # fmt: skip
     if version.format == ArtifactFormat.ENSEMBLE:
         raise RolloutError("ensemble versions are deployed with their composing models (not supported yet)")
     # Lock the model's row so that two concurrent requests cannot both start a rollout.
@@ -70,7 +206,10 @@ def _deployment_create(*, version: ModelVersion, nodes: Sequence[Node], mig_devi
     busy = Deployment.objects.filter(version__model_id=version.model_id, state__in=ACTIVE_DEPLOYMENT_STATES).first()
     if busy is not None:
         raise RolloutBusy(f"a rollout of model '{version.model.name}' is already in progress ({busy.pk})")
-    deployment = Deployment.objects.create(version=version)
+    deployment = Deployment.objects.create(
+        version=version, previous=serving_deployment(version.model_id), strategy=strategy, steps=steps,
+        step_seconds=step_seconds, gate=gate,
+    )  # fmt: skip
     for node in sorted(set(nodes), key=lambda n: n.name):
         Replica.objects.create(deployment=deployment, node=node)
     for device in mig_devices:
@@ -116,32 +255,18 @@ def replica_claim(*, replica_id: str) -> Replica | None:
 
 
 @transaction.atomic
-def replica_mark_live(*, replica: Replica) -> list[Replica]:
-    """The replica serves; older live replicas of the same model on the node retire.
-    Returns the retired replicas."""
+def replica_mark_live(*, replica: Replica) -> bool:
+    """The replica is loaded, warmed and answered its smoke test. It takes traffic by
+    its deployment's share (progress.py moves that). False when the replica was
+    retired meanwhile (a rollback): the caller converges the node instead."""
     locked = Replica.objects.select_for_update().get(pk=replica.pk)
     if locked.state != ReplicaState.LOADING:
-        return []
+        return False
     locked.state = ReplicaState.LIVE
     locked.error = ""
     locked.save(update_fields=["state", "error", "updated"])
-    retired = list(
-        Replica.objects.select_for_update()
-        .filter(
-            node_id=locked.node_id,
-            mig_uuid=locked.mig_uuid,
-            deployment__version__model_id=replica.deployment.version.model_id,
-            state=ReplicaState.LIVE,
-        )
-        .exclude(pk=locked.pk)
-    )
-    for old in retired:
-        old.state = ReplicaState.RETIRED
-        old.save(update_fields=["state", "updated"])
-    deployment_sync(deployment_id=locked.deployment_id)
-    for deployment_id in {old.deployment_id for old in retired}:
-        deployment_sync(deployment_id=deployment_id)
-    return retired
+    _nudge(locked.deployment_id)
+    return True
 
 
 @transaction.atomic
@@ -151,25 +276,201 @@ def replica_mark_failed(*, replica: Replica, error: str) -> None:
         locked.state = ReplicaState.FAILED
         locked.error = error[:4000]
         locked.save(update_fields=["state", "error", "updated"])
-    deployment_sync(deployment_id=locked.deployment_id)
+    _nudge(locked.deployment_id)
+
+
+def _nudge(deployment_id: object) -> None:
+    """Judge the deployment now rather than at the next tick."""
+    from appliance.rollouts.tasks import rollout_advance
+
+    transaction.on_commit(lambda: rollout_advance.apply_async(args=[str(deployment_id)], expires=30))
+
+
+def _converge_later(replicas: Sequence[Replica], countdown: float) -> None:
+    """After commit, each affected node Triton converges to its resident versions
+    (the retired ones unload) once the gateway has seen the change."""
+    from appliance.nodes.queues import node_queue
+    from appliance.rollouts.tasks import node_model_sync
+
+    targets = sorted({(r.node.name, r.mig_uuid, str(r.deployment.version.model_id)) for r in replicas})
+
+    def send() -> None:
+        for node_name, mig_uuid, model_id in targets:
+            node_model_sync.apply_async(args=[model_id, mig_uuid], queue=node_queue(node_name), countdown=countdown)
+
+    transaction.on_commit(send)
+
+
+def _retire(replicas: Sequence[Replica]) -> list[Replica]:
+    retired = []
+    for replica in replicas:
+        if replica.state in (ReplicaState.FAILED, ReplicaState.RETIRED):
+            continue
+        replica.state = ReplicaState.RETIRED
+        replica.save(update_fields=["state", "updated"])
+        retired.append(replica)
+    return retired
+
+
+def _locked(deployment_id: object) -> Deployment:
+    return Deployment.objects.select_for_update(of=("self",)).select_related("version__model", "previous").get(pk=deployment_id)
 
 
 @transaction.atomic
-def deployment_sync(*, deployment_id: object) -> Deployment:
-    """Derives the deployment's state from its replicas."""
-    deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
-    states = list(deployment.replicas.values_list("state", flat=True))
-    new_state = deployment.state
-    if deployment.state in ACTIVE_DEPLOYMENT_STATES:
-        if states and all(s == ReplicaState.LIVE for s in states):
-            new_state = DeploymentState.LIVE
-        elif ReplicaState.FAILED in states and not {ReplicaState.PENDING, ReplicaState.LOADING} & set(states):
-            new_state = DeploymentState.FAILED
-            errors = deployment.replicas.filter(state=ReplicaState.FAILED).select_related("node")
-            deployment.error = "; ".join(f"{r.node.name}: {r.error}" for r in errors)[:4000]
-    elif deployment.state == DeploymentState.LIVE and states and all(s == ReplicaState.RETIRED for s in states):
-        new_state = DeploymentState.SUPERSEDED
-    if new_state != deployment.state:
-        deployment.state = new_state
-        deployment.save(update_fields=["state", "error", "updated"])
+def deployment_start_traffic(*, deployment_id: object) -> Deployment:
+    """Every replica is live: the first traffic step begins (or, for a model's first
+    deployment and for all-at-once, the deployment is promoted at once)."""
+    deployment = _locked(deployment_id)
+    if deployment.state != DeploymentState.ROLLING_OUT:
+        return deployment
+    if deployment.previous is None or deployment.strategy == Strategy.ALL_AT_ONCE or deployment.step_seconds == 0:
+        return _promote(deployment)
+    deployment.state = DeploymentState.PROGRESSING
+    deployment.step_index = 0
+    deployment.traffic_percent = deployment.steps[0]
+    deployment.step_started = timezone.now()
+    deployment.save(update_fields=["state", "step_index", "traffic_percent", "step_started", "updated"])
     return deployment
+
+
+@transaction.atomic
+def deployment_next_step(*, deployment_id: object, verdict: dict[str, Any]) -> Deployment:
+    """The gate passed the current step: record it, then the next step or promotion."""
+    deployment = _locked(deployment_id)
+    if deployment.state != DeploymentState.PROGRESSING or deployment.paused:
+        return deployment
+    deployment.gate_log = [*deployment.gate_log, verdict]
+    if deployment.step_index + 1 >= len(deployment.steps):
+        return _promote(deployment)
+    deployment.step_index += 1
+    deployment.traffic_percent = deployment.steps[deployment.step_index]
+    deployment.step_started = timezone.now()
+    deployment.save(update_fields=["gate_log", "step_index", "traffic_percent", "step_started", "updated"])
+    return deployment
+
+
+def _promote(deployment: Deployment) -> Deployment:
+    """All traffic to this deployment; every other serving deployment of the model is
+    superseded and its replicas unload after the grace period."""
+    deployment.state = DeploymentState.LIVE
+    deployment.traffic_percent = 100
+    deployment.step_index = len(deployment.steps)
+    deployment.error = ""
+    deployment.save(update_fields=["state", "traffic_percent", "step_index", "gate_log", "error", "updated"])
+    older = list(
+        Deployment.objects.select_for_update()
+        .filter(version__model_id=deployment.version.model_id, state=DeploymentState.LIVE)
+        .exclude(pk=deployment.pk)
+    )
+    retired: list[Replica] = []
+    for old in older:
+        old.state = DeploymentState.SUPERSEDED
+        old.traffic_percent = 0
+        old.save(update_fields=["state", "traffic_percent", "updated"])
+        retired += _retire(list(old.replicas.select_for_update().select_related("node", "deployment__version")))
+    _converge_later(retired, settings.RETIRE_GRACE_S)
+    return deployment
+
+
+@transaction.atomic
+def deployment_roll_back(*, deployment_id: object, reason: str, state: str = DeploymentState.FAILED,
+                         verdict: dict[str, Any] | None = None) -> Deployment:  # fmt: skip
+    """Traffic back to the previous version (which never stopped serving), this
+    deployment's replicas retired and unloaded after the grace period."""
+    deployment = _locked(deployment_id)
+    if deployment.state not in ACTIVE_DEPLOYMENT_STATES:
+        raise RolloutStateError(f"deployment {deployment.pk} is {deployment.state}: there is no rollout to roll back")
+    deployment.state = state
+    deployment.traffic_percent = 0
+    deployment.paused = False
+    deployment.error = reason[:4000]
+    if verdict is not None:
+        deployment.gate_log = [*deployment.gate_log, verdict]
+    deployment.save(update_fields=["state", "traffic_percent", "paused", "error", "gate_log", "updated"])
+    retired = _retire(list(deployment.replicas.select_for_update().select_related("node", "deployment__version")))
+    _converge_later(retired, settings.RETIRE_GRACE_S)
+    return deployment
+
+
+@transaction.atomic
+def deployment_pause(*, deployment_id: object) -> Deployment:
+    """Holds the traffic split where it is; gates stop judging until resumed."""
+    deployment = _locked(deployment_id)
+    if deployment.state not in ACTIVE_DEPLOYMENT_STATES:
+        raise RolloutStateError(f"deployment {deployment.pk} is {deployment.state}: only a rollout in progress can be paused")
+    if not deployment.paused:
+        deployment.paused = True
+        deployment.save(update_fields=["paused", "updated"])
+    return deployment
+
+
+@transaction.atomic
+def deployment_resume(*, deployment_id: object) -> Deployment:
+    """Continues a paused rollout; the current step's window starts again."""
+    deployment = _locked(deployment_id)
+    if deployment.state not in ACTIVE_DEPLOYMENT_STATES or not deployment.paused:
+        raise RolloutStateError(f"deployment {deployment.pk} is not a paused rollout")
+    deployment.paused = False
+    if deployment.state == DeploymentState.PROGRESSING:
+        deployment.step_started = timezone.now()
+    deployment.save(update_fields=["paused", "step_started", "updated"])
+    _nudge(deployment.pk)
+    return deployment
+
+
+def deployment_abort(*, deployment_id: object, actor: str) -> Deployment:
+    return deployment_roll_back(deployment_id=deployment_id, reason=f"aborted by {actor}", state=DeploymentState.ROLLED_BACK)
+
+
+def deployment_rollback(*, deployment_id: object, actor: str) -> Deployment:
+    """An operator's rollback. During a rollout: the previous version takes all
+    traffic back at once. After promotion: a new all-at-once deployment of the
+    previous version on the same placement (its replicas were unloaded)."""
+    deployment = Deployment.objects.select_related("previous__version").get(pk=deployment_id)
+    if deployment.state in ACTIVE_DEPLOYMENT_STATES:
+        return deployment_roll_back(deployment_id=deployment_id, reason=f"rolled back by {actor}",
+                                    state=DeploymentState.ROLLED_BACK)  # fmt: skip
+    if deployment.state != DeploymentState.LIVE:
+        raise RolloutStateError(f"deployment {deployment.pk} is {deployment.state}: only a serving or rolling deployment rolls back")
+    if deployment.previous is None:
+        raise RolloutStateError(f"{deployment.version} was the model's first deployment: there is nothing to roll back to")
+    return deployment_create(version=deployment.previous.version)
+
+
+@transaction.atomic
+def model_wake(*, model_name: str) -> int:
+    """Scale from zero: the serving deployment's parked replicas load again.
+    Returns how many were asked to load (0 when already waking or serving)."""
+    from appliance.nodes.queues import node_queue
+    from appliance.rollouts.tasks import replica_apply
+
+    parked = list(
+        Replica.objects.select_for_update()
+        .filter(state=ReplicaState.PARKED, deployment__state=DeploymentState.LIVE, deployment__version__model__name=model_name)
+        .select_related("node")
+    )
+    for replica in parked:
+        replica.state = ReplicaState.PENDING
+        replica.save(update_fields=["state", "updated"])
+
+    def send() -> None:
+        for replica in parked:
+            replica_apply.apply_async(args=[str(replica.pk)], queue=node_queue(replica.node.name))
+
+    if parked:
+        transaction.on_commit(send)
+    return len(parked)
+
+
+@transaction.atomic
+def model_park(*, deployment_id: object) -> int:
+    """Scale to zero: the idle serving deployment's live replicas unload."""
+    deployment = _locked(deployment_id)
+    if deployment.state != DeploymentState.LIVE:
+        return 0
+    replicas = list(deployment.replicas.select_for_update().filter(state=ReplicaState.LIVE).select_related("node", "deployment__version"))
+    for replica in replicas:
+        replica.state = ReplicaState.PARKED
+        replica.save(update_fields=["state", "updated"])
+    _converge_later(replicas, settings.RETIRE_GRACE_S)
+    return len(replicas)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 
 from appliance.nodes.agent import sync
 from appliance.nodes.agent.runtime import require_local
@@ -25,6 +24,22 @@ def rollout_start(deployment_id: str) -> None:
         return
     for replica in deployment.replicas.filter(state=ReplicaState.PENDING).select_related("node"):
         replica_apply.apply_async(args=[str(replica.pk)], task_id=str(replica.pk), queue=node_queue(replica.node.name))
+
+
+@shared_task(name="rollouts.rollout_advance")
+def rollout_advance(deployment_id: str) -> str:
+    """Judge one rollout now (sent after every replica event)."""
+    from appliance.rollouts.progress import advance
+
+    return advance(deployment_id)
+
+
+@shared_task(name="rollouts.tick")
+def rollout_tick() -> dict[str, str]:
+    """Every rollout in progress one step further; idle models scaled to zero (beat)."""
+    from appliance.rollouts.progress import tick
+
+    return tick()
 
 
 @shared_task(name="rollouts.replica_apply")
@@ -57,12 +72,9 @@ def replica_apply(replica_id: str) -> None:
             sync.load_model(local, model_name=model.name, versions=[], mig_uuid=where)
         services.replica_mark_failed(replica=replica, error=str(exc))
         return
-    retired = services.replica_mark_live(replica=replica)
-    if retired:
-        # Unload the old version only after the gateway has seen the switch.
-        node_model_sync.apply_async(
-            args=[str(model.pk), where], queue=node_queue(local.name), countdown=settings.RETIRE_GRACE_S
-        )
+    if not services.replica_mark_live(replica=replica):
+        # Rolled back while this replica loaded: converge to what should be resident.
+        node_model_sync.apply_async(args=[str(model.pk), where], queue=node_queue(local.name))
 
 
 @shared_task(name="rollouts.node_model_sync")

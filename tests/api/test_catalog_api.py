@@ -46,8 +46,11 @@ def test_version_upload_stores_the_artifact_by_sha256(api: APIClient) -> None:
     assert version["artifact_sha256"] == hashlib.sha256(data).hexdigest()
     assert version["artifact_size"] == len(data)
     assert_audited("model_version.create", target_id=version["id"])
-    second = _upload(api, data, parent=version["id"], change_note="re-export")
-    assert (second.json()["number"], second.json()["parent"]) == (2, version["id"])
+    unexplained = _upload(api, data, parent=version["id"], change_note="re-export")
+    assert unexplained.status_code == 400
+    assert "say what changed" in str(unexplained.json())
+    second = _upload(api, data, parent=version["id"], change_kind="re_export", change_note="re-export")
+    assert (second.json()["number"], second.json()["parent"], second.json()["change_kind"]) == (2, version["id"], "re_export")
     listed = api.get("/api/v1/versions/?model=digits").json()["results"]
     assert [v["number"] for v in listed] == [1, 2]
 

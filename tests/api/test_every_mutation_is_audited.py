@@ -110,6 +110,12 @@ def _upload(api: APIClient) -> Any:
 
 
 # (prefix, action) -> (does the request and returns the response, the audit action expected)
+def _rolling(api: APIClient) -> str:
+    """A rollout in progress (its replicas have not loaded: no worker runs here)."""
+    body = {"version": str(make_version().pk), "nodes": [make_node().name], "strategy": "canary"}
+    return str(api.post("/api/v1/deployments/", body, format="json").json()["id"])
+
+
 CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "create"): (lambda api: api.post("/api/v1/nodes/", {"name": "n1"}, format="json"), "node.create"),
     ("nodes", "partial_update"): (
@@ -135,6 +141,13 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("deployments", "create"): (
         lambda api: api.post("/api/v1/deployments/", {"version": str(make_version().pk), "nodes": [make_node().name]},
                              format="json"), "deployment.create"),
+    ("deployments", "pause"): (lambda api: api.post(f"/api/v1/deployments/{_rolling(api)}/pause/"), "deployment.update"),
+    ("deployments", "resume"): (
+        lambda api: (d := _rolling(api), api.post(f"/api/v1/deployments/{d}/pause/"),
+                     api.post(f"/api/v1/deployments/{d}/resume/"))[2], "deployment.update"),
+    ("deployments", "abort"): (lambda api: api.post(f"/api/v1/deployments/{_rolling(api)}/abort/"), "deployment.update"),
+    ("deployments", "rollback"): (
+        lambda api: api.post(f"/api/v1/deployments/{_rolling(api)}/rollback/"), "deployment.update"),
     ("tenants", "create"): (lambda api: api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"), "tenant.create"),
     ("tenants", "partial_update"): (
         lambda api: (api.post("/api/v1/tenants/", {"slug": "t1", "name": "T"}, format="json"),

@@ -5,20 +5,30 @@ from typing import Any
 
 from rest_framework import serializers
 
-from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.profile import normalise
 
 
 class ModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
-        fields = ["id", "name", "description", "response_cache", "created"]
+        fields = ["id", "name", "description", "response_cache", "serving_profile", "idle_unload_s", "created"]
         read_only_fields = ["id", "created"]
+
+    def validate_serving_profile(self, value: Any) -> Any:
+        return normalise(value)
 
 
 class ModelUpdateSerializer(serializers.Serializer):
     description = serializers.CharField(allow_blank=True, required=False)
     response_cache = serializers.BooleanField(required=False)
+    serving_profile = serializers.JSONField(required=False, help_text="see ServingProfile; checked against the newest version")
+    idle_unload_s = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False,
+                                             help_text="scale to zero after this many idle seconds; 0: always resident")  # fmt: skip
+
+    def validate_serving_profile(self, value: Any) -> Any:
+        return normalise(value)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
@@ -29,7 +39,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = [
             "id", "model", "number", "format", "artifact_sha256", "artifact_size", "signature",
-            "max_batch_size", "decoupled", "parent", "change_note", "created",
+            "max_batch_size", "decoupled", "parent", "change_kind", "change_note", "gpu_arch", "tensorrt_version",
+            "sample_inputs", "created",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -54,4 +65,24 @@ class ModelVersionCreateSerializer(serializers.Serializer):
     max_batch_size = serializers.IntegerField(min_value=0, max_value=1 << 16, default=0)
     decoupled = serializers.BooleanField(default=False)
     parent = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all(), required=False, allow_null=True)
+    change_kind = serializers.ChoiceField(choices=ChangeKind.choices, required=False,
+                                          help_text="what changed from the parent; required with a parent")  # fmt: skip
     change_note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    gpu_arch = serializers.RegexField(r"^\d{1,2}\.\d$", required=False, default="",
+                                      help_text="tensorrt_plan: the compute capability it was built for, e.g. 9.0")  # fmt: skip
+    tensorrt_version = serializers.RegexField(r"^\d+\.\d+(\.\d+){0,2}$", required=False, default="",
+                                              help_text="tensorrt_plan: the TensorRT version that built it")  # fmt: skip
+    sample_inputs = JSONTextField(required=False, allow_null=True, default=None,
+                                  help_text="one sample per input without the batch dimension, for warm-up")  # fmt: skip
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("parent") is not None and not attrs.get("change_kind"):
+            raise serializers.ValidationError({"change_kind": "say what changed from the parent version"})
+        if attrs.get("parent") is None and attrs.get("change_kind", ChangeKind.INITIAL) != ChangeKind.INITIAL:
+            raise serializers.ValidationError({"change_kind": "a version without a parent is 'initial'"})
+        plan = attrs.get("format") == ArtifactFormat.TENSORRT_PLAN
+        if plan and not (attrs.get("gpu_arch") and attrs.get("tensorrt_version")):
+            raise serializers.ValidationError("a tensorrt_plan records gpu_arch and tensorrt_version: it runs only there")
+        if not plan and (attrs.get("gpu_arch") or attrs.get("tensorrt_version")):
+            raise serializers.ValidationError("gpu_arch and tensorrt_version apply to tensorrt_plan versions only")
+        return attrs

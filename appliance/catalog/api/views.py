@@ -19,6 +19,7 @@ from appliance.catalog.api.serializers import (
     ModelVersionSerializer,
 )
 from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.profile import ProfileError
 from appliance.catalog.tritonconfig import render_config
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
 
@@ -47,8 +48,9 @@ class ModelViewSet(
     def perform_create(self, serializer: ModelSerializer) -> None:
         data = serializer.validated_data
         serializer.instance = services.model_create(
-            name=data["name"], description=data.get("description", ""), response_cache=data.get("response_cache", False)
-        )
+            name=data["name"], description=data.get("description", ""), response_cache=data.get("response_cache", False),
+            serving_profile=data.get("serving_profile", {}), idle_unload_s=data.get("idle_unload_s", 0),
+        )  # fmt: skip
 
     @extend_schema(request=ModelUpdateSerializer, responses=ModelSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -87,13 +89,19 @@ class ModelVersionViewSet(
         version = services.version_create(
             model=data["model"], fmt=data["format"], artifact=data["artifact"], signature=data["signature"],
             max_batch_size=data["max_batch_size"], decoupled=data["decoupled"], parent=data.get("parent"),
-            change_note=data["change_note"],
+            change_kind=data.get("change_kind") or "initial", change_note=data["change_note"], gpu_arch=data["gpu_arch"],
+            tensorrt_version=data["tensorrt_version"], sample_inputs=data["sample_inputs"],
         )  # fmt: skip
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "text/plain"): str})
     @action(detail=True, methods=["get"])
     def config(self, request: Request, pk: str | None = None) -> HttpResponse:
-        """The config.pbtxt a node would get for this version alone."""
+        """The config.pbtxt a node would get for this version alone, with the model's serving profile."""
         version = self.get_object()
-        return HttpResponse(render_config(version, versions=[version.number]), content_type="text/plain")
+        try:
+            text = render_config(version, versions=[version.number])
+        except ProfileError as exc:
+            return HttpResponse(f"the serving profile does not fit this version: {exc}\n", status=409,
+                                content_type="text/plain")  # fmt: skip
+        return HttpResponse(text, content_type="text/plain")

@@ -92,6 +92,7 @@ def run_agent(options: AgentOptions) -> None:
             grpc_address=options.ports.grpc_address,
             http_address=options.ports.http_address,
             metrics_address=options.ports.metrics_address,
+            tensorrt_version=_tensorrt_version(),
         )
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
@@ -143,6 +144,15 @@ def _start_mig_servers(local: LocalNode) -> None:
         services.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
 
 
+def _tensorrt_version() -> str:
+    """The TensorRT this node runs plans with (its Python package), or '' where there is none."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+    except Exception:
+        return ""
+    return str(getattr(tensorrt, "__version__", ""))
+
+
 def _record_version(name: str, options: AgentOptions) -> None:
     version = _triton_version(options.ports.grpc_address)
     if version:
@@ -154,4 +164,5 @@ def _record_version(name: str, options: AgentOptions) -> None:
                 http_address=options.ports.http_address,
                 metrics_address=options.ports.metrics_address,
                 triton_version=version,
+                tensorrt_version=_tensorrt_version(),
             )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.models import ModelVersion
-from appliance.catalog.tritonconfig import render_config
+from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
 
 _MARKER = ".appliance-sha256"
 
@@ -46,9 +46,19 @@ class ModelRepository:
         return target
 
     def write_config(self, version: ModelVersion, *, versions: list[int]) -> str:
+        """config.pbtxt from the newest version and the model's serving profile, with
+        the warm-up sample files it names (written first: Triton reads them at load)."""
         text = render_config(version, versions=versions)
         model_dir = self.model_dir(version.model.name)
         model_dir.mkdir(parents=True, exist_ok=True)
+        files = warmup_files(version, version.model.serving_profile)
+        if files:
+            warmup = model_dir / WARMUP_DIR
+            warmup.mkdir(exist_ok=True)
+            for name, data in files.items():
+                staged = warmup / f".{name}.tmp"
+                staged.write_bytes(data)
+                os.replace(staged, warmup / name)
         tmp = model_dir / ".config.pbtxt.tmp"
         tmp.write_text(text)
         os.replace(tmp, model_dir / "config.pbtxt")

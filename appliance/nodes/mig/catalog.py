@@ -48,6 +48,7 @@ class GpuModel:
     compute_slices: int
     profiles: tuple[Profile, ...]
     inferred: bool = False  # placements/ids not confirmed by a capture
+    compute_capability: str = ""  # CUDA compute capability: a TensorRT plan runs only where it was built
 
     def profile(self, name: str) -> Profile | None:
         return next((p for p in self.profiles if p.name == name), None)
@@ -70,22 +71,22 @@ def _hopper_like(prefix_gib: tuple[str, str, str, str, str], mem: tuple[float, f
 
 
 GPU_MODELS: dict[str, GpuModel] = {
-    "A100-40GB": GpuModel("A100-40GB", 8, 7, _hopper_like(
+    "A100-40GB": GpuModel("A100-40GB", 8, 7, compute_capability="8.0", profiles=_hopper_like(
         ("5gb", "10gb", "20gb", "20gb", "40gb"), (4.75, 9.62, 19.50, 19.50, 39.25), (14, 14, 28, 42, 56, 98))),
-    "A100-80GB": GpuModel("A100-80GB", 8, 7, _hopper_like(
+    "A100-80GB": GpuModel("A100-80GB", 8, 7, compute_capability="8.0", profiles=_hopper_like(
         ("10gb", "20gb", "40gb", "40gb", "80gb"), (9.62, 19.50, 39.25, 39.25, 78.50), (14, 14, 28, 42, 56, 98))),
-    "H100-80GB": GpuModel("H100-80GB", 8, 7, _hopper_like(
+    "H100-80GB": GpuModel("H100-80GB", 8, 7, compute_capability="9.0", profiles=_hopper_like(
         ("10gb", "20gb", "40gb", "40gb", "80gb"), (9.75, 19.62, 39.50, 39.50, 79.25), (16, 26, 32, 60, 64, 132))),
-    "H100-94GB": GpuModel("H100-94GB", 8, 7, _hopper_like(
+    "H100-94GB": GpuModel("H100-94GB", 8, 7, compute_capability="9.0", profiles=_hopper_like(
         ("12gb", "24gb", "47gb", "47gb", "94gb"), (10.75, 21.62, 46.38, 46.38, 93.12), (16, 26, 32, 60, 64, 132))),
     # INFERRED placements/ids/SMs (H100 scheme); memory from go-nvml's H200 mock.
-    "H200-141GB": GpuModel("H200-141GB", 8, 7, _hopper_like(
+    "H200-141GB": GpuModel("H200-141GB", 8, 7, compute_capability="9.0", profiles=_hopper_like(
         ("18gb", "35gb", "71gb", "71gb", "141gb"), (18.0, 35.0, 71.0, 71.0, 141.0), (16, 26, 32, 60, 64, 132)),
         inferred=True),
     # INFERRED placements/ids; SM counts not published in our sources.
-    "B200-180GB": GpuModel("B200-180GB", 8, 7, _hopper_like(
+    "B200-180GB": GpuModel("B200-180GB", 8, 7, compute_capability="10.0", profiles=_hopper_like(
         ("23gb", "45gb", "90gb", "90gb", "180gb"), (23.0, 45.0, 90.0, 90.0, 180.0), (None,) * 6), inferred=True),
-    "A30-24GB": GpuModel("A30-24GB", 4, 4, (
+    "A30-24GB": GpuModel("A30-24GB", 4, 4, compute_capability="8.0", profiles=(
         Profile("1g.6gb", 14, 1, 1, (0, 1, 2, 3), 5.81, 14, 4),
         Profile("1g.6gb+me", 21, 1, 1, (0, 1, 2, 3), 5.81, 14, 1),
         Profile("2g.12gb", 5, 2, 2, (0, 2), 11.69, 28, 2),

@@ -5,6 +5,7 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,9 +17,10 @@ from appliance.rollouts.models import Deployment
 class DeploymentViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
-    """A model version placed on nodes; creating one starts its rollout."""
+    """A model version placed on nodes; creating one starts its rollout (all at once,
+    blue-green or canary), which the actions pause, resume, abort or roll back."""
 
-    queryset = Deployment.objects.select_related("version__model").prefetch_related("replicas__node")
+    queryset = Deployment.objects.select_related("version__model", "previous__version").prefetch_related("replicas__node")
     serializer_class = DeploymentSerializer
 
     def get_queryset(self) -> QuerySet[Deployment]:
@@ -30,13 +32,50 @@ class DeploymentViewSet(
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(DeploymentSerializer(self.get_object(), context={"detail": True}).data)
+
     @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         body = DeploymentCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        data = body.validated_data
         deployment = services.deployment_create(
-            version=body.validated_data["version"], nodes=body.validated_data.get("nodes", []),
-            mig_devices=body.validated_data.get("mig_devices", []),
+            version=data["version"], nodes=data.get("nodes", []), mig_devices=data.get("mig_devices", []),
+            replicas=data.get("replicas"), strategy=data["strategy"], steps=data.get("steps"),
+            step_seconds=data.get("step_seconds"), gate=data.get("gate"),
         )  # fmt: skip
-        deployment = self.get_queryset().get(pk=deployment.pk)
-        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+        return self._answer(deployment, status.HTTP_202_ACCEPTED)
+
+    def _answer(self, deployment: Deployment, code: int = status.HTTP_200_OK) -> Response:
+        return Response(DeploymentSerializer(self.get_queryset().get(pk=deployment.pk)).data, status=code)
+
+    def _actor(self, request: Request) -> str:
+        return f"user:{request.user.get_username()}" if request.user and request.user.is_authenticated else "unknown"
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Holds the traffic split where it is; the gate stops judging."""
+        return self._answer(services.deployment_pause(deployment_id=self.get_object().pk))
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Continues a paused rollout; the current step is judged afresh."""
+        return self._answer(services.deployment_resume(deployment_id=self.get_object().pk))
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def abort(self, request: Request, pk: str | None = None) -> Response:
+        """Stops a rollout in progress: all traffic back to the previous version."""
+        return self._answer(services.deployment_abort(deployment_id=self.get_object().pk, actor=self._actor(request)))
+
+    @extend_schema(request=None, responses={200: DeploymentSerializer, 202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk: str | None = None) -> Response:
+        """During a rollout: as abort. After promotion: starts an all-at-once rollout of
+        the previous version (answered with that new deployment, 202)."""
+        deployment = self.get_object()
+        result = services.deployment_rollback(deployment_id=deployment.pk, actor=self._actor(request))
+        return self._answer(result, status.HTTP_202_ACCEPTED if result.pk != deployment.pk else status.HTTP_200_OK)

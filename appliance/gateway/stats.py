@@ -1,0 +1,154 @@
+"""Per model-version request statistics, measured at the gateway and kept in Redis.
+
+Every gateway process counts answered requests per (model, version) in memory
+(requests, errors, a latency histogram) and adds them to one Redis hash per
+second every FLUSH_S, so all processes sum into the same buckets. The rollout
+gates read a window of those buckets for the new and the old version
+(`window`), and scale-to-zero reads when a model was last called (`last_request`).
+Redis trouble loses statistics, never a request.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+# Upper bounds of the latency buckets, in milliseconds (the last one is open).
+BUCKETS_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000)
+FLUSH_S = 0.25
+KEEP_S = 3600
+
+
+def _key(model: str, version: str, second: int) -> str:
+    return f"{settings.INSTANCE}:vstats:{model}:{version}:{second}"
+
+
+def _last_key(model: str) -> str:
+    return f"{settings.INSTANCE}:last-request:{model}"
+
+
+class Recorder:
+    """The gateway side: cheap in-memory counting, a periodic flush to Redis."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+        self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
+        row = self._counts[(model, version)]
+        ms = seconds * 1000.0
+        row[0] += 1
+        if not ok:
+            row[1] += 1
+        row[2] += ms
+        row[3 + bisect.bisect_left(BUCKETS_MS, ms)] += 1
+
+    async def flush(self, at: float | None = None) -> None:
+        """Adds what was counted since the last flush to the bucket of second `at` (now)."""
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+        now = time.time() if at is None else at
+        second = int(now)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (model, version), row in counts.items():
+                    key = _key(model, version, second)
+                    pipe.hincrby(key, "n", int(row[0]))
+                    if row[1]:
+                        pipe.hincrby(key, "err", int(row[1]))
+                    pipe.hincrbyfloat(key, "ms", row[2])
+                    for index, count in enumerate(row[3:]):
+                        if count:
+                            pipe.hincrby(key, f"b{index}", int(count))
+                    pipe.expire(key, KEEP_S)
+                    pipe.set(_last_key(model), now, ex=7 * 86400)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("request statistics not stored (%s)", type(exc).__name__)
+
+    async def flush_forever(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._redis.aclose()
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    requests: int
+    errors: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
+                "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2)}  # fmt: skip
+
+
+def _quantile(buckets: list[int], total: int, q: float) -> float:
+    """The bucket upper bound under which a fraction q of requests fell."""
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(buckets):
+        seen += count
+        if seen >= rank:
+            return float(BUCKETS_MS[index]) if index < len(BUCKETS_MS) else float(BUCKETS_MS[-1]) * 2
+    return float(BUCKETS_MS[-1]) * 2
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def window(model: str, version: str, start: float, end: float) -> WindowStats:
+    """Sums the seconds [start, end] (unix time) for one model version."""
+    seconds = range(int(start), int(end) + 1)
+    with _client() as client:
+        pipe = client.pipeline(transaction=False)
+        for second in seconds:
+            pipe.hgetall(_key(model, version, second))
+        rows = pipe.execute()
+    requests = errors = 0
+    total_ms = 0.0
+    buckets = [0] * (len(BUCKETS_MS) + 1)
+    for row in rows:
+        if not row:
+            continue
+        requests += int(row.get(b"n", 0))
+        errors += int(row.get(b"err", 0))
+        total_ms += float(row.get(b"ms", 0))
+        for index in range(len(buckets)):
+            buckets[index] += int(row.get(f"b{index}".encode(), 0))
+    return WindowStats(
+        requests=requests, errors=errors, mean_ms=total_ms / requests if requests else 0.0,
+        p50_ms=_quantile(buckets, requests, 0.5), p99_ms=_quantile(buckets, requests, 0.99),
+    )  # fmt: skip
+
+
+def last_request(model: str) -> float | None:
+    """Unix time of the model's last answered request through any gateway, if known."""
+    with _client() as client:
+        value = client.get(_last_key(model))
+    return float(value) if value is not None else None
