@@ -189,6 +189,8 @@ ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 2 * 1024**3, minimum=1)
 NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
 TRITON_LOAD_TIMEOUT_S = env_float("TRITON_LOAD_TIMEOUT_S", 120.0)
+# Size of each Triton's local response cache (for models whose profile enables it); 0 turns it off.
+TRITON_CACHE_BYTES = env_int("TRITON_CACHE_BYTES", 64 * 1024 * 1024, minimum=0)
 HEALTH_PROBE_TIMEOUT_S = env_float("HEALTH_PROBE_TIMEOUT_S", 2.0)
 RECONFIG_DRAIN_TIMEOUT_S = env_float("RECONFIG_DRAIN_TIMEOUT_S", 60.0)
 # Lets a reconfiguration request name a step to fail (or kill the agent) at: tests and drills only.

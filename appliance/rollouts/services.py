@@ -154,11 +154,12 @@ def deployment_create(
     if replicas is not None:
         nodes = place(version=version, count=replicas)
     elif not nodes and not mig_devices:
-        current = serving_deployment(version.model_id)
-        if current is None:
+        if serving_deployment(version.model_id) is None:
             raise RolloutError(f"'{version.model.name}' serves nowhere yet: name nodes or a number of replicas")
-        live = current.replicas.exclude(state__in=[ReplicaState.FAILED, ReplicaState.RETIRED]).select_related("node")
-        nodes = [r.node for r in live if not r.mig_uuid]
+        live = Replica.objects.filter(
+            deployment__version__model_id=version.model_id, deployment__state=DeploymentState.LIVE
+        ).exclude(state__in=[ReplicaState.FAILED, ReplicaState.RETIRED]).select_related("node")
+        nodes = list({r.node_id: r.node for r in live if not r.mig_uuid}.values())
         mig_devices = list(MigDevice.objects.filter(uuid__in=[r.mig_uuid for r in live if r.mig_uuid]).select_related("gpu__node"))
     for device in mig_devices:
         if not device.grpc_address:
@@ -323,7 +324,12 @@ def deployment_start_traffic(*, deployment_id: object) -> Deployment:
     deployment = _locked(deployment_id)
     if deployment.state != DeploymentState.ROLLING_OUT:
         return deployment
-    if deployment.previous is None or deployment.strategy == Strategy.ALL_AT_ONCE or deployment.step_seconds == 0:
+    if (
+        deployment.previous is None
+        or deployment.previous.version_id == deployment.version_id  # more replicas of the serving version
+        or deployment.strategy == Strategy.ALL_AT_ONCE
+        or deployment.step_seconds == 0
+    ):
         return _promote(deployment)
     deployment.state = DeploymentState.PROGRESSING
     deployment.step_index = 0
@@ -350,8 +356,9 @@ def deployment_next_step(*, deployment_id: object, verdict: dict[str, Any]) -> D
 
 
 def _promote(deployment: Deployment) -> Deployment:
-    """All traffic to this deployment; every other serving deployment of the model is
-    superseded and its replicas unload after the grace period."""
+    """All traffic to this version; every serving deployment of another version of the
+    model is superseded and its replicas unload after the grace period (deployments
+    of the same version, such as replicas added on a tenant's slice, stay)."""
     deployment.state = DeploymentState.LIVE
     deployment.traffic_percent = 100
     deployment.step_index = len(deployment.steps)
@@ -360,7 +367,7 @@ def _promote(deployment: Deployment) -> Deployment:
     older = list(
         Deployment.objects.select_for_update()
         .filter(version__model_id=deployment.version.model_id, state=DeploymentState.LIVE)
-        .exclude(pk=deployment.pk)
+        .exclude(version_id=deployment.version_id)
     )
     retired: list[Replica] = []
     for old in older:

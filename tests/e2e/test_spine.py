@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.fleet import Fleet, wait_for
+from tests.e2e.operator import Operator
 from triton_models.digits import build as digits_build
 from triton_models.packaging import pack_files
 
@@ -67,63 +67,9 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         fleet.stop()
 
 
-class Operator:
-    """Erin, the platform operator, using the REST API."""
-
-    def __init__(self) -> None:
-        from django.contrib.auth import get_user_model
-        from rest_framework.test import APIClient
-
-        from appliance.accounts.models import AccountRole
-        from appliance.accounts.services import operator_token_create
-
-        user = get_user_model().objects.create_user("erin", password="erin-operator-pw")
-        AccountRole.objects.create(user=user, role="admin")
-        _, token = operator_token_create(user=user, name="e2e")
-        self.client = APIClient()
-        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-
-    def post(self, path: str, body: dict[str, Any], fmt: str = "json") -> dict[str, Any]:
-        response = self.client.post(f"/api/v1/{path}", body, format=fmt)
-        assert response.status_code in (200, 201, 202), (path, response.status_code, response.content)
-        return dict(response.json())
-
-    def get(self, path: str) -> dict[str, Any]:
-        response = self.client.get(f"/api/v1/{path}")
-        assert response.status_code == 200, response.content
-        return dict(response.json())
-
-    def upload(self, name: str, artifact: bytes, note: str = "") -> dict[str, Any]:
-        spec = _manifest(name)
-        return self.post(
-            "versions/",
-            {
-                "model": name,
-                "format": spec["format"],
-                "signature": json.dumps(spec["signature"]),
-                "max_batch_size": spec["max_batch_size"],
-                "decoupled": spec["decoupled"],
-                "change_note": note,
-                "artifact": SimpleUploadedFile(f"{name}.tar.gz", artifact),
-            },
-            fmt="multipart",
-        )
-
-    def deploy(self, version: dict[str, Any], nodes: list[str], fleet: Fleet, expect: str = "live") -> dict[str, Any]:
-        deployment = self.post("deployments/", {"version": version["id"], "nodes": nodes})
-        return dict(
-            wait_for(
-                f"deployment of {version['model']}:{version['number']} to be {expect}",
-                lambda: (d := self.get(f"deployments/{deployment['id']}/"))["state"] in (expect, "failed" if expect == "live" else expect) and d,
-                timeout=120,
-                procs=fleet.procs,
-            )
-        )
-
-
 @pytest.fixture(scope="module")
 def story(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    erin = Operator()
+    erin = Operator("erin")
     out = tmp_path_factory.mktemp("build")
     digits_build.build(out)
     digits_artifact = (out / "digits.tar.gz").read_bytes()

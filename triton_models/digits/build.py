@@ -51,10 +51,11 @@ def train() -> tuple[dict[str, np.ndarray], float]:
     return weights, accuracy
 
 
-def pack(weights: dict[str, np.ndarray]) -> bytes:
+def pack(weights: dict[str, np.ndarray], model_source: bytes | None = None) -> bytes:
+    """The artifact: model.py (ours, or a variant's) and the weights."""
     buf = io.BytesIO()
     np.savez(buf, **weights)
-    return pack_files({"model.py": (HERE / "model.py").read_bytes(), "weights.npz": buf.getvalue()})
+    return pack_files({"model.py": model_source or (HERE / "model.py").read_bytes(), "weights.npz": buf.getvalue()})
 
 
 def build(out: Path) -> float:

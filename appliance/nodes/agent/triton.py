@@ -41,6 +41,7 @@ class TritonInstall:
     backend_dir: Path
     library_dirs: tuple[Path, ...]
     python_bin_dir: Path | None  # the Python the Python-backend stub finds numpy through
+    cache_dir: Path | None = None  # response-cache implementations (caches/local)
 
     @classmethod
     def discover(cls) -> TritonInstall:
@@ -51,6 +52,7 @@ class TritonInstall:
                 backend_dir=Path(env_str("TRITON_BACKENDS", "/opt/tritonserver/backends")),
                 library_dirs=(),
                 python_bin_dir=None,
+                cache_dir=Path(env_str("TRITON_CACHES", "/opt/tritonserver/caches")),
             )
         venv = Path(env_str("TRITON_VENV", str(settings.BASE_DIR / ".venv-triton")))
         site = next(iter(sorted((venv / "lib").glob("python3*/site-packages"))), None)
@@ -62,6 +64,7 @@ class TritonInstall:
             backend_dir=_assemble_backends(wheel, venv),
             library_dirs=(site / "nvidia_pytriton.libs",),
             python_bin_dir=venv / "bin",
+            cache_dir=wheel / "caches",
         )
 
 
@@ -139,6 +142,9 @@ class TritonSupervisor:
             # version would otherwise take the whole node out of routing.
             "--strict-readiness=false",
             "--disable-auto-complete-config",
+            # Triton's own response cache, used by models whose serving profile turns it on.
+            *([f"--cache-directory={self.install.cache_dir}", f"--cache-config=local,size={settings.TRITON_CACHE_BYTES}"]
+              if self.install.cache_dir is not None and settings.TRITON_CACHE_BYTES else []),
             "--exit-timeout-secs=10",
             "--log-verbose=0",
         ]

@@ -1,0 +1,274 @@
+"""Model lifecycle end to end: rollouts under constant load through the gateway,
+gates that roll bad versions back, a control-plane worker killed mid-rollout, and
+scale-to-zero with the first request waiting in the gateway.
+
+Its own fleet (two CPU node agents with real Tritons, a control worker, beat, the
+gateway) so that the rollouts here never disturb the spine's story.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.e2e.fleet import Fleet, wait_for
+from tests.e2e.operator import MODELS, Operator
+from triton_models.digits import build as digits_build
+
+pytestmark = [pytest.mark.e2e]
+
+NODES = ["node-a", "node-b"]
+MODEL = "digits-lc"  # the demo model under its own name (the spine's module may share this database)
+IMAGES = digits_build.split()[1][:64]
+_SOURCE = (MODELS / "digits" / "model.py").read_text()
+# Variants of the demo model that pass the smoke test (all-zero input) but misbehave on real traffic.
+ERRORS_ON_REAL_INPUT = _SOURCE + '''
+
+_Good = TritonPythonModel
+
+
+class TritonPythonModel(_Good):
+    def execute(self, requests):
+        good = _Good.execute(self, requests)
+        return [
+            pb_utils.InferenceResponse(error=pb_utils.TritonError("deliberately bad version"))
+            if pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().any() else g
+            for r, g in zip(requests, good)
+        ]
+'''
+SLOW = _SOURCE + '''
+
+import time as _time
+
+_Good = TritonPythonModel
+
+
+class TritonPythonModel(_Good):
+    def execute(self, requests):
+        _time.sleep(0.04)
+        return _Good.execute(self, requests)
+'''
+
+
+@pytest.fixture(scope="module")
+def db_unblocked(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="module")
+def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from appliance.nodes.models import Node
+
+    fleet = Fleet.create(tmp_path_factory.mktemp("lifecycle"))
+    fleet.env["APPLIANCE_ROLLOUT_TICK_S"] = "0.5"
+    try:
+        fleet.start_worker()
+        fleet.start_beat()
+        for name in NODES:
+            fleet.start_agent(name)
+        fleet.start_gateway()
+        wait_for("both nodes healthy",
+                 lambda: Node.objects.filter(name__in=NODES, health="healthy").count() == 2, procs=fleet.procs)  # fmt: skip
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def world(fleet: Fleet) -> dict[str, Any]:
+    olga = Operator("olga")
+    weights, _ = digits_build.train()
+    olga.post("models/", {"name": MODEL})
+    first = olga.upload(MODEL, digits_build.pack(weights), note="trained on sklearn digits", like="digits")
+    deployment = olga.post("deployments/", {"version": first["id"], "nodes": NODES})
+    assert olga.wait_ended(deployment["id"], fleet)["state"] == "live"
+    olga.post("tenants/", {"slug": "lifeco", "name": "LifeCo"})
+    olga.post("grants/", {"tenant": "lifeco", "model": MODEL})
+    key = olga.post("api-keys/", {"tenant": "lifeco", "name": "load"})["key"]
+    return {"olga": olga, "weights": weights, "key": key, "serving": first}
+
+
+@dataclass
+class Load:
+    """A pool of stock-client threads hammering the model through the gateway."""
+
+    address: str
+    key: str
+    threads: int = 4
+    results: list[tuple[bool, str, float]] = field(default_factory=list)  # (ok, version or error, seconds)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(index,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+    def _run(self, index: int) -> None:
+        client = grpcclient.InferenceServerClient(self.address)
+        headers = {"authorization": f"Bearer {self.key}"}
+        n = index
+        while not self._stop.is_set():
+            image = IMAGES[n % len(IMAGES)].reshape(1, 64).astype(np.float32)
+            n += self.threads
+            tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+            tensor.set_data_from_numpy(image)
+            started = time.perf_counter()
+            try:
+                result = client.infer(MODEL, [tensor], headers=headers, client_timeout=10)
+                self.results.append((True, result.get_response().model_version, time.perf_counter() - started))
+            except Exception as exc:  # recorded and asserted on, never swallowed
+                self.results.append((False, str(exc)[:200], time.perf_counter() - started))
+
+    def failures(self) -> list[str]:
+        return [detail for ok, detail, _ in self.results if not ok]
+
+    def versions(self) -> Counter[str]:
+        return Counter(detail for ok, detail, _ in self.results if ok)
+
+
+def _ready_versions(fleet: Fleet) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for name in NODES:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports[name]['grpc']}")
+        index = client.get_model_repository_index().models
+        found[name] = {m.version for m in index if m.name == MODEL and m.state == "READY"}
+    return found
+
+
+def _only_version_loaded(fleet: Fleet, version: int) -> bool:
+    return all(v == {str(version)} for v in _ready_versions(fleet).values())
+
+
+def _rollout(world: dict[str, Any], fleet: Fleet, artifact: bytes, note: str, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    olga = world["olga"]
+    version = olga.upload(MODEL, artifact, note=note, parent=world["serving"]["id"], like="digits")
+    deployment = olga.post("deployments/", {"version": version["id"], **options})
+    return version, deployment
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "all_at_once"},
+        {"strategy": "blue_green", "step_seconds": 3, "gate": {"min_requests": 20}},
+        {"strategy": "canary", "steps": [20, 50], "step_seconds": 2, "gate": {"min_requests": 20}},
+    ],
+    ids=lambda o: o["strategy"],
+)
+def test_rollout_under_constant_load_fails_no_request(fleet: Fleet, world: dict[str, Any], options: dict[str, Any]) -> None:
+    old = world["serving"]
+    with Load(fleet.gateway, world["key"]) as load:
+        wait_for("traffic flowing", lambda: len(load.results) > 50, timeout=30)
+        version, deployment = _rollout(world, fleet, digits_build.pack(world["weights"]), f"{options['strategy']} rollout", **options)
+        done = world["olga"].wait_ended(deployment["id"], fleet)
+        assert done["state"] == "live", done
+        wait_for("the old version unloaded everywhere", lambda: _only_version_loaded(fleet, version["number"]), timeout=30)
+        settled = len(load.results)
+        wait_for("traffic on the new version only", lambda: len(load.results) > settled + 50, timeout=30)
+    assert load.failures() == [], f"{len(load.failures())} failed requests during the rollout: {load.failures()[:3]}"
+    seen = load.versions()
+    assert seen[str(old["number"])] > 0 and seen[str(version["number"])] > 0, seen
+    assert {d for ok, d, _ in load.results[settled:] if ok} == {str(version["number"])}
+    if options["strategy"] == "canary":
+        assert [entry["percent"] for entry in done["gate_log"]] == [20, 50, 100]
+        assert all(entry["new"]["requests"] >= 20 for entry in done["gate_log"])
+    if options["strategy"] == "blue_green":
+        assert [entry["percent"] for entry in done["gate_log"]] == [100]
+    assert world["olga"].get(f"deployments/{done['previous']}/")["state"] == "superseded"
+    world["serving"] = version
+
+
+@pytest.mark.parametrize(("source", "gate"), [(ERRORS_ON_REAL_INPUT, "success_rate"), (SLOW, "latency")],
+                         ids=["errors", "slow"])  # fmt: skip
+def test_a_bad_canary_rolls_itself_back(fleet: Fleet, world: dict[str, Any], source: str, gate: str) -> None:
+    old = world["serving"]
+    with Load(fleet.gateway, world["key"]) as load:
+        wait_for("traffic flowing", lambda: len(load.results) > 50, timeout=30)
+        artifact = digits_build.pack(world["weights"], model_source=source.encode())
+        _, deployment = _rollout(world, fleet, artifact, f"bad on purpose ({gate})", strategy="canary",
+                                 steps=[25, 100], step_seconds=30, gate={"min_requests": 20})  # fmt: skip
+        done = world["olga"].wait_ended(deployment["id"], fleet, timeout=60)
+        wait_for("the bad version unloaded", lambda: _only_version_loaded(fleet, old["number"]), timeout=30)
+        settled = len(load.results)
+        wait_for("traffic after the rollback", lambda: len(load.results) > settled + 50, timeout=30)
+    assert done["state"] == "failed", done
+    verdict = done["gate_log"][-1]
+    assert verdict["failed_gate"] == gate, verdict
+    assert done["error"] == verdict["reason"] and "gate failed at 25%" in done["error"]
+    if gate == "latency":
+        assert verdict["new"]["p99_ms"] > verdict["old"]["p99_ms"]
+    else:
+        assert verdict["new"]["errors"] > 0 and verdict["new"]["error_rate"] > verdict["old"]["error_rate"]
+    after = load.results[settled:]
+    assert all(ok for ok, _, _ in after) and {d for _, d, _ in after} == {str(old["number"])}, "the old version serves alone"
+
+
+def test_killed_worker_mid_rollout_ends_consistent(fleet: Fleet, world: dict[str, Any]) -> None:
+    olga = world["olga"]
+    version, deployment = _rollout(world, fleet, digits_build.pack(world["weights"]), "rollout through a crash",
+                                   strategy="canary", steps=[50], step_seconds=3, gate={"min_requests": 5})  # fmt: skip
+    with Load(fleet.gateway, world["key"], threads=2) as load:
+        wait_for("the canary taking traffic", lambda: olga.get(f"deployments/{deployment['id']}/")["state"] == "progressing",
+                 timeout=60, procs=fleet.procs)  # fmt: skip
+        worker = next(p for p in fleet.procs if p.name == "worker")
+        os.killpg(worker.popen.pid, signal.SIGKILL)
+        worker.popen.wait(timeout=10)
+        fleet.procs.remove(worker)
+        stuck = olga.get(f"deployments/{deployment['id']}/")
+        assert stuck["state"] == "progressing", "without a worker nothing moves the rollout"
+        fleet.start_worker()
+        done = olga.wait_ended(deployment["id"], fleet, timeout=60)
+        final = done["version_number"] if done["state"] == "live" else world["serving"]["number"]
+        wait_for("one version loaded on every node", lambda: _only_version_loaded(fleet, final), timeout=30)
+    assert done["state"] in ("live", "failed"), done
+    assert done["traffic_percent"] == (100 if done["state"] == "live" else 0)
+    assert all(r["state"] in ("live", "retired") for r in done["replicas"]), done["replicas"]
+    assert load.failures() == []
+    if done["state"] == "live":
+        world["serving"] = version
+
+
+def test_scale_to_zero_and_the_first_request_waits_for_the_load(fleet: Fleet, world: dict[str, Any]) -> None:
+    from appliance.rollouts.models import Replica
+
+    olga = world["olga"]
+    response = olga.client.patch(f"/api/v1/models/{MODEL}/", {"idle_unload_s": 2}, format="json")
+    assert response.status_code == 200, response.content
+    try:
+        wait_for("the idle model unloaded",
+                 lambda: all(not v for v in _ready_versions(fleet).values())
+                 and not Replica.objects.filter(deployment__version__model__name=MODEL, state="live").exists(),
+                 timeout=30, procs=fleet.procs)  # fmt: skip
+        client = grpcclient.InferenceServerClient(fleet.gateway)
+        tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+        tensor.set_data_from_numpy(IMAGES[0].reshape(1, 64).astype(np.float32))
+        started = time.perf_counter()
+        result = client.infer(MODEL, [tensor], headers={"authorization": f"Bearer {world['key']}"}, client_timeout=30)
+        waited = time.perf_counter() - started
+        assert result.get_response().model_version == str(world["serving"]["number"])
+        weights = world["weights"]
+        hidden = np.maximum(IMAGES[0].astype(np.float32) / weights["scale"] @ weights["w1"] + weights["b1"], 0)
+        assert int(result.as_numpy("LABEL")[0][0]) == int((hidden @ weights["w2"] + weights["b2"]).argmax())
+        assert waited < 30
+        assert Replica.objects.filter(deployment__version__model__name=MODEL, state="live").count() == 2
+    finally:
+        olga.client.patch(f"/api/v1/models/{MODEL}/", {"idle_unload_s": 0}, format="json")
