@@ -93,16 +93,30 @@ class WindowStats:
     requests: int
     errors: int
     mean_ms: float
-    p50_ms: float
-    p99_ms: float
+    buckets: tuple[int, ...] = ()
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
+    def quantile_ms(self, q: float) -> float:
+        return _quantile(list(self.buckets), self.requests, q)
+
+    @property
+    def p50_ms(self) -> float:
+        return self.quantile_ms(0.5)
+
+    @property
+    def p95_ms(self) -> float:
+        return self.quantile_ms(0.95)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.quantile_ms(0.99)
+
     def as_dict(self) -> dict[str, float]:
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
-                "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2)}  # fmt: skip
+                "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms}  # fmt: skip
 
 
 def _quantile(buckets: list[int], total: int, q: float) -> float:
@@ -141,10 +155,8 @@ def window(model: str, version: str, start: float, end: float) -> WindowStats:
         total_ms += float(row.get(b"ms", 0))
         for index in range(len(buckets)):
             buckets[index] += int(row.get(f"b{index}".encode(), 0))
-    return WindowStats(
-        requests=requests, errors=errors, mean_ms=total_ms / requests if requests else 0.0,
-        p50_ms=_quantile(buckets, requests, 0.5), p99_ms=_quantile(buckets, requests, 0.99),
-    )  # fmt: skip
+    return WindowStats(requests=requests, errors=errors, mean_ms=total_ms / requests if requests else 0.0,
+                       buckets=tuple(buckets))  # fmt: skip
 
 
 def last_request(model: str) -> float | None:

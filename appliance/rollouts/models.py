@@ -18,8 +18,9 @@ def default_gate() -> dict[str, float]:
 DEFAULT_GATE = {
     "min_requests": 20,  # the new version's requests in the window before the gate judges at all
     "max_error_rate_increase": 0.01,  # new error rate may exceed the old one by at most this (absolute)
-    "max_latency_ratio": 1.5,  # new p99 at most this times the old p99 …
-    "latency_slack_ms": 5.0,  # … or the old p99 plus this, whichever is larger (sub-ms noise)
+    "latency_quantile": 0.95,  # the latency compared (p95: a p99 of a few hundred requests is their maximum)
+    "max_latency_ratio": 1.5,  # new quantile at most this times the old one …
+    "latency_slack_ms": 5.0,  # … or the old one plus this, whichever is larger (sub-ms noise)
 }
 
 

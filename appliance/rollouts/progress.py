@@ -48,7 +48,7 @@ def judge(deployment: Deployment, now: float) -> tuple[str, dict[str, Any]]:
             old_stats = stats.window(model, old_version, started - span, started)
         else:
             old_stats = stats.window(model, old_version, started, now)
-    old = old_stats or stats.WindowStats(0, 0, 0.0, 0.0, 0.0)
+    old = old_stats or stats.WindowStats(0, 0, 0.0)
     record: dict[str, Any] = {
         "step": deployment.step_index, "percent": deployment.traffic_percent,
         "at": timezone.now().isoformat(), "new": new.as_dict(), "old": old.as_dict(),
@@ -65,12 +65,15 @@ def judge(deployment: Deployment, now: float) -> tuple[str, dict[str, Any]]:
             )
             return "breach", record
         if old.requests >= gate["min_requests"]:
-            limit = max(old.p99_ms * gate["max_latency_ratio"], old.p99_ms + gate["latency_slack_ms"])
-            if new.p99_ms > limit:
+            q = gate["latency_quantile"]
+            new_ms, old_ms = new.quantile_ms(q), old.quantile_ms(q)
+            limit = max(old_ms * gate["max_latency_ratio"], old_ms + gate["latency_slack_ms"])
+            # A tail judged before the step's end only when it is far off: short windows are noisy.
+            if new_ms > 2 * limit or (new_ms > limit and now - started >= deployment.step_seconds):
                 record["failed_gate"] = "latency"
                 record["reason"] = (
-                    f"latency gate failed at {deployment.traffic_percent}%: new version p99 {new.p99_ms:.1f} ms vs "
-                    f"old {old.p99_ms:.1f} ms (limit {limit:.1f} ms)"
+                    f"latency gate failed at {deployment.traffic_percent}%: new version p{q * 100:g} {new_ms:.1f} ms "
+                    f"vs old {old_ms:.1f} ms (limit {limit:.1f} ms)"
                 )
                 return "breach", record
     if now - started < deployment.step_seconds:

@@ -169,7 +169,7 @@ def test_slow_version_fails_the_latency_gate(django_capture_on_commit_callbacks:
     assert progress.advance(new.pk) == "rolled back"
     new.refresh_from_db()
     assert new.gate_log[-1]["failed_gate"] == "latency"
-    assert "p99 75.0 ms vs old 2.0 ms" in new.error
+    assert "p95 75.0 ms vs old 2.0 ms" in new.error
 
 
 def test_blue_green_switches_at_once_and_judges_against_the_window_before(django_capture_on_commit_callbacks: Any) -> None:
