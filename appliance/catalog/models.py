@@ -21,6 +21,8 @@ class Model(Audited):
     serving_profile = models.JSONField(default=dict, blank=True)
     # Scale-to-zero: unload every replica after this many seconds without a request (0: always resident).
     idle_unload_s = models.PositiveIntegerField(default=0)
+    # Autoscaling between min and max replicas (rollouts/autoscale.py); {} = off.
+    autoscale = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -18,10 +18,11 @@ from appliance.core.services import update_locked
 @transaction.atomic
 def model_create(
     *, name: str, description: str = "", response_cache: bool = False, serving_profile: dict[str, Any] | None = None,
-    idle_unload_s: int = 0,
+    idle_unload_s: int = 0, autoscale: dict[str, Any] | None = None,
 ) -> Model:
     model = Model(name=name, description=description, response_cache=response_cache,
-                  serving_profile=normalise(serving_profile), idle_unload_s=idle_unload_s)  # fmt: skip
+                  serving_profile=normalise(serving_profile), idle_unload_s=idle_unload_s,
+                  autoscale=autoscale or {})  # fmt: skip
     model.full_clean()
     model.save()
     return model
@@ -89,6 +90,7 @@ def version_create(
 def model_update(
     *, model: Model, description: str | None = None, response_cache: bool | None = None,
     serving_profile: dict[str, Any] | None = None, idle_unload_s: int | None = None,
+    autoscale: dict[str, Any] | None = None,
 ) -> Model:
     """A new serving profile is checked against the model's newest version (it applies
     at the next rollout; a node's running config changes only when a version loads)."""
@@ -98,7 +100,7 @@ def model_update(
         if newest is not None:
             check_against(newest, serving_profile)
     return update_locked(model, description=description, response_cache=response_cache,
-                         serving_profile=serving_profile, idle_unload_s=idle_unload_s)  # fmt: skip
+                         serving_profile=serving_profile, idle_unload_s=idle_unload_s, autoscale=autoscale)  # fmt: skip
 
 
 @transaction.atomic

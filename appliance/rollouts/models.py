@@ -78,3 +78,22 @@ class Replica(Audited):
     def __str__(self) -> str:
         where = f"{self.node.name}/{self.mig_uuid}" if self.mig_uuid else self.node.name
         return f"{self.deployment.version}@{where} ({self.state})"
+
+
+class AutoscaleDecision(Audited):
+    """One scaling decision and the measurements it was taken from."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="scale_decisions")
+    time = models.DateTimeField(auto_now_add=True, db_index=True)
+    replicas_before = models.PositiveIntegerField()
+    replicas_after = models.PositiveIntegerField()
+    # {"queue_ms": …, "utilisation": …, "requests_per_s": …, "per_replica": {node: {...}}}
+    inputs = models.JSONField()
+    reason = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["-time"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.version}: {self.replicas_before} → {self.replicas_after}"

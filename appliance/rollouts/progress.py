@@ -177,6 +177,14 @@ def tick() -> dict[str, str]:
             done[name] = "scaled to zero"
     except Exception:
         log.exception("scale-to-zero check failed; the next tick tries again")
+    try:
+        from appliance.rollouts.autoscale import autoscale_all
+
+        with audit_context(origin=Origin.SYSTEM, actor="autoscaler"):
+            for decision in autoscale_all():
+                done[str(decision.deployment_id)] = f"scaled {decision.replicas_before} -> {decision.replicas_after}"
+    except Exception:
+        log.exception("autoscaling failed; the next tick tries again")
     return done
 
 

@@ -79,7 +79,7 @@ def serving_deployment(model_id: object) -> Deployment | None:
     return Deployment.objects.filter(version__model_id=model_id, state=DeploymentState.LIVE).order_by("-created").first()
 
 
-def place(*, version: ModelVersion, count: int) -> list[Node]:
+def place(*, version: ModelVersion, count: int, exclude: Sequence[object] = ()) -> list[Node]:
     """Picks `count` nodes for new replicas: routable (active, healthy or degraded,
     heard from recently), allowed by the residency policy for every tenant the
     model serves, able to run the version's format, and with the most room
@@ -90,7 +90,7 @@ def place(*, version: ModelVersion, count: int) -> list[Node]:
         raise RolloutError("replicas must be at least 1")
     candidates: list[tuple[float, int, str, Node]] = []
     refused: list[str] = []
-    for node in routable_nodes().prefetch_related("gpus"):
+    for node in routable_nodes().exclude(pk__in=list(exclude)).prefetch_related("gpus"):
         reason = format_refusal(version, node)
         if reason:
             refused.append(f"{node.name}: {reason}")
@@ -444,6 +444,44 @@ def deployment_rollback(*, deployment_id: object, actor: str) -> Deployment:
     if deployment.previous is None:
         raise RolloutStateError(f"{deployment.version} was the model's first deployment: there is nothing to roll back to")
     return deployment_create(version=deployment.previous.version)
+
+
+def replicas_add(*, deployment: Deployment, count: int) -> list[Replica]:
+    """Scale out a serving deployment: `count` more replicas on nodes the placement
+    picks (not ones already holding it); each loads and goes live on its own.
+    Call inside a transaction holding the deployment's row lock."""
+    from appliance.nodes.queues import node_queue
+    from appliance.rollouts.tasks import replica_apply
+
+    holding = deployment.replicas.exclude(state__in=[ReplicaState.FAILED, ReplicaState.RETIRED]).filter(mig_uuid="")
+    nodes = place(version=deployment.version, count=count, exclude=list(holding.values_list("node_id", flat=True)))
+    placement_check(model_id=deployment.version.model_id, nodes=nodes, subject=f"scale-out of {deployment.version}")
+    added = []
+    for node in nodes:
+        replica, created = Replica.objects.get_or_create(deployment=deployment, node=node, mig_uuid="")
+        if not created:  # it ran here before and was retired: the same row loads again
+            replica.state, replica.error = ReplicaState.PENDING, ""
+            replica.save(update_fields=["state", "error", "updated"])
+        added.append(replica)
+
+    def send() -> None:
+        for replica in added:
+            replica_apply.apply_async(args=[str(replica.pk)], queue=node_queue(replica.node.name))
+
+    transaction.on_commit(send)
+    return added
+
+
+def replicas_retire(*, deployment: Deployment, count: int) -> list[Replica]:
+    """Scale in: the newest `count` live replicas stop taking traffic and unload after
+    the grace period. Never the last one. Call inside the deployment's lock."""
+    live = list(
+        deployment.replicas.select_for_update().filter(state=ReplicaState.LIVE).select_related("node", "deployment__version")
+        .order_by("-created")
+    )  # fmt: skip
+    retired = _retire(live[: min(count, len(live) - 1)])
+    _converge_later(retired, settings.RETIRE_GRACE_S)
+    return retired
 
 
 @transaction.atomic

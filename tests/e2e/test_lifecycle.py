@@ -106,6 +106,7 @@ class Load:
     address: str
     key: str
     threads: int = 4
+    model: str = MODEL
     results: list[tuple[bool, str, float]] = field(default_factory=list)  # (ok, version or error, seconds)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -133,7 +134,7 @@ class Load:
             tensor.set_data_from_numpy(image)
             started = time.perf_counter()
             try:
-                result = client.infer(MODEL, [tensor], headers=headers, client_timeout=10)
+                result = client.infer(self.model, [tensor], headers=headers, client_timeout=10)
                 self.results.append((True, result.get_response().model_version, time.perf_counter() - started))
             except Exception as exc:  # recorded and asserted on, never swallowed
                 self.results.append((False, str(exc)[:200], time.perf_counter() - started))
@@ -272,3 +273,31 @@ def test_scale_to_zero_and_the_first_request_waits_for_the_load(fleet: Fleet, wo
         assert Replica.objects.filter(deployment__version__model__name=MODEL, state="live").count() == 2
     finally:
         olga.client.patch(f"/api/v1/models/{MODEL}/", {"idle_unload_s": 0}, format="json")
+
+
+def test_autoscaling_follows_load(fleet: Fleet, world: dict[str, Any]) -> None:
+    from appliance.rollouts.models import AutoscaleDecision, Replica
+
+    olga = world["olga"]
+    policy = {"min_replicas": 1, "max_replicas": 2, "utilisation_up": 0.6, "utilisation_down": 0.1, "cooldown_s": 2}
+    olga.post("models/", {"name": "slowpoke", "autoscale": policy})
+    olga.post("grants/", {"tenant": "lifeco", "model": "slowpoke"})
+    version = olga.upload("slowpoke", digits_build.pack(world["weights"], model_source=SLOW.encode()), like="digits")
+    deployment = olga.post("deployments/", {"version": version["id"], "nodes": ["node-a"]})
+    assert olga.wait_ended(deployment["id"], fleet)["state"] == "live"
+
+    def live() -> int:
+        return Replica.objects.filter(deployment_id=deployment["id"], state="live").count()
+
+    with Load(fleet.gateway, world["key"], model="slowpoke") as load:
+        wait_for("a second replica under load", lambda: live() == 2, timeout=60, procs=fleet.procs)
+        up = AutoscaleDecision.objects.filter(deployment_id=deployment["id"]).latest("time")
+        settled = len(load.results)
+        wait_for("traffic on both replicas", lambda: len(load.results) > settled + 20, timeout=30)
+    wait_for("back to one replica when idle", lambda: live() == 1, timeout=60, procs=fleet.procs)
+    down = AutoscaleDecision.objects.filter(deployment_id=deployment["id"]).latest("time")
+    assert (up.replicas_before, up.replicas_after) == (1, 2)
+    assert up.inputs["utilisation"] > 0.6 or up.inputs["queue_ms"] > 5, up.inputs
+    assert "node-a" in up.inputs["per_replica"]
+    assert (down.replicas_before, down.replicas_after, down.reason.startswith("utilisation")) == (2, 1, True)
+    assert load.failures() == []

@@ -8,16 +8,20 @@ from rest_framework import serializers
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import normalise
+from appliance.rollouts.autoscale import normalise_autoscale
 
 
 class ModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
-        fields = ["id", "name", "description", "response_cache", "serving_profile", "idle_unload_s", "created"]
+        fields = ["id", "name", "description", "response_cache", "serving_profile", "idle_unload_s", "autoscale", "created"]
         read_only_fields = ["id", "created"]
 
     def validate_serving_profile(self, value: Any) -> Any:
         return normalise(value)
+
+    def validate_autoscale(self, value: Any) -> Any:
+        return normalise_autoscale(value)
 
 
 class ModelUpdateSerializer(serializers.Serializer):
@@ -27,8 +31,14 @@ class ModelUpdateSerializer(serializers.Serializer):
     idle_unload_s = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False,
                                              help_text="scale to zero after this many idle seconds; 0: always resident")  # fmt: skip
 
+    autoscale = serializers.JSONField(required=False, help_text="{min_replicas, max_replicas, queue_ms_up, "
+                                      "utilisation_up, utilisation_down, cooldown_s}; {} turns autoscaling off")
+
     def validate_serving_profile(self, value: Any) -> Any:
         return normalise(value)
+
+    def validate_autoscale(self, value: Any) -> Any:
+        return normalise_autoscale(value)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

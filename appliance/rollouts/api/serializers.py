@@ -8,7 +8,7 @@ from rest_framework import serializers
 from appliance.catalog.models import ModelVersion
 from appliance.nodes.models import MigDevice, Node
 from appliance.rollouts.choices import DeploymentState, Strategy
-from appliance.rollouts.models import DEFAULT_GATE, Deployment, Replica
+from appliance.rollouts.models import DEFAULT_GATE, AutoscaleDecision, Deployment, Replica
 
 
 class ReplicaSerializer(serializers.ModelSerializer):
@@ -17,6 +17,13 @@ class ReplicaSerializer(serializers.ModelSerializer):
     class Meta:
         model = Replica
         fields = ["id", "node", "mig_uuid", "state", "error", "attempts", "updated"]
+        read_only_fields = fields
+
+
+class AutoscaleDecisionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AutoscaleDecision
+        fields = ["time", "replicas_before", "replicas_after", "reason", "inputs"]
         read_only_fields = fields
 
 
@@ -32,9 +39,16 @@ class DeploymentSerializer(serializers.ModelSerializer):
         fields = [
             "id", "model", "version", "version_number", "previous", "previous_version", "state", "error", "strategy",
             "steps", "step_index", "step_started", "step_seconds", "traffic_percent", "paused", "gate", "gate_log",
-            "gate_now", "replicas", "created", "updated",
+            "gate_now", "replicas", "scale_decisions", "created", "updated",
         ]  # fmt: skip
         read_only_fields = fields
+
+    scale_decisions = serializers.SerializerMethodField(help_text="the autoscaler's last 10 decisions (detail only)")
+
+    def get_scale_decisions(self, deployment: Deployment) -> list[dict[str, Any]] | None:
+        if not self.context.get("detail"):
+            return None
+        return AutoscaleDecisionSerializer(deployment.scale_decisions.all()[:10], many=True).data  # type: ignore[return-value]
 
     def get_gate_now(self, deployment: Deployment) -> dict[str, Any] | None:
         if deployment.state != DeploymentState.PROGRESSING or not self.context.get("detail"):
