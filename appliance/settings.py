@@ -209,6 +209,8 @@ GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
 # The zone the gateway and its Redis response cache live in (the residency policy decides what may be cached here).
 GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
+# Pause before retrying the same (only) replica after it answered UNAVAILABLE.
+GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
 # How often a request held for a model waking from zero looks for its replica.
 GATEWAY_WAKE_POLL_S = env_float("GATEWAY_WAKE_POLL_S", 0.1)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

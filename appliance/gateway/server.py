@@ -291,33 +291,44 @@ class Handlers:
         """Once to a replica (retried once elsewhere only if that replica went away).
         Unpinned inference follows the rollout's traffic split; a retry may go to
         any version's replica."""
-        timeout = _timeout(context)
-        tried: str | None = None
         infer = method == "ModelInfer"
         first = self.gw.choose_version(model, routes) if infer and not version else routes
+        route = self.gw.pick(first)
         for attempt in range(2):
-            route = self.gw.pick(first if attempt == 0 else routes, exclude=tried)
             if route is None:
                 break
-            self.gw.inflight[route.address] += 1
+            current = route
+            self.gw.inflight[current.address] += 1
             started = time.perf_counter()
             try:
-                body = raw if version else with_version(raw, route.version)
-                response = await self.gw.unary(route.address, method)(body, timeout=timeout)
+                body = raw if version else with_version(raw, current.version)
+                response = await self.gw.unary(current.address, method)(body, timeout=_timeout(context))
                 if infer:
-                    self.gw.stats.record(model, route.version, True, time.perf_counter() - started)
-                return response, route
+                    self.gw.stats.record(model, current.version, True, time.perf_counter() - started)
+                return response, current
             except grpc.aio.AioRpcError as exc:
-                # Retry once elsewhere only when the replica itself went away.
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and len(routes) > 1:
-                    tried = route.address
+                # Retried once only when the replica was not there to answer (gone, or its
+                # Triton between two instances of the version); never after a model error.
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
+                    route = self._retry_target(current, routes)
+                    if route is current:
+                        await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
                     continue
                 if infer:
-                    self.gw.stats.record(model, route.version, False, time.perf_counter() - started)
+                    self.gw.stats.record(model, current.version, False, time.perf_counter() - started)
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
-                self.gw.inflight[route.address] -= 1
+                self.gw.inflight[current.address] -= 1
         raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
+
+    def _retry_target(self, failed: Route, routes: tuple[Route, ...]) -> Route:
+        """Another replica if there is one, else the same version elsewhere on the same
+        Triton, else the same replica again (after a pause: a Triton reload swaps a
+        version's instances, and one request can fall between them)."""
+        other = self.gw.pick(routes, exclude=failed.address)
+        if other is not None:
+            return other
+        return next((r for r in routes if r != failed and r.address == failed.address), failed)
 
     async def _cached(
         self, raw: bytes, model: str, version: str, routes: tuple[Route, ...], key: Any, request: Any, context: Any

@@ -301,3 +301,13 @@ def test_autoscaling_follows_load(fleet: Fleet, world: dict[str, Any]) -> None:
     assert "node-a" in up.inputs["per_replica"]
     assert (down.replicas_before, down.replicas_after, down.reason.startswith("utilisation")) == (2, 1, True)
     assert load.failures() == []
+
+
+def test_a_live_version_triton_dropped_is_loaded_again(fleet: Fleet, world: dict[str, Any]) -> None:
+    """Triton and the database disagree (an outside unload): the node agent converges."""
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports['node-b']['grpc']}")
+    version = str(world["serving"]["number"])
+    assert direct.is_model_ready(MODEL, version)
+    direct.unload_model(MODEL)
+    wait_for("the unload", lambda: not direct.is_model_ready(MODEL, version), timeout=10)
+    wait_for("the agent to load it again", lambda: direct.is_model_ready(MODEL, version), timeout=30, procs=fleet.procs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,28 @@ def _triton_version(address: str) -> str:
         return ""
 
 
-def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event) -> None:
-    """Liveness every beat; the GPU inventory whenever it differs from the last report."""
+def _converge_diverged(local: LocalNode | None, sent: dict[str, float]) -> None:
+    """A live version missing from the node's main Triton is loaded again, through the
+    node's own queue (so that it never races a rollout task), at most every 10 s per model."""
+    if local is None:
+        return
+    from appliance.rollouts.tasks import node_model_sync
+
+    now = time.monotonic()
+    for model_id in sync.diverged_models(local):
+        if now - sent.get(model_id, -1e9) < 10.0:
+            continue
+        sent[model_id] = now
+        log.warning("model %s is live here but not ready in Triton; converging", model_id)
+        node_model_sync.apply_async(args=[model_id, ""], queue=node_queue(local.name))
+
+
+def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
+                local: LocalNode | None = None) -> None:  # fmt: skip
+    """Liveness every beat; the GPU inventory whenever it differs from the last report;
+    live models Triton lost are converged."""
     reported: list[dict] = []  # type: ignore[type-arg]
+    converged: dict[str, float] = {}
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.is_set():
             try:
@@ -64,6 +84,8 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
                     reported = [g.as_dict() for g in gpus]
                 services.node_report_gpu_health(node_id=node_id, readings=inventory.health())
                 services.node_heartbeat(node_id=node_id, triton_ready=ready)
+                if ready:
+                    _converge_diverged(local, converged)
             except Exception:
                 log.exception("heartbeat failed")
             stop.wait(settings.NODE_HEARTBEAT_S)
@@ -107,7 +129,7 @@ def run_agent(options: AgentOptions) -> None:
     stop = threading.Event()
     threads = [
         threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(options.ports.grpc_address),), daemon=True),
-        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop), daemon=True),
+        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True),
     ]
     for thread in threads:
         thread.start()

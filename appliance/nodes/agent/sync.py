@@ -82,3 +82,25 @@ def reload_live_models(local: LocalNode, mig_uuid: str = "") -> None:
         except (LoadError, DomainError) as exc:
             # The replica stays recorded as live; the operator sees this in the agent log.
             log.error("could not reload %s after Triton started: %s", model_name, exc)
+
+
+def diverged_models(local: LocalNode, mig_uuid: str = "") -> list[str]:
+    """Models with a version recorded live here that this Triton does not hold READY
+    (nothing of the model loading right now). Triton can drop a version the database
+    still serves: an outside unload, or a reload that went wrong; the agent converges them."""
+    live: dict[str, tuple[object, set[str]]] = {}
+    loading = set()
+    for replica in resident_replicas(node_id=local.node_id, mig_uuid=mig_uuid):
+        model = replica.deployment.version.model
+        if replica.state == ReplicaState.LOADING:
+            loading.add(model.name)
+        else:
+            live.setdefault(model.name, (model.pk, set()))[1].add(str(replica.deployment.version.number))
+    if not live:
+        return []
+    index = local.endpoint(mig_uuid).client().get_model_repository_index(client_timeout=settings.HEALTH_PROBE_TIMEOUT_S)
+    ready = {(m.name, m.version) for m in index.models if m.state == "READY"}
+    return [
+        str(model_id) for name, (model_id, versions) in live.items()
+        if name not in loading and any((name, v) not in ready for v in versions)
+    ]  # fmt: skip
