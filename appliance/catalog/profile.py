@@ -6,9 +6,10 @@ signature before any node sees a config built from it (`check_against`).
 `tritonconfig.build_config` turns version + profile into Triton's ModelConfig.
 
 Defaults were tuned on the demo model (docs/benchmarks.md, dynamic batching): a
-batching model gets dynamic batching with a short queue delay, no preferred
-sizes (Triton's docs: preferred sizes only help when the model is faster at
-specific sizes), and one instance.
+batching model gets dynamic batching with no added queue delay (at concurrency 32
+it batched what was already queued: 1.8x the throughput of no batching, and a
+delay of 100 to 2000 µs bought nothing more), no preferred sizes (Triton's docs:
+they only help models faster at specific sizes), and one instance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import DomainError
 
-DEFAULT_QUEUE_DELAY_US = 100
+DEFAULT_QUEUE_DELAY_US = 0
 MAX_PRIORITY_LEVELS = 16
 
 

@@ -282,7 +282,16 @@ class Handlers:
         snapshot = self.gw.snapshot
         if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
             return await self._cached(raw, model, version, routes, key, request, context)
-        response, _ = await self._send(method, raw, model, version, routes, context)
+        try:
+            response, _ = await self._send(method, raw, model, version, routes, context)
+        except Refusal as refusal:
+            if refusal.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            # Every replica it knew was unavailable: perhaps the snapshot is behind (a replica
+            # parked or moved a moment ago). Once more with a fresh one, within the deadline.
+            await self.gw.refresh_if_stale()
+            routes = await self.gw.routes_for(key, model, version, _deadline(context))
+            response, _ = await self._send(method, raw, model, version, routes, context)
         return response
 
     async def _send(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 from appliance.nodes.agent import sync
 from appliance.nodes.agent.runtime import require_local
@@ -79,8 +80,14 @@ def replica_apply(replica_id: str) -> None:
 
 @shared_task(name="rollouts.node_model_sync")
 def node_model_sync(model_id: str, mig_uuid: str = "") -> None:
-    """Converge one of this node's Tritons to the model's resident versions (drops retired ones)."""
+    """Converge one of this node's Tritons to the model's resident versions (drops retired
+    and parked ones). A version that left the resident set less than the grace period ago
+    is kept until the gateways have seen it leave: the task comes back then."""
     local = require_local()
+    grace = settings.RETIRE_GRACE_S
+    if sync.recently_released(local, model_id=model_id, mig_uuid=mig_uuid, within_s=grace):
+        node_model_sync.apply_async(args=[model_id, mig_uuid], queue=node_queue(local.name), countdown=grace)
+        return
     versions = sync.resident_versions(local, model_id=model_id, mig_uuid=mig_uuid)
     from appliance.catalog.models import Model
 

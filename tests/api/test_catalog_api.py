@@ -96,3 +96,30 @@ def test_model_with_versions_cannot_be_deleted(api: APIClient) -> None:
     _upload(api, python_artifact())
     response = api.delete("/api/v1/models/digits/")
     assert response.status_code == 409
+
+
+def test_serving_profile_is_validated_and_shapes_the_generated_config(api: APIClient) -> None:
+    api.post("/api/v1/models/", {"name": "digits"}, format="json")
+    version = _upload(api, python_artifact()).json()
+    bad = api.patch("/api/v1/models/digits/", {"serving_profile": {"instance_group": {"count": 0}}}, format="json")
+    assert bad.status_code == 400 and "count" in str(bad.json())
+    too_big = api.patch("/api/v1/models/digits/", {"serving_profile": {"max_batch_size": 1000}}, format="json")
+    assert too_big.status_code == 400 and "exceeds what version 1 supports (64)" in str(too_big.json())
+    profile = {"max_batch_size": 32, "dynamic_batching": {"max_queue_delay_us": 250}, "instance_group": {"count": 2}}
+    ok = api.patch("/api/v1/models/digits/", {"serving_profile": profile, "idle_unload_s": 600}, format="json")
+    assert ok.status_code == 200, ok.json()
+    assert ok.json()["serving_profile"]["instance_group"]["count"] == 2 and ok.json()["idle_unload_s"] == 600
+    assert_audited("model.update")
+    text = api.get(f"/api/v1/versions/{version['id']}/config/").content.decode()
+    assert "max_batch_size: 32" in text and "max_queue_delay_microseconds: 250" in text and "count: 2" in text
+
+
+def test_tensorrt_plans_record_where_they_run(api: APIClient) -> None:
+    api.post("/api/v1/models/", {"name": "engine"}, format="json")
+    missing = _upload(api, b"plan-bytes", model="engine", format="tensorrt_plan")
+    assert missing.status_code == 400 and "records gpu_arch and tensorrt_version" in str(missing.json())
+    plan = _upload(api, b"plan-bytes", model="engine", format="tensorrt_plan", gpu_arch="9.0", tensorrt_version="10.5.0")
+    assert plan.status_code == 201, plan.json()
+    assert (plan.json()["gpu_arch"], plan.json()["tensorrt_version"]) == ("9.0", "10.5.0")
+    stray = _upload(api, python_artifact(), model="engine", gpu_arch="9.0")
+    assert stray.status_code == 400 and "tensorrt_plan versions only" in str(stray.json())

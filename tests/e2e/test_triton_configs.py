@@ -111,7 +111,7 @@ def test_generated_config_loads_and_serves(triton: tuple[grpcclient.InferenceSer
     if kind == "sample-warmup":
         assert config.model_warmup[0].inputs["IMAGE"].input_data_file == "v1_IMAGE"
     if kind == "defaults":
-        assert config.dynamic_batching.max_queue_delay_microseconds == 100
+        assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0
         assert config.model_warmup[0].inputs["IMAGE"].zero_data
     if kind == "triton-cache":
         assert config.response_cache.enable

@@ -328,3 +328,25 @@ def test_window_statistics_sum_across_seconds_and_processes() -> None:
     assert (stats.p50_ms, stats.p99_ms) == (5.0, 5.0)
     assert stats.mean_ms == pytest.approx((10 * 1.5 + 90 * 4.0) / 100)
     assert window(model, "1", now - 1, now).requests == 90, "whole seconds: the older one is outside"
+
+
+def test_a_tensorrt_plan_is_placed_only_where_it_was_built_for() -> None:
+    from appliance.nodes.models import Gpu, Node
+
+    version = make_version(_model(), fmt="tensorrt_plan", gpu_arch="9.0", tensorrt_version="10.5.0",
+                           artifact=b"serialized-engine")  # fmt: skip
+    Model.objects.filter(pk=version.model_id).update(serving_profile={"warmup": {"source": "none"}})
+    version.refresh_from_db()
+    cpu = make_node("cpu-node")
+    with pytest.raises(services.RolloutError, match="built for compute capability 9.0; the node has no GPU"):
+        services.deployment_create(version=version, nodes=[cpu])
+    a100 = make_node("a100-node")
+    Gpu.objects.create(node=a100, index=0, uuid="GPU-a", product="NVIDIA A100-SXM4-40GB", model="A100-40GB", memory_mib=40960)
+    with pytest.raises(services.RolloutError, match="the node has 8.0"):
+        services.deployment_create(version=version, nodes=[a100])
+    h100 = make_node("h100-node")
+    Gpu.objects.create(node=h100, index=0, uuid="GPU-h", product="NVIDIA H100 80GB HBM3", model="H100-80GB", memory_mib=81559)
+    Node.objects.filter(pk=h100.pk).update(tensorrt_version="10.3.0")
+    with pytest.raises(services.RolloutError, match="built with TensorRT 10.5.0; the node runs 10.3.0"):
+        services.deployment_create(version=version, nodes=[Node.objects.get(pk=h100.pk)])
+    assert not Deployment.objects.exists()

@@ -31,6 +31,20 @@ def resident_versions(
     return sorted(versions.values(), key=lambda v: v.number)
 
 
+def recently_released(local: LocalNode, *, model_id: object, mig_uuid: str = "", within_s: float) -> bool:
+    """A replica of the model here was retired or parked less than `within_s` ago."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from appliance.rollouts.models import Replica
+
+    return Replica.objects.filter(
+        node_id=local.node_id, mig_uuid=mig_uuid, deployment__version__model_id=model_id,
+        state__in=[ReplicaState.RETIRED, ReplicaState.PARKED], updated__gt=timezone.now() - timedelta(seconds=within_s),
+    ).exists()  # fmt: skip
+
+
 def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion], mig_uuid: str = "") -> None:
     """Files and config only: what Triton will load next."""
     repo = local.endpoint(mig_uuid).repository
