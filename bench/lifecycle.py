@@ -250,8 +250,8 @@ async def _throughput(address: str, model: str, version: str, concurrency: int, 
 def bench_batching(app: Appliance, total: int) -> list[tuple[str, ...]]:
     profiles = [
         ("off", {"dynamic_batching": {"enabled": False}}),
-        ("on, delay 0 µs", {"dynamic_batching": {"max_queue_delay_us": 0}}),
-        ("on, delay 100 µs (default)", {}),
+        ("on, delay 0 µs (default)", {}),
+        ("on, delay 100 µs", {"dynamic_batching": {"max_queue_delay_us": 100}}),
         ("on, delay 500 µs", {"dynamic_batching": {"max_queue_delay_us": 500}}),
         ("on, delay 2000 µs", {"dynamic_batching": {"max_queue_delay_us": 2000}}),
     ]
