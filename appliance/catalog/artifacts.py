@@ -106,6 +106,8 @@ def unpack_into(data: bytes, fmt: str, target: Path) -> None:
         (target / "model.onnx").write_bytes(data)
     elif fmt == ArtifactFormat.TENSORRT_PLAN:
         (target / "model.plan").write_bytes(data)
+    elif fmt == ArtifactFormat.ENSEMBLE:
+        pass  # an ensemble's version directory is empty: its steps are in config.pbtxt
     else:
         check_archive(data)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:

@@ -55,6 +55,8 @@ class ModelVersion(Audited):
     tensorrt_version = models.CharField(max_length=32, blank=True)
     # One sample per input, without the batch dimension: {"IMAGE": [...]}; used for warm-up.
     sample_inputs = models.JSONField(null=True, blank=True)
+    # Ensembles: the validated steps of the artifact (catalog/ensemble.py).
+    ensemble_steps = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -9,6 +9,7 @@ from django.db.models import Max
 
 from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_read_verified, check_archive
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
+from appliance.catalog.ensemble import parse_steps
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import check_against, normalise
 from appliance.catalog.signature import validate_samples, validate_signature
@@ -29,9 +30,9 @@ def model_create(
 
 
 def _check_artifact_content(fmt: str, sha256: str) -> None:
-    if fmt in (ArtifactFormat.PYTHON, ArtifactFormat.ENSEMBLE):
+    if fmt == ArtifactFormat.PYTHON:
         names = check_archive(artifact_read_verified(sha256))
-        if fmt == ArtifactFormat.PYTHON and "model.py" not in names:
+        if "model.py" not in names:
             raise ArtifactError("a python-format artifact must be a .tar.gz holding model.py at its top level")
 
 
@@ -63,6 +64,7 @@ def version_create(
     if size == 0:
         raise ArtifactError("the artifact is empty")
     _check_artifact_content(fmt, sha256)
+    steps = parse_steps(artifact_read_verified(sha256), normalised) if fmt == ArtifactFormat.ENSEMBLE else None
     if parent is not None and parent.model_id != model.pk:
         raise ArtifactError("the parent version belongs to another model")
     with transaction.atomic():
@@ -83,6 +85,7 @@ def version_create(
             gpu_arch=gpu_arch,
             tensorrt_version=tensorrt_version,
             sample_inputs=samples,
+            ensemble_steps=steps,
         )
 
 

@@ -79,9 +79,16 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
         config.output.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
     if version.decoupled:
         config.model_transaction_policy.decoupled = True
+    if version.format == ArtifactFormat.ENSEMBLE:
+        for step in version.ensemble_steps or []:
+            target = config.ensemble_scheduling.step.add(model_name=step["model"], model_version=-1)
+            for key, value in step["input_map"].items():
+                target.input_map[key] = value
+            for key, value in step["output_map"].items():
+                target.output_map[key] = value
 
     dyn = spec["dynamic_batching"]
-    if dyn["enabled"] and batch > 0 and not version.decoupled:
+    if dyn["enabled"] and batch > 0 and not version.decoupled and version.format != ArtifactFormat.ENSEMBLE:
         batching = config.dynamic_batching
         batching.max_queue_delay_microseconds = dyn["max_queue_delay_us"]
         batching.preferred_batch_size.extend(dyn["preferred_batch_sizes"])
@@ -115,7 +122,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
                 item.random_data = True
             else:
                 item.input_data_file = warmup_file_name(version, tensor["name"])
-    if spec["response_cache"]:
+    if spec["response_cache"] and version.format != ArtifactFormat.ENSEMBLE:
         config.response_cache.enable = True
     return config
 

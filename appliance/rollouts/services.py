@@ -122,6 +122,22 @@ def format_refusal(version: ModelVersion, node: Node) -> str:
     return ""
 
 
+def _check_composing(version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> None:
+    """An ensemble runs inside one Triton: each of its composing models must be served
+    (live) by every Triton the ensemble is placed on."""
+    from appliance.catalog.ensemble import composing_models
+
+    places = [(n, "") for n in nodes] + [(d.gpu.node, d.uuid) for d in mig_devices]
+    for model_name in composing_models(version.ensemble_steps):
+        for node, mig_uuid in places:
+            served = Replica.objects.filter(
+                node=node, mig_uuid=mig_uuid, state=ReplicaState.LIVE, deployment__version__model__name=model_name
+            ).exists()
+            if not served:
+                where = f"{node.name}/{mig_uuid}" if mig_uuid else node.name
+                raise RolloutError(f"ensemble {version} needs '{model_name}' live on {where} first (it runs in the same Triton)")
+
+
 def deployment_create(
     *,
     version: ModelVersion,
@@ -171,6 +187,8 @@ def deployment_create(
         reason = format_refusal(version, node)
         if reason:
             raise RolloutError(f"{node.name} cannot run {version}: {reason}")
+    if version.format == ArtifactFormat.ENSEMBLE:
+        _check_composing(version, nodes, mig_devices)
     placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")
     return _deployment_create(
         version=version, nodes=nodes, mig_devices=mig_devices, strategy=strategy, steps=normalised_steps,
@@ -202,8 +220,6 @@ def _deployment_create(
     *, version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice], strategy: str,
     steps: list[int], step_seconds: int, gate: dict[str, Any],
 ) -> Deployment:  # fmt: skip
-    if version.format == ArtifactFormat.ENSEMBLE:
-        raise RolloutError("ensemble versions are deployed with their composing models (not supported yet)")
     # Lock the model's row so that two concurrent requests cannot both start a rollout.
     type(version.model).objects.select_for_update().get(pk=version.model_id)
     busy = Deployment.objects.filter(version__model_id=version.model_id, state__in=ACTIVE_DEPLOYMENT_STATES).first()

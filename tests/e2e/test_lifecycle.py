@@ -311,3 +311,47 @@ def test_a_live_version_triton_dropped_is_loaded_again(fleet: Fleet, world: dict
     direct.unload_model(MODEL)
     wait_for("the unload", lambda: not direct.is_model_ready(MODEL, version), timeout=10)
     wait_for("the agent to load it again", lambda: direct.is_model_ready(MODEL, version), timeout=30, procs=fleet.procs)
+
+
+def test_an_ensemble_rolls_out_beside_its_composing_model(fleet: Fleet, world: dict[str, Any]) -> None:
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.e2e.operator import _manifest
+
+    olga = world["olga"]
+    olga.post("models/", {"name": "pipeline"})
+    olga.post("grants/", {"tenant": "lifeco", "model": "pipeline"})
+    steps = {"steps": [{"model": MODEL, "input_map": {"IMAGE": "IMAGE"},
+                        "output_map": {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES"}}]}  # fmt: skip
+    version = olga.post("versions/", {
+        "model": "pipeline", "format": "ensemble", "signature": json.dumps(_manifest("digits")["signature"]),
+        "max_batch_size": 64, "artifact": SimpleUploadedFile("pipeline.json", json.dumps(steps).encode()),
+    }, fmt="multipart")  # fmt: skip
+    started = olga.client.post("/api/v1/deployments/", {"version": version["id"], "nodes": ["node-a", "node-b"],
+                                                        "strategy": "all_at_once"}, format="json")  # fmt: skip
+    assert started.status_code == 202, started.content  # the composing model is live on both nodes
+    done = olga.wait_ended(started.json()["id"], fleet)
+    assert done["state"] == "live", done["error"]
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    tensor = grpcclient.InferInput("IMAGE", [8, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGES[:8].astype(np.float32))
+    headers = {"authorization": f"Bearer {world['key']}"}
+    via_pipeline = client.infer("pipeline", [tensor], headers=headers).as_numpy("LABEL")
+    direct = client.infer(MODEL, [tensor], headers=headers).as_numpy("LABEL")
+    assert np.array_equal(via_pipeline, direct)
+
+
+def test_an_ensemble_is_refused_where_its_composing_model_does_not_run(fleet: Fleet, world: dict[str, Any]) -> None:
+    from appliance.catalog.models import ModelVersion
+    from appliance.nodes.services import node_create
+    from appliance.rollouts.models import Deployment
+
+    version = ModelVersion.objects.filter(model__name="pipeline").latest("number")
+    node_create(name="node-c", zone="default", grpc_address="127.0.0.1:1")
+    before = Deployment.objects.count()
+    refused = world["olga"].client.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["node-c"]},
+                                        format="json")  # fmt: skip
+    assert refused.status_code == 400 and f"needs '{MODEL}' live on node-c first" in refused.json()["detail"]
+    assert Deployment.objects.count() == before

@@ -139,3 +139,19 @@ def test_decoupled_model_gets_no_warmup_and_loads(triton: tuple[grpcclient.Infer
     assert "model_warmup" not in text and "decoupled: true" in text
     client.load_model("countdown")
     assert client.is_model_ready("countdown", "1")
+
+
+def test_generated_ensemble_config_loads_and_serves(triton: tuple[grpcclient.InferenceServerClient, Path]) -> None:
+    client, repo = triton
+    _place(repo, _version("composed", {}), _digits_files())
+    client.load_model("composed")
+    steps = [{"model": "composed", "input_map": {"IMAGE": "IMAGE"}, "output_map": {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES"}}]
+    version = _version("pipeline", {}, format="ensemble", ensemble_steps=steps, sample_inputs=None)
+    text = _place(repo, version, {})
+    assert 'platform: "ensemble"' in text and "model_warmup" not in text
+    client.load_model("pipeline")
+    assert client.is_model_ready("pipeline", "1")
+    tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGE.reshape(1, 64).astype(np.float32))
+    direct = client.infer("composed", [tensor]).as_numpy("LABEL")
+    assert np.array_equal(client.infer("pipeline", [tensor]).as_numpy("LABEL"), direct)

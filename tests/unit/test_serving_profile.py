@@ -114,3 +114,36 @@ def test_decoupled_and_unbatched_versions_get_what_they_can_use() -> None:
     assert not decoupled.HasField("dynamic_batching")
     with pytest.raises(ProfileError, match="decoupled"):
         check_against(_version({}, decoupled=True, max_batch_size=0), normalise({"warmup": {"source": "zero"}}))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (b"not json", "JSON document"),
+        (b'{"steps": []}', "non-empty 'steps'"),
+        (b'{"steps": [{"model": "ghost", "input_map": {"IMAGE": "IMAGE"}, "output_map": {"LABEL": "LABEL"}}]}',
+         "'ghost' is not in the catalog"),
+        (b'{"steps": [{"model": "m", "input_map": {"IMAGE": "PIXELS"}, "output_map": {"LABEL": "LABEL"}}]}',
+         "reads ['PIXELS']"),
+        (b'{"steps": [{"model": "m", "input_map": {"IMAGE": "IMAGE"}, "output_map": {"PROBABILITIES": "P"}}]}',
+         "no step produces the ensemble outputs ['LABEL']"),
+    ],
+)
+def test_ensemble_specifications_are_validated(document: bytes, message: str) -> None:
+    from appliance.catalog.ensemble import EnsembleError, parse_steps
+    from appliance.catalog.services import model_create
+
+    model_create(name="m")
+    with pytest.raises(EnsembleError, match=re.escape(message)):
+        parse_steps(document, SIGNATURE)
+
+
+def test_ensemble_config_chains_its_steps() -> None:
+    steps = [{"model": "pre", "input_map": {"X": "IMAGE"}, "output_map": {"Y": "mid"}},
+             {"model": "clf", "input_map": {"IMAGE": "mid"}, "output_map": {"LABEL": "LABEL"}}]  # fmt: skip
+    config = _config({}, format="ensemble", ensemble_steps=steps)
+    assert config.platform == "ensemble" and not config.instance_group and not config.model_warmup
+    assert not config.HasField("dynamic_batching")
+    assert [(s.model_name, s.model_version, dict(s.input_map)) for s in config.ensemble_scheduling.step] == [
+        ("pre", -1, {"X": "IMAGE"}), ("clf", -1, {"IMAGE": "mid"})]
