@@ -7,7 +7,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from appliance.accounts.choices import Role
+from appliance.accounts.choices import PriorityClass, Role
 from appliance.audit.mixins import Audited
 from appliance.policies.choices import Classification
 
@@ -26,6 +26,11 @@ class Tenant(Audited):
     classification = models.CharField(max_length=16, choices=Classification.choices, default=Classification.INTERNAL)
     # Zones the tenant's data may go to; empty means any zone the rules allow.
     allowed_zones = models.JSONField(default=list, blank=True)
+    # Gateway: who goes first under overload, and how much the tenant may send (0: no limit).
+    priority_class = models.CharField(max_length=16, choices=PriorityClass.choices, default=PriorityClass.STANDARD)
+    rate_limit_rps = models.PositiveIntegerField(default=0)
+    rate_burst = models.PositiveIntegerField(default=0)  # 0: one second's worth
+    daily_quota = models.PositiveIntegerField(default=0)  # requests per UTC day
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

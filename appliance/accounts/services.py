@@ -23,9 +23,11 @@ from appliance.core.services import update_locked
 
 @transaction.atomic
 def tenant_create(
-    *, slug: str, name: str, classification: str = "internal", allowed_zones: list[str] | None = None
+    *, slug: str, name: str, classification: str = "internal", allowed_zones: list[str] | None = None, **limits: Any
 ) -> Tenant:
-    tenant = Tenant(slug=slug, name=name or slug, classification=classification, allowed_zones=allowed_zones or [])
+    """`limits`: priority_class, rate_limit_rps, rate_burst, daily_quota."""
+    tenant = Tenant(slug=slug, name=name or slug, classification=classification, allowed_zones=allowed_zones or [],
+                    **limits)  # fmt: skip
     tenant.full_clean()
     tenant.save()
     return tenant
@@ -96,9 +98,10 @@ def operator_token_create(
 
 @transaction.atomic
 def tenant_update(
-    *, tenant: Tenant, name: str | None = None, classification: str | None = None, allowed_zones: list[str] | None = None
+    *, tenant: Tenant, name: str | None = None, classification: str | None = None, allowed_zones: list[str] | None = None,
+    **limits: Any,
 ) -> Tenant:
-    return update_locked(tenant, name=name, classification=classification, allowed_zones=allowed_zones)
+    return update_locked(tenant, name=name, classification=classification, allowed_zones=allowed_zones, **limits)
 
 
 @transaction.atomic

@@ -27,7 +27,9 @@ from tritonclient.grpc import service_pb2 as pb
 
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
+from appliance.gateway import metrics
 from appliance.gateway.cache import ResponseCache
+from appliance.gateway.quota import Quotas
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
 from appliance.gateway.stats import Recorder
 from appliance.gateway.wire import SERVICE, with_version
@@ -42,12 +44,16 @@ NOT_FOUND_MESSAGE = "model '{}' is not available to this API key"
 
 
 class Refusal(Exception):
-    """A request the gateway answers with a status itself."""
+    """A request the gateway answers with a status itself (and, for RESOURCE_EXHAUSTED,
+    a retry hint in the trailing metadata: `retry-after-ms`)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailers: tuple[tuple[str, str], ...] = (
+            (("retry-after-ms", str(retry_after_ms)),) if retry_after_ms is not None else ()
+        )
 
 
 class Gateway:
@@ -60,6 +66,7 @@ class Gateway:
         self.inflight: dict[str, int] = defaultdict(int)
         self._denied: dict[tuple[str, str], float] = {}
         self.cache = ResponseCache()
+        self.quotas = Quotas()
         self.stats = Recorder()
         self._woken: dict[str, float] = {}
 
@@ -227,7 +234,22 @@ class Gateway:
             self._unary[key] = call
         return call
 
+    async def admit(self, key: KeyEntry, model: str) -> None:
+        """The tenant's rate limit and daily quota (shared by every gateway process)."""
+        verdict = await self.quotas.take(key.tenant_id, rate=key.rate, burst=key.burst, daily=key.daily)
+        if verdict.allowed:
+            return
+        metrics.SHED.labels(model, key.priority, verdict.reason).inc()
+        if verdict.reason == "quota":
+            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"tenant '{key.tenant_slug}' used its daily quota of {key.daily} requests",
+                          verdict.retry_after_ms)  # fmt: skip
+        raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"tenant '{key.tenant_slug}' is over its rate limit of {key.rate} requests/s; "
+                      f"retry in {verdict.retry_after_ms} ms", verdict.retry_after_ms)  # fmt: skip
+
     async def close(self) -> None:
+        await self.quotas.close()
         await self.cache.close()
         await self.stats.close()
         for channel in self._channels.values():
@@ -275,10 +297,13 @@ class Handlers:
         return pb.ServerMetadataResponse(name="appliance-gateway", version="1", extensions=["model_configuration"])
 
     async def _forward(
-        self, method: str, raw: bytes, model: str, version: str, context: Any, request: Any = None
+        self, method: str, raw: bytes, model: str, version: str, context: Any, request: Any = None,
+        key: KeyEntry | None = None,
     ) -> bytes:
-        key = await self.gw.authenticate(context)
+        key = key or await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version, _deadline(context))
+        if method == "ModelInfer":
+            await self.gw.admit(key, model)
         snapshot = self.gw.snapshot
         if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
             return await self._cached(raw, model, version, routes, key, request, context)
@@ -308,6 +333,8 @@ class Handlers:
                 break
             current = route
             self.gw.inflight[current.address] += 1
+            gauge = metrics.INFLIGHT.labels(current.address)
+            gauge.inc()
             started = time.perf_counter()
             try:
                 body = raw if version else with_version(raw, current.version)
@@ -319,6 +346,7 @@ class Handlers:
                 # Retried once only when the replica was not there to answer (gone, or its
                 # Triton between two instances of the version); never after a model error.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
+                    metrics.RETRIED.labels(model).inc()
                     route = self._retry_target(current, routes)
                     if route is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
@@ -328,6 +356,7 @@ class Handlers:
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
                 self.gw.inflight[current.address] -= 1
+                gauge.dec()
         raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
 
     def _retry_target(self, failed: Route, routes: tuple[Route, ...]) -> Route:
@@ -346,6 +375,7 @@ class Handlers:
         served_version = version or self.gw.pick(self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
         cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
         hit = await self.gw.cache.get(cache_key, request.id)
+        metrics.CACHE.labels(model, "miss" if hit is None else "hit").inc()
         if hit is not None:
             return hit
         pinned = version or served_version
@@ -355,8 +385,22 @@ class Handlers:
         return response
 
     async def model_infer(self, raw: bytes, context: Any) -> bytes:
-        request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
-        return await self._forward("ModelInfer", raw, request.model_name, request.model_version, context, request)
+        started = time.perf_counter()
+        tenant = model = "-"
+        status = "OK"
+        try:
+            request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
+            key = await self.gw.authenticate(context)
+            tenant = key.tenant_slug
+            if request.model_name in self.gw.snapshot.grants.get(key.tenant_id, ()):
+                model = request.model_name  # a label only for names the tenant may call: bounded
+            return await self._forward("ModelInfer", raw, request.model_name, request.model_version, context, request, key)
+        except Refusal as refusal:
+            status = refusal.code.name
+            raise
+        finally:
+            metrics.REQUESTS.labels(tenant, model, status).inc()
+            metrics.LATENCY.labels(model).observe(time.perf_counter() - started)
 
     async def model_metadata(self, raw: bytes, context: Any) -> bytes:
         request = _parse(pb.ModelMetadataRequest, raw, "ModelMetadataRequest")
@@ -382,6 +426,7 @@ class Handlers:
         model, version = first.model_name, first.model_version
         key = await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version, _deadline(context))
+        await self.gw.admit(key, model)
         route = self.gw.pick(routes if version else self.gw.choose_version(model, routes))
         assert route is not None
         chosen = version or route.version
@@ -415,7 +460,7 @@ def _guard(handler: Any) -> Any:
         try:
             return await handler(request, context)
         except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+            await context.abort(refusal.code, refusal.message, trailing_metadata=refusal.trailers)
 
     return unary
 
@@ -428,7 +473,7 @@ def _guard_stream(handler: Any) -> Any:
         except StopAsyncIteration:
             return
         except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+            await context.abort(refusal.code, refusal.message, trailing_metadata=refusal.trailers)
 
     return stream
 
@@ -480,7 +525,7 @@ class TlsFiles:
         )
 
 
-async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None) -> None:
+async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None, metrics_bind: str = "") -> None:
     gateway = Gateway()
     await gateway.refresh()
     server = grpc.aio.server(
@@ -491,6 +536,9 @@ async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = N
     if port == 0:
         raise RuntimeError(f"gateway cannot bind {bind}")
     await server.start()
+    if metrics_bind:
+        metrics.serve_metrics(metrics_bind)
+        log.info("gateway metrics at http://%s/metrics", metrics_bind)
     log.info("gateway listening on %s (%s)", bind, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     refresher = asyncio.create_task(gateway.refresh_forever())
     flusher = asyncio.create_task(gateway.stats.flush_forever())

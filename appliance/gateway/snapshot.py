@@ -30,6 +30,10 @@ class KeyEntry:
     tenant_slug: str
     expires_at: float | None  # unix time
     models: frozenset[str] | None = None  # None: every model granted to the tenant
+    priority: str = "standard"  # the tenant's class: critical, standard or batch
+    rate: int = 0  # requests a second (0: no limit)
+    burst: int = 0
+    daily: int = 0  # requests a UTC day (0: no quota)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ def build_snapshot() -> Snapshot:
             tenant_slug=row.tenant.slug,
             expires_at=row.expires_at.timestamp() if row.expires_at else None,
             models=frozenset(m.name for m in row.allowed_models.all()) or None,
+            priority=row.tenant.priority_class,
+            rate=row.tenant.rate_limit_rps,
+            burst=row.tenant.rate_burst,
+            daily=row.tenant.daily_quota,
         )
         for row in ApiKey.objects.filter(revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))

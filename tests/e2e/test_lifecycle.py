@@ -355,3 +355,40 @@ def test_an_ensemble_is_refused_where_its_composing_model_does_not_run(fleet: Fl
                                         format="json")  # fmt: skip
     assert refused.status_code == 400 and f"needs '{MODEL}' live on node-c first" in refused.json()["detail"]
     assert Deployment.objects.count() == before
+
+
+def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fleet, world: dict[str, Any]) -> None:
+    import urllib.request
+
+    from tests.e2e.fleet import free_port
+
+    olga = world["olga"]
+    olga.post("tenants/", {"slug": "metered", "name": "Metered", "daily_quota": 7, "priority_class": "batch"})
+    olga.post("grants/", {"tenant": "metered", "model": MODEL})
+    key = olga.post("api-keys/", {"tenant": "metered", "name": "k"})["key"]
+    metrics_port = free_port()
+    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{metrics_port}", name="gateway-2")
+    clients = [grpcclient.InferenceServerClient(fleet.gateway), grpcclient.InferenceServerClient(second)]
+    wait_for("the second gateway", lambda: clients[1].is_server_ready(), timeout=30, procs=fleet.procs)
+    tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGES[:1].astype(np.float32))
+    headers = {"authorization": f"Bearer {key}"}
+    outcomes = []
+    for i in range(20):
+        try:
+            clients[i % 2].infer(MODEL, [tensor], headers=headers, client_timeout=10)
+            outcomes.append("ok")
+        except grpcclient.InferenceServerException as exc:
+            outcomes.append(f"{exc.status()}: {exc.message()}")
+    assert outcomes.count("ok") == 7, outcomes
+    refused = [o for o in outcomes if o != "ok"]
+    assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") and "daily quota of 7" in o for o in refused), refused
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    ok_line = f'gateway_requests_total{{model="{MODEL}",status="OK",tenant="metered"}}'
+    shed_line = f'gateway_requests_total{{model="{MODEL}",status="RESOURCE_EXHAUSTED",tenant="metered"}}'
+    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_")}
+    # This endpoint sums the second gateway's own processes: it saw every other request.
+    assert counts[ok_line] + counts[shed_line] == 10, {k: v for k, v in counts.items() if "metered" in k}
+    assert counts[f'gateway_shed_total{{model="{MODEL}",priority="batch",reason="quota"}}'] == counts[shed_line]
+    assert f'gateway_request_seconds_bucket{{le="0.005",model="{MODEL}"}}' in counts

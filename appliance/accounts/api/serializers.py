@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from appliance.accounts.choices import PriorityClass
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.catalog.models import Model
 from appliance.core.api import slug_list_field
@@ -11,7 +12,8 @@ class TenantSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Tenant
-        fields = ["id", "slug", "name", "classification", "allowed_zones", "created"]
+        fields = ["id", "slug", "name", "classification", "allowed_zones", "priority_class", "rate_limit_rps", "rate_burst",
+                  "daily_quota", "created"]  # fmt: skip
         read_only_fields = ["id", "created"]
 
 
@@ -19,6 +21,10 @@ class TenantUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     classification = serializers.ChoiceField(choices=Classification.choices, required=False)
     allowed_zones = slug_list_field(required=False)
+    priority_class = serializers.ChoiceField(choices=PriorityClass.choices, required=False)
+    rate_limit_rps = serializers.IntegerField(min_value=0, max_value=1_000_000, required=False, help_text="0: no limit")
+    rate_burst = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False, help_text="0: one second's worth")
+    daily_quota = serializers.IntegerField(min_value=0, max_value=2_000_000_000, required=False, help_text="0: no quota")
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -52,6 +52,7 @@ class TenantViewSet(
         serializer.instance = services.tenant_create(
             slug=data["slug"], name=data.get("name", ""),
             classification=data.get("classification", Classification.INTERNAL), allowed_zones=data.get("allowed_zones", []),
+            **{k: data[k] for k in ("priority_class", "rate_limit_rps", "rate_burst", "daily_quota") if k in data},
         )  # fmt: skip
 
     @extend_schema(request=TenantUpdateSerializer, responses=TenantSerializer)

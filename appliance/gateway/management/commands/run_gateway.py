@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
-from appliance.core.env import env_path
+from appliance.core.env import env_path, env_str
 
 
 class Command(BaseCommand):
@@ -20,6 +21,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default="127.0.0.1:8100", help="host:port (loopback by default)")
         parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+        parser.add_argument("--metrics-bind", default=env_str("GATEWAY_METRICS_BIND", ""),
+                            help="host:port of the Prometheus endpoint (the sum over all workers); empty: none")  # fmt: skip
         parser.add_argument("--tls-cert", type=Path, default=env_path("GATEWAY_TLS_CERT_FILE"), help="PEM certificate chain")
         parser.add_argument("--tls-key", type=Path, default=env_path("GATEWAY_TLS_KEY_FILE"), help="PEM private key")
         parser.add_argument(
@@ -28,6 +31,13 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from django.conf import settings
+
+        from appliance.gateway.multiproc import prepare_multiprocess_dir
+
+        # Before anything imports prometheus_client's metrics: every worker writes into this directory.
+        metrics_dir = Path(settings.VAR_DIR) / "run" / f"gateway-metrics-{os.getpid()}"
+        prepare_multiprocess_dir(metrics_dir)
         from appliance.gateway.server import TlsFiles, serve
 
         tls = None
@@ -43,11 +53,13 @@ class Command(BaseCommand):
 
         workers = max(1, options["workers"])
         children: list[int] = []
+        parent = True
         # Fork before any gRPC or database object exists in this process.
         for _ in range(workers - 1):
             pid = os.fork()
             if pid == 0:
                 children = []
+                parent = False
                 break
             children.append(pid)
 
@@ -59,12 +71,16 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         with audit_context(origin=Origin.GRPC, actor="gateway"):
             try:
-                asyncio.run(serve(options["bind"], reuse_port=workers > 1, tls=tls))
+                asyncio.run(serve(options["bind"], reuse_port=workers > 1, tls=tls,
+                                  metrics_bind=options["metrics_bind"] if parent else ""))  # fmt: skip
             except KeyboardInterrupt:
                 pass
             finally:
                 for pid in children:
                     try:
                         os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
+                        os.waitpid(pid, 0)
+                    except (ProcessLookupError, ChildProcessError):
                         pass
+                if parent:
+                    shutil.rmtree(metrics_dir, ignore_errors=True)
