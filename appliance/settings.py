@@ -209,6 +209,12 @@ GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
 # The zone the gateway and its Redis response cache live in (the residency policy decides what may be cached here).
 GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
+# Admission (gateway/admission.py): per-model queue bound, longest wait for a slot, first
+# per-replica concurrency limit, GPU free-memory fraction under which limits stop growing.
+GATEWAY_QUEUE_MAX = env_int("GATEWAY_QUEUE_MAX", 256, minimum=0)
+GATEWAY_QUEUE_WAIT_S = env_float("GATEWAY_QUEUE_WAIT_S", 2.0)
+GATEWAY_INITIAL_LIMIT = env_float("GATEWAY_INITIAL_LIMIT", 16.0)
+GATEWAY_MIN_GPU_HEADROOM = env_float("GATEWAY_MIN_GPU_HEADROOM", 0.1)
 # Pause before retrying the same (only) replica after it answered UNAVAILABLE.
 GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
 # How often a request held for a model waking from zero looks for its replica.

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,14 +24,16 @@ from django.conf import settings
 from django.db import close_old_connections
 from tritonclient.grpc import service_pb2 as pb
 
+from appliance.accounts.choices import PRIORITY_LEVEL
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.gateway import metrics
+from appliance.gateway.admission import CLASSES, RANK, Admission, Expired, Shed
 from appliance.gateway.cache import ResponseCache
 from appliance.gateway.quota import Quotas
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
 from appliance.gateway.stats import Recorder
-from appliance.gateway.wire import SERVICE, with_version
+from appliance.gateway.wire import SERVICE, with_priority, with_version
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class Gateway:
         self._refresh_lock = asyncio.Lock()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[tuple[str, str], Any] = {}
-        self.inflight: dict[str, int] = defaultdict(int)
+        self.admission = Admission(queue_max=settings.GATEWAY_QUEUE_MAX, queue_wait_s=settings.GATEWAY_QUEUE_WAIT_S,
+                                   initial_limit=settings.GATEWAY_INITIAL_LIMIT)  # fmt: skip
         self._denied: dict[tuple[str, str], float] = {}
         self.cache = ResponseCache()
         self.quotas = Quotas()
@@ -82,6 +84,7 @@ class Gateway:
                 return
             loop = asyncio.get_running_loop()
             self.snapshot = await loop.run_in_executor(self._db, self._build)
+            self.admission.low_headroom = self.snapshot.low_headroom
 
     async def refresh_if_stale(self) -> None:
         """Called when a request names a key or model the snapshot lacks: make sure
@@ -209,14 +212,14 @@ class Gateway:
         self._db.submit(write)
 
     def pick(self, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
-        """The least-loaded replica by in-flight requests (ties broken at random)."""
+        """The less loaded of two random replicas (in-flight × baseline latency), without taking a slot."""
         candidates = [r for r in routes if r.address != exclude]
         if not candidates:
             return None
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(candidates, 2)
-        return a if self.inflight[a.address] <= self.inflight[b.address] else b
+        return a if self.admission.limiter(a.address).cost() <= self.admission.limiter(b.address).cost() else b
 
     # --- upstream -------------------------------------------------------------------------
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -308,7 +311,7 @@ class Handlers:
         if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
             return await self._cached(raw, model, version, routes, key, request, context)
         try:
-            response, _ = await self._send(method, raw, model, version, routes, context)
+            response, _ = await self._send(method, raw, model, version, routes, context, key)
         except Refusal as refusal:
             if refusal.code != grpc.StatusCode.UNAVAILABLE:
                 raise
@@ -316,48 +319,66 @@ class Handlers:
             # parked or moved a moment ago). Once more with a fresh one, within the deadline.
             await self.gw.refresh_if_stale()
             routes = await self.gw.routes_for(key, model, version, _deadline(context))
-            response, _ = await self._send(method, raw, model, version, routes, context)
+            response, _ = await self._send(method, raw, model, version, routes, context, key)
         return response
 
     async def _send(
-        self, method: str, raw: bytes, model: str, version: str, routes: tuple[Route, ...], context: Any
+        self, method: str, raw: bytes, model: str, version: str, routes: tuple[Route, ...], context: Any,
+        key: KeyEntry | None = None,
     ) -> tuple[bytes, Route]:
-        """Once to a replica (retried once elsewhere only if that replica went away).
-        Unpinned inference follows the rollout's traffic split; a retry may go to
-        any version's replica."""
+        """Admitted to a replica slot (admission.py: adaptive limits, priority queue,
+        shedding), then sent once; retried once only if that replica was not there to
+        answer (another replica, or the same one after a pause: a Triton reload swaps a
+        version's instances), never after a model error. Unpinned inference follows
+        the rollout's traffic split; a retry may go to any version's replica."""
         infer = method == "ModelInfer"
+        rank = RANK.get(key.priority, 1) if key is not None else 0
         first = self.gw.choose_version(model, routes) if infer and not version else routes
-        route = self.gw.pick(first)
+        route = await self._admit(model, first, rank, context)
         for attempt in range(2):
-            if route is None:
-                break
             current = route
-            self.gw.inflight[current.address] += 1
             gauge = metrics.INFLIGHT.labels(current.address)
             gauge.inc()
             started = time.perf_counter()
+            latency: float | None = None
+            overloaded = False
             try:
                 body = raw if version else with_version(raw, current.version)
+                if infer and key is not None and self.gw.snapshot.priority_levels.get(model, 0) >= 3:
+                    body = with_priority(body, PRIORITY_LEVEL.get(key.priority, 2))
                 response = await self.gw.unary(current.address, method)(body, timeout=_timeout(context))
+                latency = time.perf_counter() - started
                 if infer:
-                    self.gw.stats.record(model, current.version, True, time.perf_counter() - started)
+                    self.gw.stats.record(model, current.version, True, latency)
                 return response, current
             except grpc.aio.AioRpcError as exc:
-                # Retried once only when the replica was not there to answer (gone, or its
-                # Triton between two instances of the version); never after a model error.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
                     metrics.RETRIED.labels(model).inc()
-                    route = self._retry_target(current, routes)
-                    if route is current:
+                    retry = self._retry_target(current, routes)
+                    if retry is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
+                    route = self.gw.admission.try_acquire((retry,), rank) or await self._admit(model, routes, rank, context)
                     continue
+                overloaded = exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+                latency = time.perf_counter() - started
                 if infer:
-                    self.gw.stats.record(model, current.version, False, time.perf_counter() - started)
+                    self.gw.stats.record(model, current.version, False, latency)
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
-                self.gw.inflight[current.address] -= 1
                 gauge.dec()
+                self.gw.admission.release(model, current, latency, overloaded=overloaded)
         raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
+
+    async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any) -> Route:
+        try:
+            route, waited = await self.gw.admission.acquire(model, routes, rank, _deadline(context))
+        except Shed as shed:
+            metrics.SHED.labels(model, CLASSES[rank], "overload").inc()
+            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(shed), shed.retry_after_ms) from None
+        except Expired as expired:
+            raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, str(expired)) from None
+        metrics.QUEUE_TIME.labels(model).observe(waited)
+        return route
 
     def _retry_target(self, failed: Route, routes: tuple[Route, ...]) -> Route:
         """Another replica if there is one, else the same version elsewhere on the same
@@ -380,7 +401,7 @@ class Handlers:
             return hit
         pinned = version or served_version
         same_version = tuple(r for r in routes if r.version == pinned) or routes
-        response, _ = await self._send("ModelInfer", raw, model, version, same_version, context)
+        response, _ = await self._send("ModelInfer", raw, model, version, same_version, context, key)
         await self.gw.cache.put(cache_key, response)
         return response
 
@@ -427,8 +448,9 @@ class Handlers:
         key = await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version, _deadline(context))
         await self.gw.admit(key, model)
-        route = self.gw.pick(routes if version else self.gw.choose_version(model, routes))
-        assert route is not None
+        # A stream holds one replica slot for its whole life.
+        route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
+                                  RANK.get(key.priority, 1), context)  # fmt: skip
         chosen = version or route.version
 
         async def upstream() -> AsyncIterator[bytes]:
@@ -439,19 +461,19 @@ class Handlers:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one model version; open another stream")
                 yield raw if request.model_version else with_version(raw, chosen)
 
-        call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
-            upstream(), timeout=_timeout(context)
-        )
-        self.gw.inflight[route.address] += 1
         started, ok = time.perf_counter(), False
         try:
+            call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
+                upstream(), timeout=_timeout(context)
+            )
             async for response in call:
                 yield response
             ok = True
         except grpc.aio.AioRpcError as exc:
             raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
         finally:
-            self.gw.inflight[route.address] -= 1
+            # A stream's length says nothing about the replica's load: no latency sample.
+            self.gw.admission.release(model, route, None)
             self.gw.stats.record(model, chosen, ok, time.perf_counter() - started)
 
 

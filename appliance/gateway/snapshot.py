@@ -62,6 +62,10 @@ class Snapshot:
     weights: dict[str, dict[str, int]] = field(default_factory=dict)
     # Models scaled to zero: no live replica, but parked ones a request can wake.
     parked: frozenset[str] = frozenset()
+    # Models whose serving profile has priority levels (the tenant's class is sent as Triton priority when ≥ 3).
+    priority_levels: dict[str, int] = field(default_factory=dict)
+    # Nodes with a GPU nearly out of memory: the gateway does not raise their concurrency limits.
+    low_headroom: frozenset[str] = frozenset()
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -118,9 +122,27 @@ def build_snapshot() -> Snapshot:
         cache_tenants=cache_tenants,
         weights=weights,
         parked=parked,
+        priority_levels={
+            name: int((profile or {}).get("dynamic_batching", {}).get("priority_levels", 0))
+            for name, profile in Model.objects.values_list("name", "serving_profile")
+        },
+        low_headroom=_low_headroom(nodes),
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )
+
+
+def _low_headroom(nodes: list[Node]) -> frozenset[str]:
+    """Nodes where some GPU's free memory is below GATEWAY_MIN_GPU_HEADROOM of its size."""
+    from appliance.nodes.models import Gpu
+
+    low = set()
+    for node_name, total, used in Gpu.objects.filter(node__in=nodes, memory_used_mib__isnull=False).values_list(
+        "node__name", "memory_mib", "memory_used_mib"
+    ):
+        if total and (total - used) / total < settings.GATEWAY_MIN_GPU_HEADROOM:
+            low.add(node_name)
+    return frozenset(low)
 
 
 def _traffic() -> tuple[dict[str, dict[str, int]], frozenset[str]]:

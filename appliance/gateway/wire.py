@@ -23,3 +23,16 @@ def with_version(raw: bytes, version: str) -> bytes:
     proto3 scalar the last occurrence on the wire wins, so appending is enough."""
     encoded = version.encode()
     return raw + b"\x12" + _varint(len(encoded)) + encoded
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def with_priority(raw: bytes, level: int) -> bytes:
+    """Sets ModelInferRequest.parameters["priority"] (field 4, a map: the last entry for
+    a key on the wire wins) to InferParameter{uint64_param (field 5): level}, as
+    tritonclient itself sends it."""
+    value = _varint(5 << 3 | 0) + _varint(level)
+    entry = _field(1, b"priority") + _field(2, value)
+    return raw + _field(4, entry)

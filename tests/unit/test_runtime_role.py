@@ -55,8 +55,9 @@ def test_runtime_role_can_do_its_work(runtime_role: str) -> None:
         conn.execute("SELECT count(*) FROM accounts_tenant").fetchone()
         conn.execute("SELECT pg_advisory_xact_lock(1)")
         with conn.transaction():
-            conn.execute("INSERT INTO accounts_tenant (id, slug, name, classification, allowed_zones, created) "
-                         "VALUES (gen_random_uuid(), 'role-test', 'x', 'internal', '[]', now())")  # fmt: skip
+            conn.execute("INSERT INTO accounts_tenant (id, slug, name, classification, allowed_zones, priority_class, "
+                         "rate_limit_rps, rate_burst, daily_quota, created) VALUES (gen_random_uuid(), 'role-test', 'x', "
+                         "'internal', '[]', 'standard', 0, 0, 0, now())")  # fmt: skip
             conn.execute("DELETE FROM accounts_tenant WHERE slug = 'role-test'")
 
 
