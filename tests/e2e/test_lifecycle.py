@@ -392,3 +392,90 @@ def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fl
     assert counts[ok_line] + counts[shed_line] == 10, {k: v for k, v in counts.items() if "metered" in k}
     assert counts[f'gateway_shed_total{{model="{MODEL}",priority="batch",reason="quota"}}'] == counts[shed_line]
     assert f'gateway_request_seconds_bucket{{le="0.005",model="{MODEL}"}}' in counts
+
+
+LOPSIDED = _SOURCE + '''
+
+import time as _time
+
+_Good = TritonPythonModel
+
+
+class TritonPythonModel(_Good):
+    """Slow only where its repository is node-b's: one replica made slow."""
+
+    def initialize(self, args):
+        _Good.initialize(self, args)
+        self.slow = "node-b" in args["model_repository"]
+
+    def execute(self, requests):
+        if self.slow:
+            _time.sleep(0.03)
+        return _Good.execute(self, requests)
+'''
+
+
+def _served(fleet: Fleet, node: str, model: str, version: str) -> int:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports[node]['grpc']}")
+    stats = client.get_inference_statistics(model, version).model_stats[0].inference_stats
+    return int(stats.success.count + stats.fail.count)
+
+
+def test_routing_prefers_the_less_loaded_of_two_replicas(fleet: Fleet, world: dict[str, Any]) -> None:
+    olga = world["olga"]
+    olga.post("models/", {"name": "lopsided"})
+    olga.post("grants/", {"tenant": "lifeco", "model": "lopsided"})
+    version = olga.upload("lopsided", digits_build.pack(world["weights"], model_source=LOPSIDED.encode()), like="digits")
+    deployment = olga.post("deployments/", {"version": version["id"], "nodes": NODES})
+    assert olga.wait_ended(deployment["id"], fleet)["state"] == "live"
+    wait_for("the gateway to route it", lambda: _gateway_serves(fleet, world["key"], "lopsided"), timeout=10)
+    v = str(version["number"])
+    before = {n: _served(fleet, n, "lopsided", v) for n in NODES}
+    with Load(fleet.gateway, world["key"], threads=4, model="lopsided") as load:
+        wait_for("400 answers", lambda: len(load.results) >= 400, timeout=60)
+    after = {n: _served(fleet, n, "lopsided", v) - before[n] for n in NODES}
+    assert load.failures() == []
+    assert after["node-a"] >= 5 * after["node-b"], after
+
+
+def _gateway_serves(fleet: Fleet, key: str, model: str) -> bool:
+    tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGES[:1].astype(np.float32))
+    try:
+        grpcclient.InferenceServerClient(fleet.gateway).infer(model, [tensor], headers={"authorization": f"Bearer {key}"})
+        return True
+    except grpcclient.InferenceServerException:
+        return False
+
+
+def test_a_request_whose_deadline_passes_in_the_gateway_never_reaches_triton(fleet: Fleet, world: dict[str, Any]) -> None:
+    from appliance.rollouts.models import Replica
+
+    olga = world["olga"]
+    olga.post("tenants/", {"slug": "bulk", "name": "Bulk", "priority_class": "batch"})
+    olga.post("grants/", {"tenant": "bulk", "model": "slowpoke"})
+    key = olga.post("api-keys/", {"tenant": "bulk", "name": "k"})["key"]
+    replica = Replica.objects.filter(deployment__version__model__name="slowpoke", state="live").select_related(
+        "node", "deployment__version").get()  # fmt: skip
+    node, v = replica.node.name, str(replica.deployment.version.number)
+    wait_for("the gateway to know the tenant", lambda: _gateway_serves(fleet, key, "slowpoke"), timeout=10)
+    before = _served(fleet, node, "slowpoke", v)
+    # Far more concurrent batch-class requests than the replica's limit lets through: the rest queue.
+    with Load(fleet.gateway, key, threads=24, model="slowpoke") as load:
+        wait_for("the queue to fill", lambda: len(load.results) > 20, timeout=30)
+        tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+        tensor.set_data_from_numpy(IMAGES[:1].astype(np.float32))
+        client = grpcclient.InferenceServerClient(fleet.gateway)
+        expired = 0
+        for _ in range(5):
+            try:
+                client.infer("slowpoke", [tensor], headers={"authorization": f"Bearer {key}"}, client_timeout=0.02)
+            except grpcclient.InferenceServerException as exc:
+                assert "DEADLINE_EXCEEDED" in str(exc.status()), exc
+                expired += 1
+    answered = sum(1 for ok, _, _ in load.results if ok)
+    failed = [d for ok, d, _ in load.results if not ok]
+    assert expired == 5
+    assert all("RESOURCE_EXHAUSTED" in d or "DEADLINE" in d for d in failed), failed[:3]
+    reached = _served(fleet, node, "slowpoke", v) - before
+    assert reached == answered, f"Triton counted {reached} requests, {answered} were answered: expired ones reached it"
