@@ -70,6 +70,7 @@ class Gateway:
         self.cache = ResponseCache()
         self.quotas = Quotas()
         self.stats = Recorder()
+        self.tally = metrics.Tally()
         self._woken: dict[str, float] = {}
 
     # --- control-plane view ---------------------------------------------------------
@@ -242,7 +243,7 @@ class Gateway:
         verdict = await self.quotas.take(key.tenant_id, rate=key.rate, burst=key.burst, daily=key.daily)
         if verdict.allowed:
             return
-        metrics.SHED.labels(model, key.priority, verdict.reason).inc()
+        self.tally.inc(metrics.SHED, model, key.priority, verdict.reason)
         if verdict.reason == "quota":
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"tenant '{key.tenant_slug}' used its daily quota of {key.daily} requests",
@@ -251,7 +252,13 @@ class Gateway:
                       f"tenant '{key.tenant_slug}' is over its rate limit of {key.rate} requests/s; "
                       f"retry in {verdict.retry_after_ms} ms", verdict.retry_after_ms)  # fmt: skip
 
+    async def flush_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.tally.flush({a: lim.inflight for a, lim in self.admission.limiters.items()})
+
     async def close(self) -> None:
+        self.tally.flush({a: lim.inflight for a, lim in self.admission.limiters.items()})
         await self.quotas.close()
         await self.cache.close()
         await self.stats.close()
@@ -337,8 +344,6 @@ class Handlers:
         route = await self._admit(model, first, rank, context)
         for attempt in range(2):
             current = route
-            gauge = metrics.INFLIGHT.labels(current.address)
-            gauge.inc()
             started = time.perf_counter()
             latency: float | None = None
             overloaded = False
@@ -353,7 +358,7 @@ class Handlers:
                 return response, current
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
-                    metrics.RETRIED.labels(model).inc()
+                    self.gw.tally.inc(metrics.RETRIED, model)
                     retry = self._retry_target(current, routes)
                     if retry is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
@@ -365,7 +370,6 @@ class Handlers:
                     self.gw.stats.record(model, current.version, False, latency)
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
-                gauge.dec()
                 self.gw.admission.release(model, current, latency, overloaded=overloaded)
         raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
 
@@ -373,11 +377,11 @@ class Handlers:
         try:
             route, waited = await self.gw.admission.acquire(model, routes, rank, _deadline(context))
         except Shed as shed:
-            metrics.SHED.labels(model, CLASSES[rank], "overload").inc()
+            self.gw.tally.inc(metrics.SHED, model, CLASSES[rank], "overload")
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(shed), shed.retry_after_ms) from None
         except Expired as expired:
             raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, str(expired)) from None
-        metrics.QUEUE_TIME.labels(model).observe(waited)
+        self.gw.tally.observe(metrics.QUEUE_TIME, model, value=waited)
         return route
 
     def _retry_target(self, failed: Route, routes: tuple[Route, ...]) -> Route:
@@ -396,7 +400,7 @@ class Handlers:
         served_version = version or self.gw.pick(self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
         cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
         hit = await self.gw.cache.get(cache_key, request.id)
-        metrics.CACHE.labels(model, "miss" if hit is None else "hit").inc()
+        self.gw.tally.inc(metrics.CACHE, model, "miss" if hit is None else "hit")
         if hit is not None:
             return hit
         pinned = version or served_version
@@ -420,8 +424,9 @@ class Handlers:
             status = refusal.code.name
             raise
         finally:
-            metrics.REQUESTS.labels(tenant, model, status).inc()
-            metrics.LATENCY.labels(model).observe(time.perf_counter() - started)
+            tally = self.gw.tally
+            tally.inc(metrics.REQUESTS, tenant, model, status)
+            tally.observe(metrics.LATENCY, model, value=time.perf_counter() - started)
 
     async def model_metadata(self, raw: bytes, context: Any) -> bytes:
         request = _parse(pb.ModelMetadataRequest, raw, "ModelMetadataRequest")
@@ -564,10 +569,12 @@ async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = N
     log.info("gateway listening on %s (%s)", bind, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     refresher = asyncio.create_task(gateway.refresh_forever())
     flusher = asyncio.create_task(gateway.stats.flush_forever())
+    metrics_flusher = asyncio.create_task(gateway.flush_metrics_forever())
     try:
         await server.wait_for_termination()
     finally:
         refresher.cancel()
         flusher.cancel()
+        metrics_flusher.cancel()
         await server.stop(grace=5)
         await gateway.close()

@@ -384,10 +384,15 @@ def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fl
     refused = [o for o in outcomes if o != "ok"]
     assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") and "daily quota of 7" in o for o in refused), refused
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     ok_line = f'gateway_requests_total{{model="{MODEL}",status="OK",tenant="metered"}}'
     shed_line = f'gateway_requests_total{{model="{MODEL}",status="RESOURCE_EXHAUSTED",tenant="metered"}}'
-    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_")}
+
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_")}
+
+    # Workers hand their counts to the endpoint once a second.
+    counts = wait_for("the metrics", lambda: (c := scrape()).get(ok_line, 0) + c.get(shed_line, 0) == 10 and c, timeout=10)
     # This endpoint sums the second gateway's own processes: it saw every other request.
     assert counts[ok_line] + counts[shed_line] == 10, {k: v for k, v in counts.items() if "metered" in k}
     assert counts[f'gateway_shed_total{{model="{MODEL}",priority="batch",reason="quota"}}'] == counts[shed_line]
