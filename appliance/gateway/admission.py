@@ -1,14 +1,14 @@
 """Admission at the gateway: which replica a request goes to, whether it may go now,
 waits, or is shed.
 
-Each replica has an adaptive concurrency limit (`Limiter`, additive increase /
-multiplicative decrease on latency, in the manner of Netflix concurrency-limits'
-AIMD and Envoy's adaptive concurrency): the limit grows by one per limit's worth
-of requests answered within `tolerance` × the replica's baseline latency and
-shrinks by 10% (at most once per baseline interval) when answers come slower or
-the replica reports overload; it does not grow on a node whose GPU memory
-headroom is below GATEWAY_MIN_GPU_HEADROOM, so load is never added to a device
-close to out-of-memory.
+Each replica has an adaptive concurrency limit (`Limiter`, a latency gradient in
+the manner of Netflix concurrency-limits' Gradient2 and Envoy's adaptive
+concurrency filter): it grows while answers come within `tolerance` × the
+replica's unloaded latency and shrinks when they come slower or the replica
+reports overload; it does not grow on a node whose GPU memory headroom is below
+GATEWAY_MIN_GPU_HEADROOM, so load is never added to a device close to
+out-of-memory. (A first AIMD version cut the limit on single slow answers and
+collapsed a batching backend to 2 in flight: 51 req/s where 400 were possible.)
 
 A request of priority class c may use a replica while its in-flight count is
 below limit × SHARE[c] (critical all of it, batch the least), so under pressure
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,13 +51,24 @@ class Expired(Exception):
 
 @dataclass
 class Limiter:
+    """A gradient limit in the manner of Netflix's Gradient2: the limit follows
+    limit × min(1, (tolerance × baseline + slack) / smoothed latency) plus a queue
+    allowance of √limit while the limit is in use, smoothed over many answers. It
+    settles where answers take about `tolerance` times the replica's unloaded
+    latency — room for a batching backend to queue one more batch — and falls
+    quickly (halves its target) when the replica reports overload."""
+
     limit: float = 16.0
     minimum: float = 2.0
     maximum: float = 512.0
     tolerance: float = 2.0
+    slack: float = 0.002  # seconds: sub-millisecond baselines are mostly the gateway's own noise
+    smoothing: float = 0.05
     inflight: int = 0
     baseline: float | None = None  # seconds: a slowly rising minimum of observed latency
-    _last_decrease: float = 0.0
+    latency: float | None = None  # seconds: smoothed recent latency
+    _sampled: float | None = None  # when the baseline last moved (monotonic seconds)
+    drift_s: float = 60.0  # time constant of the baseline's rise when the floor moved up
 
     def capacity(self, rank: int) -> int:
         return max(1, int(self.limit * SHARE[rank]))
@@ -64,16 +76,21 @@ class Limiter:
     def done(self, seconds: float, *, overloaded: bool, may_grow: bool, now: float) -> None:
         if self.baseline is None or seconds < self.baseline:
             self.baseline = seconds
+        elif self._sampled is not None:
+            # Rises toward what answers take with a time constant of drift_s, however many
+            # answers come: a busy replica must not talk its own baseline up within seconds.
+            self.baseline += (seconds - self.baseline) * min(1.0, max(0.0, now - self._sampled) / self.drift_s)
+        self._sampled = now
+        self.latency = seconds if self.latency is None else self.latency + (seconds - self.latency) * 0.1
+        if overloaded:
+            target = self.limit * 0.5
         else:
-            self.baseline += (seconds - self.baseline) * 0.002  # drifts up slowly if the floor moved
-        slow = seconds > self.tolerance * self.baseline + 0.0005
-        if overloaded or slow:
-            if now - self._last_decrease >= max(self.baseline, 0.01):
-                self.limit = max(self.minimum, self.limit * 0.9)
-                self._last_decrease = now
-        elif may_grow and self.inflight + 1 >= self.limit * 0.5:
-            # Grow only when the limit is actually being used: an idle replica keeps its limit.
-            self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
+            gradient = max(0.5, min(1.0, (self.tolerance * self.baseline + self.slack) / self.latency))
+            used = self.inflight + 1 >= self.limit * 0.5
+            target = self.limit * gradient + (math.sqrt(self.limit) if used and may_grow else 0.0)
+            if not may_grow:
+                target = min(target, self.limit)
+        self.limit = min(self.maximum, max(self.minimum, self.limit * (1 - self.smoothing) + target * self.smoothing))
 
     def cost(self) -> float:
         return (self.inflight + 1) * (self.baseline or 0.001)
@@ -93,22 +110,24 @@ class Admission:
         self.queue_max = queue_max
         self.queue_wait_s = queue_wait_s
         self.initial_limit = initial_limit
-        self.limiters: dict[str, Limiter] = {}
+        self.limiters: dict[tuple[str, str], Limiter] = {}
         self.queues: dict[str, list[_Waiter]] = {}
         self._seq = itertools.count()
         self.low_headroom: frozenset[str] = frozenset()  # nodes whose GPUs are nearly full
 
-    def limiter(self, address: str) -> Limiter:
-        limiter = self.limiters.get(address)
+    def limiter(self, address: str, model: str) -> Limiter:
+        """One per replica: a model on one Triton (models on the same Triton answer at
+        their own speeds, so they never share a limit)."""
+        limiter = self.limiters.get((address, model))
         if limiter is None:
-            limiter = self.limiters[address] = Limiter(limit=self.initial_limit)
+            limiter = self.limiters[(address, model)] = Limiter(limit=self.initial_limit)
         return limiter
 
-    def _free(self, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
+    def _free(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
         """The less loaded of two random replicas with room for this class, or None."""
         room = []
         for route in routes:
-            limiter = self.limiter(route.address)
+            limiter = self.limiter(route.address, model)
             if route.address != exclude and limiter.inflight < limiter.capacity(rank):
                 room.append(route)
         if not room:
@@ -116,29 +135,29 @@ class Admission:
         if len(room) == 1:
             return room[0]
         a, b = random.sample(room, 2)
-        return a if self.limiter(a.address).cost() <= self.limiter(b.address).cost() else b
+        return a if self.limiter(a.address, model).cost() <= self.limiter(b.address, model).cost() else b
 
-    def try_acquire(self, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
-        route = self._free(routes, rank, exclude)
+    def try_acquire(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
+        route = self._free(model, routes, rank, exclude)
         if route is not None:
-            self.limiter(route.address).inflight += 1
+            self.limiter(route.address, model).inflight += 1
         return route
 
     async def acquire(self, model: str, routes: tuple[Any, ...], rank: int, deadline: float | None) -> tuple[Any, float]:
         """A replica slot: (route, seconds waited). Raises Shed or Expired."""
-        route = self.try_acquire(routes, rank)
+        route = self.try_acquire(model, routes, rank)
         if route is not None:
             return route, 0.0
         queue = self.queues.setdefault(model, [])
         if len(queue) >= self.queue_max:
             worst = max(queue)  # lowest class, newest arrival
             if worst.rank <= rank:
-                raise Shed(f"model '{model}' is overloaded and its queue is full; retry later", self._hint(routes))
+                raise Shed(f"model '{model}' is overloaded and its queue is full; retry later", self._hint(model, routes))
             queue.remove(worst)
             heapq.heapify(queue)
             worst.future.set_exception(
                 Shed(f"model '{model}' is overloaded: a {CLASSES[worst.rank]} request was shed for higher-priority traffic",
-                     self._hint(routes))  # fmt: skip
+                     self._hint(model, routes))  # fmt: skip
             )
         now = time.monotonic()
         waiter = _Waiter(rank, next(self._seq), routes, asyncio.get_running_loop().create_future(), now)
@@ -155,7 +174,7 @@ class Admission:
             if expires:
                 raise Expired(f"the request's deadline passed while it waited for model '{model}'; it was not sent") from None
             raise Shed(f"model '{model}' is overloaded: no replica slot within {self.queue_wait_s:g} s; retry later",
-                       self._hint(routes)) from None  # fmt: skip
+                       self._hint(model, routes)) from None  # fmt: skip
         except asyncio.CancelledError:
             # The caller went away: give back a slot granted meanwhile, or leave the queue.
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -175,7 +194,7 @@ class Admission:
     def release(self, model: str, route: Any, seconds: float | None, *, overloaded: bool = False) -> None:
         """Frees the slot (seconds: the answer's latency, None if it proves nothing about load)
         and hands free capacity to the best waiters."""
-        limiter = self.limiter(route.address)
+        limiter = self.limiter(route.address, model)
         limiter.inflight -= 1
         if seconds is not None:
             limiter.done(seconds, overloaded=overloaded, may_grow=route.node not in self.low_headroom, now=time.monotonic())
@@ -185,7 +204,7 @@ class Admission:
             if waiter.future.done():  # cancelled or shed
                 heapq.heappop(queue)
                 continue
-            granted = self.try_acquire(waiter.routes, waiter.rank)
+            granted = self.try_acquire(model, waiter.routes, waiter.rank)
             if granted is None:
                 # The best waiter cannot go; a lower class never overtakes it (no priority inversion).
                 break
@@ -195,7 +214,7 @@ class Admission:
     def queued(self, model: str) -> int:
         return len(self.queues.get(model, ()))
 
-    def _hint(self, routes: tuple[Any, ...]) -> int:
+    def _hint(self, model: str, routes: tuple[Any, ...]) -> int:
         """A retry hint: about one answer's time on the least loaded replica, at least 10 ms."""
-        best = min((self.limiter(r.address).baseline or 0.01 for r in routes), default=0.01)
+        best = min((self.limiter(r.address, model).baseline or 0.01 for r in routes), default=0.01)
         return max(10, int(best * 1000 * 4))

@@ -30,6 +30,8 @@ QUEUE_TIME = Histogram("gateway_queue_seconds", "Time a request waited in the ga
                        buckets=LATENCY_BUCKETS)  # fmt: skip
 INFLIGHT = Gauge("gateway_inflight", "Requests sent to a replica and not yet answered", ["replica"],
                  multiprocess_mode="livesum")  # fmt: skip
+LIMIT = Gauge("gateway_concurrency_limit", "A replica's adaptive concurrency limit, per gateway process", ["replica"],
+              multiprocess_mode="all")  # fmt: skip
 SHED = Counter("gateway_shed", "Requests refused with RESOURCE_EXHAUSTED (overload or quota)", ["model", "priority", "reason"])
 RETRIED = Counter("gateway_retried", "Requests retried after a replica answered UNAVAILABLE", ["model"])
 CACHE = Counter("gateway_cache_lookups", "Response-cache lookups", ["model", "result"])
@@ -72,7 +74,7 @@ class Tally:
         row[0] += value
         row[1 + bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
 
-    def flush(self, inflight: dict[str, int] | None = None) -> None:
+    def flush(self, inflight: dict[str, int] | None = None, limits: dict[str, float] | None = None) -> None:
         counts, self.counts = self.counts, defaultdict(float)
         hists, self.hists = self.hists, {}
         for (counter, labels), amount in counts.items():
@@ -85,3 +87,5 @@ class Tally:
                     child._buckets[index].inc(count)
         for address, value in (inflight or {}).items():
             INFLIGHT.labels(address).set(value)
+        for address, value in (limits or {}).items():
+            LIMIT.labels(address).set(value)

@@ -212,7 +212,7 @@ class Gateway:
 
         self._db.submit(write)
 
-    def pick(self, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
+    def pick(self, model: str, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
         """The less loaded of two random replicas (in-flight × baseline latency), without taking a slot."""
         candidates = [r for r in routes if r.address != exclude]
         if not candidates:
@@ -220,7 +220,7 @@ class Gateway:
         if len(candidates) == 1:
             return candidates[0]
         a, b = random.sample(candidates, 2)
-        return a if self.admission.limiter(a.address).cost() <= self.admission.limiter(b.address).cost() else b
+        return a if self.admission.limiter(a.address, model).cost() <= self.admission.limiter(b.address, model).cost() else b
 
     # --- upstream -------------------------------------------------------------------------
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -255,10 +255,19 @@ class Gateway:
     async def flush_metrics_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.tally.flush({a: lim.inflight for a, lim in self.admission.limiters.items()})
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        # Summed per Triton address across its models (the gauge's label is the replica's address).
+        inflight: dict[str, int] = {}
+        limits: dict[str, float] = {}
+        for (address, _), limiter in self.admission.limiters.items():
+            inflight[address] = inflight.get(address, 0) + limiter.inflight
+            limits[address] = limits.get(address, 0.0) + limiter.limit
+        self.tally.flush(inflight, limits)
 
     async def close(self) -> None:
-        self.tally.flush({a: lim.inflight for a, lim in self.admission.limiters.items()})
+        self.flush_metrics()
         await self.quotas.close()
         await self.cache.close()
         await self.stats.close()
@@ -359,10 +368,10 @@ class Handlers:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
                     self.gw.tally.inc(metrics.RETRIED, model)
-                    retry = self._retry_target(current, routes)
+                    retry = self._retry_target(model, current, routes)
                     if retry is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
-                    route = self.gw.admission.try_acquire((retry,), rank) or await self._admit(model, routes, rank, context)
+                    route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, routes, rank, context)
                     continue
                 overloaded = exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
                 latency = time.perf_counter() - started
@@ -384,11 +393,11 @@ class Handlers:
         self.gw.tally.observe(metrics.QUEUE_TIME, model, value=waited)
         return route
 
-    def _retry_target(self, failed: Route, routes: tuple[Route, ...]) -> Route:
+    def _retry_target(self, model: str, failed: Route, routes: tuple[Route, ...]) -> Route:
         """Another replica if there is one, else the same version elsewhere on the same
         Triton, else the same replica again (after a pause: a Triton reload swaps a
         version's instances, and one request can fall between them)."""
-        other = self.gw.pick(routes, exclude=failed.address)
+        other = self.gw.pick(model, routes, exclude=failed.address)
         if other is not None:
             return other
         return next((r for r in routes if r != failed and r.address == failed.address), failed)
@@ -397,7 +406,7 @@ class Handlers:
         self, raw: bytes, model: str, version: str, routes: tuple[Route, ...], key: Any, request: Any, context: Any
     ) -> bytes:
         # The answer depends on the version: look up under the version that would answer.
-        served_version = version or self.gw.pick(self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
+        served_version = version or self.gw.pick(model, self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
         cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
         hit = await self.gw.cache.get(cache_key, request.id)
         self.gw.tally.inc(metrics.CACHE, model, "miss" if hit is None else "hit")

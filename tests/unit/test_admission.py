@@ -22,21 +22,32 @@ A, B = R("a:1", "na"), R("b:1", "nb")
 
 def test_limit_grows_while_used_and_fast_and_shrinks_when_slow() -> None:
     limiter = Limiter(limit=10)
-    limiter.inflight = 8
-    for i in range(50):
-        limiter.done(0.002, overloaded=False, may_grow=True, now=i)
-    assert 13 < limiter.limit < 15, "about one per limit's worth of fast answers"
+
+    def answer(seconds: float, now: float, overloaded: bool = False) -> None:
+        limiter.inflight = int(limiter.limit) - 1  # the limit is in use
+        limiter.done(seconds, overloaded=overloaded, may_grow=True, now=now)
+
+    for i in range(100):
+        answer(0.020, i * 0.01)
+    assert limiter.limit > 20, "answers at the baseline: the limit grows by its queue allowance"
     grown = limiter.limit
-    limiter.done(0.020, overloaded=False, may_grow=True, now=100.0)
-    assert limiter.limit == pytest.approx(grown * 0.9), "ten times the baseline: cut by 10%"
-    limiter.done(0.020, overloaded=False, may_grow=True, now=100.001)
-    assert limiter.limit == pytest.approx(grown * 0.9), "at most one cut per baseline interval"
+    for i in range(100):
+        answer(0.040, 1 + i * 0.01)
+    assert limiter.limit > grown, "twice the baseline is within tolerance (a batching backend queues one batch)"
+    high = limiter.limit
+    for i in range(100):
+        answer(0.200, 2 + i * 0.01)
+    assert limiter.limit < 0.5 * high, "ten times the baseline: the limit falls"
+    low = limiter.limit
+    answer(0.020, 3.0, overloaded=True)
+    assert limiter.limit < low, "an overload answer cuts at once"
     held = Limiter(limit=10, inflight=8)
-    for i in range(50):
-        held.done(0.002, overloaded=False, may_grow=False, now=i)
+    for i in range(100):
+        held.done(0.020, overloaded=False, may_grow=False, now=i)
     assert held.limit == 10, "no growth on a node short of GPU memory"
     idle = Limiter(limit=10, inflight=0)
-    idle.done(0.002, overloaded=False, may_grow=True, now=0)
+    for i in range(100):
+        idle.done(0.020, overloaded=False, may_grow=True, now=i)
     assert idle.limit == 10, "an idle replica's limit does not creep up"
 
 
@@ -44,7 +55,7 @@ def test_classes_get_shares_of_the_limit() -> None:
     admission = Admission(queue_max=0, queue_wait_s=1, initial_limit=10)
     taken = {rank: 0 for rank in (0, 1, 2)}
     for rank in (2, 1, 0):
-        while admission.try_acquire((A,), rank) is not None:
+        while admission.try_acquire("m", (A,), rank) is not None:
             taken[rank] += 1
     assert taken == {2: 6, 1: 2, 0: 2}, "batch fills 60%, standard up to 85%, critical the rest"
 
@@ -52,9 +63,9 @@ def test_classes_get_shares_of_the_limit() -> None:
 def test_least_loaded_of_two_is_chosen() -> None:
     admission = Admission(queue_max=0, queue_wait_s=1, initial_limit=100)
     for _ in range(5):
-        assert admission.try_acquire((A,), 0) is A
+        assert admission.try_acquire("m", (A,), 0) is A
     for _ in range(20):
-        chosen = admission.try_acquire((A, B), 0)
+        chosen = admission.try_acquire("m", (A, B), 0)
         assert chosen is B
         admission.release("m", B, None)
 
@@ -102,7 +113,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_unsent() -> Non
         with pytest.raises(Expired, match="never sent|was not sent"):
             await admission.acquire("m", (A,), 0, loop.time() + 0.05)
         admission.release("m", route, 0.001)
-        return admission.queued("m") == 0, admission.limiter(A.address).inflight
+        return admission.queued("m") == 0, admission.limiter(A.address, "m").inflight
 
     empty, inflight = _run(scenario())
     assert empty and inflight == 0, "nothing waits, and no slot was taken for it"
@@ -117,6 +128,28 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         admission.release("m", route, 0.001)
-        return admission.limiter(A.address).inflight
+        return admission.limiter(A.address, "m").inflight
 
     assert _run(scenario()) == 0
+
+
+def test_models_on_one_triton_have_their_own_limits() -> None:
+    admission = Admission(queue_max=0, queue_wait_s=1, initial_limit=4)
+    fast, slow = admission.limiter(A.address, "fast"), admission.limiter(A.address, "slow")
+    assert fast is not slow
+    for i in range(200):
+        fast.inflight = 3
+        fast.done(0.001, overloaded=False, may_grow=True, now=i * 0.01)
+    slow.inflight = 3
+    slow.done(0.040, overloaded=False, may_grow=True, now=2.0)
+    assert slow.baseline == 0.040, "a slow model is not judged against a fast neighbour's latency"
+
+
+def test_baseline_rises_with_time_not_with_the_number_of_answers() -> None:
+    limiter = Limiter(limit=10, inflight=9)
+    limiter.done(0.020, overloaded=False, may_grow=True, now=0.0)
+    for i in range(1000):  # 1000 slow answers within one second
+        limiter.done(0.100, overloaded=False, may_grow=True, now=i / 1000)
+    assert limiter.baseline < 0.022, "a busy second barely moves the floor"
+    limiter.done(0.100, overloaded=False, may_grow=True, now=61.0)
+    assert limiter.baseline > 0.09, "a minute later the floor has moved up"

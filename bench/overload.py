@@ -1,0 +1,189 @@
+"""Overload at 3× the sustainable rate: goodput, shedding, and what a critical tenant sees.
+
+Needs the appliance from `make run` (reads var/run/appliance.json). Registers (once)
+a model `slowbatch` — the demo classifier plus 20 ms per batch, max batch 8, so
+one replica sustains a known few hundred requests a second — two tenants,
+`bench-critical` (priority class critical) and `bench-batch` (batch), and their
+keys; deploys the model on the demo node. Then, through the gateway:
+
+1. peak: closed-loop batch-class load (64 clients), once to let the replica's adaptive
+   limit settle, then measured → sustainable goodput;
+2. unloaded: the critical tenant alone at 20 requests/s → its p50/p99;
+3. overload: open-loop batch-class arrivals at 3× peak, with the critical tenant
+   at 20 requests/s beside it → batch goodput (answered/s), shed (RESOURCE_EXHAUSTED),
+   and the critical tenant's p50/p99.
+
+    .venv/bin/python bench/overload.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from lifecycle import IMAGES, Appliance  # noqa: E402
+
+from appliance.core.launcher import _multipart  # noqa: E402
+
+SLOW_SUFFIX = '''
+
+import time as _time
+
+_Good = TritonPythonModel
+
+
+class TritonPythonModel(_Good):
+    def execute(self, requests):
+        _time.sleep(0.02)
+        return _Good.execute(self, requests)
+'''
+MODEL = "slowbatch"
+
+
+def setup(app: Appliance) -> dict[str, str]:
+    """Model, tenants, grants and keys (idempotent); returns {class: key}."""
+    models = {m["name"] for m in app.api("GET", "models/?limit=1000")["results"]}
+    if MODEL not in models:
+        app.api("POST", "models/", {"name": MODEL, "serving_profile": {"max_batch_size": 8}})
+    if not [d for d in app.api("GET", f"deployments/?model={MODEL}")["results"] if d["state"] == "live"]:
+        import io
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(app.artifact), mode="r:gz") as archive:
+            files = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        from triton_models.packaging import pack_files
+
+        files["model.py"] = files["model.py"] + SLOW_SUFFIX.encode()
+        body, ctype = _multipart(
+            {"model": MODEL, "format": "python", "signature": json.dumps(app.manifest["signature"]),
+             "max_batch_size": "64", "decoupled": "false"},
+            {"artifact": ("slowbatch.tar.gz", pack_files(files))},
+        )  # fmt: skip
+        version = app.api("POST", "versions/", raw=body, ctype=ctype)
+        node = app.serving()["replicas"][0]["node"]
+        deployment = app.api("POST", "deployments/", {"version": version["id"], "nodes": [node]})
+        app.wait_ended(deployment["id"])
+    tenants = {t["slug"] for t in app.api("GET", "tenants/?limit=1000")["results"]}
+    grants = {(g["tenant"], g["model"]) for g in app.api("GET", "grants/?limit=1000")["results"]}
+    keys = {}
+    for cls in ("critical", "batch"):
+        slug = f"bench-{cls}"
+        if slug not in tenants:
+            app.api("POST", "tenants/", {"slug": slug, "name": slug, "priority_class": cls})
+        if (slug, MODEL) not in grants:
+            app.api("POST", "grants/", {"tenant": slug, "model": MODEL})
+        keys[cls] = app.api("POST", "api-keys/", {"tenant": slug, "name": f"bench-{time.time():.0f}"})["key"]
+    time.sleep(2.5)  # two gateway snapshot periods: the new keys are known everywhere
+    return keys
+
+
+def _input(i: int) -> aioclient.InferInput:
+    tensor = aioclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGES[i % len(IMAGES)].reshape(1, 64).astype(np.float32))
+    return tensor
+
+
+async def _one(client: aioclient.InferenceServerClient, key: str, i: int, out: list[tuple[str, float]]) -> None:
+    started = time.perf_counter()
+    try:
+        await client.infer(MODEL, [_input(i)], headers={"authorization": f"Bearer {key}"}, client_timeout=10)
+        out.append(("ok", time.perf_counter() - started))
+    except Exception as exc:
+        status = str(getattr(exc, "status", lambda: "error")())
+        out.append((status.replace("StatusCode.", ""), time.perf_counter() - started))
+
+
+async def closed_loop(address: str, key: str, clients: int, seconds: float) -> float:
+    out: list[tuple[str, float]] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker(index: int) -> None:
+        async with aioclient.InferenceServerClient(address) as client:
+            i = index
+            while time.perf_counter() < stop:
+                await _one(client, key, i, out)
+                i += clients
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    return sum(1 for s, _ in out if s == "ok") / (time.perf_counter() - began)
+
+
+async def open_loop(address: str, key: str, rate: float, seconds: float, out: list[tuple[str, float]]) -> None:
+    """Arrivals at a fixed rate whatever the answers do (a real overload)."""
+    async with aioclient.InferenceServerClient(address) as client:
+        tasks = []
+        began = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) - began < seconds:
+            due = began + n / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(_one(client, key, n, out)))
+            n += 1
+        await asyncio.gather(*tasks)
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+async def scenario(address: str, keys: dict[str, str], seconds: float) -> list[tuple[str, ...]]:
+    await closed_loop(address, keys["batch"], 64, seconds)  # the replica's limit settles
+    peak = await closed_loop(address, keys["batch"], 64, seconds)
+    alone: list[tuple[str, float]] = []
+    await open_loop(address, keys["critical"], 20, seconds / 2, alone)
+    batch: list[tuple[str, float]] = []
+    critical: list[tuple[str, float]] = []
+    began = time.perf_counter()
+    await asyncio.gather(open_loop(address, keys["batch"], 3 * peak, seconds, batch),
+                         open_loop(address, keys["critical"], 20, seconds, critical))  # fmt: skip
+    elapsed = time.perf_counter() - began
+    ok_batch = [lat for s, lat in batch if s == "ok"]
+    shed = sum(1 for s, _ in batch if s == "RESOURCE_EXHAUSTED")
+    other = sum(1 for s, _ in batch if s not in ("ok", "RESOURCE_EXHAUSTED"))
+    crit_ok = [lat for s, lat in critical if s == "ok"]
+    alone_ok = [lat for s, lat in alone if s == "ok"]
+    return [
+        ("sustainable goodput (closed loop, 64 clients)", f"{peak:.0f} req/s"),
+        ("offered batch load", f"{3 * peak:.0f} req/s ({len(batch)} requests)"),
+        ("batch goodput under overload", f"{len(ok_batch) / elapsed:.0f} req/s ({len(ok_batch) / elapsed / peak:.2f}× peak)"),
+        ("batch shed (RESOURCE_EXHAUSTED) / other errors", f"{shed} / {other}"),
+        ("critical alone p50 / p99", f"{pct(alone_ok, 50):.1f} / {pct(alone_ok, 99):.1f} ms ({len(alone_ok)} ok of {len(alone)})"),
+        ("critical under overload p50 / p99", f"{pct(crit_ok, 50):.1f} / {pct(crit_ok, 99):.1f} ms ({len(crit_ok)} ok of {len(critical)})"),
+        ("critical p99 ratio", f"{pct(crit_ok, 99) / pct(alone_ok, 99):.2f}×"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    app = Appliance()
+    keys = setup(app)
+    rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds))
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {MODEL} (20 ms per batch of ≤ 8)")
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__: list[Any] = []
