@@ -214,6 +214,8 @@ GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
 GATEWAY_QUEUE_MAX = env_int("GATEWAY_QUEUE_MAX", 256, minimum=0)
 GATEWAY_QUEUE_WAIT_S = env_float("GATEWAY_QUEUE_WAIT_S", 2.0)
 GATEWAY_INITIAL_LIMIT = env_float("GATEWAY_INITIAL_LIMIT", 16.0)
+# Upper bound of any replica's concurrency limit (a cap an operator may lower for fragile backends).
+GATEWAY_MAX_LIMIT = env_float("GATEWAY_MAX_LIMIT", 512.0)
 GATEWAY_MIN_GPU_HEADROOM = env_float("GATEWAY_MIN_GPU_HEADROOM", 0.1)
 # Pause before retrying the same (only) replica after it answered UNAVAILABLE.
 GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)

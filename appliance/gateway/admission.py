@@ -106,10 +106,11 @@ class _Waiter:
 
 
 class Admission:
-    def __init__(self, *, queue_max: int, queue_wait_s: float, initial_limit: float = 16.0) -> None:
+    def __init__(self, *, queue_max: int, queue_wait_s: float, initial_limit: float = 16.0, max_limit: float = 512.0) -> None:
         self.queue_max = queue_max
         self.queue_wait_s = queue_wait_s
-        self.initial_limit = initial_limit
+        self.initial_limit = min(initial_limit, max_limit)
+        self.max_limit = max_limit
         self.limiters: dict[tuple[str, str], Limiter] = {}
         self.queues: dict[str, list[_Waiter]] = {}
         self._seq = itertools.count()
@@ -120,7 +121,7 @@ class Admission:
         their own speeds, so they never share a limit)."""
         limiter = self.limiters.get((address, model))
         if limiter is None:
-            limiter = self.limiters[(address, model)] = Limiter(limit=self.initial_limit)
+            limiter = self.limiters[(address, model)] = Limiter(limit=self.initial_limit, maximum=self.max_limit)
         return limiter
 
     def _free(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:

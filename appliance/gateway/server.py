@@ -65,7 +65,7 @@ class Gateway:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[tuple[str, str], Any] = {}
         self.admission = Admission(queue_max=settings.GATEWAY_QUEUE_MAX, queue_wait_s=settings.GATEWAY_QUEUE_WAIT_S,
-                                   initial_limit=settings.GATEWAY_INITIAL_LIMIT)  # fmt: skip
+                                   initial_limit=settings.GATEWAY_INITIAL_LIMIT, max_limit=settings.GATEWAY_MAX_LIMIT)  # fmt: skip
         self._denied: dict[tuple[str, str], float] = {}
         self.cache = ResponseCache()
         self.quotas = Quotas()

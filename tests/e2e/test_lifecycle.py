@@ -443,11 +443,11 @@ def test_routing_prefers_the_less_loaded_of_two_replicas(fleet: Fleet, world: di
     assert after["node-a"] >= 5 * after["node-b"], after
 
 
-def _gateway_serves(fleet: Fleet, key: str, model: str) -> bool:
+def _gateway_serves(fleet: Fleet, key: str, model: str, address: str = "") -> bool:
     tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
     tensor.set_data_from_numpy(IMAGES[:1].astype(np.float32))
     try:
-        grpcclient.InferenceServerClient(fleet.gateway).infer(model, [tensor], headers={"authorization": f"Bearer {key}"})
+        grpcclient.InferenceServerClient(address or fleet.gateway).infer(model, [tensor], headers={"authorization": f"Bearer {key}"})
         return True
     except grpcclient.InferenceServerException:
         return False
@@ -457,20 +457,30 @@ def test_a_request_whose_deadline_passes_in_the_gateway_never_reaches_triton(fle
     from appliance.rollouts.models import Replica
 
     olga = world["olga"]
+    # Autoscaling off and back to one replica: every answer must come from the Triton counted below.
+    assert olga.client.patch("/api/v1/models/slowpoke/", {"autoscale": {}}, format="json").status_code == 200
+    wait_for("one slowpoke replica", lambda: Replica.objects.filter(deployment__version__model__name="slowpoke",
+                                                                    state="live").count() == 1, timeout=30)  # fmt: skip
     olga.post("tenants/", {"slug": "bulk", "name": "Bulk", "priority_class": "batch"})
     olga.post("grants/", {"tenant": "bulk", "model": "slowpoke"})
     key = olga.post("api-keys/", {"tenant": "bulk", "name": "k"})["key"]
     replica = Replica.objects.filter(deployment__version__model__name="slowpoke", state="live").select_related(
         "node", "deployment__version").get()  # fmt: skip
     node, v = replica.node.name, str(replica.deployment.version.number)
-    wait_for("the gateway to know the tenant", lambda: _gateway_serves(fleet, key, "slowpoke"), timeout=10)
+    # A gateway whose replicas may hold at most 4 requests (batch class: 2): the rest must queue.
+    fleet.env["APPLIANCE_GATEWAY_MAX_LIMIT"] = "4"
+    try:
+        _, address = fleet.start_gateway(name="gateway-capped")
+    finally:
+        del fleet.env["APPLIANCE_GATEWAY_MAX_LIMIT"]
+    capped = fleet.gateway, address
+    wait_for("the gateway to know the tenant", lambda: _gateway_serves(fleet, key, "slowpoke", address), timeout=30)
     before = _served(fleet, node, "slowpoke", v)
-    # Far more concurrent batch-class requests than the replica's limit lets through: the rest queue.
-    with Load(fleet.gateway, key, threads=24, model="slowpoke") as load:
+    with Load(address, key, threads=24, model="slowpoke") as load:
         wait_for("the queue to fill", lambda: len(load.results) > 20, timeout=30)
         tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
         tensor.set_data_from_numpy(IMAGES[:1].astype(np.float32))
-        client = grpcclient.InferenceServerClient(fleet.gateway)
+        client = grpcclient.InferenceServerClient(capped[1])
         expired = 0
         for _ in range(5):
             try:
