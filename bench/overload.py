@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
@@ -185,5 +184,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__: list[Any] = []

@@ -24,7 +24,7 @@ from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.gateway import stats
 from appliance.rollouts import services
-from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState, Strategy
+from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import Deployment
 
 log = logging.getLogger(__name__)
@@ -187,5 +187,3 @@ def tick() -> dict[str, str]:
         log.exception("autoscaling failed; the next tick tries again")
     return done
 
-
-__all__ = ["Strategy", "advance", "judge", "park_idle", "tick"]
