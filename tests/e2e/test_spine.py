@@ -324,6 +324,16 @@ def test_gateway_over_mutual_tls(fleet: Fleet, story: dict[str, Any], tmp_path: 
         plaintext.is_server_live(client_timeout=5)
 
 
+def _settled(read: Any, expected: int, timeout: float = 5.0) -> int:
+    """Triton updates its statistics as it releases a request, a moment after the answer
+    left: wait (briefly) until the count reaches what is expected, then report it."""
+    try:
+        wait_for(f"a count of {expected}", lambda: read() >= expected, timeout=timeout)
+    except AssertionError:
+        pass  # the caller's assertion reports the real count
+    return int(read())
+
+
 def _successes(fleet: Fleet, node: str, version: str) -> int:
     direct = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports[node]['grpc']}")
     return int(direct.get_inference_statistics("digits", version).model_stats[0].inference_stats.success.count)
@@ -355,8 +365,8 @@ def test_residency_policy_decides_where_a_tenants_requests_go(fleet: Fleet, stor
     before_a, before_b = _successes(fleet, "node-a", live), _successes(fleet, "node-b", live)
     for _ in range(20):
         _infer_batch(client, image, key)
+    assert _settled(lambda: _successes(fleet, "node-b", live), before_b + 20) == before_b + 20
     assert _successes(fleet, "node-a", live) == before_a, "a forbidden replica got restricted data"
-    assert _successes(fleet, "node-b", live) == before_b + 20
 
     # No payload of a restricted request lands in any log or in the audit trail.
     secret = np.full((1, 64), 13.371337, np.float32)
@@ -399,11 +409,11 @@ def test_a_wedged_triton_makes_its_node_unhealthy_and_traffic_moves(fleet: Fleet
         fresh = story["erin"].post("api-keys/", {"tenant": "acme", "name": "after-wedge"})["key"]
         before = _successes(fleet, "node-b", live)
         assert _infer_batch(client, image, fresh, timeout=10).as_numpy("LABEL") is not None
-        assert _successes(fleet, "node-b", live) == before + 1
+        assert _settled(lambda: _successes(fleet, "node-b", live), before + 1) == before + 1
         before = _successes(fleet, "node-b", live)
         for _ in range(20):
             assert _infer_batch(client, image, story["acme"]).as_numpy("LABEL") is not None
-        assert _successes(fleet, "node-b", live) == before + 20, "every request went to the healthy node"
+        assert _settled(lambda: _successes(fleet, "node-b", live), before + 20) == before + 20, "every request went to the healthy node"
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for("node-a healthy again", lambda: _health("node-a") == "healthy", timeout=20)
@@ -548,11 +558,12 @@ def test_tenant_slice_serves_its_tenant_and_nobody_else(fleet: Fleet, story: dic
     on_slice = _stats(device["grpc_address"], live)
     for _ in range(10):
         _infer_batch(client, image, story["acme"])
-    assert _stats(device["grpc_address"], live) == on_slice + 10, "acme's requests go to its slice"
+    assert _settled(lambda: _stats(device["grpc_address"], live), on_slice + 10) == on_slice + 10, "acme's requests go to its slice"
     for _ in range(10):
         _infer_batch(client, image, initech)
     assert _stats(device["grpc_address"], live) == on_slice + 10, "nobody else's requests reach the slice"
-    assert sum(_successes(fleet, n, live) for n in mains) == sum(mains.values()) + 10
+    total = sum(mains.values()) + 10
+    assert _settled(lambda: sum(_successes(fleet, n, live) for n in mains), total) == total
     story["slice_deployment"] = deployment["id"]
 
 
@@ -594,7 +605,7 @@ def test_reconfiguration_moves_a_tenant_slice_with_its_replica(fleet: Fleet, sto
 def _slice_took(address: str, version: str, client: grpcclient.InferenceServerClient, image: np.ndarray, key: str) -> bool:
     before = _stats(address, version)
     _infer_batch(client, image, key)
-    return _stats(address, version) == before + 1
+    return _settled(lambda: _stats(address, version), before + 1) == before + 1
 
 
 def test_response_cache_is_per_tenant_and_never_holds_restricted_data(fleet: Fleet, story: dict[str, Any]) -> None:
@@ -619,9 +630,11 @@ def test_response_cache_is_per_tenant_and_never_holds_restricted_data(fleet: Fle
     image = np.full((1, 64), 7.0, np.float32)
 
     def reached_triton(key: str) -> int:
+        """1 if the request reached a Triton, 0 if the gateway answered from its cache. A
+        Triton counts a request a moment after answering it: a miss is waited for briefly."""
         before = sum(_successes(fleet, n, live) for n in ("node-a", "node-b"))
         assert _infer_batch(client, image, key).as_numpy("LABEL") is not None
-        return sum(_successes(fleet, n, live) for n in ("node-a", "node-b")) - before
+        return _settled(lambda: sum(_successes(fleet, n, live) for n in ("node-a", "node-b")), before + 1, timeout=1.0) - before
 
     wait_for("the gateway to cache for initech", lambda: reached_triton(initech) == 0, timeout=10)
     first = _infer_batch(client, image, initech).as_numpy("PROBABILITIES")
