@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 
-.PHONY: run test venv bench lint clean
+.PHONY: run test venv bench lint clean chromium
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
@@ -21,8 +21,12 @@ $(TRITON_VENV)/.installed: requirements-triton.txt
 run: venv
 	$(VENV)/bin/python -m appliance.core.launcher
 
-## Every test, against PostgreSQL, RabbitMQ and a real tritonserver.
-test: venv
+## Debian's Chromium for the console's browser tests (Playwright drives it; nothing is downloaded by Playwright).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
+
+## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
+test: venv chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run
 	$(VENV)/bin/python -m pytest

@@ -45,7 +45,10 @@ INSTALLED_APPS = [
     "appliance.rollouts",
     "appliance.policies",
     "appliance.gateway",
+    "appliance.console",
 ]
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:overview"
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

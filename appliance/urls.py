@@ -36,4 +36,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz),
     path("admin/", admin.site.urls),
+    path("console/", include("appliance.console.urls")),
 ]

@@ -200,7 +200,7 @@ class Launcher:
             deployment = self.deploy_demo()
             key = self.demo_key()
             info = {
-                "console_url": f"http://127.0.0.1:{API_PORT}/admin/",
+                "console_url": f"http://127.0.0.1:{API_PORT}/console/",
                 "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
                 "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
                 "gateway": GATEWAY,
@@ -277,7 +277,7 @@ print("predicted", result.as_numpy("LABEL")[0][0], "true", digits.target[7])'''
 
 BANNER = """
 ================ inference appliance is up ({elapsed:.1f} s to the first correct inference) ================
-console (Django admin): {console_url}
+console:                {console_url}   (read-only Django admin: /admin/)
 REST API:               {api_url}   (OpenAPI schema: {schema_url})
 admin credentials:      {admin_credentials}   (operator API token in {out})
 gateway (gRPC):         {gateway}   model '{model}' version {model_version}
