@@ -32,6 +32,14 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> An
         teardown_databases(config, verbosity=0)
 
 
+@pytest.fixture(scope="module")
+def db_unblocked(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """Database access for a whole module of end-to-end tests, whose processes need
+    committed rows (no per-test transaction to roll back)."""
+    with django_db_blocker.unblock():
+        yield
+
+
 def _account(django_user_model: Any, username: str, role: str | None, tenant: Any = None) -> Any:
     from appliance.accounts.models import AccountRole
 

@@ -124,6 +124,13 @@ class Admission:
             limiter = self.limiters[(address, model)] = Limiter(limit=self.initial_limit, maximum=self.max_limit)
         return limiter
 
+    def least_loaded(self, model: str, candidates: list[Any]) -> Any:
+        """The less loaded of two random candidates (in-flight × baseline latency), or None."""
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        a, b = random.sample(candidates, 2)
+        return a if self.limiter(a.address, model).cost() <= self.limiter(b.address, model).cost() else b
+
     def _free(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
         """The less loaded of two random replicas with room for this class, or None."""
         room = []
@@ -131,12 +138,7 @@ class Admission:
             limiter = self.limiter(route.address, model)
             if route.address != exclude and limiter.inflight < limiter.capacity(rank):
                 room.append(route)
-        if not room:
-            return None
-        if len(room) == 1:
-            return room[0]
-        a, b = random.sample(room, 2)
-        return a if self.limiter(a.address, model).cost() <= self.limiter(b.address, model).cost() else b
+        return self.least_loaded(model, room)
 
     def try_acquire(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
         route = self._free(model, routes, rank, exclude)

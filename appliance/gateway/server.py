@@ -213,14 +213,8 @@ class Gateway:
         self._db.submit(write)
 
     def pick(self, model: str, routes: tuple[Route, ...], exclude: str | None = None) -> Route | None:
-        """The less loaded of two random replicas (in-flight × baseline latency), without taking a slot."""
-        candidates = [r for r in routes if r.address != exclude]
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
-        a, b = random.sample(candidates, 2)
-        return a if self.admission.limiter(a.address, model).cost() <= self.admission.limiter(b.address, model).cost() else b
+        """The less loaded of two random replicas, without taking a slot."""
+        return self.admission.least_loaded(model, [r for r in routes if r.address != exclude])
 
     # --- upstream -------------------------------------------------------------------------
     def channel(self, address: str) -> grpc.aio.Channel:

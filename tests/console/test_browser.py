@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def site(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def site(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Committed data (a GPU node with tenant slices, a canary in progress, an operator)
     and gunicorn on a free port."""
     from django.contrib.auth import get_user_model
@@ -37,29 +37,28 @@ def site(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.
     from appliance.rollouts import services
     from tests.factories import make_node, make_version
 
-    with django_db_blocker.unblock():
-        call_command("collectstatic", "--noinput", verbosity=0, stdout=io.StringIO())
-        tenant = tenant_create(slug="console-co", name="Console Co")
-        node = make_node("console-gpu")
-        gpu = Gpu.objects.create(node=node, index=0, uuid="GPU-console", product="NVIDIA H100 80GB HBM3",
-                                 model="H100-80GB", memory_mib=81559, mig_enabled=True)  # fmt: skip
-        MigDevice.objects.create(gpu=gpu, uuid="MIG-c1", profile="3g.40gb", start=0, size=4, gpu_instance_id=1, tenant=tenant)
-        MigDevice.objects.create(gpu=gpu, uuid="MIG-c2", profile="2g.20gb", start=4, size=2, gpu_instance_id=2)
-        deployment = services.deployment_create(version=make_version("console-model"), nodes=[node], strategy="canary")
-        user = get_user_model().objects.create_user("console-olivia", password="console-olivia-pw")
-        AccountRole.objects.create(user=user, role="operator")
-        fleet = Fleet.create(tmp_path_factory.mktemp("console"))
-        address = f"127.0.0.1:{free_port()}"
-        try:
-            fleet.spawn("gunicorn", [sys.executable, "-m", "gunicorn", "appliance.wsgi", "--bind", address, "--workers", "2"])
-            url = f"http://{address}"
-            wait_for("gunicorn", lambda: urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200,
-                     timeout=60, procs=fleet.procs)  # fmt: skip
-            yield {"url": url, "deployment": deployment, "node": node.name}
-        finally:
-            fleet.stop()
-            # Leave no rollout behind for the fleets of later modules' workers to pick up.
-            services.deployment_abort(deployment_id=deployment.pk, actor="test teardown")
+    call_command("collectstatic", "--noinput", verbosity=0, stdout=io.StringIO())
+    tenant = tenant_create(slug="console-co", name="Console Co")
+    node = make_node("console-gpu")
+    gpu = Gpu.objects.create(node=node, index=0, uuid="GPU-console", product="NVIDIA H100 80GB HBM3",
+                             model="H100-80GB", memory_mib=81559, mig_enabled=True)  # fmt: skip
+    MigDevice.objects.create(gpu=gpu, uuid="MIG-c1", profile="3g.40gb", start=0, size=4, gpu_instance_id=1, tenant=tenant)
+    MigDevice.objects.create(gpu=gpu, uuid="MIG-c2", profile="2g.20gb", start=4, size=2, gpu_instance_id=2)
+    deployment = services.deployment_create(version=make_version("console-model"), nodes=[node], strategy="canary")
+    user = get_user_model().objects.create_user("console-olivia", password="console-olivia-pw")
+    AccountRole.objects.create(user=user, role="operator")
+    fleet = Fleet.create(tmp_path_factory.mktemp("console"))
+    address = f"127.0.0.1:{free_port()}"
+    try:
+        fleet.spawn("gunicorn", [sys.executable, "-m", "gunicorn", "appliance.wsgi", "--bind", address, "--workers", "2"])
+        url = f"http://{address}"
+        wait_for("gunicorn", lambda: urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200,
+                 timeout=60, procs=fleet.procs)  # fmt: skip
+        yield {"url": url, "deployment": deployment, "node": node.name}
+    finally:
+        fleet.stop()
+        # Leave no rollout behind for the fleets of later modules' workers to pick up.
+        services.deployment_abort(deployment_id=deployment.pk, actor="test teardown")
 
 
 @pytest.fixture

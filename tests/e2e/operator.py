@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.e2e.fleet import Fleet, wait_for
-
-MODELS = Path(__file__).resolve().parents[2] / "triton_models"
-
-
-def _manifest(name: str) -> dict[str, Any]:
-    return json.loads((MODELS / name / "manifest.json").read_text())
+from tests.factories import manifest
 
 
 class Operator:
@@ -47,7 +41,7 @@ class Operator:
         self, name: str, artifact: bytes, note: str = "", parent: str = "", change_kind: str = "", like: str = ""
     ) -> dict[str, Any]:
         """A new version of model `name`, described by the manifest of `like` (default: `name`)."""
-        spec = _manifest(like or name)
+        spec = manifest(like or name)
         body = {
             "model": name,
             "format": spec["format"],

@@ -22,7 +22,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.e2e.fleet import Fleet, wait_for
-from tests.e2e.operator import MODELS, Operator
+from tests.e2e.operator import Operator
+from tests.factories import MODELS_DIR, manifest
 from triton_models.digits import build as digits_build
 
 pytestmark = [pytest.mark.e2e]
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.e2e]
 NODES = ["node-a", "node-b"]
 MODEL = "digits-lc"  # the demo model under its own name (the spine's module may share this database)
 IMAGES = digits_build.split()[1][:64]
-_SOURCE = (MODELS / "digits" / "model.py").read_text()
+_SOURCE = (MODELS_DIR / "digits" / "model.py").read_text()
 # Variants of the demo model that pass the smoke test (all-zero input) but misbehave on real traffic.
 ERRORS_ON_REAL_INPUT = _SOURCE + '''
 
@@ -58,12 +59,6 @@ class TritonPythonModel(_Good):
         _time.sleep(0.04)
         return _Good.execute(self, requests)
 '''
-
-
-@pytest.fixture(scope="module")
-def db_unblocked(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    with django_db_blocker.unblock():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -318,15 +313,13 @@ def test_an_ensemble_rolls_out_beside_its_composing_model(fleet: Fleet, world: d
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from tests.e2e.operator import _manifest
-
     olga = world["olga"]
     olga.post("models/", {"name": "pipeline"})
     olga.post("grants/", {"tenant": "lifeco", "model": "pipeline"})
     steps = {"steps": [{"model": MODEL, "input_map": {"IMAGE": "IMAGE"},
                         "output_map": {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES"}}]}  # fmt: skip
     version = olga.post("versions/", {
-        "model": "pipeline", "format": "ensemble", "signature": json.dumps(_manifest("digits")["signature"]),
+        "model": "pipeline", "format": "ensemble", "signature": json.dumps(manifest("digits")["signature"]),
         "max_batch_size": 64, "artifact": SimpleUploadedFile("pipeline.json", json.dumps(steps).encode()),
     }, fmt="multipart")  # fmt: skip
     started = olga.client.post("/api/v1/deployments/", {"version": version["id"], "nodes": ["node-a", "node-b"],

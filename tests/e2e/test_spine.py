@@ -27,23 +27,13 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.fleet import Fleet, wait_for
 from tests.e2e.operator import Operator
+from tests.factories import MODELS_DIR, manifest
 from triton_models.digits import build as digits_build
 from triton_models.packaging import pack_files
 
 pytestmark = [pytest.mark.e2e]
 
-MODELS = Path(__file__).resolve().parents[2] / "triton_models"
 BROKEN_MODEL = "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights missing')\n"
-
-
-def _manifest(name: str) -> dict[str, Any]:
-    return json.loads((MODELS / name / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def db_unblocked(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    with django_db_blocker.unblock():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +64,13 @@ def story(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     digits_build.build(out)
     digits_artifact = (out / "digits.tar.gz").read_bytes()
 
-    erin.post("models/", {"name": "digits", "description": _manifest("digits")["description"]})
+    erin.post("models/", {"name": "digits", "description": manifest("digits")["description"]})
     erin.post("models/", {"name": "countdown"})
     erin.post("models/", {"name": "not-deployed"})
     v1 = erin.upload("digits", digits_artifact, note="trained on sklearn digits")
     d1 = erin.deploy(v1, ["node-a", "node-b"], fleet)
     assert d1["state"] == "live", d1
-    cv = erin.upload("countdown", pack_files({"model.py": (MODELS / "countdown" / "model.py").read_bytes()}))
+    cv = erin.upload("countdown", pack_files({"model.py": (MODELS_DIR / "countdown" / "model.py").read_bytes()}))
     assert erin.deploy(cv, ["node-a"], fleet)["state"] == "live"
 
     for slug in ("acme", "globex"):

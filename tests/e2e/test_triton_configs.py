@@ -4,7 +4,6 @@ answers an inference with them."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,11 @@ from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
 from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready, wait_until
 from tests.e2e.fleet import free_port
-from tests.factories import manifest
+from tests.factories import MODELS_DIR, manifest
 from triton_models.digits import build as digits_build
 
 pytestmark = [pytest.mark.e2e]
 
-MODELS = Path(__file__).resolve().parents[2] / "triton_models"
 IMAGE = digits_build.split()[1][0]
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -60,10 +58,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[grpcclien
 
 
 def _digits_files() -> dict[str, bytes]:
-    weights, _ = digits_build.train()
-    buffer = io.BytesIO()
-    np.savez(buffer, **weights)
-    return {"model.py": (MODELS / "digits" / "model.py").read_bytes(), "weights.npz": buffer.getvalue()}
+    return digits_build.files(digits_build.train()[0])
 
 
 def _place(repo: Path, version: ModelVersion, files: dict[str, bytes]) -> str:
@@ -135,7 +130,7 @@ def test_generated_config_loads_and_serves(triton: tuple[grpcclient.InferenceSer
 def test_decoupled_model_gets_no_warmup_and_loads(triton: tuple[grpcclient.InferenceServerClient, Path]) -> None:
     client, repo = triton
     version = _version("countdown", {}, sample_inputs=None)
-    text = _place(repo, version, {"model.py": (MODELS / "countdown" / "model.py").read_bytes()})
+    text = _place(repo, version, {"model.py": (MODELS_DIR / "countdown" / "model.py").read_bytes()})
     assert "model_warmup" not in text and "decoupled: true" in text
     client.load_model("countdown")
     assert client.is_model_ready("countdown", "1")

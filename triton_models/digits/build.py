@@ -51,11 +51,16 @@ def train() -> tuple[dict[str, np.ndarray], float]:
     return weights, accuracy
 
 
-def pack(weights: dict[str, np.ndarray], model_source: bytes | None = None) -> bytes:
-    """The artifact: model.py (ours, or a variant's) and the weights."""
+def files(weights: dict[str, np.ndarray], model_source: bytes | None = None) -> dict[str, bytes]:
+    """A version directory's files: model.py (ours, or a variant's) and the weights."""
     buf = io.BytesIO()
     np.savez(buf, **weights)
-    return pack_files({"model.py": model_source or (HERE / "model.py").read_bytes(), "weights.npz": buf.getvalue()})
+    return {"model.py": model_source or (HERE / "model.py").read_bytes(), "weights.npz": buf.getvalue()}
+
+
+def pack(weights: dict[str, np.ndarray], model_source: bytes | None = None) -> bytes:
+    """The artifact: those files in a .tar.gz."""
+    return pack_files(files(weights, model_source))
 
 
 def build(out: Path) -> float:
