@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "appliance.policies",
     "appliance.gateway",
     "appliance.console",
+    "appliance.metrics",
 ]
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:overview"
@@ -179,12 +180,21 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep not started within a period is stale: the next one replaces it.
         "options": {"expires": env_float("HEALTH_PERIOD_S", 2.0)},
     },
+    "metrics-collect": {
+        "task": "metrics.collect",
+        "schedule": env_float("METRICS_COLLECT_S", 15.0),
+        "options": {"expires": env_float("METRICS_COLLECT_S", 15.0)},
+    },
     "rollout-tick": {
         "task": "rollouts.tick",
         "schedule": env_float("ROLLOUT_TICK_S", 1.0),
         "options": {"expires": env_float("ROLLOUT_TICK_S", 1.0)},
     },
 }
+
+# The console's time series: minute rows kept this many hours, hourly roll-ups this many days.
+METRICS_MINUTE_KEEP_H = env_int("METRICS_MINUTE_KEEP_H", 48, minimum=7)
+METRICS_HOUR_KEEP_D = env_int("METRICS_HOUR_KEEP_D", 90, minimum=8)
 
 # --- Artifacts, nodes, gateway ------------------------------------------------------
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))

@@ -344,7 +344,8 @@ class Handlers:
         infer = method == "ModelInfer"
         rank = RANK.get(key.priority, 1) if key is not None else 0
         first = self.gw.choose_version(model, routes) if infer and not version else routes
-        route = await self._admit(model, first, rank, context)
+        tenant = key.tenant_slug if key is not None else "-"
+        route = await self._admit(model, first, rank, context, tenant)
         for attempt in range(2):
             current = route
             started = time.perf_counter()
@@ -365,7 +366,7 @@ class Handlers:
                     retry = self._retry_target(model, current, routes)
                     if retry is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
-                    route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, routes, rank, context)
+                    route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, routes, rank, context, tenant)
                     continue
                 overloaded = exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
                 latency = time.perf_counter() - started
@@ -376,7 +377,7 @@ class Handlers:
                 self.gw.admission.release(model, current, latency, overloaded=overloaded)
         raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
 
-    async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any) -> Route:
+    async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any, tenant: str = "-") -> Route:
         try:
             route, waited = await self.gw.admission.acquire(model, routes, rank, _deadline(context))
         except Shed as shed:
@@ -385,6 +386,7 @@ class Handlers:
         except Expired as expired:
             raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, str(expired)) from None
         self.gw.tally.observe(metrics.QUEUE_TIME, model, value=waited)
+        self.gw.stats.queued(tenant, model, waited)
         return route
 
     def _retry_target(self, model: str, failed: Route, routes: tuple[Route, ...]) -> Route:
@@ -404,6 +406,7 @@ class Handlers:
         cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
         hit = await self.gw.cache.get(cache_key, request.id)
         self.gw.tally.inc(metrics.CACHE, model, "miss" if hit is None else "hit")
+        self.gw.stats.cache(key.tenant_slug, model, hit is not None)
         if hit is not None:
             return hit
         pinned = version or served_version
@@ -427,9 +430,10 @@ class Handlers:
             status = refusal.code.name
             raise
         finally:
-            tally = self.gw.tally
+            tally, seconds = self.gw.tally, time.perf_counter() - started
             tally.inc(metrics.REQUESTS, tenant, model, status)
-            tally.observe(metrics.LATENCY, model, value=time.perf_counter() - started)
+            tally.observe(metrics.LATENCY, model, value=seconds)
+            self.gw.stats.answered(tenant, model, status == "OK", seconds)
 
     async def model_metadata(self, raw: bytes, context: Any) -> bytes:
         request = _parse(pb.ModelMetadataRequest, raw, "ModelMetadataRequest")
@@ -458,7 +462,7 @@ class Handlers:
         await self.gw.admit(key, model)
         # A stream holds one replica slot for its whole life.
         route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
-                                  RANK.get(key.priority, 1), context)  # fmt: skip
+                                  RANK.get(key.priority, 1), context, key.tenant_slug)  # fmt: skip
         chosen = version or route.version
 
         async def upstream() -> AsyncIterator[bytes]:
@@ -469,12 +473,15 @@ class Handlers:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one model version; open another stream")
                 yield raw if request.model_version else with_version(raw, chosen)
 
-        started, ok = time.perf_counter(), False
+        started, ok, first_response, responses = time.perf_counter(), False, None, 0
         try:
             call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
                 upstream(), timeout=_timeout(context)
             )
             async for response in call:
+                if first_response is None:
+                    first_response = time.perf_counter() - started
+                responses += 1
                 yield response
             ok = True
         except grpc.aio.AioRpcError as exc:
@@ -482,7 +489,10 @@ class Handlers:
         finally:
             # A stream's length says nothing about the replica's load: no latency sample.
             self.gw.admission.release(model, route, None)
-            self.gw.stats.record(model, chosen, ok, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.gw.stats.record(model, chosen, ok, seconds)
+            self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds)
+            self.gw.stats.answered(key.tenant_slug, model, ok, seconds)
 
 
 def _guard(handler: Any) -> Any:

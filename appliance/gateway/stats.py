@@ -36,11 +36,28 @@ def _last_key(model: str) -> str:
     return f"{settings.INSTANCE}:last-request:{model}"
 
 
+def traffic_key(minute: int) -> str:
+    """The hash of one minute's traffic per (tenant, model), summed over gateway processes;
+    appliance.metrics.collect moves finished minutes into PostgreSQL."""
+    return f"{settings.INSTANCE}:traffic:{minute}"
+
+
+# Per (tenant, model) and minute: what the console's metrics pages draw.
+TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec")
+_T = {name: index for index, name in enumerate(TRAFFIC_FIELDS)}
+_TRAFFIC_WIDTH = len(TRAFFIC_FIELDS) + len(BUCKETS_MS) + 1
+
+
+def _traffic_row() -> list[float]:
+    return [0.0] * _TRAFFIC_WIDTH
+
+
 class Recorder:
     """The gateway side: cheap in-memory counting, a periodic flush to Redis."""
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+        self._traffic: dict[tuple[str, str], list[float]] = defaultdict(_traffic_row)
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
 
     def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
@@ -52,15 +69,49 @@ class Recorder:
         row[2] += ms
         row[3 + bisect.bisect_left(BUCKETS_MS, ms)] += 1
 
+    def answered(self, tenant: str, model: str, ok: bool, seconds: float) -> None:
+        """An inference request answered (or refused) at the gateway, for the metrics pages."""
+        row = self._traffic[(tenant, model)]
+        ms = seconds * 1000.0
+        row[0] += 1
+        if not ok:
+            row[1] += 1
+        row[2] += ms
+        row[_T["ssec"] + 1 + bisect.bisect_left(BUCKETS_MS, ms)] += 1
+
+    def queued(self, tenant: str, model: str, seconds: float) -> None:
+        row = self._traffic[(tenant, model)]
+        row[3] += 1
+        row[4] += seconds * 1000.0
+
+    def cache(self, tenant: str, model: str, hit: bool) -> None:
+        self._traffic[(tenant, model)][5 if hit else 6] += 1
+
+    def streamed(self, tenant: str, model: str, first_response_s: float | None, responses: int, seconds: float) -> None:
+        row = self._traffic[(tenant, model)]
+        row[7] += 1
+        row[8] += (first_response_s or 0.0) * 1000.0
+        row[9] += responses
+        row[10] += seconds
+
     async def flush(self, at: float | None = None) -> None:
         """Adds what was counted since the last flush to the bucket of second `at` (now)."""
-        if not self._counts:
+        if not self._counts and not self._traffic:
             return
         counts, self._counts = self._counts, defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+        traffic, self._traffic = self._traffic, defaultdict(_traffic_row)
         now = time.time() if at is None else at
         second = int(now)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                minute_key = traffic_key(second // 60 * 60)
+                for (tenant, model), row in traffic.items():
+                    for index, value in enumerate(row):
+                        if value:
+                            name = TRAFFIC_FIELDS[index] if index < len(TRAFFIC_FIELDS) else f"b{index - len(TRAFFIC_FIELDS)}"
+                            pipe.hincrbyfloat(minute_key, f"{tenant}|{model}|{name}", value)
+                if traffic:
+                    pipe.expire(minute_key, KEEP_S * 3)
                 for (model, version), row in counts.items():
                     key = _key(model, version, second)
                     pipe.hincrby(key, "n", int(row[0]))
@@ -100,7 +151,7 @@ class WindowStats:
         return self.errors / self.requests if self.requests else 0.0
 
     def quantile_ms(self, q: float) -> float:
-        return _quantile(list(self.buckets), self.requests, q)
+        return bucket_quantile(list(self.buckets), self.requests, q)
 
     @property
     def p50_ms(self) -> float:
@@ -119,7 +170,7 @@ class WindowStats:
                 "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms}  # fmt: skip
 
 
-def _quantile(buckets: list[int], total: int, q: float) -> float:
+def bucket_quantile(buckets: list[int], total: int, q: float) -> float:
     """The bucket upper bound under which a fraction q of requests fell."""
     if not total:
         return 0.0

@@ -101,6 +101,13 @@ def node_report_gpu_health(*, node_id: object, readings: list[GpuHealth]) -> Non
             remapped_rows_pending=reading.remapped_rows_pending, remap_failed=reading.remap_failed,
             readout_error=reading.readout_error[:500], readout_time=now,
         )  # fmt: skip
+    if readings:
+        from appliance.metrics.collect import record_gpu
+
+        name = Node.objects.filter(pk=node_id).values_list("name", flat=True).first()
+        totals = dict(Gpu.objects.filter(node_id=node_id).values_list("index", "memory_mib"))
+        if name:
+            record_gpu(node=name, readings=readings, totals=totals, at=now)
 
 
 @transaction.atomic

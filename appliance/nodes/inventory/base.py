@@ -84,6 +84,8 @@ class GpuHealth:
     xid_events: list[dict[str, Any]] = field(default_factory=list)  # recent, {"xid", "time"}
     throttle_reasons: list[str] = field(default_factory=list)
     memory_used_mib: int | None = None
+    utilisation_pct: int | None = None  # NVML utilization.gpu: share of time a kernel ran (last sample period)
+    memory_bandwidth_pct: int | None = None  # NVML utilization.memory: share of time memory was read or written
     remapped_rows_pending: bool | None = None
     remap_failed: bool | None = None
     readout_error: str = ""  # the read-out itself failed: a failed check (fail closed)

@@ -125,6 +125,8 @@ class NvmlInventory:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         reasons = _optional(pynvml.nvmlDeviceGetCurrentClocksEventReasons, handle) or 0
         remapped = _optional(pynvml.nvmlDeviceGetRemappedRows, handle)
+        # Not supported on MIG-enabled GPUs (NVML answers NOT_SUPPORTED there): None.
+        utilisation = _optional(pynvml.nvmlDeviceGetUtilizationRates, handle)
         volatile, corrected, uncorrected = (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
                                             pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)  # fmt: skip
         return GpuHealth(
@@ -138,6 +140,8 @@ class NvmlInventory:
             xid_events=list(self._xids.get(index, [])),
             throttle_reasons=[name for bit, name in _THROTTLE_BITS.items() if reasons & bit],
             memory_used_mib=int(pynvml.nvmlDeviceGetMemoryInfo(handle).used // (1024 * 1024)),
+            utilisation_pct=utilisation.gpu if utilisation is not None else None,
+            memory_bandwidth_pct=utilisation.memory if utilisation is not None else None,
             remapped_rows_pending=bool(remapped[2]) if remapped else None,
             remap_failed=bool(remapped[3]) if remapped else None,
         )

@@ -40,7 +40,7 @@ from appliance.nodes.mig.planner import Placement, valid_placements
 _HEALTHY: dict[str, Any] = {
     "temperature_c": 45, "ecc_corrected": 0, "ecc_uncorrected": 0, "ecc_uncorrected_aggregate": 0,
     "retired_pages_pending": False, "xid_events": [], "throttle_reasons": [],
-    "memory_used_mib": 0, "remapped_rows_pending": False, "remap_failed": False, "fail_readout": False,
+    "memory_used_mib": 0, "utilisation_pct": 0, "memory_bandwidth_pct": 0, "remapped_rows_pending": False, "remap_failed": False, "fail_readout": False,
 }  # fmt: skip
 
 # Ampere keeps MIG mode in the InfoROM and switches it on a GPU reset; Hopper and later switch at once.

@@ -1,0 +1,136 @@
+"""Reading the time series for the console's charts: per model, per tenant or for
+the whole fleet, over a chosen window, from minute rows for short windows and
+hour rows for long ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from appliance.gateway.stats import bucket_quantile
+from appliance.metrics.collect import GPU_SUMMED, SUMMED, merge
+from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str
+    label: str
+    span: timedelta
+    resolution: str
+
+    @property
+    def step(self) -> timedelta:
+        return timedelta(minutes=1) if self.resolution == Resolution.MINUTE else timedelta(hours=1)
+
+
+WINDOWS = {
+    w.key: w
+    for w in (
+        Window("1h", "last hour", timedelta(hours=1), Resolution.MINUTE),
+        Window("6h", "last 6 hours", timedelta(hours=6), Resolution.MINUTE),
+        Window("24h", "last 24 hours", timedelta(hours=24), Resolution.HOUR),
+        Window("7d", "last 7 days", timedelta(days=7), Resolution.HOUR),
+    )
+}
+DEFAULT_WINDOW = "6h"
+
+
+def window_of(key: str | None) -> Window:
+    return WINDOWS.get(key or "", WINDOWS[DEFAULT_WINDOW])
+
+
+def _grid(window: Window, now: datetime) -> list[datetime]:
+    step = window.step
+    end = now.replace(second=0, microsecond=0)
+    if window.resolution == Resolution.HOUR:
+        end = end.replace(minute=0)
+    count = int(window.span / step)
+    return [end - step * i for i in range(count, -1, -1)]
+
+
+def traffic_series(*, window: Window, model: str | None = None, tenant: str | None = None,
+                   now: datetime | None = None) -> dict[str, list[Any]]:  # fmt: skip
+    """Columns for uPlot: t (unix seconds) and one list per measure, None where nothing was measured."""
+    now = now or timezone.now()
+    grid = _grid(window, now)
+    qs = TrafficPoint.objects.filter(resolution=window.resolution, start__gte=grid[0])
+    if model:
+        qs = qs.filter(model=model)
+    if tenant:
+        qs = qs.filter(tenant=tenant)
+    rows = merge(qs.only("start", "latency_buckets", *SUMMED), (*SUMMED,))
+    seconds = window.step.total_seconds()
+    out: dict[str, list[Any]] = {k: [] for k in ("t", "rps", "success", "p50", "p95", "p99", "queue_ms", "ttfr_ms",
+                                                  "tokens_s", "cache_hit")}  # fmt: skip
+    for start in grid:
+        row = rows.get(start)
+        n = row["requests"] if row else 0
+        out["t"].append(int(start.timestamp()))
+        out["rps"].append(round(n / seconds, 3))
+        buckets = list(row.get("buckets", [])) if row else []
+        out["success"].append(round(100 * (n - row["errors"]) / n, 2) if n else None)
+        for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+            out[name].append(bucket_quantile(buckets, int(n), q) if n and buckets else None)
+        out["queue_ms"].append(round(row["queue_ms_sum"] / row["queued"], 3) if row and row["queued"] else None)
+        out["ttfr_ms"].append(
+            round(row["first_response_ms_sum"] / row["streams"], 2) if row and row["streams"] else None
+        )
+        out["tokens_s"].append(round(row["stream_responses"] / row["stream_seconds_sum"], 1)
+                               if row and row["stream_seconds_sum"] else None)  # fmt: skip
+        lookups = row["cache_hits"] + row["cache_misses"] if row else 0
+        out["cache_hit"].append(round(100 * row["cache_hits"] / lookups, 1) if lookups else None)
+    return out
+
+
+def gpu_series(*, window: Window, nodes: list[str] | None = None, now: datetime | None = None) -> dict[str, list[Any]]:
+    """Mean utilisation and memory-bandwidth use over the GPUs, memory used summed; nodes=None: the fleet."""
+    now = now or timezone.now()
+    grid = _grid(window, now)
+    qs = GpuPoint.objects.filter(resolution=window.resolution, start__gte=grid[0])
+    if nodes is not None:
+        qs = qs.filter(node__in=nodes)
+    per_gpu = qs.only("start", *GPU_SUMMED)
+    out: dict[str, list[Any]] = {"t": [], "utilisation": [], "memory_gib": [], "bandwidth": []}
+    # Each GPU's own means first, then across GPUs: a GPU read more often must not weigh more.
+    by_start: dict[datetime, list[GpuPoint]] = {}
+    for point in per_gpu:
+        by_start.setdefault(point.start, []).append(point)
+    for start in grid:
+        points = [p for p in by_start.get(start, []) if p.samples]
+        out["t"].append(int(start.timestamp()))
+        if not points:
+            out["utilisation"].append(None)
+            out["memory_gib"].append(None)
+            out["bandwidth"].append(None)
+            continue
+        out["utilisation"].append(round(sum(p.utilisation_sum / p.samples for p in points) / len(points), 1))
+        out["bandwidth"].append(round(sum(p.memory_bandwidth_sum / p.samples for p in points) / len(points), 1))
+        out["memory_gib"].append(round(sum(p.memory_used_mib_sum / p.samples for p in points) / 1024, 2))
+    return out
+
+
+def top(*, by: str, since: datetime, limit: int = 5, tenant: str | None = None) -> list[dict[str, Any]]:
+    """The busiest models or tenants since a time, with their error rates."""
+    resolution = Resolution.MINUTE if timezone.now() - since <= timedelta(hours=6) else Resolution.HOUR
+    qs = TrafficPoint.objects.filter(resolution=resolution, start__gte=since)
+    if tenant:
+        qs = qs.filter(tenant=tenant)
+    rows = qs.values(by).annotate(requests=Sum("requests"), errors=Sum("errors")).order_by("-requests")[:limit]
+    return [{"name": r[by], "requests": r["requests"], "error_rate": round(100 * r["errors"] / r["requests"], 2)
+             if r["requests"] else 0.0} for r in rows]  # fmt: skip
+
+
+def totals(*, since: datetime, tenant: str | None = None) -> dict[str, float]:
+    qs = TrafficPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=since)
+    if tenant:
+        qs = qs.filter(Q(tenant=tenant))
+    agg = qs.aggregate(requests=Sum("requests"), errors=Sum("errors"))
+    requests, errors = agg["requests"] or 0, agg["errors"] or 0
+    span = (timezone.now() - since).total_seconds()
+    return {"requests": requests, "rps": round(requests / span, 2) if span else 0.0,
+            "error_rate": round(100 * errors / requests, 2) if requests else 0.0}  # fmt: skip

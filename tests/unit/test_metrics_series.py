@@ -1,0 +1,111 @@
+"""The console's time series: what the gateway counts reaches PostgreSQL per minute
+through real Redis, rolls up per hour without changing any total, and reads back
+as the charts' columns (rates, success, quantiles from summed buckets)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from appliance.gateway.stats import Recorder, traffic_key
+from appliance.metrics import collect as collector
+from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
+from appliance.metrics.selectors import WINDOWS, gpu_series, top, traffic_series
+from appliance.nodes.inventory.base import GpuHealth
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def clean_redis() -> redis.Redis:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(collector._collected_key())
+    for key in client.scan_iter(f"{settings.INSTANCE}:traffic:*"):
+        client.delete(key)
+    return client
+
+
+def _record(at: float) -> None:
+    async def go() -> None:
+        recorder = Recorder()
+        for index in range(100):
+            recorder.answered("acme", "digits", ok=index % 10 != 0, seconds=0.004 if index < 90 else 0.04)
+            recorder.queued("acme", "digits", 0.001)
+        recorder.answered("globex", "digits", ok=True, seconds=0.002)
+        recorder.cache("acme", "digits", hit=True)
+        recorder.cache("acme", "digits", hit=False)
+        recorder.streamed("globex", "chat", first_response_s=0.05, responses=20, seconds=0.5)
+        await recorder.flush(at=at)
+        await recorder.close()
+
+    asyncio.run(go())
+
+
+def test_gateway_counts_become_minute_rows_then_hour_rows(clean_redis: redis.Redis) -> None:
+    now = timezone.now()
+    minute = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
+    _record(minute.timestamp() + 10)
+    assert clean_redis.exists(traffic_key(int(minute.timestamp())))
+
+    result = collector.collect(now)
+    assert result["minutes"] == 1
+    row = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="acme", model="digits")
+    assert (row.requests, row.errors, row.queued, row.cache_hits, row.cache_misses) == (100, 10, 100, 1, 1)
+    assert sum(row.latency_buckets) == 100
+    chat = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="globex", model="chat")
+    assert (chat.streams, chat.stream_responses) == (1, 20)
+
+    # Collected once: a second beat neither doubles nor loses anything.
+    assert collector.collect(now)["minutes"] == 0
+    assert (
+        TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="acme", model="digits").requests
+        == 100
+    )
+    hour = TrafficPoint.objects.get(
+        resolution=Resolution.HOUR, start=minute.replace(minute=0), tenant="acme", model="digits"
+    )
+    assert (hour.requests, hour.errors, sum(hour.latency_buckets)) == (100, 10, 100)
+
+    series = traffic_series(window=WINDOWS["1h"], model="digits", now=now)
+    at = series["t"].index(int(minute.timestamp()))
+    assert series["rps"][at] == round(101 / 60, 3)
+    assert series["success"][at] == round(100 * 91 / 101, 2)
+    assert series["p50"][at] == 5.0 and series["p99"][at] == 50.0  # bucket bounds containing 4 ms and 40 ms
+    assert series["cache_hit"][at] == 50.0
+    assert series["success"][at - 1] is None and series["rps"][at - 1] == 0.0
+    globex = traffic_series(window=WINDOWS["1h"], tenant="globex", now=now)
+    assert globex["rps"][at] == round(1 / 60, 3)  # only its digits request was recorded as answered
+    assert globex["ttfr_ms"][at] == 50.0 and globex["tokens_s"][at] == 40.0
+    week = traffic_series(window=WINDOWS["7d"], model="digits", now=now)
+    assert len(week["t"]) == 7 * 24 + 1 and week["rps"][-1] == round(101 / 3600, 3)
+    assert [t["name"] for t in top(by="model", since=now - timedelta(hours=1))] == ["digits", "chat"]
+
+
+def test_gpu_read_outs_are_averaged_per_gpu_then_across_gpus() -> None:
+    at = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=1)
+    for utilisation in (10, 30):  # GPU 0 read twice, GPU 1 once
+        collector.record_gpu(node="n1", readings=[GpuHealth(0, memory_used_mib=1024, utilisation_pct=utilisation,
+                                                            memory_bandwidth_pct=5)], totals={0: 81559}, at=at)  # fmt: skip
+    collector.record_gpu(node="n1", readings=[GpuHealth(1, memory_used_mib=2048, utilisation_pct=80, memory_bandwidth_pct=40),
+                                              GpuHealth(2, readout_error="GPU is lost")], totals={}, at=at)  # fmt: skip
+    assert GpuPoint.objects.get(resolution=Resolution.MINUTE, node="n1", gpu_index=0).samples == 2
+    assert not GpuPoint.objects.filter(gpu_index=2).exists(), "a failed read-out is not a zero"
+    series = gpu_series(window=WINDOWS["1h"], nodes=["n1"], now=at + timedelta(seconds=30))
+    at_index = series["t"].index(int(at.timestamp()))
+    assert series["utilisation"][at_index] == 50.0  # (20 + 80) / 2, not (10 + 30 + 80) / 3
+    assert series["memory_gib"][at_index] == 3.0
+    assert gpu_series(window=WINDOWS["1h"], nodes=["other"], now=at)["utilisation"][-1] is None
+
+
+def test_old_rows_are_pruned_by_resolution() -> None:
+    now = timezone.now()
+    old_minute = now - timedelta(hours=settings.METRICS_MINUTE_KEEP_H + 1)
+    for resolution in (Resolution.MINUTE, Resolution.HOUR):
+        TrafficPoint.objects.create(resolution=resolution, start=old_minute, tenant="t", model="m", latency_buckets=[])
+    assert collector.prune(now) == 1
+    assert TrafficPoint.objects.filter(resolution=Resolution.HOUR).count() == 1
