@@ -222,6 +222,8 @@ GATEWAY_REFRESH_S = env_float("GATEWAY_REFRESH_S", 1.0)
 GATEWAY_DEFAULT_TIMEOUT_S = env_float("GATEWAY_DEFAULT_TIMEOUT_S", 60.0)
 # The zone the gateway and its Redis response cache live in (the residency policy decides what may be cached here).
 GATEWAY_ZONE = env_str("GATEWAY_ZONE", "default")
+# The gateway address client teams are given (the console's ready snippet for a new key).
+GATEWAY_PUBLIC_ADDRESS = env_str("GATEWAY_PUBLIC_ADDRESS", "127.0.0.1:8100")
 # Admission (gateway/admission.py): per-model queue bound, longest wait for a slot, first
 # per-replica concurrency limit, GPU free-memory fraction under which limits stop growing.
 GATEWAY_QUEUE_MAX = env_int("GATEWAY_QUEUE_MAX", 256, minimum=0)

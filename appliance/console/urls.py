@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from appliance.accounts.forms import ConsoleAuthenticationForm
-from appliance.console import views
+from appliance.console import catalog, fleet, policies, tenants, views
 
 app_name = "console"
 
@@ -12,10 +12,41 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="console:login"), name="logout"),
     path("", views.overview, name="overview"),
     path("rollouts-panel/", views.rollouts_panel, name="rollouts-panel"),
-    path("nodes/", views.nodes, name="nodes"),
-    path("nodes/<slug:name>/", views.node, name="node"),
+    # Fleet
+    path("nodes/", fleet.nodes, name="nodes"),
+    path("nodes/<slug:name>/", fleet.node, name="node"),
+    path("nodes/<slug:name>/<slug:action>/", fleet.node_action, name="node-action"),
+    path("nodes/<slug:name>/gpus/<int:index>/layout/", fleet.mig_editor, name="mig-editor"),
+    path("nodes/<slug:name>/gpus/<int:index>/layout/preview/", fleet.mig_preview, name="mig-preview"),
+    path("nodes/<slug:name>/gpus/<int:index>/layout/apply/", fleet.mig_apply, name="mig-apply"),
+    path("reconfigurations/<uuid:pk>/", fleet.reconfiguration, name="reconfiguration"),
+    path("reconfigurations/<uuid:pk>/panel/", fleet.reconfiguration_panel, name="reconfiguration-panel"),
+    # Catalog and rollouts
+    path("models/", catalog.models, name="models"),
+    path("models/upload/", catalog.upload, name="upload"),
+    path("models/<slug:name>/", catalog.model, name="model"),
+    path("models/<slug:name>/versions/<int:number>/rollout/", catalog.rollout_form, name="rollout-form"),
+    path("models/<slug:name>/versions/<int:number>/rollout/start/", catalog.rollout_start, name="rollout-start"),
     path("deployments/", views.deployments, name="deployments"),
     path("deployments/<uuid:pk>/", views.deployment, name="deployment"),
+    path("deployments/<uuid:pk>/panel/", views.deployment_panel, name="deployment-panel"),
     path("deployments/<uuid:pk>/<slug:action>/", views.deployment_action, name="deployment-action"),
+    # Tenants and keys
+    path("tenants/", tenants.tenants, name="tenants"),
+    path("tenants/create/", tenants.tenant_create, name="tenant-create"),
+    path("tenants/<slug:slug>/", tenants.tenant, name="tenant"),
+    path("tenants/<slug:slug>/update/", tenants.tenant_update, name="tenant-update"),
+    path("tenants/<slug:slug>/grants/", tenants.grant, name="grant"),
+    path("tenants/<slug:slug>/keys/", tenants.key_create, name="key-create"),
+    path("tenants/<slug:slug>/keys/<uuid:pk>/rotate/", tenants.key_rotate, name="key-rotate"),
+    path("tenants/<slug:slug>/keys/<uuid:pk>/revoke/", tenants.key_revoke, name="key-revoke"),
+    # Policy, metrics, audit
+    path("policies/", policies.policies, name="policies"),
+    path("policies/dry-run/", policies.dry_run, name="policy-dry-run"),
+    path("policies/save/", policies.save, name="policy-save"),
+    path("policies/<uuid:pk>/delete/", policies.delete, name="policy-delete"),
+    path("metrics/", views.metrics_page, name="metrics"),
     path("audit/", views.audit, name="audit"),
+    path("audit/export.<str:fmt>", views.audit_export, name="audit-export"),
+    path("audit/verify/", views.audit_verify, name="audit-verify"),
 ]

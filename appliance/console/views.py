@@ -1,115 +1,114 @@
 """The operator console: server-rendered pages, htmx for the parts that refresh.
 
-Roles shape every page: admins and operators may act, auditors see everything
-and change nothing (no buttons, and the server refuses), tenant admins see only
-what concerns their tenant. Every action goes through the same services as the
-REST API, so it is audited the same way (origin `web`).
-"""
+Roles shape every page (access.py): admins and operators may act, auditors see
+everything and change nothing (no buttons, and the server refuses), tenant
+admins see only what concerns their tenant. Every action goes through the same
+services as the REST API, so it is audited the same way (origin `web`). This
+module: overview, deployments, metrics and audit; fleet.py, catalog.py,
+tenants.py and policies.py hold the other pages."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from typing import Any
+from datetime import datetime, timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from appliance.accounts.choices import Role
-from appliance.accounts.models import ModelGrant
-from appliance.accounts.roles import role_of, tenant_id_of
+from appliance.accounts.models import ModelGrant, Tenant
+from appliance.audit.chain import verify
+from appliance.audit.export import export_lines
 from appliance.audit.models import AuditEvent
-from appliance.core.errors import DomainError
-from appliance.nodes.mig.catalog import GPU_MODELS
-from appliance.nodes.models import Node
+from appliance.catalog.models import Model
+from appliance.console.access import context, domain_errors, fleet_only, require_actor, tenant_scope
+from appliance.metrics import selectors as metrics
+from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES
+from appliance.nodes.models import Gpu, Node, Reconfiguration
 from appliance.rollouts import services
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES
-from appliance.rollouts.models import Deployment
-
-ACTORS = (Role.ADMIN, Role.OPERATOR)
-
-
-def _context(request: HttpRequest, **values: Any) -> dict[str, Any]:
-    role = role_of(request.user)
-    if role is None:
-        raise PermissionDenied("this account has no role in the appliance")
-    return {"role": role, "can_act": role in ACTORS, "is_tenant_admin": role == Role.TENANT_ADMIN, **values}
+from appliance.rollouts.models import Deployment, Replica
 
 
 def _deployments(request: HttpRequest) -> QuerySet[Deployment]:
     qs = Deployment.objects.select_related("version__model", "previous__version").prefetch_related("replicas__node")
-    tenant = tenant_id_of(request.user)
+    tenant = tenant_scope(request)
     if tenant is not None:
         qs = qs.filter(version__model__in=ModelGrant.objects.filter(tenant_id=tenant).values("model_id"))
     return qs
 
 
-def _fleet_only(request: HttpRequest) -> None:
-    if role_of(request.user) == Role.TENANT_ADMIN:
-        raise PermissionDenied("the fleet is not a tenant admin's to see")
+def _alerts() -> list[dict[str, str]]:
+    """What needs an operator now: unhealthy or faulted nodes, GPUs that cannot be read,
+    rollouts that failed in the last day."""
+    alerts = []
+    for n in Node.objects.filter(Q(health__in=["unhealthy", "degraded"]) | ~Q(fault="")).order_by("name")[:20]:
+        why = n.fault or "; ".join(n.health_reasons) or n.health
+        alerts.append({"level": "bad" if n.health == "unhealthy" else "warn", "what": f"node {n.name}", "why": why,
+                       "url": f"nodes/{n.name}/"})  # fmt: skip
+    for g in Gpu.objects.exclude(readout_error="").select_related("node")[:20]:
+        alerts.append({"level": "bad", "what": f"GPU {g.index} of {g.node.name}", "why": g.readout_error,
+                       "url": f"nodes/{g.node.name}/"})  # fmt: skip
+    since = timezone.now() - timedelta(days=1)
+    for d in Deployment.objects.filter(state__in=["failed", "rolled_back"], updated__gte=since).select_related("version__model")[:20]:
+        alerts.append({"level": "warn", "what": f"rollout of {d.version}", "why": d.error or d.get_state_display(),
+                       "url": f"deployments/{d.pk}/"})  # fmt: skip
+    return alerts
 
 
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
-    context = _context(request)
-    if not context["is_tenant_admin"]:
-        context["health"] = sorted(Counter(Node.objects.values_list("health", flat=True)).items())
-        context["nodes"] = Node.objects.count()
-        context["events"] = AuditEvent.objects.order_by("-sequence")[:10]
-    return render(request, "console/overview.html", context)
+    ctx = context(request)
+    hour_ago = timezone.now() - timedelta(hours=1)
+    tenant = Tenant.objects.filter(pk=tenant_scope(request)).first() if ctx["is_tenant_admin"] else None
+    slug = tenant.slug if tenant else None
+    ctx.update(
+        tenant=tenant, traffic=metrics.totals(since=hour_ago, tenant=slug),
+        top_models=metrics.top(by="model", since=hour_ago, tenant=slug),
+        chart=metrics.traffic_series(window=metrics.WINDOWS["6h"], tenant=slug),
+    )  # fmt: skip
+    if not ctx["is_tenant_admin"]:
+        ctx.update(
+            health=sorted(Counter(Node.objects.values_list("health", flat=True)).items()),
+            nodes=Node.objects.count(), top_tenants=metrics.top(by="tenant", since=hour_ago), alerts=_alerts(),
+            reconfigurations=Reconfiguration.objects.filter(state__in=ACTIVE_RECONFIGURATION_STATES).select_related("node"),
+            events=AuditEvent.objects.order_by("-sequence")[:10],
+        )  # fmt: skip
+    return render(request, "console/overview.html", ctx)
 
 
 @login_required
 def rollouts_panel(request: HttpRequest) -> HttpResponse:
     """The active rollouts, refreshed by htmx every two seconds."""
     active = _deployments(request).filter(state__in=ACTIVE_DEPLOYMENT_STATES)
-    return render(request, "console/_rollouts.html", _context(request, active=active))
-
-
-@login_required
-def nodes(request: HttpRequest) -> HttpResponse:
-    _fleet_only(request)
-    rows = Node.objects.prefetch_related("gpus").order_by("name")
-    return render(request, "console/nodes.html", _context(request, nodes=rows))
-
-
-def _colour(key: str) -> str:
-    hue = int(hashlib.sha256(key.encode()).hexdigest()[:4], 16) % 360
-    return f"hsl({hue}, 60%, 55%)"
-
-
-@login_required
-def node(request: HttpRequest, name: str) -> HttpResponse:
-    _fleet_only(request)
-    obj = get_object_or_404(Node.objects.prefetch_related("gpus__mig_devices__tenant"), name=name)
-    gpus = []
-    for gpu in obj.gpus.all():
-        slots = GPU_MODELS[gpu.model].memory_slices if gpu.model in GPU_MODELS else 8
-        slices = [
-            {"profile": d.profile, "left": 100 * d.start / slots, "width": 100 * d.size / slots,
-             "tenant": d.tenant.slug if d.tenant else "", "colour": _colour(d.tenant.slug) if d.tenant else "#9aa5b1"}
-            for d in gpu.mig_devices.all()
-        ]  # fmt: skip
-        gpus.append({"gpu": gpu, "slices": slices})
-    history = obj.health_history.order_by("-time")[:20]
-    return render(request, "console/node.html", _context(request, node=obj, gpus=gpus, history=history))
+    return render(request, "console/_rollouts.html", context(request, active=active))
 
 
 @login_required
 def deployments(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/deployments.html", _context(request, deployments=_deployments(request)[:100]))
+    return render(request, "console/deployments.html", context(request, deployments=_deployments(request)[:100]))
+
+
+def _deployment(request: HttpRequest, pk: str) -> Deployment:
+    obj = _deployments(request).filter(pk=pk).first()
+    if obj is None:
+        raise Http404("no such deployment")
+    return obj
 
 
 @login_required
 def deployment(request: HttpRequest, pk: str) -> HttpResponse:
-    obj = _deployments(request).filter(pk=pk).first()
-    if obj is None:
-        raise Http404("no such deployment")
-    return render(request, "console/deployment.html", _context(request, d=obj))
+    return render(request, "console/deployment.html", context(request, d=_deployment(request, pk)))
+
+
+@login_required
+def deployment_panel(request: HttpRequest, pk: str) -> HttpResponse:
+    """State, traffic split, gate decisions and replicas (htmx, every second while active)."""
+    return render(request, "console/_deployment.html", context(request, d=_deployment(request, pk)))
 
 
 ACTIONS = {
@@ -121,28 +120,98 @@ ACTIONS = {
 
 
 @require_POST
-@login_required
+@domain_errors
 def deployment_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
-    context = _context(request)
-    if not context["can_act"]:
-        raise PermissionDenied("only admins and operators change rollouts")
-    obj = _deployments(request).filter(pk=pk).first()
-    if obj is None or action not in ACTIONS:
-        raise Http404("no such deployment or action")
-    try:
-        result = ACTIONS[action](obj, f"user:{request.user.get_username()}")
-    except DomainError as exc:
-        return HttpResponse(str(exc), status=exc.http_status, content_type="text/plain")
+    require_actor(request, "change rollouts")
+    obj = _deployment(request, pk)
+    if action not in ACTIONS:
+        raise Http404("no such action")
+    result = ACTIONS[action](obj, f"user:{request.user.get_username()}")
     return redirect("console:deployment", pk=result.pk)
 
 
 @login_required
-def audit(request: HttpRequest) -> HttpResponse:
-    _fleet_only(request)
+def metrics_page(request: HttpRequest) -> HttpResponse:
+    """Charts per model or per tenant over a window, from the time series (metrics app)."""
+    ctx = context(request)
+    window = metrics.window_of(request.GET.get("window"))
+    scope = tenant_scope(request)
+    models = Model.objects.order_by("name")
+    tenants = Tenant.objects.order_by("slug")
+    if scope is not None:
+        models = models.filter(pk__in=ModelGrant.objects.filter(tenant_id=scope).values("model_id"))
+        tenants = tenants.filter(pk=scope)
+    model = request.GET.get("model", "")
+    tenant = request.GET.get("tenant", "")
+    if model and not models.filter(name=model).exists():
+        raise Http404("no such model")
+    if tenant and not tenants.filter(slug=tenant).exists():
+        raise Http404("no such tenant")
+    if scope is not None and not tenant:
+        tenant = tenants.first().slug  # type: ignore[union-attr]
+    traffic = metrics.traffic_series(window=window, model=model or None, tenant=tenant or None)
+    nodes = None
+    if model or tenant:
+        live = Replica.objects.filter(state="live")
+        live = live.filter(deployment__version__model__name=model) if model else live.filter(
+            deployment__version__model__in=ModelGrant.objects.filter(tenant__slug=tenant).values("model_id"))  # fmt: skip
+        nodes = sorted(set(live.values_list("node__name", flat=True)))
+    gpu = metrics.gpu_series(window=window, nodes=nodes) if scope is None or nodes else None
+    ctx.update(window=window, windows=metrics.WINDOWS.values(), model=model, tenant=tenant, models=models,
+               tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes)  # fmt: skip
+    return render(request, "console/metrics.html", ctx)
+
+
+def _when(text: str) -> datetime | None:
+    value = parse_datetime(text) if text else None
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value
+
+
+def _audit_events(request: HttpRequest) -> tuple[QuerySet[AuditEvent], dict[str, str]]:
     events = AuditEvent.objects.order_by("-sequence")
-    actor, action = request.GET.get("actor", "").strip(), request.GET.get("action", "").strip()
-    if actor:
-        events = events.filter(actor__icontains=actor)
-    if action:
-        events = events.filter(action__icontains=action)
-    return render(request, "console/audit.html", _context(request, events=events[:100], actor=actor, action=action))
+    filters = {k: request.GET.get(k, "").strip() for k in ("actor", "action", "target", "since", "until")}
+    if filters["actor"]:
+        events = events.filter(actor__icontains=filters["actor"])
+    if filters["action"]:
+        events = events.filter(action__icontains=filters["action"])
+    if filters["target"]:
+        events = events.filter(Q(target_repr__icontains=filters["target"]) | Q(target_id=filters["target"]))
+    since, until = _when(filters["since"]), _when(filters["until"])
+    if since:
+        events = events.filter(time__gte=since)
+    if until:
+        events = events.filter(time__lte=until)
+    return events, filters
+
+
+@login_required
+def audit(request: HttpRequest) -> HttpResponse:
+    fleet_only(request)
+    events, filters = _audit_events(request)
+    query = request.GET.urlencode()
+    return render(request, "console/audit.html", context(request, events=events[:100], filters=filters, query=query))
+
+
+@login_required
+def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
+    """The filtered trail as CSV or JSON lines, oldest first, streamed."""
+    fleet_only(request)
+    if fmt not in ("csv", "jsonl"):
+        raise Http404("csv or jsonl")
+    events, _ = _audit_events(request)
+    response = StreamingHttpResponse(export_lines(events.order_by("sequence").iterator(chunk_size=2000), fmt),
+                                     content_type="text/csv" if fmt == "csv" else "application/jsonl")  # fmt: skip
+    response.headers["Content-Disposition"] = f'attachment; filename="audit.{fmt}"'
+    return response
+
+
+@login_required
+def audit_verify(request: HttpRequest) -> HttpResponse:
+    """Recomputes the whole hash chain and every signed checkpoint (htmx, on demand: seconds on a large trail)."""
+    fleet_only(request)
+    verdict = verify()
+    return render(request, "console/_chain.html", context(request, verdict=verdict, checked_at=timezone.now()))
+
+

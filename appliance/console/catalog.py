@@ -1,0 +1,162 @@
+"""Console pages of the catalog: models with their versions, lineage, signatures,
+serving profile and generated config.pbtxt; uploading a version (with a progress
+bar in the browser); starting a rollout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import Count, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from appliance.accounts.models import ModelGrant
+from appliance.catalog.api.serializers import ModelVersionCreateSerializer
+from appliance.catalog.choices import ArtifactFormat, ChangeKind
+from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.profile import ProfileError
+from appliance.catalog.services import model_create
+from appliance.catalog.tritonconfig import render_config
+from appliance.console.access import context, domain_errors, require_actor, tenant_scope
+from appliance.core.errors import DomainError
+from appliance.nodes.models import Node
+from appliance.rollouts import services as rollout_services
+from appliance.rollouts.choices import Strategy
+
+
+def _models(request: HttpRequest) -> QuerySet[Model]:
+    qs = Model.objects.all()
+    tenant = tenant_scope(request)
+    if tenant is not None:
+        qs = qs.filter(pk__in=ModelGrant.objects.filter(tenant_id=tenant).values("model_id"))
+    return qs
+
+
+@login_required
+def models(request: HttpRequest) -> HttpResponse:
+    rows = _models(request).annotate(version_count=Count("versions", distinct=True), tenant_count=Count("grants", distinct=True))
+    from appliance.rollouts.models import Deployment
+
+    live = Deployment.objects.filter(state="live", version__model__in=rows).select_related("version")
+    serving = {d.version.model_id: d for d in live.order_by("created")}  # the latest live one wins
+    listed = [{"model": m, "serving": serving.get(m.pk)} for m in rows.order_by("name")]
+    return render(request, "console/models.html", context(request, models=listed, formats=ArtifactFormat.choices))
+
+
+def _config(version: ModelVersion) -> str:
+    try:
+        return render_config(version, versions=[version.number])
+    except ProfileError as exc:
+        return f"# the serving profile does not fit this version: {exc}"
+
+
+@login_required
+def model(request: HttpRequest, name: str) -> HttpResponse:
+    obj = get_object_or_404(_models(request), name=name)
+    versions = list(obj.versions.select_related("parent").order_by("-number"))
+    chosen = next((v for v in versions if str(v.number) == request.GET.get("version")), versions[0] if versions else None)
+    serving = rollout_services.serving_deployment(obj.pk)
+    return render(request, "console/model.html", context(
+        request, model=obj, versions=versions, chosen=chosen, serving=serving,
+        config=_config(chosen) if chosen else "", signature=json.dumps(chosen.signature, indent=2) if chosen else "",
+        profile=json.dumps(obj.serving_profile, indent=2, sort_keys=True) if obj.serving_profile else "",
+        deployments=_deployments_of(obj),
+        change_kinds=ChangeKind.choices, formats=ArtifactFormat.choices,
+    ))  # fmt: skip
+
+
+def _deployments_of(model: Model) -> Any:
+    from appliance.rollouts.models import Deployment
+
+    return Deployment.objects.filter(version__model=model).select_related("version").order_by("-created")[:10]
+
+
+def _upload_answer(request: HttpRequest, status: int, message: str = "", url: str = "") -> HttpResponse:
+    if request.headers.get("X-Requested-With") == "XMLHttpRequest":
+        return JsonResponse({"redirect": url} if url else {"error": message}, status=status)
+    if url:
+        return redirect(url)
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+
+
+@require_POST
+@login_required
+def upload(request: HttpRequest) -> HttpResponse:
+    """A new version (a new model too, if the name is new). The browser sends it with
+    XMLHttpRequest to draw upload progress; all or nothing: a refused upload leaves
+    no model or version behind."""
+    require_actor(request, "upload models")
+    name = request.POST.get("model", "").strip()
+    data: dict[str, Any] = {k: v for k, v in request.POST.items() if v != ""}
+    data.update(request.FILES.dict())
+    try:
+        with transaction.atomic():
+            if name and not Model.objects.filter(name=name).exists():
+                model_create(name=name)
+            body = ModelVersionCreateSerializer(data=data)
+            if not body.is_valid():
+                raise DomainError("; ".join(f"{field}: {' '.join(str(e) for e in errors)}"
+                                            for field, errors in body.errors.items()))  # fmt: skip
+            v = body.validated_data
+            from appliance.catalog.services import version_create
+
+            version = version_create(
+                model=v["model"], fmt=v["format"], artifact=v["artifact"], signature=v["signature"],
+                max_batch_size=v["max_batch_size"], decoupled=v["decoupled"], parent=v.get("parent"),
+                change_kind=v.get("change_kind") or "initial", change_note=v["change_note"], gpu_arch=v["gpu_arch"],
+                tensorrt_version=v["tensorrt_version"], sample_inputs=v["sample_inputs"],
+            )  # fmt: skip
+    except DomainError as exc:
+        return _upload_answer(request, exc.http_status, str(exc))
+    url = reverse("console:model", args=[version.model.name]) + f"?version={version.number}"
+    return _upload_answer(request, 201, url=url)
+
+
+def _version(request: HttpRequest, name: str, number: int) -> ModelVersion:
+    version = ModelVersion.objects.select_related("model").filter(model__in=_models(request), model__name=name,
+                                                                  number=number).first()  # fmt: skip
+    if version is None:
+        raise Http404("no such version")
+    return version
+
+
+@login_required
+def rollout_form(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    require_actor(request, "start rollouts")
+    version = _version(request, name, number)
+    return render(request, "console/rollout_form.html", context(
+        request, version=version, strategies=Strategy.choices, nodes=Node.objects.order_by("name"),
+        serving=rollout_services.serving_deployment(version.model_id),
+    ))  # fmt: skip
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise DomainError(f"{what}: whole numbers separated by commas, e.g. 10,50,100") from None
+
+
+@require_POST
+@domain_errors
+def rollout_start(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    require_actor(request, "start rollouts")
+    version = _version(request, name, number)
+    post = request.POST
+    target = post.get("target", "serving")
+    nodes = list(Node.objects.filter(name__in=post.getlist("nodes"))) if target == "nodes" else []
+    if target == "nodes" and not nodes:
+        raise DomainError("choose at least one node, or another target")
+    replicas = _ints(post.get("replicas", ""), "replicas")[:1] if target == "replicas" else []
+    steps = _ints(post.get("steps", ""), "steps") or None
+    seconds = _ints(post.get("step_seconds", ""), "seconds per step")
+    deployment = rollout_services.deployment_create(
+        version=version, nodes=nodes, replicas=replicas[0] if replicas else None, strategy=post.get("strategy", ""),
+        steps=steps, step_seconds=seconds[0] if seconds else None,
+    )  # fmt: skip
+    return redirect("console:deployment", pk=deployment.pk)
