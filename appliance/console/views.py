@@ -158,7 +158,7 @@ def metrics_page(request: HttpRequest) -> HttpResponse:
         nodes = sorted(set(live.values_list("node__name", flat=True)))
     gpu = metrics.gpu_series(window=window, nodes=nodes) if scope is None or nodes else None
     ctx.update(window=window, windows=metrics.WINDOWS.values(), model=model, tenant=tenant, models=models,
-               tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes)  # fmt: skip
+               tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes, gpu_empty=nodes == [])  # fmt: skip
     return render(request, "console/metrics.html", ctx)
 
 

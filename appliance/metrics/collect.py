@@ -62,6 +62,33 @@ def parse_minute(fields: dict[bytes, bytes], start: datetime) -> list[TrafficPoi
     return list(rows.values())
 
 
+ALL = "*"  # the tenant or model of a row summed over every tenant or model
+
+
+def with_totals(points: list[TrafficPoint]) -> list[TrafficPoint]:
+    """Adds the rows summed over tenants (per model), over models (per tenant) and over
+    both, so that any chart reads one row per point in time."""
+    totals: dict[tuple[datetime, str, str, str], TrafficPoint] = {}
+    for point in points:
+        if point.tenant == ALL or point.model == ALL:
+            continue
+        for tenant, model in ((ALL, point.model), (point.tenant, ALL), (ALL, ALL)):
+            key = (point.start, point.resolution, tenant, model)
+            row = totals.get(key)
+            if row is None:
+                row = totals[key] = TrafficPoint(resolution=point.resolution, start=point.start, tenant=tenant, model=model,
+                                                 latency_buckets=[0] * (len(BUCKETS_MS) + 1))  # fmt: skip
+            _add(row, point)
+    return [p for p in points if p.tenant != ALL and p.model != ALL] + list(totals.values())
+
+
+def _add(row: TrafficPoint, point: TrafficPoint) -> None:
+    for name in SUMMED:
+        setattr(row, name, getattr(row, name) + getattr(point, name))
+    theirs = point.latency_buckets or [0] * len(row.latency_buckets)
+    row.latency_buckets = [a + b for a, b in zip(row.latency_buckets, theirs, strict=True)]
+
+
 def _upsert_traffic(points: list[TrafficPoint]) -> None:
     if points:
         TrafficPoint.objects.bulk_create(points, update_conflicts=True, unique_fields=["resolution", "start", "tenant", "model"],
@@ -91,7 +118,7 @@ def collect_traffic(now: datetime | None = None) -> list[datetime]:
         hashes = pipe.execute()
         with transaction.atomic():
             for minute, fields in zip(minutes, hashes, strict=True):
-                _upsert_traffic(parse_minute(fields, minute))
+                _upsert_traffic(with_totals(parse_minute(fields, minute)))
         client.set(_collected_key(), int(minutes[-1].timestamp()))
     return [m for m, fields in zip(minutes, hashes, strict=True) if fields]
 
@@ -124,12 +151,7 @@ def roll_up(hours: Iterable[datetime]) -> None:
             if row is None:
                 row = traffic[(p.tenant, p.model)] = TrafficPoint(resolution=Resolution.HOUR, start=hour, tenant=p.tenant,
                                                                   model=p.model, latency_buckets=[0] * (len(BUCKETS_MS) + 1))  # fmt: skip
-            for name in SUMMED:
-                setattr(row, name, getattr(row, name) + getattr(p, name))
-            row.latency_buckets = [
-                a + b
-                for a, b in zip(row.latency_buckets, p.latency_buckets or [0] * len(row.latency_buckets), strict=True)
-            ]
+            _add(row, p)
         gpus: dict[tuple[str, int], GpuPoint] = {}
         for g in GpuPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
             row = gpus.get((g.node, g.gpu_index))

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from appliance.gateway.stats import bucket_quantile
-from appliance.metrics.collect import GPU_SUMMED, SUMMED, merge
+from appliance.metrics.collect import ALL, GPU_SUMMED, SUMMED, merge
 from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
 
 
@@ -58,11 +58,8 @@ def traffic_series(*, window: Window, model: str | None = None, tenant: str | No
     """Columns for uPlot: t (unix seconds) and one list per measure, None where nothing was measured."""
     now = now or timezone.now()
     grid = _grid(window, now)
-    qs = TrafficPoint.objects.filter(resolution=window.resolution, start__gte=grid[0])
-    if model:
-        qs = qs.filter(model=model)
-    if tenant:
-        qs = qs.filter(tenant=tenant)
+    qs = TrafficPoint.objects.filter(resolution=window.resolution, start__gte=grid[0], model=model or ALL,
+                                     tenant=tenant or ALL)  # fmt: skip
     rows = merge(qs.only("start", "latency_buckets", *SUMMED), (*SUMMED,))
     seconds = window.step.total_seconds()
     out: dict[str, list[Any]] = {k: [] for k in ("t", "rps", "success", "p50", "p95", "p99", "queue_ms", "ttfr_ms",
@@ -117,18 +114,16 @@ def gpu_series(*, window: Window, nodes: list[str] | None = None, now: datetime 
 def top(*, by: str, since: datetime, limit: int = 5, tenant: str | None = None) -> list[dict[str, Any]]:
     """The busiest models or tenants since a time, with their error rates."""
     resolution = Resolution.MINUTE if timezone.now() - since <= timedelta(hours=6) else Resolution.HOUR
-    qs = TrafficPoint.objects.filter(resolution=resolution, start__gte=since)
-    if tenant:
-        qs = qs.filter(tenant=tenant)
+    # Per model: the rows summed over tenants (or one tenant's); per tenant: summed over models.
+    scope = {"tenant": tenant or ALL} if by == "model" else {"model": ALL}
+    qs = TrafficPoint.objects.filter(resolution=resolution, start__gte=since, **scope).exclude(**{by: ALL})
     rows = qs.values(by).annotate(requests=Sum("requests"), errors=Sum("errors")).order_by("-requests")[:limit]
     return [{"name": r[by], "requests": r["requests"], "error_rate": round(100 * r["errors"] / r["requests"], 2)
              if r["requests"] else 0.0} for r in rows]  # fmt: skip
 
 
 def totals(*, since: datetime, tenant: str | None = None) -> dict[str, float]:
-    qs = TrafficPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=since)
-    if tenant:
-        qs = qs.filter(Q(tenant=tenant))
+    qs = TrafficPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=since, tenant=tenant or ALL, model=ALL)
     agg = qs.aggregate(requests=Sum("requests"), errors=Sum("errors"))
     requests, errors = agg["requests"] or 0, agg["errors"] or 0
     span = (timezone.now() - since).total_seconds()

@@ -59,6 +59,8 @@ def test_gateway_counts_become_minute_rows_then_hour_rows(clean_redis: redis.Red
     assert sum(row.latency_buckets) == 100
     chat = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="globex", model="chat")
     assert (chat.streams, chat.stream_responses) == (1, 20)
+    fleet = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="*", model="*")
+    assert (fleet.requests, fleet.errors, fleet.streams) == (101, 10, 1), "one row per minute summed over everything"
 
     # Collected once: a second beat neither doubles nor loses anything.
     assert collector.collect(now)["minutes"] == 0
