@@ -35,6 +35,7 @@ test: venv chromium
 bench: venv
 	$(VENV)/bin/python bench/gateway_overhead.py
 	$(VENV)/bin/python bench/fleet_scale.py
+	$(VENV)/bin/python bench/console_pages.py
 
 clean:
 	rm -rf var

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Sum
+from django.db.models import Avg, F, Sum
 from django.utils import timezone
 
 from appliance.gateway.stats import bucket_quantile
-from appliance.metrics.collect import ALL, GPU_SUMMED, SUMMED, merge
+from appliance.metrics.collect import ALL, SUMMED, merge
 from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
 
 
@@ -91,23 +91,23 @@ def gpu_series(*, window: Window, nodes: list[str] | None = None, now: datetime 
     qs = GpuPoint.objects.filter(resolution=window.resolution, start__gte=grid[0])
     if nodes is not None:
         qs = qs.filter(node__in=nodes)
-    per_gpu = qs.only("start", *GPU_SUMMED)
+    # Each GPU's own mean first (sum / samples), then across GPUs, in the database: a GPU
+    # read more often must not weigh more, and a fleet is hundreds of GPUs.
+    per_start = {
+        row["start"]: row
+        for row in qs.filter(samples__gt=0).values("start").annotate(
+            utilisation=Avg(F("utilisation_sum") / F("samples")),
+            bandwidth=Avg(F("memory_bandwidth_sum") / F("samples")),
+            memory=Sum(F("memory_used_mib_sum") / F("samples")),
+        )
+    }
     out: dict[str, list[Any]] = {"t": [], "utilisation": [], "memory_gib": [], "bandwidth": []}
-    # Each GPU's own means first, then across GPUs: a GPU read more often must not weigh more.
-    by_start: dict[datetime, list[GpuPoint]] = {}
-    for point in per_gpu:
-        by_start.setdefault(point.start, []).append(point)
     for start in grid:
-        points = [p for p in by_start.get(start, []) if p.samples]
+        row = per_start.get(start)
         out["t"].append(int(start.timestamp()))
-        if not points:
-            out["utilisation"].append(None)
-            out["memory_gib"].append(None)
-            out["bandwidth"].append(None)
-            continue
-        out["utilisation"].append(round(sum(p.utilisation_sum / p.samples for p in points) / len(points), 1))
-        out["bandwidth"].append(round(sum(p.memory_bandwidth_sum / p.samples for p in points) / len(points), 1))
-        out["memory_gib"].append(round(sum(p.memory_used_mib_sum / p.samples for p in points) / 1024, 2))
+        out["utilisation"].append(round(row["utilisation"], 1) if row else None)
+        out["bandwidth"].append(round(row["bandwidth"], 1) if row else None)
+        out["memory_gib"].append(round(row["memory"] / 1024, 2) if row else None)
     return out
 
 
