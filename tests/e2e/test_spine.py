@@ -114,6 +114,12 @@ def test_agents_report_their_gpus(fleet: Fleet, story: dict[str, Any]) -> None:
     gpus = wait_for("node-b's GPUs", lambda: erin.get("nodes/node-b/")["gpus"])
     assert [(g["index"], g["model"], g["mig_enabled"]) for g in gpus] == [(0, "H100-80GB", False), (1, "A30-24GB", False)]
     assert all(g["uuid"].startswith("GPU-") for g in gpus)
+    from appliance.metrics.models import GpuPoint
+
+    # Each heartbeat's read-outs go into the console's time series, per GPU and minute.
+    points = wait_for("node-b's GPU read-outs in the time series",
+                      lambda: list(GpuPoint.objects.filter(node="node-b", resolution="minute").values_list("gpu_index", flat=True)))  # fmt: skip
+    assert set(points) == {0, 1}
 
 
 def test_stock_sync_client_gets_correct_predictions(fleet: Fleet, story: dict[str, Any]) -> None:
@@ -233,6 +239,30 @@ def test_streaming_through_model_stream_infer(fleet: Fleet, story: dict[str, Any
         values.append(int(result.as_numpy("VALUE")[0]))
     client.stop_stream()
     assert values == [7, 6, 5, 4, 3, 2, 1, 0]
+    # The gateway counted the stream for the console: time to first response and responses per second.
+    counted = wait_for("the stream in the gateway's traffic counts", lambda: (c := _gateway_traffic("acme", "countdown"))["streams"] and c)
+    assert counted["sresp"] >= 8 and counted["ttfr"] > 0 and counted["n"] >= 1
+
+
+def _gateway_traffic(tenant: str, model: str) -> dict[str, float]:
+    """What the gateways counted for (tenant, model) this minute and the last (Redis, before collection)."""
+    import time
+    from collections import defaultdict
+
+    import redis
+    from django.conf import settings
+
+    from appliance.gateway.stats import traffic_key
+
+    minute = int(time.time()) // 60 * 60
+    totals: dict[str, float] = defaultdict(float)
+    with redis.Redis.from_url(settings.REDIS_URL) as client:
+        for key in (traffic_key(minute - 60), traffic_key(minute)):
+            for field, value in client.hgetall(key).items():
+                t, m, name = field.decode().split("|")
+                if (t, m) == (tenant, model):
+                    totals[name] += float(value)
+    return totals
 
 
 def test_both_nodes_serve_the_deployment(fleet: Fleet, story: dict[str, Any]) -> None:
