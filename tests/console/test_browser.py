@@ -178,6 +178,12 @@ def test_every_page_renders_cleanly_in_chromium(browser: Any, site: dict[str, An
     page.wait_for_selector("text=3g.40gb@0, 2g.20gb@4, 1g.10gb@6")  # the planner's preview, live
     page.locator("select[name=profile]").nth(3).select_option("4g.40gb")
     page.wait_for_selector("text=Refused:")
+    page.goto(f"{url}/console/policies/")
+    page.fill("#rule-form input[name=name]", "deny-default-zone")
+    page.fill("#rule-form input[name=zones]", "default")
+    page.select_option("#rule-form select[name=effect]", "deny")
+    page.click("text=Dry run")
+    page.wait_for_selector("#impact h2")  # the dry run's answer, nothing saved
     page.goto(f"{url}/console/audit/")
     page.click("text=Verify the hash chain now")
     page.wait_for_selector("#chain-verdict")
@@ -280,3 +286,30 @@ def test_tenant_admin_sees_only_their_tenant(browser: Any, site: dict[str, Any])
     for path in ("/console/tenants/other-co/", "/console/nodes/", "/console/models/other-model/"):
         response = page.goto(f"{url}{path}")
         assert response is not None and response.status in (403, 404), path
+
+
+def test_a_new_key_is_shown_once_and_copied_to_the_clipboard(browser: Any, site: dict[str, Any]) -> None:
+    url = site["url"]
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page = context.new_page()
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    _log_in(page, url, "console-tanya")  # a tenant admin manages their own tenant's keys
+    page.goto(f"{url}/console/tenants/console-co/")
+    page.fill("input[name=name]", "nightly-batch")
+    page.check("input[name=models][value=console-model]")
+    page.click("text=Create key")
+    key = page.inner_text("#new-key")
+    assert key.startswith("ak_") and f"Bearer {key}" in page.inner_text("#snippet")
+    assert 'client.infer("console-model"' in page.inner_text("#snippet")
+    page.click("button[data-copy='#new-key']")
+    page.wait_for_selector("text=copied")
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    page.screenshot(path=str(SCREENSHOTS / "key-created.png"), full_page=True)
+    page.goto(f"{url}/console/tenants/console-co/")
+    assert key not in page.content(), "shown once"
+    assert "nightly-batch" in page.inner_text("main")
+    assert problems == [], problems
+    context.close()

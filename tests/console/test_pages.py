@@ -294,3 +294,25 @@ def test_tenant_admin_manages_own_keys_and_sees_no_other_tenant(
     assert "secret-model" not in client.get("/console/models/").content.decode()
     assert client.get("/console/models/secret-model/").status_code == 404
     assert client.post("/console/tenants/acme/update/", {"daily_quota": "1"}).status_code == 403
+
+
+def test_operator_drains_a_node_and_creates_a_tenant_audited(operator: Any, world: dict[str, Any]) -> None:
+    from appliance.accounts.models import Tenant
+    from appliance.nodes.models import Node
+
+    client = _client(operator)
+    assert client.post("/console/nodes/gpu-01/drain/").status_code == 302
+    assert Node.objects.get(name="gpu-01").admin_state == "draining"
+    assert_audited("node.update", target_id=world["node"].pk, origin="web")
+    page = client.get("/console/nodes/gpu-01/").content.decode()
+    assert "Return to service" in page and 'hx-confirm="Return gpu-01 to service?"' in page
+    assert client.post("/console/nodes/gpu-01/undrain/").status_code == 302
+    assert Node.objects.get(name="gpu-01").admin_state == "active"
+    created = client.post("/console/tenants/create/", {"slug": "initech", "name": "Initech", "classification": "confidential",
+                                                       "priority_class": "batch", "daily_quota": "500"})  # fmt: skip
+    assert created.status_code == 302 and created.url == "/console/tenants/initech/"
+    tenant = Tenant.objects.get(slug="initech")
+    assert (tenant.classification, tenant.priority_class, tenant.daily_quota) == ("confidential", "batch", 500)
+    bad = client.post("/console/tenants/create/", {"slug": "Not A Slug", "name": "x"})
+    assert bad.status_code == 400 and "slug" in bad.content.decode()
+    assert not Tenant.objects.filter(name="x").exists()
