@@ -238,6 +238,10 @@ GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
 GATEWAY_WAKE_POLL_S = env_float("GATEWAY_WAKE_POLL_S", 0.1)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHE_TTL_S = env_int("CACHE_TTL_S", 300, minimum=1)
+# The semantic cache's embedder (a catalog model the appliance serves) and how many
+# scopes (tenant × model × version) each gateway process keeps in memory.
+SEMANTIC_EMBEDDER = env_str("SEMANTIC_EMBEDDER", "minilm")
+SEMANTIC_MAX_SCOPES = env_int("SEMANTIC_MAX_SCOPES", 256, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from triton_models.digits import build as digits_build
+from triton_models.minilm import build as minilm_build
 from triton_models.packaging import pack_files
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +27,8 @@ def build_all(out: Path) -> dict[str, Path]:
         target = out / f"{name}.tar.gz"
         if name == "digits":
             digits_build.build(out)
+        elif name == "minilm":
+            target.write_bytes(minilm_build.pack())
         else:
             target.write_bytes(pack_files({"model.py": (manifest.parent / "model.py").read_bytes()}))
         built[name] = target

@@ -17,6 +17,8 @@ class Model(Audited):
     description = models.TextField(blank=True)
     # Opt-in exact response cache at the gateway (per tenant and version; the residency policy decides who may use it).
     response_cache = models.BooleanField(default=False)
+    # Opt-in semantic cache at the gateway ({threshold, ttl_s, max_entries}; {} is off): gateway/semantic.py.
+    semantic_cache = models.JSONField(default=dict, blank=True)
     # How Triton serves it (catalog/profile.py validates; tritonconfig.py turns it into config.pbtxt).
     serving_profile = models.JSONField(default=dict, blank=True)
     # Scale-to-zero: unload every replica after this many seconds without a request (0: always resident).

@@ -19,11 +19,11 @@ from appliance.core.services import update_locked
 @transaction.atomic
 def model_create(
     *, name: str, description: str = "", response_cache: bool = False, serving_profile: dict[str, Any] | None = None,
-    idle_unload_s: int = 0, autoscale: dict[str, Any] | None = None,
+    idle_unload_s: int = 0, autoscale: dict[str, Any] | None = None, semantic_cache: dict[str, Any] | None = None,
 ) -> Model:
     model = Model(name=name, description=description, response_cache=response_cache,
                   serving_profile=normalise(serving_profile), idle_unload_s=idle_unload_s,
-                  autoscale=autoscale or {})  # fmt: skip
+                  autoscale=autoscale or {}, semantic_cache=semantic_cache or {})  # fmt: skip
     model.full_clean()
     model.save()
     return model
@@ -93,7 +93,7 @@ def version_create(
 def model_update(
     *, model: Model, description: str | None = None, response_cache: bool | None = None,
     serving_profile: dict[str, Any] | None = None, idle_unload_s: int | None = None,
-    autoscale: dict[str, Any] | None = None,
+    autoscale: dict[str, Any] | None = None, semantic_cache: dict[str, Any] | None = None,
 ) -> Model:
     """A new serving profile is checked against the model's newest version (it applies
     at the next rollout; a node's running config changes only when a version loads)."""
@@ -102,8 +102,16 @@ def model_update(
         newest = model.versions.order_by("-number").first()
         if newest is not None:
             check_against(newest, serving_profile)
+    if semantic_cache:
+        from appliance.gateway.semantic import text_input_problem
+
+        newest = model.versions.order_by("-number").first()
+        problem = text_input_problem(newest.signature) if newest is not None else ""
+        if problem:
+            raise ArtifactError(f"{model.name}: {problem}")
     return update_locked(model, description=description, response_cache=response_cache,
-                         serving_profile=serving_profile, idle_unload_s=idle_unload_s, autoscale=autoscale)  # fmt: skip
+                         serving_profile=serving_profile, idle_unload_s=idle_unload_s, autoscale=autoscale,
+                         semantic_cache=semantic_cache)  # fmt: skip
 
 
 @transaction.atomic

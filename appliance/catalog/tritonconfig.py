@@ -31,7 +31,8 @@ WARMUP_DIR = "warmup"
 
 
 def _dtype(datatype: str) -> int:
-    return int(mc.DataType.Value(f"TYPE_{datatype}"))
+    # The wire calls text BYTES; model_config.proto calls it TYPE_STRING.
+    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
 
 
 def _queue_policy(target: mc.ModelQueuePolicy, policy: dict[str, Any]) -> None:

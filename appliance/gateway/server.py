@@ -31,6 +31,7 @@ from appliance.gateway import metrics
 from appliance.gateway.admission import CLASSES, RANK, Admission, Expired, Shed
 from appliance.gateway.cache import ResponseCache
 from appliance.gateway.quota import Quotas
+from appliance.gateway.semantic import SemanticCache, embed_request, embedding_of, request_text
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
 from appliance.gateway.stats import Recorder
 from appliance.gateway.wire import SERVICE, with_priority, with_version
@@ -68,6 +69,7 @@ class Gateway:
                                    initial_limit=settings.GATEWAY_INITIAL_LIMIT, max_limit=settings.GATEWAY_MAX_LIMIT)  # fmt: skip
         self._denied: dict[tuple[str, str], float] = {}
         self.cache = ResponseCache()
+        self.semantic = SemanticCache()
         self.quotas = Quotas()
         self.stats = Recorder()
         self.tally = metrics.Tally()
@@ -141,13 +143,10 @@ class Gateway:
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"model '{model}' has no live version '{version}'")
         if not routes:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica right now; retry later")
-        # Slices dedicated to a tenant serve that tenant only, and that tenant there first.
-        own = tuple(r for r in routes if r.tenant == key.tenant_id)
-        routes = own or tuple(r for r in routes if r.tenant is None)
+        routes = self.for_tenant(key, routes)
         if not routes:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica for this API key; retry later")
-        allowed = self.snapshot.permitted.get(key.tenant_id, frozenset())
-        permitted = tuple(r for r in routes if r.node in allowed)
+        permitted = self.permitted_for(key, routes)
         if not permitted:
             reason = self.snapshot.denials.get((key.tenant_id, routes[0].node), "")
             self.record_denial(key, model, routes[0].node, reason)
@@ -156,6 +155,22 @@ class Gateway:
                 f"the residency policy permits no live replica of model '{model}' for this tenant: {reason}",
             )
         return permitted
+
+    @staticmethod
+    def for_tenant(key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        """Slices dedicated to a tenant serve that tenant only, and that tenant there first."""
+        own = tuple(r for r in routes if r.tenant == key.tenant_id)
+        return own or tuple(r for r in routes if r.tenant is None)
+
+    def permitted_for(self, key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        """The routes on nodes where the residency policy lets this tenant's data be processed."""
+        allowed = self.snapshot.permitted.get(key.tenant_id, frozenset())
+        return tuple(r for r in routes if r.node in allowed)
+
+    def embedder_routes(self, key: KeyEntry) -> tuple[Route, ...]:
+        """Where this tenant's text may be embedded for the semantic cache: the embedder's
+        replicas under the same slice and residency rules as the tenant's own models."""
+        return self.permitted_for(key, self.for_tenant(key, self.snapshot.routes.get(settings.SEMANTIC_EMBEDDER, ())))
 
     async def wake(self, model: str, deadline: float | None) -> tuple[Route, ...]:
         """A model scaled to zero: ask the control plane to load it again (at most once a
@@ -264,6 +279,7 @@ class Gateway:
         self.flush_metrics()
         await self.quotas.close()
         await self.cache.close()
+        await self.semantic.close()
         await self.stats.close()
         for channel in self._channels.values():
             await channel.close()
@@ -320,6 +336,8 @@ class Handlers:
         snapshot = self.gw.snapshot
         if request is not None and model in snapshot.cached_models and key.tenant_id in snapshot.cache_tenants:
             return await self._cached(raw, model, version, routes, key, request, context)
+        if request is not None and model in snapshot.semantic and key.tenant_id in snapshot.cache_tenants:
+            return await self._semantic(raw, model, version, routes, key, request, context)
         try:
             response, _ = await self._send(method, raw, model, version, routes, context, key)
         except Refusal as refusal:
@@ -413,6 +431,43 @@ class Handlers:
         same_version = tuple(r for r in routes if r.version == pinned) or routes
         response, _ = await self._send("ModelInfer", raw, model, version, same_version, context, key)
         await self.gw.cache.put(cache_key, response)
+        return response
+
+    async def _semantic(
+        self, raw: bytes, model: str, version: str, routes: tuple[Route, ...], key: Any, request: Any, context: Any
+    ) -> bytes:
+        """The semantic cache (gateway/semantic.py): embed the text on our own embedder,
+        look for a close, compatible question already answered by this version for this
+        tenant; otherwise ask the model and remember its answer. Anything that keeps the
+        cache from deciding (no single text input, no embedder replica, Redis down) is
+        a pass-through, never a failure."""
+        conf = self.gw.snapshot.semantic[model]
+        text = request_text(request)
+        embed_routes = self.gw.embedder_routes(key) if text is not None else ()
+        vector = None
+        if embed_routes:
+            try:
+                embedded, _ = await self._send("ModelInfer", embed_request(text or ""), settings.SEMANTIC_EMBEDDER, "",
+                                               embed_routes, context, key)  # fmt: skip
+                vector = embedding_of(embedded)
+            except (Refusal, ValueError, IndexError) as exc:
+                log.warning("semantic cache skipped for %s: the embedder failed (%s)", model, exc)
+        if vector is None:
+            self.gw.tally.inc(metrics.CACHE, model, "semantic_bypass")
+            response, _ = await self._send("ModelInfer", raw, model, version, routes, context, key)
+            return response
+        served_version = version or self.gw.pick(model, self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
+        scope = self.gw.semantic.scope(key.tenant_id, model, served_version)
+        answer, _ = await self.gw.semantic.lookup(scope, vector, text or "", float(conf["threshold"]))
+        self.gw.tally.inc(metrics.CACHE, model, "semantic_miss" if answer is None else "semantic_hit")
+        self.gw.stats.cache(key.tenant_slug, model, answer is not None)
+        if answer is not None:
+            cached = pb.ModelInferResponse.FromString(answer)
+            cached.id = request.id  # the answer is the cached one; the id is this request's
+            return cached.SerializeToString()
+        same_version = tuple(r for r in routes if r.version == served_version) or routes
+        response, _ = await self._send("ModelInfer", raw, model, version, same_version, context, key)
+        await self.gw.semantic.put(scope, vector, text or "", response, int(conf["ttl_s"]), int(conf["max_entries"]))
         return response
 
     async def model_infer(self, raw: bytes, context: Any) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
@@ -57,6 +58,8 @@ class Snapshot:
     # Response cache: the models that opted in, and the tenants whose data the policy lets us cache here.
     cached_models: frozenset[str] = frozenset()
     cache_tenants: frozenset[str] = frozenset()
+    # Semantic cache: the models that opted in, with their settings (gateway/semantic.py).
+    semantic: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Traffic split during a rollout: {model: {version: percent}}; absent versions get 0
     # unless no weighted version has a live replica.
     weights: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -120,6 +123,7 @@ def build_snapshot() -> Snapshot:
         denials=denials,
         cached_models=frozenset(Model.objects.filter(response_cache=True).values_list("name", flat=True)),
         cache_tenants=cache_tenants,
+        semantic={name: conf for name, conf in Model.objects.values_list("name", "semantic_cache") if conf},
         weights=weights,
         parked=parked,
         priority_levels={

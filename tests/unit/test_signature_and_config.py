@@ -64,3 +64,11 @@ def test_onnx_and_plan_pick_their_backends() -> None:
     plan = text_format.Parse(render_config(_version(format="tensorrt_plan"), versions=[1]), mc.ModelConfig())
     assert onnx.backend == "onnxruntime"
     assert plan.platform == "tensorrt_plan"
+
+
+def test_text_tensors_are_type_string_in_the_config() -> None:
+    """The wire's BYTES is model_config.proto's TYPE_STRING (there is no TYPE_BYTES)."""
+    text = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "dims": [1]}],
+            "outputs": [{"name": "ANSWER", "datatype": "BYTES", "dims": [1]}]}  # fmt: skip
+    parsed = text_format.Parse(render_config(_version(signature=text), versions=[1]), mc.ModelConfig())
+    assert parsed.input[0].data_type == mc.TYPE_STRING and parsed.output[0].data_type == mc.TYPE_STRING

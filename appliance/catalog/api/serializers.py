@@ -8,13 +8,15 @@ from rest_framework import serializers
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import normalise
+from appliance.gateway.semantic import normalise_semantic
 from appliance.rollouts.autoscale import normalise_autoscale
 
 
 class ModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
-        fields = ["id", "name", "description", "response_cache", "serving_profile", "idle_unload_s", "autoscale", "created"]
+        fields = ["id", "name", "description", "response_cache", "semantic_cache", "serving_profile", "idle_unload_s",
+                  "autoscale", "created"]  # fmt: skip
         read_only_fields = ["id", "created"]
 
     def validate_serving_profile(self, value: Any) -> Any:
@@ -23,10 +25,15 @@ class ModelSerializer(serializers.ModelSerializer):
     def validate_autoscale(self, value: Any) -> Any:
         return normalise_autoscale(value)
 
+    def validate_semantic_cache(self, value: Any) -> Any:
+        return normalise_semantic(value)
+
 
 class ModelUpdateSerializer(serializers.Serializer):
     description = serializers.CharField(allow_blank=True, required=False)
     response_cache = serializers.BooleanField(required=False)
+    semantic_cache = serializers.JSONField(required=False, help_text="{threshold, ttl_s, max_entries}; {} turns it off; "
+                                           "the model's only input must be text (BYTES)")  # fmt: skip
     serving_profile = serializers.JSONField(required=False, help_text="see ServingProfile; checked against the newest version")
     idle_unload_s = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False,
                                              help_text="scale to zero after this many idle seconds; 0: always resident")  # fmt: skip
@@ -39,6 +46,9 @@ class ModelUpdateSerializer(serializers.Serializer):
 
     def validate_autoscale(self, value: Any) -> Any:
         return normalise_autoscale(value)
+
+    def validate_semantic_cache(self, value: Any) -> Any:
+        return normalise_semantic(value)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

@@ -50,7 +50,7 @@ class ModelViewSet(
         serializer.instance = services.model_create(
             name=data["name"], description=data.get("description", ""), response_cache=data.get("response_cache", False),
             serving_profile=data.get("serving_profile", {}), idle_unload_s=data.get("idle_unload_s", 0),
-            autoscale=data.get("autoscale", {}),
+            autoscale=data.get("autoscale", {}), semantic_cache=data.get("semantic_cache", {}),
         )  # fmt: skip
 
     @extend_schema(request=ModelUpdateSerializer, responses=ModelSerializer)
