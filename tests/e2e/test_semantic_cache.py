@@ -59,10 +59,11 @@ def world(fleet: Fleet) -> dict[str, Any]:
     response = sam.client.patch("/api/v1/models/slowtext/", {"semantic_cache": {"threshold": DEFAULT_THRESHOLD}}, format="json")
     assert response.status_code == 200, response.content
     keys = {}
-    for slug in ("acme", "globex", "evalco"):
-        sam.post("tenants/", {"slug": slug, "name": slug.title()})
+    for name in ("acme", "globex", "evalco"):  # tenants of this module only (e2e modules share a database)
+        slug = f"sem-{name}"
+        sam.post("tenants/", {"slug": slug, "name": slug})
         sam.post("grants/", {"tenant": slug, "model": "slowtext"})
-        keys[slug] = sam.post("api-keys/", {"tenant": slug, "name": "app"})["key"]
+        keys[name] = sam.post("api-keys/", {"tenant": slug, "name": "app"})["key"]
     sam.post("models/", {"name": "numeric"})
     sam.upload("numeric", python_artifact(), like="digits")
     refused = sam.client.patch("/api/v1/models/numeric/", {"semantic_cache": {"threshold": 0.9}}, format="json")
