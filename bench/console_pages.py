@@ -23,14 +23,33 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from scratch_db import scratch_database  # noqa: E402
+
 DB = "appliance_bench"
 NODES, GPUS, MODELS, TENANTS, PAIRS = 100, 4, 50, 20, 100
 AUDIT_EVENTS = 100_000
+
+
+def _copy(table: str, columns: tuple[str, ...], rows: Iterable[list[object]]) -> int:
+    """Bulk rows with PostgreSQL's COPY; returns how many."""
+    from django.db import connection
+
+    count = 0
+    with (
+        connection.cursor() as cursor,
+        cursor.connection.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
 
 
 def seed() -> dict[str, object]:
@@ -93,16 +112,14 @@ def seed() -> dict[str, object]:
 
     # 100,000 audit events in one valid chain after what the services wrote.
     head = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
-    sequence, prev = head if head else (0, GENESIS)
     start_time = timezone.now() - timedelta(days=30)
     columns = ("sequence", "id", "time", "actor", "origin", "action", "target_type", "target_id", "target_repr",
                "changes", "source_address", "correlation_id", "prev_hash", "hash")  # fmt: skip
     actions = ("deployment.create", "api_key.create", "node.update", "replica.update", "model_version.create",
                "reconfiguration.create", "tenant.update", "policy_rule.update")  # fmt: skip
-    with (
-        connection.cursor() as cursor,
-        cursor.connection.cursor().copy(f"COPY audit_auditevent ({', '.join(columns)}) FROM STDIN") as copy,
-    ):
+
+    def events() -> Iterator[list[object]]:
+        sequence, prev = head if head else (0, GENESIS)
         for i in range(AUDIT_EVENTS - sequence):
             sequence += 1
             fields = {"sequence": sequence, "id": uuid.uuid4(), "time": start_time + timedelta(seconds=25 * i),
@@ -111,7 +128,9 @@ def seed() -> dict[str, object]:
                       "target_repr": f"model-{i % MODELS:02d}:{i % 3 + 1}", "changes": {"state": ["pending", "live"]},
                       "source_address": "10.0.0.7", "correlation_id": uuid.uuid4().hex, "prev_hash": prev}  # fmt: skip
             fields["hash"] = prev = compute_hash(fields)
-            copy.write_row([json.dumps(v) if k == "changes" else v for k, v in fields.items()])
+            yield [json.dumps(v) if k == "changes" else v for k, v in fields.items()]
+
+    _copy("audit_auditevent", columns, events())
 
     # A week of metrics: minute rows for the last 48 hours, hour rows for 7 days.
     now = timezone.now().replace(second=0, microsecond=0)
@@ -128,39 +147,37 @@ def seed() -> dict[str, object]:
         return [resolution, start, tenant, model, n, n // 200, n * 3.0, json.dumps(buckets), n, n * 0.3, n // 5,
                 n - n // 5, 0, 0.0, 0, 0.0]  # fmt: skip
 
-    rows = 0
-    with (
-        connection.cursor() as cursor,
-        cursor.connection.cursor().copy(f"COPY metrics_trafficpoint ({', '.join(traffic_cols)}) FROM STDIN") as copy,
-    ):
-        for resolution, count, step, scale in (
-            ("minute", 48 * 60, timedelta(minutes=1), 1),
-            ("hour", 7 * 24, timedelta(hours=1), 60),
-        ):
+    # One row per minute for 48 hours and per hour for 7 days (the collector's retention).
+    periods = (("minute", 48 * 60, timedelta(minutes=1), 1), ("hour", 7 * 24, timedelta(hours=1), 60))
+
+    def starts() -> Iterator[tuple[str, datetime, int]]:
+        for resolution, count, step, scale in periods:
+            top = now if resolution == "minute" else now.replace(minute=0)
             for i in range(count):
-                start = (now - step * i) if resolution == "minute" else (now.replace(minute=0) - step * i)
-                keys = [*pairs, *{(ALL, m) for _, m in pairs}, *{(t, ALL) for t, _ in pairs}, (ALL, ALL)]
-                for tenant, model in keys:
-                    copy.write_row(traffic_row(resolution, start, tenant, model, scale))
-                    rows += 1
+                yield resolution, top - step * i, scale
+
+    keys = [*pairs, *{(ALL, m) for _, m in pairs}, *{(t, ALL) for t, _ in pairs}, (ALL, ALL)]
+    rows = _copy("metrics_trafficpoint", traffic_cols,
+                 (traffic_row(r, start, tenant, model, scale) for r, start, scale in starts() for tenant, model in keys))  # fmt: skip
     gpu_cols = ("resolution", "start", "node", "gpu_index", "samples", "utilisation_sum", "memory_used_mib_sum",
                 "memory_bandwidth_sum", "memory_total_mib")  # fmt: skip
-    with (
-        connection.cursor() as cursor,
-        cursor.connection.cursor().copy(f"COPY metrics_gpupoint ({', '.join(gpu_cols)}) FROM STDIN") as copy,
-    ):
-        for resolution, count, step, samples in (
-            ("minute", 48 * 60, timedelta(minutes=1), 30),
-            ("hour", 7 * 24, timedelta(hours=1), 1800),
-        ):
-            for i in range(count):
-                start = (now - step * i) if resolution == "minute" else (now.replace(minute=0) - step * i)
-                for n in range(NODES):
-                    for g in range(GPUS):
-                        util = rng.randint(10, 90)
-                        copy.write_row([resolution, start, f"gpu-{n:04d}", g, samples, util * samples, 30000.0 * samples,
-                                        util * 0.6 * samples, 81559])  # fmt: skip
-                        rows += 1
+
+    def gpu_row(resolution: str, start: datetime, scale: int, node: int, gpu: int) -> list[object]:
+        samples, util = 30 * scale, rng.randint(10, 90)
+        return [
+            resolution,
+            start,
+            f"gpu-{node:04d}",
+            gpu,
+            samples,
+            util * samples,
+            30000.0 * samples,
+            util * 0.6 * samples,
+            81559,
+        ]
+
+    rows += _copy("metrics_gpupoint", gpu_cols,
+                  (gpu_row(r, start, scale, n, g) for r, start, scale in starts() for n in range(NODES) for g in range(GPUS)))  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     return {"admin": admin, "deployment": Deployment.objects.filter(state="progressing").first(), "metric_rows": rows,
@@ -172,23 +189,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
 
-    import psycopg
+    with scratch_database(DB):
+        from django.test import Client
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    os.environ["APPLIANCE_DB_URL"] = f"postgresql://postgres@127.0.0.1:5432/{DB}"
-    os.environ.setdefault("APPLIANCE_VAR_DIR", str(ROOT / "var" / "bench"))
-    os.environ["APPLIANCE_ARTIFACT_ROOT"] = str(ROOT / "var" / "bench" / "artifacts")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "appliance.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.test import Client
-
-    try:
-        call_command("migrate", verbosity=0)
         started = time.perf_counter()
         world = seed()
         setup_s = time.perf_counter() - started
@@ -226,12 +229,6 @@ def main() -> None:
         print(f"{'page':<24} {'p50 ms':>8} {'p95 ms':>8}  target p95 < 300 ms")
         for name, (p50, p95) in results.items():
             print(f"{name:<24} {p50 * 1000:>8.1f} {p95 * 1000:>8.1f}  {'ok' if p95 < 0.3 else 'OVER'}")
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from scratch_db import scratch_database  # noqa: E402
+
 DB = "appliance_bench"
 
 
@@ -38,29 +41,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    import psycopg
+    with scratch_database(DB):
+        from django.test import Client
+        from django.utils import timezone
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    os.environ["APPLIANCE_DB_URL"] = f"postgresql://postgres@127.0.0.1:5432/{DB}"
-    os.environ.setdefault("APPLIANCE_VAR_DIR", str(ROOT / "var" / "bench"))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "appliance.settings"
-    import django
+        from appliance.accounts.services import account_create
+        from appliance.nodes.inventory.simulated import SimulatedInventory
+        from appliance.nodes.models import Node
+        from appliance.nodes.services import node_create, node_report_gpu_health, node_report_inventory
+        from appliance.nodes.tasks import sweep
 
-    django.setup()
-    from django.core.management import call_command
-    from django.test import Client
-    from django.utils import timezone
-
-    from appliance.accounts.services import account_create
-    from appliance.nodes.inventory.simulated import SimulatedInventory
-    from appliance.nodes.models import Node
-    from appliance.nodes.services import node_create, node_report_gpu_health, node_report_inventory
-    from appliance.nodes.tasks import sweep
-
-    try:
-        call_command("migrate", verbosity=0)
         started = time.perf_counter()
         state = Path(os.environ["APPLIANCE_VAR_DIR"])
         state.mkdir(parents=True, exist_ok=True)
@@ -92,16 +82,12 @@ def main() -> None:
         print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} CPUs; {args.nodes} nodes × {args.gpus} "
               f"simulated H100 GPUs (setup {setup_s:.1f} s); median of {args.repeat}")  # fmt: skip
         print(f"{'measurement':<34} {'median':>10} {'max':>10} {'target':>8}")
-        print(f"{'health sweep (probes + verdicts)':<34} {statistics.median(sweeps):>9.2f}s {max(sweeps):>9.2f}s {'< 10 s':>8}")
+        print(
+            f"{'health sweep (probes + verdicts)':<34} {statistics.median(sweeps):>9.2f}s {max(sweeps):>9.2f}s {'< 10 s':>8}"
+        )
         for label, values in timings.items():
             name = f"GET /api/v1/nodes/ ({label})"
             print(f"{name:<34} {statistics.median(values) * 1000:>8.0f}ms {max(values) * 1000:>8.0f}ms {'< 300 ms':>8}")
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ from appliance.core.errors import DomainError
 SLUG_LOOKUP = "[a-z0-9][a-z0-9_-]*"
 
 
+def validated_or_empty(serializer_class: type[serializers.Serializer], value: Any) -> dict[str, Any]:
+    """A JSON setting checked by its serializer, defaults filled in; empty stays {} (off)."""
+    if not value:
+        return {}
+    body = serializer_class(data=value)
+    body.is_valid(raise_exception=True)
+    return dict(body.validated_data)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response({"detail": str(exc)}, status=exc.http_status)

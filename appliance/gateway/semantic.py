@@ -37,6 +37,8 @@ from django.conf import settings
 from rest_framework import serializers
 from tritonclient.grpc import service_pb2 as pb
 
+from appliance.core.api import validated_or_empty
+
 log = logging.getLogger(__name__)
 
 DIMENSIONS = 384
@@ -73,11 +75,7 @@ class SemanticSettings(serializers.Serializer):
 
 
 def normalise_semantic(value: object) -> dict[str, object]:
-    if not value:
-        return {}
-    body = SemanticSettings(data=value)
-    body.is_valid(raise_exception=True)
-    return dict(body.validated_data)
+    return validated_or_empty(SemanticSettings, value)
 
 
 def text_input_problem(signature: dict[str, object]) -> str:

@@ -44,12 +44,21 @@ def traffic_key(minute: int) -> str:
 
 # Per (tenant, model) and minute: what the console's metrics pages draw.
 TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec")
-_T = {name: index for index, name in enumerate(TRAFFIC_FIELDS)}
 _TRAFFIC_WIDTH = len(TRAFFIC_FIELDS) + len(BUCKETS_MS) + 1
 
 
 def _traffic_row() -> list[float]:
     return [0.0] * _TRAFFIC_WIDTH
+
+
+def _count(row: list[float], ok: bool, seconds: float, buckets_at: int) -> None:
+    """Requests, errors, summed milliseconds (row[0:3]) and the latency bucket (from buckets_at)."""
+    ms = seconds * 1000.0
+    row[0] += 1
+    if not ok:
+        row[1] += 1
+    row[2] += ms
+    row[buckets_at + bisect.bisect_left(BUCKETS_MS, ms)] += 1
 
 
 class Recorder:
@@ -61,23 +70,11 @@ class Recorder:
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
 
     def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
-        row = self._counts[(model, version)]
-        ms = seconds * 1000.0
-        row[0] += 1
-        if not ok:
-            row[1] += 1
-        row[2] += ms
-        row[3 + bisect.bisect_left(BUCKETS_MS, ms)] += 1
+        _count(self._counts[(model, version)], ok, seconds, buckets_at=3)
 
     def answered(self, tenant: str, model: str, ok: bool, seconds: float) -> None:
         """An inference request answered (or refused) at the gateway, for the metrics pages."""
-        row = self._traffic[(tenant, model)]
-        ms = seconds * 1000.0
-        row[0] += 1
-        if not ok:
-            row[1] += 1
-        row[2] += ms
-        row[_T["ssec"] + 1 + bisect.bisect_left(BUCKETS_MS, ms)] += 1
+        _count(self._traffic[(tenant, model)], ok, seconds, buckets_at=len(TRAFFIC_FIELDS))
 
     def queued(self, tenant: str, model: str, seconds: float) -> None:
         row = self._traffic[(tenant, model)]

@@ -26,6 +26,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from appliance.catalog.profile import normalise
+from appliance.core.api import validated_or_empty
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import AutoscaleDecision, Deployment, Replica
 
@@ -49,11 +50,7 @@ class AutoscaleSerializer(serializers.Serializer):
 
 
 def normalise_autoscale(value: Any) -> dict[str, Any]:
-    if not value:
-        return {}
-    body = AutoscaleSerializer(data=value)
-    body.is_valid(raise_exception=True)
-    return dict(body.validated_data)
+    return validated_or_empty(AutoscaleSerializer, value)
 
 
 @dataclass(frozen=True)
