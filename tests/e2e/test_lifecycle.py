@@ -265,7 +265,10 @@ def test_scale_to_zero_and_the_first_request_waits_for_the_load(fleet: Fleet, wo
         hidden = np.maximum(IMAGES[0].astype(np.float32) / weights["scale"] @ weights["w1"] + weights["b1"], 0)
         assert int(result.as_numpy("LABEL")[0][0]) == int((hidden @ weights["w2"] + weights["b2"]).argmax())
         assert waited < 30
-        assert Replica.objects.filter(deployment__version__model__name=MODEL, state="live").count() == 2
+        # The request was answered by the first replica to come back; the other one follows.
+        wait_for("both replicas live again",
+                 lambda: Replica.objects.filter(deployment__version__model__name=MODEL, state="live").count() == 2,
+                 timeout=30, procs=fleet.procs)  # fmt: skip
     finally:
         olga.client.patch(f"/api/v1/models/{MODEL}/", {"idle_unload_s": 0}, format="json")
 
