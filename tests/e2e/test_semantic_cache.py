@@ -98,6 +98,18 @@ def _settled(world: dict[str, Any], version: str) -> int:
     return seen[0]
 
 
+def test_the_served_embedder_reproduces_the_reference_implementation(fleet: Fleet, world: dict[str, Any]) -> None:
+    """The numpy forward pass on Triton against embeddings computed independently with
+    Hugging Face transformers from the same files (reference_embeddings.json)."""
+    reference = json.loads((MODELS_DIR / "minilm" / "reference_embeddings.json").read_text())
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{world['node']['grpc']}")
+    for text, expected in zip(reference["texts"], reference["embeddings"], strict=True):
+        tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        got = direct.infer("minilm", [tensor]).as_numpy("EMBEDDING")[0]
+        assert got.shape == (384,) and np.abs(got - np.array(expected, dtype=np.float32)).max() < 1e-5, text
+
+
 def test_a_paraphrase_is_answered_from_the_cache_for_the_same_tenant_only(fleet: Fleet, world: dict[str, Any]) -> None:
     acme, globex = world["keys"]["acme"], world["keys"]["globex"]
     question, paraphrase = "What is the daily limit for ATM withdrawals?", "What's the maximum ATM withdrawal per day?"
