@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from appliance.core.launcher import _multipart  # noqa: E402
+from appliance.core.launcher import _multipart, api_call  # noqa: E402
 
 IMAGES = load_digits().data.astype(np.float32)
 CONCURRENCY = 4
@@ -51,12 +50,7 @@ class Appliance:
         self.manifest = json.loads((ROOT / "triton_models" / self.model / "manifest.json").read_text())
 
     def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None, ctype: str = "") -> Any:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(f"{self.info['api_url']}{path}", data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.info['operator_token']}")
-        request.add_header("Content-Type", ctype or "application/json")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
+        return api_call(self.info["api_url"], self.info["operator_token"], method, path, body, raw=raw, ctype=ctype)
 
     def serving(self) -> dict[str, Any]:
         return next(d for d in self.api("GET", f"deployments/?model={self.model}")["results"] if d["state"] == "live")

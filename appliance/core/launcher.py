@@ -96,12 +96,7 @@ class Launcher:
         return proc
 
     def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, ctype: str = "") -> Any:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(f"http://127.0.0.1:{API_PORT}/api/v1/{path}", data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Content-Type", ctype or "application/json")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
+        return api_call(f"http://127.0.0.1:{API_PORT}/api/v1/", self.token, method, path, body, raw=raw, ctype=ctype)
 
     def wait(self, what: str, predicate: Any, timeout: float = 180.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -249,6 +244,17 @@ def _first_inference(info: dict[str, Any]) -> tuple[int, int] | None:
     except triton_grpc.InferenceServerException:
         return None
     return int(result.as_numpy("LABEL")[0][0]), int(digits.target[0])
+
+
+def api_call(base: str, token: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+             ctype: str = "") -> Any:  # fmt: skip
+    """One REST call with an operator token: JSON (or raw bytes of `ctype`) in, JSON out."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(f"{base}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", ctype or "application/json")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
 
 
 def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:

@@ -12,12 +12,8 @@ from appliance.gateway.semantic import normalise_semantic
 from appliance.rollouts.autoscale import normalise_autoscale
 
 
-class ModelSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Model
-        fields = ["id", "name", "description", "response_cache", "semantic_cache", "serving_profile", "idle_unload_s",
-                  "autoscale", "created"]  # fmt: skip
-        read_only_fields = ["id", "created"]
+class _ModelSettings:
+    """The JSON settings of a model, checked (and defaults filled) by their own validators."""
 
     def validate_serving_profile(self, value: Any) -> Any:
         return normalise(value)
@@ -29,7 +25,16 @@ class ModelSerializer(serializers.ModelSerializer):
         return normalise_semantic(value)
 
 
-class ModelUpdateSerializer(serializers.Serializer):
+class ModelSerializer(_ModelSettings, serializers.ModelSerializer):
+    class Meta:
+        model = Model
+        fields = ["id", "name", "description", "response_cache", "semantic_cache", "serving_profile", "idle_unload_s",
+                  "autoscale", "created"]  # fmt: skip
+        read_only_fields = ["id", "created"]
+
+
+
+class ModelUpdateSerializer(_ModelSettings, serializers.Serializer):
     description = serializers.CharField(allow_blank=True, required=False)
     response_cache = serializers.BooleanField(required=False)
     semantic_cache = serializers.JSONField(required=False, help_text="{threshold, ttl_s, max_entries}; {} turns it off; "
@@ -41,14 +46,6 @@ class ModelUpdateSerializer(serializers.Serializer):
     autoscale = serializers.JSONField(required=False, help_text="{min_replicas, max_replicas, queue_ms_up, "
                                       "utilisation_up, utilisation_down, cooldown_s}; {} turns autoscaling off")
 
-    def validate_serving_profile(self, value: Any) -> Any:
-        return normalise(value)
-
-    def validate_autoscale(self, value: Any) -> Any:
-        return normalise_autoscale(value)
-
-    def validate_semantic_cache(self, value: Any) -> Any:
-        return normalise_semantic(value)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
