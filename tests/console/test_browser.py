@@ -134,7 +134,10 @@ def _watched_page(browser: Any, problems: list[str]) -> Any:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url}"))
+    # A poll in flight when the page navigates away is aborted by the browser itself
+    # (net::ERR_ABORTED); that is not a failure of ours. Server errors arrive as responses.
+    page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED"
+            else problems.append(f"failed request: {r.url} ({r.failure})"))
     page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     page.on("dialog", lambda d: d.accept())  # confirmations: the operator says yes
     return page
