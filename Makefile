@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 
-.PHONY: run test venv bench lint clean chromium
+.PHONY: run test venv bench lint clean chromium native
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
@@ -17,8 +17,19 @@ $(TRITON_VENV)/.installed: requirements-triton.txt
 	$(TRITON_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-triton.txt
 	touch $@
 
+## The gateway's native front: Debian's gRPC C++, hiredis, OpenSSL and nlohmann-json, then one g++ run.
+NATIVE_PACKAGES := libgrpc++-dev libhiredis-dev libssl-dev nlohmann-json3-dev pkg-config g++
+native: var/build/gatewayd
+
+var/build/gatewayd: appliance/gateway/native/gatewayd.cc
+	@pkg-config --exists grpc++ hiredis openssl && test -f /usr/include/nlohmann/json.hpp || \
+		(apt-get install -y -q $(NATIVE_PACKAGES) >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q $(NATIVE_PACKAGES) >/dev/null))
+	mkdir -p var/build
+	g++ -O2 -std=c++17 -Wall -Wextra -Werror $< $$(pkg-config --cflags --libs grpc++ hiredis openssl) -o $@.partial
+	mv $@.partial $@
+
 ## Bring the whole appliance up (control plane, worker, node agent + Triton, gateway); Ctrl-C stops it.
-run: venv
+run: venv native
 	$(VENV)/bin/python -m appliance.core.launcher
 
 ## Debian's Chromium for the console's browser tests (Playwright drives it; nothing is downloaded by Playwright).
@@ -26,7 +37,7 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 
 ## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
-test: venv chromium
+test: venv chromium native
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run
 	$(VENV)/bin/python -m pytest

@@ -234,6 +234,8 @@ GATEWAY_MAX_LIMIT = env_float("GATEWAY_MAX_LIMIT", 512.0)
 GATEWAY_MIN_GPU_HEADROOM = env_float("GATEWAY_MIN_GPU_HEADROOM", 0.1)
 # Pause before retrying the same (only) replica after it answered UNAVAILABLE.
 GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
+# The gateway's native front (appliance/gateway/native/gatewayd.cc), built by `make native`.
+GATEWAY_NATIVE_BINARY = Path(env_str("GATEWAY_NATIVE_BINARY", str(BASE_DIR / "var" / "build" / "gatewayd")))
 # How often a request held for a model waking from zero looks for its replica.
 GATEWAY_WAKE_POLL_S = env_float("GATEWAY_WAKE_POLL_S", 0.1)
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -29,9 +29,19 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the gateway and its threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """utime + stime of the gateway, its threads and its live child processes (the native
+    front, workers), in seconds."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(proc.name) == pid or int(fields[1]) == pid:  # the process, or a child of it
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 async def run(address: str, model: str, version: str, headers: dict[str, str], concurrency: int, total: int) -> tuple[list[float], float]:

@@ -1,6 +1,7 @@
 """The floor under the gateway: direct Triton, a bare native pass-through (C++ gRPC
 callback API, bench/native_floor/proxy.cc), the bare Python grpc.aio pass-through
-(BRIEF.md's floor) and the appliance's gateway with every feature on, in one run,
+(BRIEF.md's floor), the Python gateway alone and the appliance's gateway (the
+native front with the Python gateway behind it) with every feature on, in one run,
 same Triton, same model, same load; CPU per request of each proxy process.
 
 Needs the appliance from `make run`, a C++ compiler and Debian's libgrpc++-dev
@@ -51,6 +52,20 @@ def start(argv: list[str]) -> subprocess.Popen[str]:
     return proc
 
 
+def wait_ready(address: str, headers: dict[str, str], model: str) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    for _ in range(100):
+        try:
+            if client.is_model_ready(model, headers=headers):
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the gateway at {address} did not become ready")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -61,11 +76,18 @@ def main() -> None:
     native_address, python_address = free_address(), free_address()
     native = start([str(build()), native_address, triton])
     python = start([sys.executable, str(HERE / "py_passthrough.py"), python_address, triton])
+    # The Python gateway alone, beside the `make run` gateway (native front + Python behind it).
+    python_gateway_address = free_address()
+    python_gateway = subprocess.Popen([sys.executable, "manage.py", "run_gateway", "--bind", python_gateway_address],
+                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    key = {"authorization": f"Bearer {info['api_key']}"}
+    wait_ready(python_gateway_address, key, info["model"])
     paths = [
         ("direct Triton", triton, {}, None),
         ("native pass-through", native_address, {}, native.pid),
         ("Python pass-through", python_address, {}, python.pid),
-        ("gateway, all features", info["gateway"], {"authorization": f"Bearer {info['api_key']}"}, info["gateway_pid"]),
+        ("Python gateway, all", python_gateway_address, key, python_gateway.pid),
+        ("native front, all", info["gateway"], key, info["gateway_pid"]),
     ]
     rows = []
     try:
@@ -76,13 +98,15 @@ def main() -> None:
                 cpu = (cpu_seconds(pid) - before) / len(latencies) * 1e6 if pid else None
                 rows.append((label, concurrency, pct(latencies, 50), pct(latencies, 99), len(latencies) / elapsed, cpu))
     finally:
-        for proc in (native, python):
+        for proc in (native, python, python_gateway):
             proc.terminate()
             proc.wait(timeout=10)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {info['model']}:{version}; batch 1")
-    print(f"{'path':<22} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'proxy CPU µs/req':>17}")
+    print(f"{'path':<22} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'x direct':>8} {'proxy CPU µs/req':>17}")
+    direct = {c: rps for label, c, _, _, rps, _ in rows if label == "direct Triton"}
     for label, concurrency, p50, p99, rps, cpu in rows:
-        print(f"{label:<22} {concurrency:>4} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f} {'-' if cpu is None else f'{cpu:.0f}':>17}")
+        print(f"{label:<22} {concurrency:>4} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f} {rps / direct[concurrency]:>8.2f} "
+              f"{'-' if cpu is None else f'{cpu:.0f}':>17}")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ class Launcher:
             self.spawn("beat", [PY, "-m", "celery", "-A", "appliance", "beat", "-s", str(VAR / "run" / "celerybeat-schedule")])
             http, grpc_port, metrics = TRITON_PORTS
             self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
-            gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--bind", GATEWAY])
+            gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY])
             self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
             self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
             deployment = self.deploy_demo()

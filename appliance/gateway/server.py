@@ -32,7 +32,7 @@ from appliance.gateway.admission import CLASSES, RANK, Admission, Expired, Shed
 from appliance.gateway.cache import ResponseCache
 from appliance.gateway.quota import Quotas
 from appliance.gateway.semantic import SemanticCache, embed_request, embedding_of, request_text
-from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot
+from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot, export_snapshot
 from appliance.gateway.stats import Recorder
 from appliance.gateway.wire import SERVICE, with_priority, with_version
 
@@ -59,8 +59,9 @@ class Refusal(Exception):
 
 
 class Gateway:
-    def __init__(self) -> None:
+    def __init__(self, export_path: Path | None = None) -> None:
         self.snapshot = Snapshot()
+        self.export_path = export_path  # where the native front reads the snapshot (run_gateway --native)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._refresh_lock = asyncio.Lock()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -78,7 +79,10 @@ class Gateway:
     # --- control-plane view ---------------------------------------------------------
     def _build(self) -> Snapshot:
         close_old_connections()
-        return build_snapshot()
+        snapshot = build_snapshot()
+        if self.export_path is not None:
+            export_snapshot(snapshot, self.export_path)
+        return snapshot
 
     async def refresh(self, *, unless_newer_than: float | None = None) -> None:
         async with self._refresh_lock:
@@ -620,8 +624,11 @@ class TlsFiles:
         )
 
 
-async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None, metrics_bind: str = "") -> None:
-    gateway = Gateway()
+async def serve(
+    bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None, metrics_bind: str = "",
+    export_path: Path | None = None, on_started: Any = None,
+) -> None:
+    gateway = Gateway(export_path)
     await gateway.refresh()
     server = grpc.aio.server(
         options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
@@ -631,6 +638,8 @@ async def serve(bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = N
     if port == 0:
         raise RuntimeError(f"gateway cannot bind {bind}")
     await server.start()
+    if on_started is not None:
+        on_started()
     if metrics_bind:
         metrics.serve_metrics(metrics_bind)
         log.info("gateway metrics at http://%s/metrics", metrics_bind)

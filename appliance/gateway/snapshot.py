@@ -7,9 +7,12 @@ and at once (rate-limited) when a request names a key or model it does not know.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -171,3 +174,49 @@ def _residency(nodes: list[Node], tenant_ids: set[str]) -> tuple[dict[str, froze
                 denials[(str(tenant.pk), node.name)] = decision.explain()
         permitted[str(tenant.pk)] = frozenset(allowed)
     return permitted, denials
+
+
+def export_snapshot(snapshot: Snapshot, path: Path) -> None:
+    """Writes what the native front (native/gatewayd.cc) needs of the snapshot as JSON,
+    atomically (a new file renamed over the old), so it never reads half a view."""
+    from appliance.accounts.choices import PRIORITY_LEVEL
+    from appliance.gateway.admission import RANK
+
+    document = {
+        "config": {
+            "instance": settings.INSTANCE,
+            "queue_max": settings.GATEWAY_QUEUE_MAX,
+            "queue_wait_s": settings.GATEWAY_QUEUE_WAIT_S,
+            "initial_limit": settings.GATEWAY_INITIAL_LIMIT,
+            "max_limit": settings.GATEWAY_MAX_LIMIT,
+            "default_timeout_s": settings.GATEWAY_DEFAULT_TIMEOUT_S,
+        },
+        "keys": {
+            digest: {
+                "tenant_id": entry.tenant_id,
+                "tenant": entry.tenant_slug,
+                "expires_at": entry.expires_at,
+                "models": sorted(entry.models) if entry.models is not None else None,
+                "rank": RANK.get(entry.priority, 1),
+                "triton_priority": PRIORITY_LEVEL.get(entry.priority, 2),
+                "limited": entry.rate > 0 or entry.daily > 0,
+            }
+            for digest, entry in snapshot.keys.items()
+        },
+        "grants": {tenant: sorted(models) for tenant, models in snapshot.grants.items()},
+        "permitted": {tenant: sorted(nodes) for tenant, nodes in snapshot.permitted.items()},
+        "routes": {
+            model: [{"node": r.node, "address": r.address, "version": r.version, "tenant": r.tenant} for r in routes]
+            for model, routes in snapshot.routes.items()
+        },
+        "weights": snapshot.weights,
+        "priority_levels": snapshot.priority_levels,
+        "cached_models": sorted(snapshot.cached_models),
+        "semantic_models": sorted(snapshot.semantic),
+        "cache_tenants": sorted(snapshot.cache_tenants),
+        "low_headroom": sorted(snapshot.low_headroom),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(document))
+    os.replace(partial, path)

@@ -124,11 +124,14 @@ class Fleet:
              *extra],
         )  # fmt: skip
 
-    def start_gateway(self, *extra: str, name: str = "gateway") -> tuple[Proc, str]:
+    def start_gateway(self, *extra: str, name: str = "gateway", native: bool = True) -> tuple[Proc, str]:
+        """The product's gateway: the native front on the address, the Python gateway behind it
+        (native=False: the Python gateway alone on the address)."""
         address = f"127.0.0.1:{free_port()}"
         if name == "gateway":
             self.gateway = address
-        return self.spawn(name, [sys.executable, "manage.py", "run_gateway", "--bind", address, *extra]), address
+        argv = [sys.executable, "manage.py", "run_gateway", "--bind", address, *(["--native"] if native else []), *extra]
+        return self.spawn(name, argv), address
 
     def restart_agent(self, name: str) -> Proc:
         """Starts the node's agent again (same ports, directory and options) after it died."""

@@ -205,6 +205,77 @@ def test_refusals_use_precise_codes_and_leak_nothing(fleet: Fleet, story: dict[s
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, "model control never passes the gateway"
 
 
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_")}
+
+
+def test_native_front_answers_the_hot_path_and_hands_the_rest_to_the_python_gateway(
+    fleet: Fleet, story: dict[str, Any]
+) -> None:
+    import time
+
+    from sklearn.datasets import load_digits
+
+    from appliance.gateway.stats import window
+    from tests.e2e.fleet import free_port
+
+    port = free_port()
+    proc, address = fleet.start_gateway("--native-metrics-bind", f"127.0.0.1:{port}", name="gateway-native")
+    client = grpcclient.InferenceServerClient(address)
+    wait_for("the native front", lambda: client.is_server_ready(), procs=[proc])
+    ok = 'gateway_requests_total{plane="native",tenant="acme",model="digits",status="OK"}'
+    images = load_digits().data[:8].astype(np.float32)
+    # Until the Python gateway's first snapshot export is loaded, everything is handed off.
+    wait_for("the native path", lambda: _infer_batch(client, images[:1], story["acme"]) and _scrape(port).get(ok, 0) > 0,
+             procs=[proc])  # fmt: skip
+    before, started = _scrape(port), time.time()
+    for i in range(20):
+        labels = _infer_batch(client, images[i % 8 : i % 8 + 1], story["acme"]).as_numpy("LABEL").ravel()
+        assert labels[0] == _expected_labels(images[i % 8 : i % 8 + 1])[0]
+    after = _scrape(port)
+    assert after[ok] - before[ok] == 20, "the native front answered every hot-path request itself"
+    assert after.get('gateway_native_handoffs_total{reason="method"}', 0) >= 1  # ServerReady went to Python
+    # What the rollout gates and the console read: the same Redis statistics the Python gateway writes.
+    live = str(story.get("live_version", "1"))
+    wait_for("the native statistics in Redis", lambda: window("digits", live, started - 1, time.time() + 1).requests >= 20)
+    assert _gateway_traffic("acme", "digits")["n"] >= 20
+
+    # Anything off the hot path gets the Python gateway's own answer, and is counted as handed off.
+    def handoffs(reason: str) -> float:
+        return _scrape(port).get(f'gateway_native_handoffs_total{{reason="{reason}"}}', 0)
+
+    unknown, ungranted, malformed = handoffs("unknown key"), handoffs("not granted"), handoffs("malformed")
+    status, message = _code(lambda: _infer_batch(client, images[:1], "ak_nope_nope"))
+    assert (status, message) == ("StatusCode.UNAUTHENTICATED", "invalid, expired or revoked API key")
+    assert handoffs("unknown key") == unknown + 1
+    status, message = _code(lambda: _infer_batch(client, images[:1], story["globex"]))
+    assert status == "StatusCode.NOT_FOUND" and "not available to this API key" in message
+    assert handoffs("not granted") == ungranted + 1
+    raw = grpc.insecure_channel(address).unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\x0a\xff\xff", metadata=(("authorization", f"Bearer {story['acme']}"),), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid ModelInferRequest" in info.value.details()
+    assert handoffs("malformed") == malformed + 1
+    assert client.get_model_metadata("digits", headers=_auth(story["acme"])).name == "digits"
+
+    # Stopping the gateway stops its native front: nothing is left listening.
+    proc.popen.terminate()
+    proc.popen.wait(timeout=30)
+    fleet.procs.remove(proc)
+    fronts = [p for p in Path("/proc").iterdir() if p.name.isdigit() and address.encode() in _cmdline(p)]
+    assert fronts == [], "gatewayd outlived its gateway"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_revoked_key_is_refused_within_seconds(fleet: Fleet, story: dict[str, Any]) -> None:
     erin = story["erin"]
     key = erin.post("api-keys/", {"tenant": "acme", "name": "short-lived"})

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -23,6 +28,13 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
         parser.add_argument("--metrics-bind", default=env_str("GATEWAY_METRICS_BIND", ""),
                             help="host:port of the Prometheus endpoint (the sum over all workers); empty: none")  # fmt: skip
+        parser.add_argument(
+            "--native", action="store_true", default=env_str("GATEWAY_NATIVE", "") == "1",
+            help="the native front (var/build/gatewayd, `make native`) owns --bind and answers the hot path; "
+            "the Python gateway behind it, on a loopback port, answers everything else",
+        )  # fmt: skip
+        parser.add_argument("--native-metrics-bind", default=env_str("GATEWAY_NATIVE_METRICS_BIND", ""),
+                            help="host:port of the native front's Prometheus endpoint; empty: none")  # fmt: skip
         parser.add_argument("--tls-cert", type=Path, default=env_path("GATEWAY_TLS_CERT_FILE"), help="PEM certificate chain")
         parser.add_argument("--tls-key", type=Path, default=env_path("GATEWAY_TLS_KEY_FILE"), help="PEM private key")
         parser.add_argument(
@@ -51,6 +63,17 @@ class Command(BaseCommand):
         elif options["tls_client_ca"]:
             raise CommandError("--tls-client-ca needs --tls-cert and --tls-key")
 
+        bind, native, export_path = options["bind"], None, None
+        if options["native"]:
+            binary = Path(settings.GATEWAY_NATIVE_BINARY)
+            if not binary.is_file():
+                raise CommandError(f"{binary}: the native front is not built; run `make native`")
+            public_tls, tls = tls, None  # the front terminates TLS; the hop behind it is loopback only
+            reservation = _reserve_port()  # held open for the life of the gateway
+            bind = f"127.0.0.1:{reservation.getsockname()[1]}"
+            export_path = Path(settings.VAR_DIR) / "run" / f"gateway-snapshot-{os.getpid()}.json"
+            native = _NativeFront(binary, options["bind"], bind, export_path, public_tls, options["native_metrics_bind"])
+
         workers = max(1, options["workers"])
         children: list[int] = []
         parent = True
@@ -71,11 +94,15 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         with audit_context(origin=Origin.GRPC, actor="gateway"):
             try:
-                asyncio.run(serve(options["bind"], reuse_port=workers > 1, tls=tls,
-                                  metrics_bind=options["metrics_bind"] if parent else ""))  # fmt: skip
+                asyncio.run(serve(bind, reuse_port=workers > 1 or native is not None, tls=tls,
+                                  metrics_bind=options["metrics_bind"] if parent else "",
+                                  export_path=export_path if parent else None,
+                                  on_started=native.start if parent and native else None))  # fmt: skip
             except KeyboardInterrupt:
                 pass
             finally:
+                if parent and native:
+                    native.stop()
                 for pid in children:
                     try:
                         os.kill(pid, signal.SIGTERM)
@@ -84,3 +111,60 @@ class Command(BaseCommand):
                         pass
                 if parent:
                     shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _reserve_port() -> socket.socket:
+    """A loopback port for the Python gateway behind the front: bound (SO_REUSEPORT, never
+    listening, so it takes no connections) and kept open, so no other process can be handed
+    it between now and the moment the gateway binds it too."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class _NativeFront:
+    """The gatewayd process: started once the Python gateway behind it listens and has
+    exported its first snapshot; if it dies, the whole gateway stops (a supervisor
+    restarts both) rather than run with no public port."""
+
+    def __init__(self, binary: Path, public: str, full: str, snapshot: Path, tls: Any, metrics_bind: str) -> None:
+        from django.conf import settings
+
+        redis = urlsplit(settings.REDIS_URL)
+        if redis.scheme != "redis" or redis.password:
+            raise CommandError("the native front supports REDIS_URL redis://host:port/db (no password) only")
+        self.command = [
+            str(binary), "--listen", public, "--full", full, "--snapshot", str(snapshot),
+            "--redis", f"{redis.hostname or '127.0.0.1'}:{redis.port or 6379}/{(redis.path or '/0').strip('/') or 0}",
+        ]  # fmt: skip
+        if metrics_bind:
+            self.command += ["--metrics-bind", metrics_bind]
+        if tls is not None:
+            self.command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            if tls.client_ca:
+                self.command += ["--tls-client-ca", str(tls.client_ca)]
+        self.snapshot = snapshot
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command)
+        threading.Thread(target=self._watch, name="gatewayd-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        assert self.process is not None
+        code = self.process.wait()
+        if not self.stopping:
+            logging.getLogger(__name__).error("the native front exited (%s); stopping the gateway", code)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.snapshot.unlink(missing_ok=True)
