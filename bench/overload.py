@@ -1,7 +1,7 @@
 """Overload at 3× the sustainable rate: goodput, shedding, and what a critical tenant sees.
 
 Needs the appliance from `make run` (reads var/run/appliance.json). Registers (once)
-a model `slowbatch` — the demo classifier plus 20 ms per batch, max batch 8, so
+a model `slowbatch` (or `slowprio`, `--model`) — the demo classifier plus 20 ms per batch, max batch 8, so
 one replica sustains a known few hundred requests a second — two tenants,
 `bench-critical` (priority class critical) and `bench-batch` (batch), and their
 keys; deploys the model on the demo node. Then, through the gateway:
@@ -13,7 +13,7 @@ keys; deploys the model on the demo node. Then, through the gateway:
    at 20 requests/s beside it → batch goodput (answered/s), shed (RESOURCE_EXHAUSTED),
    and the critical tenant's p50/p99.
 
-    .venv/bin/python bench/overload.py [--seconds 10]
+    .venv/bin/python bench/overload.py [--seconds 10] [--model slowbatch|slowprio]
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ class TritonPythonModel(_Good):
         _time.sleep(0.02)
         return _Good.execute(self, requests)
 '''
+# `slowbatch`: the gateway's classes only. `slowprio`: also Triton's own priority queue
+# (three levels; the gateway sends the tenant's class as the request priority, critical 1 …
+# batch 3), so a critical request overtakes batch requests already waiting inside Triton.
+PROFILES = {
+    "slowbatch": {"max_batch_size": 8},
+    "slowprio": {"max_batch_size": 8, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}},
+}
 MODEL = "slowbatch"
 
 
@@ -57,7 +64,7 @@ def setup(app: Appliance) -> dict[str, str]:
     """Model, tenants, grants and keys (idempotent); returns {class: key}."""
     models = {m["name"] for m in app.api("GET", "models/?limit=1000")["results"]}
     if MODEL not in models:
-        app.api("POST", "models/", {"name": MODEL, "serving_profile": {"max_batch_size": 8}})
+        app.api("POST", "models/", {"name": MODEL, "serving_profile": PROFILES[MODEL]})
     if not [d for d in app.api("GET", f"deployments/?model={MODEL}")["results"] if d["state"] == "live"]:
         import io
         import tarfile
@@ -171,7 +178,10 @@ async def scenario(address: str, keys: dict[str, str], seconds: float) -> list[t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--model", choices=sorted(PROFILES), default=MODEL)
     args = parser.parse_args()
+    global MODEL
+    MODEL = args.model
     app = Appliance()
     keys = setup(app)
     rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds))
