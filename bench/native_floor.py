@@ -52,6 +52,23 @@ def start(argv: list[str]) -> subprocess.Popen[str]:
     return proc
 
 
+def limited_key() -> dict[str, str]:
+    """A key of tenant `bench-limited`, whose rate limit and daily quota are on (so high that
+    they never refuse): every request also runs the quota script in Redis."""
+    from lifecycle import Appliance
+
+    app = Appliance()
+    tenants = {t["slug"] for t in app.api("GET", "tenants/?limit=1000")["results"]}
+    if "bench-limited" not in tenants:
+        app.api("POST", "tenants/", {"slug": "bench-limited", "name": "bench-limited", "rate_limit_rps": 1_000_000,
+                                     "rate_burst": 1_000_000, "daily_quota": 1_000_000_000})  # fmt: skip
+        app.api("POST", "grants/", {"tenant": "bench-limited", "model": app.model})
+    key = app.api("POST", "api-keys/", {"tenant": "bench-limited", "name": f"bench-{time.time():.0f}"})["key"]
+    headers = {"authorization": f"Bearer {key}"}
+    wait_ready(app.info["gateway"], headers, app.model)
+    return headers
+
+
 def wait_ready(address: str, headers: dict[str, str], model: str) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -88,6 +105,7 @@ def main() -> None:
         ("Python pass-through", python_address, {}, python.pid),
         ("Python gateway, all", python_gateway_address, key, python_gateway.pid),
         ("native front, all", info["gateway"], key, info["gateway_pid"]),
+        ("native front, + quota", info["gateway"], limited_key(), info["gateway_pid"]),
     ]
     rows = []
     try:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] bucket hash, KEYS[2] day counter prefix; ARGV rate, burst, daily quota.
 # Returns {allowed (1/0), retry_after_ms, reason (0 ok, 1 rate, 2 quota)}.
-_SCRIPT = """
+SCRIPT = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 local rate, burst, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -55,6 +55,11 @@ return {1, 0, 0}
 """
 
 
+def prefix() -> str:
+    """Where the buckets and day counters live (the native front uses the same keys)."""
+    return f"{settings.INSTANCE}:quota"
+
+
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
@@ -65,8 +70,8 @@ class Verdict:
 class Quotas:
     def __init__(self) -> None:
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._script = self._redis.register_script(_SCRIPT)
-        self.prefix = f"{settings.INSTANCE}:quota"
+        self._script = self._redis.register_script(SCRIPT)
+        self.prefix = prefix()
 
     async def take(self, tenant_id: str, *, rate: int, burst: int, daily: int) -> Verdict:
         """One request's worth of the tenant's allowance."""

@@ -181,10 +181,13 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
     atomically (a new file renamed over the old), so it never reads half a view."""
     from appliance.accounts.choices import PRIORITY_LEVEL
     from appliance.gateway.admission import RANK
+    from appliance.gateway.quota import SCRIPT, prefix
 
     document = {
         "config": {
             "instance": settings.INSTANCE,
+            "quota_prefix": prefix(),
+            "quota_script": SCRIPT,
             "queue_max": settings.GATEWAY_QUEUE_MAX,
             "queue_wait_s": settings.GATEWAY_QUEUE_WAIT_S,
             "initial_limit": settings.GATEWAY_INITIAL_LIMIT,
@@ -199,7 +202,9 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
                 "models": sorted(entry.models) if entry.models is not None else None,
                 "rank": RANK.get(entry.priority, 1),
                 "triton_priority": PRIORITY_LEVEL.get(entry.priority, 2),
-                "limited": entry.rate > 0 or entry.daily > 0,
+                "rate": entry.rate,
+                "burst": entry.burst,
+                "daily": entry.daily,
             }
             for digest, entry in snapshot.keys.items()
         },

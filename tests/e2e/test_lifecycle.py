@@ -362,8 +362,9 @@ def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fl
     olga.post("tenants/", {"slug": "metered", "name": "Metered", "daily_quota": 7, "priority_class": "batch"})
     olga.post("grants/", {"tenant": "metered", "model": MODEL})
     key = olga.post("api-keys/", {"tenant": "metered", "name": "k"})["key"]
-    metrics_port = free_port()
-    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{metrics_port}", name="gateway-2")
+    metrics_port, native_port = free_port(), free_port()
+    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{metrics_port}",
+                                    "--native-metrics-bind", f"127.0.0.1:{native_port}", name="gateway-2")  # fmt: skip
     clients = [grpcclient.InferenceServerClient(fleet.gateway), grpcclient.InferenceServerClient(second)]
     wait_for("the second gateway", lambda: clients[1].is_server_ready(), timeout=30, procs=fleet.procs)
     tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
@@ -380,19 +381,32 @@ def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fl
     refused = [o for o in outcomes if o != "ok"]
     assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") and "daily quota of 7" in o for o in refused), refused
 
-    ok_line = f'gateway_requests_total{{model="{MODEL}",status="OK",tenant="metered"}}'
-    shed_line = f'gateway_requests_total{{model="{MODEL}",status="RESOURCE_EXHAUSTED",tenant="metered"}}'
+    def scrape() -> list[tuple[str, dict[str, str], float]]:
+        """Both endpoints of the second gateway: the native front's and the Python gateway's."""
+        samples = []
+        for port in (metrics_port, native_port):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            for line in text.splitlines():
+                if line.startswith("gateway_"):
+                    series, value = line.rsplit(" ", 1)
+                    name, _, labels = series.partition("{")
+                    pairs = dict(item.split("=", 1) for item in labels.rstrip("}").split(",") if item)
+                    samples.append((name, {k: v.strip('"') for k, v in pairs.items()}, float(value)))
+        return samples
 
-    def scrape() -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_")}
+    def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+        return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == want for k, want in labels.items()))
 
-    # Workers hand their counts to the endpoint once a second.
-    counts = wait_for("the metrics", lambda: (c := scrape()).get(ok_line, 0) + c.get(shed_line, 0) == 10 and c, timeout=10)
-    # This endpoint sums the second gateway's own processes: it saw every other request.
-    assert counts[ok_line] + counts[shed_line] == 10, {k: v for k, v in counts.items() if "metered" in k}
-    assert counts[f'gateway_shed_total{{model="{MODEL}",priority="batch",reason="quota"}}'] == counts[shed_line]
-    assert f'gateway_request_seconds_bucket{{le="0.005",model="{MODEL}"}}' in counts
+    def answered(samples: list[tuple[str, dict[str, str], float]]) -> float:
+        return total(samples, "gateway_requests_total", tenant="metered", model=MODEL)
+
+    # The Python gateway hands its counts to its endpoint once a second; the native front's are live.
+    counts = wait_for("the metrics", lambda: answered(c := scrape()) == 10 and c, timeout=10)
+    # This gateway's endpoints saw every other request, wherever it was answered.
+    assert total(counts, "gateway_requests_total", tenant="metered", status="OK") == outcomes[1::2].count("ok")
+    shed = total(counts, "gateway_requests_total", tenant="metered", status="RESOURCE_EXHAUSTED")
+    assert total(counts, "gateway_shed_total", model=MODEL, priority="batch", reason="quota") == shed == 10 - outcomes[1::2].count("ok")
+    assert total(counts, "gateway_request_seconds_bucket", le="0.005", model=MODEL) > 0
 
 
 LOPSIDED = _SOURCE + '''

@@ -1,17 +1,18 @@
 // gatewayd: the gateway's native front (issue 4). It owns the public gRPC port and
-// answers the hot path itself, natively: unary ModelInfer for an API key whose
-// tenant has no rate limit or daily quota, to a model with live, permitted replicas
-// and no response or semantic cache. It authenticates (SHA-256 of the bearer key),
-// checks the grant and the key's model scope, applies the residency policy
-// (permitted nodes), follows a rollout's traffic split, picks the less loaded of two
+// answers the hot path itself, natively: unary ModelInfer for a known API key, to a
+// model with live, permitted replicas and no response or semantic cache. It
+// authenticates (SHA-256 of the bearer key), checks the grant and the key's model
+// scope, applies the residency policy (permitted nodes), takes the tenant's rate
+// limit and daily quota (quota.py's Redis script), follows a rollout's traffic split,
+// picks the less loaded of two
 // replicas, admits through the same adaptive concurrency limits and per-model
 // priority queue as the Python gateway (admission.py), drops requests whose
 // deadline passes while they wait, sheds with RESOURCE_EXHAUSTED and a retry hint,
 // retries once on another replica after UNAVAILABLE, and counts what it answered
 // into the same Redis statistics and its own Prometheus endpoint.
 //
-// Everything else -- other methods, streams, unknown or expired keys, limited
-// tenants, cached models, models with no live replica (scale-to-zero wake-up, policy
+// Everything else -- other methods, streams, unknown or expired keys, cached
+// models, models with no live replica (scale-to-zero wake-up, policy
 // denials and their audit) -- is handed, bytes and metadata unchanged, to the full
 // Python gateway on a loopback port, which answers it exactly as it would alone.
 //
@@ -35,6 +36,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <csignal>
 #include <fstream>
@@ -87,11 +89,12 @@ struct KeyEntry {
   std::unordered_set<std::string> models;
   int rank = 1;
   int triton_priority = 2;
-  bool limited = false;  // a rate limit or daily quota: the full path's Redis script decides
+  int rate = 0, burst = 0, daily = 0;  // quota.py: requests a second, bucket size, a UTC day (0: none)
 };
 
 struct Config {
   std::string instance = "appliance";
+  std::string quota_prefix, quota_script;  // quota.py's keys and its Lua script, the one source
   int queue_max = 256;
   double queue_wait_s = 2.0, initial_limit = 16, max_limit = 512, default_timeout_s = 60;
 };
@@ -117,6 +120,8 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
   auto s = std::make_shared<Snapshot>();
   const auto& c = doc.at("config");
   s->config.instance = c.at("instance").get<std::string>();
+  s->config.quota_prefix = c.at("quota_prefix").get<std::string>();
+  s->config.quota_script = c.at("quota_script").get<std::string>();
   s->config.queue_max = c.at("queue_max").get<int>();
   s->config.queue_wait_s = c.at("queue_wait_s").get<double>();
   s->config.initial_limit = c.at("initial_limit").get<double>();
@@ -131,7 +136,9 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
     e.models = string_set(k.at("models"));
     e.rank = std::clamp(k.at("rank").get<int>(), 0, 2);
     e.triton_priority = k.at("triton_priority").get<int>();
-    e.limited = k.at("limited").get<bool>();
+    e.rate = k.at("rate").get<int>();
+    e.burst = k.at("burst").get<int>();
+    e.daily = k.at("daily").get<int>();
     s->keys.emplace(hash, std::move(e));
   }
   for (const auto& [tenant, models] : doc.at("grants").items()) s->grants[tenant] = string_set(models);
@@ -333,9 +340,9 @@ class Counters {
     row.queued += 1;
     row.qms += seconds * 1000.0;
   }
-  void shed(const std::string& model, int rank) {
+  void shed(const std::string& model, int rank, const std::string& reason = "overload") {
     std::lock_guard<std::mutex> lock(mu_);
-    shed_[{model, kClassNames[rank]}] += 1;
+    shed_[{model, kClassNames[rank], reason}] += 1;
   }
   void retried(const std::string& model) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -441,11 +448,11 @@ class Counters {
     for (const auto& [address, v] : replicas)
       out << "gateway_concurrency_limit{" << plane << ",replica=\"" << label_escape(address) << "\"} " << v.second
           << "\n";
-    out << "# HELP gateway_shed_total Requests refused with RESOURCE_EXHAUSTED (overload)\n"
+    out << "# HELP gateway_shed_total Requests refused with RESOURCE_EXHAUSTED (overload or quota)\n"
         << "# TYPE gateway_shed_total counter\n";
     for (const auto& [l, v] : shed_)
-      out << "gateway_shed_total{" << plane << ",model=\"" << label_escape(l.first) << "\",priority=\"" << l.second
-          << "\",reason=\"overload\"} " << v << "\n";
+      out << "gateway_shed_total{" << plane << ",model=\"" << label_escape(std::get<0>(l)) << "\",priority=\""
+          << std::get<1>(l) << "\",reason=\"" << std::get<2>(l) << "\"} " << v << "\n";
     out << "# HELP gateway_retried_total Requests retried after a replica answered UNAVAILABLE\n"
         << "# TYPE gateway_retried_total counter\n";
     for (const auto& [model, v] : retried_)
@@ -480,7 +487,7 @@ class Counters {
   std::string instance_ = "appliance";
   std::map<std::tuple<std::string, std::string, std::string>, double> requests_;
   std::map<std::string, Histogram> latency_, queue_;
-  std::map<std::pair<std::string, std::string>, double> shed_;
+  std::map<std::tuple<std::string, std::string, std::string>, double> shed_;
   std::map<std::string, double> retried_, handoffs_;
   std::map<std::pair<std::string, std::string>, Row> traffic_, versions_;
 };
@@ -528,6 +535,51 @@ struct Waiter {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Per-tenant rate limits and daily quotas: quota.py's Redis script (sent in the snapshot, so
+// both gateways run the very same one against the same keys), for every request of a limited
+// tenant. One thread pipelines whatever requests are waiting into one round trip. Redis
+// unreachable: served (fail open), as quota.py does.
+struct Verdict {
+  bool allowed = true;
+  long long retry_after_ms = 0;
+  int reason = 0;  // 1 rate, 2 quota
+};
+
+class Quotas {
+ public:
+  struct Ask {
+    Call* call;
+    std::string bucket, day, script;
+    int rate, burst, daily;
+  };
+
+  Quotas(std::string host, int port, int db) : host_(std::move(host)), port_(port), db_(db) {
+    std::thread([this] { run(); }).detach();
+  }
+
+  void take(Ask ask) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waiting_.push_back(std::move(ask));
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  void run();
+  bool connect();
+
+  std::string host_;
+  int port_, db_;
+  redisContext* redis_ = nullptr;
+  std::string loaded_;  // the script text whose SHA-1 Redis knows
+  std::string sha_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::vector<Ask> waiting_;
+  Clock::time_point warned_{};
+};
+
 class Front;
 
 // One call on the public port: served natively (unary ModelInfer on the hot path) or bridged,
@@ -546,6 +598,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
   void granted(const Route& route);
   void evicted(int retry_after_ms);
   void wake();
+  // The tenant's rate limit and quota decided (on the quota thread).
+  void quota_done(const Verdict& verdict);
 
  private:
   friend class Front;
@@ -565,6 +619,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   };
 
   void decide();
+  void admit();
   void handoff(const char* reason);
   void start_bridge(bool have_first_message);
   void UpstreamWriteDone(bool ok);
@@ -633,6 +688,8 @@ class Front final : public grpc::CallbackGenericService {
   }
 
   grpc::GenericStub* full() { return full_.get(); }
+  Quotas* quotas() { return quotas_.get(); }
+  void set_quotas(std::unique_ptr<Quotas> quotas) { quotas_ = std::move(quotas); }
   SnapshotFile* snapshots() { return snapshots_; }
   Counters* counters() { return counters_; }
 
@@ -785,6 +842,7 @@ class Front final : public grpc::CallbackGenericService {
   SnapshotFile* snapshots_;
   Counters* counters_;
   std::unique_ptr<grpc::GenericStub> full_;
+  std::unique_ptr<Quotas> quotas_;
   std::mutex stubs_mu_;
   std::unordered_map<std::string, std::unique_ptr<grpc::GenericStub>> stubs_;
   std::mutex mu_;
@@ -793,6 +851,83 @@ class Front final : public grpc::CallbackGenericService {
   uint64_t seq_ = 1;
   std::mt19937_64 rng_{std::random_device{}()};
 };
+
+bool Quotas::connect() {
+  if (redis_ != nullptr && !redis_->err) return true;
+  if (redis_ != nullptr) redisFree(redis_);
+  struct timeval timeout {0, 500000};
+  redis_ = redisConnectWithTimeout(host_.c_str(), port_, timeout);
+  if (redis_ == nullptr || redis_->err) return false;
+  redisSetTimeout(redis_, timeout);
+  if (db_) freeReplyObject(redisCommand(redis_, "SELECT %d", db_));
+  loaded_.clear();
+  return !redis_->err;
+}
+
+void Quotas::run() {
+  for (;;) {
+    std::vector<Ask> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ready_.wait(lock, [this] { return !waiting_.empty(); });
+      batch.swap(waiting_);
+    }
+    std::vector<Verdict> verdicts(batch.size());
+    bool stored = false;
+    for (int attempt = 0; attempt < 2 && !stored; ++attempt) {
+      if (!connect()) break;
+      if (loaded_ != batch[0].script) {  // SCRIPT LOAD answers the SHA-1 EVALSHA needs
+        redisReply* reply = static_cast<redisReply*>(redisCommand(redis_, "SCRIPT LOAD %b", batch[0].script.data(),
+                                                                  batch[0].script.size()));
+        if (reply == nullptr || reply->type != REDIS_REPLY_STRING) {
+          if (reply) freeReplyObject(reply);
+          break;
+        }
+        sha_.assign(reply->str, reply->len);
+        loaded_ = batch[0].script;
+        freeReplyObject(reply);
+      }
+      for (const auto& ask : batch) {
+        std::string rate = std::to_string(ask.rate), burst = std::to_string(ask.burst), daily = std::to_string(ask.daily);
+        const char* argv[] = {"EVALSHA", sha_.c_str(), "2", ask.bucket.c_str(), ask.day.c_str(),
+                              rate.c_str(), burst.c_str(), daily.c_str()};
+        redisAppendCommandArgv(redis_, 8, argv, nullptr);
+      }
+      bool noscript = false, failed = false;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        void* raw = nullptr;
+        if (redisGetReply(redis_, &raw) != REDIS_OK) {
+          failed = true;
+          break;
+        }
+        auto* reply = static_cast<redisReply*>(raw);
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+          verdicts[i].allowed = reply->element[0]->integer == 1;
+          verdicts[i].retry_after_ms = reply->element[1]->integer;
+          verdicts[i].reason = static_cast<int>(reply->element[2]->integer);
+        } else if (reply->type == REDIS_REPLY_ERROR && std::string(reply->str, reply->len).rfind("NOSCRIPT", 0) == 0) {
+          noscript = true;
+        }
+        freeReplyObject(reply);
+      }
+      if (failed) break;
+      if (noscript) {
+        loaded_.clear();  // Redis was restarted or flushed its scripts: load again, ask again
+        verdicts.assign(batch.size(), Verdict{});
+        continue;
+      }
+      stored = true;
+    }
+    if (!stored) {
+      verdicts.assign(batch.size(), Verdict{});  // fail open
+      if (Clock::now() - warned_ > std::chrono::seconds(10)) {
+        warned_ = Clock::now();
+        std::cerr << "gatewayd: quota store unavailable; serving without limits" << std::endl;
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) batch[i].call->quota_done(verdicts[i]);
+  }
+}
 
 Call::Call(Front* front, grpc::GenericCallbackServerContext* context) : front_(front), context_(context) {
   if (context_->method() == kInfer) {
@@ -843,7 +978,6 @@ void Call::decide() {
   if (key == s.keys.end()) return handoff("unknown key");
   key_ = &key->second;
   if (key_->expires_at && key_->expires_at <= unix_now()) return handoff("expired key");
-  if (key_->limited) return handoff("tenant limits");
   raw_ = flatten(request_);
   if (!model_of(raw_, model_, version_) || model_.empty()) return handoff("malformed");
   auto grants = s.grants.find(key_->tenant_id);
@@ -899,16 +1033,40 @@ void Call::decide() {
     }
   }
   mode_ = Mode::kNative;
+  if (key_->rate > 0 || key_->daily > 0) {
+    const auto& tenant = key_->tenant_id;
+    front_->quotas()->take(Quotas::Ask{this, s.config.quota_prefix + ":bucket:" + tenant,
+                                       s.config.quota_prefix + ":day:" + tenant + ":", s.config.quota_script,
+                                       key_->rate, key_->burst ? key_->burst : key_->rate, key_->daily});
+    return;  // quota_done continues
+  }
+  admit();
+}
+
+void Call::quota_done(const Verdict& verdict) {
+  if (verdict.allowed) return admit();
+  bool quota = verdict.reason == 2;
+  front_->counters()->shed(model_, key_->rank, quota ? "quota" : "rate");
+  std::string message = quota ? "tenant '" + key_->slug + "' used its daily quota of " + std::to_string(key_->daily) +
+                                    " requests"
+                              : "tenant '" + key_->slug + "' is over its rate limit of " + std::to_string(key_->rate) +
+                                    " requests/s; retry in " + std::to_string(verdict.retry_after_ms) + " ms";
+  answer(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message), static_cast<int>(verdict.retry_after_ms));
+}
+
+// Admission (admission.py): a replica slot now, a place in the model's queue, or shed.
+void Call::admit() {
+  const Snapshot& s = *snapshot_;
   int retry_after_ms = 0;
   wait_ = Wait::kWaiting;  // before the call can appear in a queue (no other thread knows it yet)
   queued_at_ = Clock::now();
   Route route;
-  auto admit = front_->acquire(this, s, model_, first_, key_->rank, route, retry_after_ms);
-  if (admit == Front::Admit::kNow) {
+  auto outcome = front_->acquire(this, s, model_, first_, key_->rank, route, retry_after_ms);
+  if (outcome == Front::Admit::kNow) {
     wait_ = Wait::kNone;
     return admitted(route, 0.0);
   }
-  if (admit == Front::Admit::kShed) {
+  if (outcome == Front::Admit::kShed) {
     wait_ = Wait::kNone;
     front_->counters()->shed(model_, key_->rank);
     return answer(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -1248,6 +1406,20 @@ int main(int argc, char** argv) {
   snapshots.poll();
   Counters counters;
   Front front(options["--full"], &snapshots, &counters);
+  std::string redis_host = "127.0.0.1";
+  int redis_port = 6379, redis_db = 0;
+  if (options.count("--redis")) {  // host:port/db
+    std::string spec = options["--redis"];
+    auto slash = spec.find('/');
+    if (slash != std::string::npos) {
+      redis_db = std::stoi(spec.substr(slash + 1));
+      spec = spec.substr(0, slash);
+    }
+    auto colon = spec.rfind(':');
+    redis_host = spec.substr(0, colon);
+    redis_port = std::stoi(spec.substr(colon + 1));
+  }
+  front.set_quotas(std::make_unique<Quotas>(redis_host, redis_port, redis_db));
 
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -1279,19 +1451,6 @@ int main(int argc, char** argv) {
   if (options.count("--metrics-bind") && !options["--metrics-bind"].empty())
     serve_metrics(options["--metrics-bind"], &front, &counters);
 
-  std::string redis_host = "127.0.0.1";
-  int redis_port = 6379, redis_db = 0;
-  if (options.count("--redis")) {  // host:port/db
-    std::string spec = options["--redis"];
-    auto slash = spec.find('/');
-    if (slash != std::string::npos) {
-      redis_db = std::stoi(spec.substr(slash + 1));
-      spec = spec.substr(0, slash);
-    }
-    auto colon = spec.rfind(':');
-    redis_host = spec.substr(0, colon);
-    redis_port = std::stoi(spec.substr(colon + 1));
-  }
   std::signal(SIGTERM, [](int) { stopping = true; });
   std::signal(SIGINT, [](int) { stopping = true; });
   std::cout << "gatewayd: listening on " << options["--listen"] << ", full gateway at " << options["--full"]
