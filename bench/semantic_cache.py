@@ -145,9 +145,12 @@ def _ask(client: grpcclient.InferenceServerClient, model: str, text: str, header
     return (time.perf_counter() - started) * 1000
 
 
-def _digits(client: grpcclient.InferenceServerClient, model: str, i: int, headers: dict[str, str]) -> float:
+def _digits(client: grpcclient.InferenceServerClient, model: str, i: int, headers: dict[str, str], salt: float = 0.0) -> float:
+    """Image i; a run's salt (added to one pixel) keeps an earlier run's cached answers out."""
+    image = IMAGES[i % len(IMAGES)].reshape(1, 64).astype(np.float32)
+    image[0, 0] += salt
     tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
-    tensor.set_data_from_numpy(IMAGES[i % len(IMAGES)].reshape(1, 64).astype(np.float32))
+    tensor.set_data_from_numpy(image)
     started = time.perf_counter()
     client.infer(model, [tensor], headers=headers)
     return (time.perf_counter() - started) * 1000
@@ -174,9 +177,10 @@ def latency(app: Appliance, key: str, n: int) -> None:
     app.api("PATCH", f"models/{app.model}/", {"response_cache": True})
     time.sleep(2.5)
     try:
-        _digits(gateway, app.model, 0, headers)
-        digits_hits = [_digits(gateway, app.model, 0, headers) for _ in range(n)]
-        digits_misses = [_digits(gateway, app.model, i, headers) for i in range(1, n)]  # distinct images: misses
+        salt = (int(run) % 100_000) / 1e6
+        _digits(gateway, app.model, 0, headers, salt)
+        digits_hits = [_digits(gateway, app.model, 0, headers, salt) for _ in range(n)]
+        digits_misses = [_digits(gateway, app.model, i, headers, salt) for i in range(1, n)]  # distinct images: misses
         rows.append((f"{app.model} (1 ms model), exact cache", digits_hits, digits_misses))
     finally:
         app.api("PATCH", f"models/{app.model}/", {"response_cache": False})
