@@ -193,6 +193,7 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
             "initial_limit": settings.GATEWAY_INITIAL_LIMIT,
             "max_limit": settings.GATEWAY_MAX_LIMIT,
             "default_timeout_s": settings.GATEWAY_DEFAULT_TIMEOUT_S,
+            "refresh_s": settings.GATEWAY_REFRESH_S,
         },
         "keys": {
             digest: {

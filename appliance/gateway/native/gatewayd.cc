@@ -29,6 +29,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <openssl/sha.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -97,6 +98,7 @@ struct Config {
   std::string quota_prefix, quota_script;  // quota.py's keys and its Lua script, the one source
   int queue_max = 256;
   double queue_wait_s = 2.0, initial_limit = 16, max_limit = 512, default_timeout_s = 60;
+  double refresh_s = 1.0;  // how often the Python gateway rewrites the snapshot
 };
 
 struct Snapshot {
@@ -127,6 +129,7 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
   s->config.initial_limit = c.at("initial_limit").get<double>();
   s->config.max_limit = c.at("max_limit").get<double>();
   s->config.default_timeout_s = c.at("default_timeout_s").get<double>();
+  s->config.refresh_s = c.at("refresh_s").get<double>();
   for (const auto& [hash, k] : doc.at("keys").items()) {
     KeyEntry e;
     e.tenant_id = k.at("tenant_id").get<std::string>();
@@ -164,12 +167,21 @@ class SnapshotFile {
 
   std::shared_ptr<const Snapshot> current() const { return std::atomic_load(&snapshot_); }
 
+  // The Python gateway rewrites the file after every refresh; a file that stopped changing
+  // means it is gone or stuck, and a revoked key must not live on here: the front then
+  // answers nothing itself.
+  bool stale(const Snapshot& s) const {
+    double age = unix_now() - written_.load();
+    return age > std::max(5.0, 5 * s.config.refresh_s);
+  }
+
   // Reloads when the file's modification time or size changed; a bad file keeps the old view.
   void poll() {
     struct stat st {};
     if (stat(path_.c_str(), &st) != 0) return;
     auto stamp = std::make_pair(static_cast<long long>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
                                 static_cast<long long>(st.st_size));
+    written_ = st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9;
     if (stamp == stamp_) return;
     try {
       std::ifstream in(path_);
@@ -185,6 +197,7 @@ class SnapshotFile {
  private:
   std::string path_;
   std::pair<long long, long long> stamp_{-1, -1};
+  std::atomic<double> written_{0};
   std::shared_ptr<const Snapshot> snapshot_;
 };
 
@@ -962,6 +975,7 @@ void Call::decide() {
   snapshot_ = front_->snapshots()->current();
   if (!snapshot_) return handoff("no snapshot yet");
   const Snapshot& s = *snapshot_;
+  if (front_->snapshots()->stale(s)) return handoff("stale snapshot");
   std::string token;
   auto auth = context_->client_metadata().find("authorization");
   if (auth == context_->client_metadata().end()) return handoff("no key");
@@ -1393,6 +1407,7 @@ std::atomic<bool> stopping{false};
 }  // namespace
 
 int main(int argc, char** argv) {
+  prctl(PR_SET_PDEATHSIG, SIGTERM);  // run_gateway started us; we never outlive it
   std::map<std::string, std::string> options;
   for (int i = 1; i + 1 < argc; i += 2) options[argv[i]] = argv[i + 1];
   for (const char* required : {"--listen", "--full", "--snapshot"}) {
@@ -1469,5 +1484,6 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   counters.flush(redis, redis_host, redis_port, redis_db);
   if (redis) redisFree(redis);
-  return 0;
+  std::cout.flush();
+  std::_Exit(0);  // not through destructors: the quota thread still waits on its condition
 }
