@@ -148,7 +148,40 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
 
 
-async def scenario(address: str, keys: dict[str, str], seconds: float) -> list[tuple[str, ...]]:
+def _loadgen() -> Path:
+    """bench/native_floor/loadgen.cc, built like the native front (Debian's libgrpc++)."""
+    import subprocess
+
+    binary = ROOT / "var" / "build" / "loadgen"
+    source = ROOT / "bench" / "native_floor" / "loadgen.cc"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++"], check=True, capture_output=True, text=True).stdout.split()
+        subprocess.run(["g++", "-O2", "-std=c++17", str(source), *flags, "-o", str(binary)], check=True)
+    return binary
+
+
+async def native_open_loop(address: str, key: str, rate: float, seconds: float, out: list[tuple[str, float]]) -> None:
+    """The same arrivals from the C++ generator (one image, the batch tenant's key)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add(name="IMAGE", datatype="FP32")
+    tensor.shape.extend([1, 64])
+    request.raw_input_contents.append(IMAGES[0].reshape(1, 64).astype(np.float32).tobytes())
+    body = ROOT / "var" / "build" / "loadgen-request.bin"
+    body.write_bytes(request.SerializeToString())
+    proc = await asyncio.create_subprocess_exec(
+        str(_loadgen()), address, "/inference.GRPCInferenceService/ModelInfer", str(body), "authorization",
+        f"Bearer {key}", f"{rate}", f"{seconds}", "10", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await proc.communicate()
+    summary = json.loads(stdout)
+    names = {"0": "ok", "8": "RESOURCE_EXHAUSTED"}
+    for code, count in summary["codes"].items():
+        out.extend([(names.get(code, f"code {code}"), 0.0)] * count)
+
+
+async def scenario(address: str, keys: dict[str, str], seconds: float, native_load: bool = False) -> list[tuple[str, ...]]:
     await closed_loop(address, keys["batch"], 64, seconds)  # the replica's limit settles
     peak = await closed_loop(address, keys["batch"], 64, seconds)
     alone: list[tuple[str, float]] = []
@@ -156,7 +189,8 @@ async def scenario(address: str, keys: dict[str, str], seconds: float) -> list[t
     batch: list[tuple[str, float]] = []
     critical: list[tuple[str, float]] = []
     began = time.perf_counter()
-    await asyncio.gather(open_loop(address, keys["batch"], 3 * peak, seconds, batch),
+    batch_load = native_open_loop if native_load else open_loop
+    await asyncio.gather(batch_load(address, keys["batch"], 3 * peak, seconds, batch),
                          open_loop(address, keys["critical"], 20, seconds, critical))  # fmt: skip
     elapsed = time.perf_counter() - began
     ok_batch = [lat for s, lat in batch if s == "ok"]
@@ -179,13 +213,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--model", choices=sorted(PROFILES), default=MODEL)
+    parser.add_argument("--native-load", action="store_true",
+                        help="the overload's batch arrivals from bench/native_floor/loadgen.cc instead of Python")  # fmt: skip
     args = parser.parse_args()
     global MODEL
     MODEL = args.model
     app = Appliance()
     keys = setup(app)
-    rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {MODEL} (20 ms per batch of ≤ 8)")
+    rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds, args.native_load))
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {MODEL} (20 ms per batch of ≤ 8); "
+          f"batch arrivals from {'the C++ generator' if args.native_load else 'Python'}")
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -224,13 +224,17 @@ def reconfiguration_step_end(*, step: ReconfigurationStep, state: str, detail: s
 
 @transaction.atomic
 def reconfiguration_finish(*, run: Reconfiguration, succeeded: bool, error: str = "") -> None:
-    """Ends the run. A failure leaves a fault on the node (degraded until cleared)."""
+    """Ends the run. A failure leaves a fault on the node (degraded until cleared).
+
+    The node's row is locked first: an audited save takes the audit chain's lock, and
+    heartbeats and the health sweep lock the node row before theirs; the other order
+    deadlocked against them (seen in CI)."""
+    node = Node.objects.select_for_update().get(pk=run.node_id)
     locked = Reconfiguration.objects.select_for_update().get(pk=run.pk)
     locked.state = ReconfigurationState.SUCCEEDED if succeeded else ReconfigurationState.FAILED
     locked.error = error[:4000]
     locked.finished = timezone.now()
     locked.save(update_fields=["state", "error", "finished"])
-    node = Node.objects.select_for_update().get(pk=locked.node_id)
     node.fault = "" if succeeded else f"MIG reconfiguration of GPU {locked.gpu_index} failed and was rolled back: {error}"[:500]
     node.save(update_fields=["fault", "updated"])
 
