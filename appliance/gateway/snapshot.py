@@ -188,6 +188,8 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
             "instance": settings.INSTANCE,
             "quota_prefix": prefix(),
             "quota_script": SCRIPT,
+            "cache_prefix": f"{settings.INSTANCE}:cache",
+            "cache_ttl_s": settings.CACHE_TTL_S,
             "queue_max": settings.GATEWAY_QUEUE_MAX,
             "queue_wait_s": settings.GATEWAY_QUEUE_WAIT_S,
             "initial_limit": settings.GATEWAY_INITIAL_LIMIT,

@@ -261,6 +261,28 @@ def test_native_front_answers_the_hot_path_and_hands_the_rest_to_the_python_gate
     assert handoffs("malformed") == malformed + 1
     assert client.get_model_metadata("digits", headers=_auth(story["acme"])).name == "digits"
 
+    # The exact cache, answered by the front itself: a repeated request is a hit it counts,
+    # with the cached answer and this request's id.
+    hit = 'gateway_cache_lookups_total{plane="native",model="digits",result="hit"}'
+    salted = images[:1] + 0.5  # a request nobody cached before
+    tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
+    tensor.set_data_from_numpy(salted)
+
+    def ask(request_id: str) -> Any:
+        return client.infer("digits", [tensor], headers=_auth(story["acme"]), request_id=request_id, client_timeout=10)
+
+    erin = story["erin"]
+    assert erin.client.patch("/api/v1/models/digits/", {"response_cache": True}, format="json").status_code == 200
+    try:
+        wait_for("a native cache hit", lambda: ask("warm") and _scrape(port).get(hit, 0) > 0)
+        hits = _scrape(port)[hit]
+        answer = ask("second")
+        assert _scrape(port)[hit] == hits + 1 and answer.get_response().id == "second"
+        assert np.array_equal(answer.as_numpy("PROBABILITIES"), ask("third").as_numpy("PROBABILITIES"))
+        assert answer.as_numpy("LABEL")[0] == _expected_labels(salted)[0]
+    finally:
+        erin.client.patch("/api/v1/models/digits/", {"response_cache": False}, format="json")
+
     # A snapshot nobody refreshes is not trusted: with the Python gateway frozen, the front
     # answers nothing itself (a key revoked meanwhile must not live on in it).
     def stale() -> bool:

@@ -1,9 +1,10 @@
 // gatewayd: the gateway's native front (issue 4). It owns the public gRPC port and
 // answers the hot path itself, natively: unary ModelInfer for a known API key, to a
-// model with live, permitted replicas and no response or semantic cache. It
+// model with live, permitted replicas and no semantic cache. It
 // authenticates (SHA-256 of the bearer key), checks the grant and the key's model
 // scope, applies the residency policy (permitted nodes), takes the tenant's rate
-// limit and daily quota (quota.py's Redis script), follows a rollout's traffic split,
+// limit and daily quota (quota.py's Redis script), answers from the exact response
+// cache (cache.py's keys) when it can, follows a rollout's traffic split,
 // picks the less loaded of two
 // replicas, admits through the same adaptive concurrency limits and per-model
 // priority queue as the Python gateway (admission.py), drops requests whose
@@ -11,8 +12,8 @@
 // retries once on another replica after UNAVAILABLE, and counts what it answered
 // into the same Redis statistics and its own Prometheus endpoint.
 //
-// Everything else -- other methods, streams, unknown or expired keys, cached
-// models, models with no live replica (scale-to-zero wake-up, policy
+// Everything else -- other methods, streams, unknown or expired keys, models with the
+// semantic cache, models with no live replica (scale-to-zero wake-up, policy
 // denials and their audit) -- is handed, bytes and metadata unchanged, to the full
 // Python gateway on a loopback port, which answers it exactly as it would alone.
 //
@@ -96,6 +97,8 @@ struct KeyEntry {
 struct Config {
   std::string instance = "appliance";
   std::string quota_prefix, quota_script;  // quota.py's keys and its Lua script, the one source
+  std::string cache_prefix;                // cache.py's keys
+  int cache_ttl_s = 300;
   int queue_max = 256;
   double queue_wait_s = 2.0, initial_limit = 16, max_limit = 512, default_timeout_s = 60;
   double refresh_s = 1.0;  // how often the Python gateway rewrites the snapshot
@@ -124,6 +127,8 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
   s->config.instance = c.at("instance").get<std::string>();
   s->config.quota_prefix = c.at("quota_prefix").get<std::string>();
   s->config.quota_script = c.at("quota_script").get<std::string>();
+  s->config.cache_prefix = c.at("cache_prefix").get<std::string>();
+  s->config.cache_ttl_s = c.at("cache_ttl_s").get<int>();
   s->config.queue_max = c.at("queue_max").get<int>();
   s->config.queue_wait_s = c.at("queue_wait_s").get<double>();
   s->config.initial_limit = c.at("initial_limit").get<double>();
@@ -214,11 +219,15 @@ bool read_varint(const uint8_t*& p, const uint8_t* end, uint64_t& out) {
   return false;
 }
 
-// Scans the top level of the message. False if it is not well-formed protobuf.
-bool model_of(const std::string& raw, std::string& name, std::string& version) {
+// Scans the top level of the message. False if it is not well-formed protobuf. `content`,
+// when asked for, gets the message without its version and id (fields 2 and 3): what the
+// exact cache's key hashes (cache.py clears the same two fields).
+bool model_of(const std::string& raw, std::string& name, std::string& version, std::string* id = nullptr,
+              std::string* content = nullptr) {
   const uint8_t* p = reinterpret_cast<const uint8_t*>(raw.data());
   const uint8_t* end = p + raw.size();
   while (p < end) {
+    const uint8_t* field_start = p;
     uint64_t tag, value;
     if (!read_varint(p, end, tag)) return false;
     uint32_t field = tag >> 3, wire = tag & 7;
@@ -239,12 +248,14 @@ bool model_of(const std::string& raw, std::string& name, std::string& version) {
         if (!read_varint(p, end, value) || value > static_cast<uint64_t>(end - p)) return false;
         if (field == 1) name.assign(reinterpret_cast<const char*>(p), value);
         if (field == 2) version.assign(reinterpret_cast<const char*>(p), value);
+        if (field == 3 && id) id->assign(reinterpret_cast<const char*>(p), value);
         p += value;
         break;
       }
       default:
         return false;
     }
+    if (content && field != 2 && field != 3) content->append(reinterpret_cast<const char*>(field_start), p - field_start);
   }
   return true;
 }
@@ -300,6 +311,24 @@ std::string flatten(const grpc::ByteBuffer& buffer) {
 // ---------------------------------------------------------------------------------------------
 // Counting: Prometheus (cumulative, served at --metrics-bind) and the Redis statistics the
 // rollout gates and the console read (stats.py: flushed every 0.25 s, summed over processes).
+// One Redis connection, (re)connected on demand (hiredis, blocking, 0.5 s timeouts).
+struct RedisLink {
+  std::string host;
+  int port = 6379, db = 0;
+  redisContext* context = nullptr;
+
+  bool connect() {
+    if (context != nullptr && !context->err) return true;
+    if (context != nullptr) redisFree(context);
+    struct timeval timeout {0, 500000};
+    context = redisConnectWithTimeout(host.c_str(), port, timeout);
+    if (context == nullptr || context->err) return false;
+    redisSetTimeout(context, timeout);
+    if (db) freeReplyObject(redisCommand(context, "SELECT %d", db));
+    return !context->err;
+  }
+};
+
 struct Histogram {
   std::vector<uint64_t> counts = std::vector<uint64_t>(kLatencyBuckets.size() + 1, 0);
   double sum = 0;
@@ -309,8 +338,8 @@ struct Histogram {
   }
 };
 
-struct Row {  // stats.py: per-version n, err, ms, b0..b21; per (tenant, model) the same plus queued, qms
-  double n = 0, err = 0, ms = 0, queued = 0, qms = 0;
+struct Row {  // stats.py: per-version n, err, ms, b0..b21; per (tenant, model) the same plus queued, qms, hit, miss
+  double n = 0, err = 0, ms = 0, queued = 0, qms = 0, hit = 0, miss = 0;
   std::vector<double> buckets = std::vector<double>(kStatsBucketsMs.size() + 1, 0);
   void count(bool ok, double seconds) {
     double ms_ = seconds * 1000.0;
@@ -357,6 +386,12 @@ class Counters {
     std::lock_guard<std::mutex> lock(mu_);
     shed_[{model, kClassNames[rank], reason}] += 1;
   }
+  void cache(const std::string& tenant, const std::string& model, bool hit) {
+    std::lock_guard<std::mutex> lock(mu_);
+    cache_[{model, hit ? "hit" : "miss"}] += 1;
+    auto& row = traffic_[{tenant, model}];
+    (hit ? row.hit : row.miss) += 1;
+  }
   void retried(const std::string& model) {
     std::lock_guard<std::mutex> lock(mu_);
     retried_[model] += 1;
@@ -367,7 +402,7 @@ class Counters {
   }
 
   // Adds what was counted since the last flush to Redis (stats.py's keys and fields).
-  void flush(redisContext*& redis, const std::string& redis_host, int redis_port, int redis_db) {
+  void flush(RedisLink& link) {
     std::map<std::pair<std::string, std::string>, Row> traffic, versions;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -375,17 +410,11 @@ class Counters {
       versions.swap(versions_);
     }
     if (traffic.empty() && versions.empty()) return;
-    if (redis == nullptr || redis->err) {
-      if (redis) redisFree(redis);
-      struct timeval timeout {0, 500000};
-      redis = redisConnectWithTimeout(redis_host.c_str(), redis_port, timeout);
-      if (redis == nullptr || redis->err) {
-        std::cerr << "gatewayd: request statistics not stored (Redis unreachable)" << std::endl;
-        return;
-      }
-      redisSetTimeout(redis, timeout);
-      if (redis_db) freeReplyObject(redisCommand(redis, "SELECT %d", redis_db));
+    if (!link.connect()) {
+      std::cerr << "gatewayd: request statistics not stored (Redis unreachable)" << std::endl;
+      return;
     }
+    redisContext* redis = link.context;
     double now = unix_now();
     long second = static_cast<long>(now);
     int pending = 0;
@@ -409,7 +438,8 @@ class Counters {
     for (const auto& [labels, row] : traffic) {
       std::string prefix = labels.first + "|" + labels.second + "|";
       std::vector<std::pair<std::string, double>> fields = {
-          {"n", row.n}, {"err", row.err}, {"ms", row.ms}, {"queued", row.queued}, {"qms", row.qms}};
+          {"n", row.n},       {"err", row.err}, {"ms", row.ms},    {"queued", row.queued},
+          {"qms", row.qms},   {"hit", row.hit}, {"miss", row.miss}};
       for (size_t i = 0; i < row.buckets.size(); ++i) fields.push_back({"b" + std::to_string(i), row.buckets[i]});
       for (const auto& [name, value] : fields)
         if (value != 0) add({"HINCRBYFLOAT", minute_key, prefix + name, num(value)});
@@ -470,6 +500,10 @@ class Counters {
         << "# TYPE gateway_retried_total counter\n";
     for (const auto& [model, v] : retried_)
       out << "gateway_retried_total{" << plane << ",model=\"" << label_escape(model) << "\"} " << v << "\n";
+    out << "# HELP gateway_cache_lookups_total Response-cache lookups\n# TYPE gateway_cache_lookups_total counter\n";
+    for (const auto& [l, v] : cache_)
+      out << "gateway_cache_lookups_total{" << plane << ",model=\"" << label_escape(l.first) << "\",result=\""
+          << l.second << "\"} " << v << "\n";
     out << "# HELP gateway_native_handoffs_total Requests handed to the full (Python) gateway, by reason\n"
         << "# TYPE gateway_native_handoffs_total counter\n";
     for (const auto& [reason, v] : handoffs_)
@@ -502,6 +536,7 @@ class Counters {
   std::map<std::string, Histogram> latency_, queue_;
   std::map<std::tuple<std::string, std::string, std::string>, double> shed_;
   std::map<std::string, double> retried_, handoffs_;
+  std::map<std::pair<std::string, std::string>, double> cache_;
   std::map<std::pair<std::string, std::string>, Row> traffic_, versions_;
 };
 
@@ -566,7 +601,7 @@ class Quotas {
     int rate, burst, daily;
   };
 
-  Quotas(std::string host, int port, int db) : host_(std::move(host)), port_(port), db_(db) {
+  Quotas(std::string host, int port, int db) : link_{std::move(host), port, db} {
     std::thread([this] { run(); }).detach();
   }
 
@@ -580,16 +615,45 @@ class Quotas {
 
  private:
   void run();
-  bool connect();
 
-  std::string host_;
-  int port_, db_;
-  redisContext* redis_ = nullptr;
+  RedisLink link_;
   std::string loaded_;  // the script text whose SHA-1 Redis knows
   std::string sha_;
   std::mutex mu_;
   std::condition_variable ready_;
   std::vector<Ask> waiting_;
+  Clock::time_point warned_{};
+};
+
+// The exact response cache (cache.py's keys and TTL): lookups for the calls that wait on
+// them and fire-and-forget stores, pipelined from one thread. Redis trouble is a miss.
+class CacheStore {
+ public:
+  CacheStore(std::string host, int port, int db) : link_{std::move(host), port, db} {
+    std::thread([this] { run(); }).detach();
+  }
+  void get(Call* call, std::string key) { push(Job{call, std::move(key), "", 0}); }
+  void put(std::string key, std::string value, int ttl_s) { push(Job{nullptr, std::move(key), std::move(value), ttl_s}); }
+
+ private:
+  struct Job {
+    Call* call;  // a lookup for this call; nullptr: a store
+    std::string key, value;
+    int ttl_s;
+  };
+  void push(Job job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waiting_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+  }
+  void run();
+
+  RedisLink link_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::vector<Job> waiting_;
   Clock::time_point warned_{};
 };
 
@@ -613,6 +677,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
   void wake();
   // The tenant's rate limit and quota decided (on the quota thread).
   void quota_done(const Verdict& verdict);
+  // The exact cache answered a lookup (on the cache thread): found, and the cached answer.
+  void cache_done(bool found, std::string answer);
 
  private:
   friend class Front;
@@ -632,6 +698,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   };
 
   void decide();
+  void proceed();
   void admit();
   void handoff(const char* reason);
   void start_bridge(bool have_first_message);
@@ -647,6 +714,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
   void release_hold(bool cancel);
 
   Front* front_;
+  bool cached_ = false;  // the model's exact cache is on for this tenant
+  std::string cache_key_, request_id_;
   uint64_t queue_seq_ = 0;  // set by admission (under its lock) when the call joins a queue
   bool alarm_set_ = false;
   // The bridge's hold on the upstream call: its ops are started from the server side's
@@ -702,7 +771,11 @@ class Front final : public grpc::CallbackGenericService {
 
   grpc::GenericStub* full() { return full_.get(); }
   Quotas* quotas() { return quotas_.get(); }
-  void set_quotas(std::unique_ptr<Quotas> quotas) { quotas_ = std::move(quotas); }
+  CacheStore* cache() { return cache_.get(); }
+  void set_stores(std::unique_ptr<Quotas> quotas, std::unique_ptr<CacheStore> cache) {
+    quotas_ = std::move(quotas);
+    cache_ = std::move(cache);
+  }
   SnapshotFile* snapshots() { return snapshots_; }
   Counters* counters() { return counters_; }
 
@@ -856,6 +929,7 @@ class Front final : public grpc::CallbackGenericService {
   Counters* counters_;
   std::unique_ptr<grpc::GenericStub> full_;
   std::unique_ptr<Quotas> quotas_;
+  std::unique_ptr<CacheStore> cache_;
   std::mutex stubs_mu_;
   std::unordered_map<std::string, std::unique_ptr<grpc::GenericStub>> stubs_;
   std::mutex mu_;
@@ -864,18 +938,6 @@ class Front final : public grpc::CallbackGenericService {
   uint64_t seq_ = 1;
   std::mt19937_64 rng_{std::random_device{}()};
 };
-
-bool Quotas::connect() {
-  if (redis_ != nullptr && !redis_->err) return true;
-  if (redis_ != nullptr) redisFree(redis_);
-  struct timeval timeout {0, 500000};
-  redis_ = redisConnectWithTimeout(host_.c_str(), port_, timeout);
-  if (redis_ == nullptr || redis_->err) return false;
-  redisSetTimeout(redis_, timeout);
-  if (db_) freeReplyObject(redisCommand(redis_, "SELECT %d", db_));
-  loaded_.clear();
-  return !redis_->err;
-}
 
 void Quotas::run() {
   for (;;) {
@@ -888,7 +950,10 @@ void Quotas::run() {
     std::vector<Verdict> verdicts(batch.size());
     bool stored = false;
     for (int attempt = 0; attempt < 2 && !stored; ++attempt) {
-      if (!connect()) break;
+      redisContext* before = link_.context;
+      if (!link_.connect()) break;
+      if (link_.context != before) loaded_.clear();  // a new connection may face a restarted Redis
+      redisContext* redis_ = link_.context;
       if (loaded_ != batch[0].script) {  // SCRIPT LOAD answers the SHA-1 EVALSHA needs
         redisReply* reply = static_cast<redisReply*>(redisCommand(redis_, "SCRIPT LOAD %b", batch[0].script.data(),
                                                                   batch[0].script.size()));
@@ -939,6 +1004,53 @@ void Quotas::run() {
       }
     }
     for (size_t i = 0; i < batch.size(); ++i) batch[i].call->quota_done(verdicts[i]);
+  }
+}
+
+void CacheStore::run() {
+  for (;;) {
+    std::vector<Job> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ready_.wait(lock, [this] { return !waiting_.empty(); });
+      batch.swap(waiting_);
+    }
+    std::vector<std::pair<bool, std::string>> found(batch.size());
+    bool ok = link_.connect();
+    if (ok) {
+      for (const auto& job : batch) {
+        if (job.call != nullptr) {
+          const char* argv[] = {"GET", job.key.c_str()};
+          size_t lens[] = {3, job.key.size()};
+          redisAppendCommandArgv(link_.context, 2, argv, lens);
+        } else {
+          std::string ttl = std::to_string(job.ttl_s);
+          const char* argv[] = {"SET", job.key.c_str(), job.value.data(), "EX", ttl.c_str()};
+          size_t lens[] = {3, job.key.size(), job.value.size(), 2, ttl.size()};
+          redisAppendCommandArgv(link_.context, 5, argv, lens);
+        }
+      }
+      for (size_t i = 0; i < batch.size() && ok; ++i) {
+        void* raw = nullptr;
+        if (redisGetReply(link_.context, &raw) != REDIS_OK) {
+          ok = false;
+          break;
+        }
+        auto* reply = static_cast<redisReply*>(raw);
+        if (batch[i].call != nullptr && reply->type == REDIS_REPLY_STRING)
+          found[i] = {true, std::string(reply->str, reply->len)};
+        freeReplyObject(reply);
+      }
+    }
+    if (!ok) {
+      for (auto& f : found) f = {false, ""};  // a miss, never a failed request
+      if (Clock::now() - warned_ > std::chrono::seconds(10)) {
+        warned_ = Clock::now();
+        std::cerr << "gatewayd: response cache unavailable; serving from Triton" << std::endl;
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i)
+      if (batch[i].call != nullptr) batch[i].call->cache_done(found[i].first, std::move(found[i].second));
   }
 }
 
@@ -993,12 +1105,15 @@ void Call::decide() {
   key_ = &key->second;
   if (key_->expires_at && key_->expires_at <= unix_now()) return handoff("expired key");
   raw_ = flatten(request_);
-  if (!model_of(raw_, model_, version_) || model_.empty()) return handoff("malformed");
+  if (!model_of(raw_, model_, version_, &request_id_) || model_.empty()) return handoff("malformed");
   auto grants = s.grants.find(key_->tenant_id);
   if (grants == s.grants.end() || !grants->second.count(model_)) return handoff("not granted");
   if (!key_->any_model && !key_->models.count(model_)) return handoff("not granted");
-  if ((s.cached_models.count(model_) || s.semantic_models.count(model_)) && s.cache_tenants.count(key_->tenant_id))
-    return handoff("cache");
+  // A model with both caches uses the exact one (as the Python gateway does); the semantic
+  // cache (embedding, nearest neighbours, word guard) is the Python gateway's.
+  cached_ = s.cached_models.count(model_) && s.cache_tenants.count(key_->tenant_id);
+  if (!cached_ && s.semantic_models.count(model_) && s.cache_tenants.count(key_->tenant_id))
+    return handoff("semantic cache");
   auto all = s.routes.find(model_);
   if (all == s.routes.end()) return handoff("no replica");
   // Slices dedicated to a tenant serve that tenant only (snapshot.py: for_tenant), then residency.
@@ -1054,11 +1169,32 @@ void Call::decide() {
                                        key_->rate, key_->burst ? key_->burst : key_->rate, key_->daily});
     return;  // quota_done continues
   }
-  admit();
+  proceed();
+}
+
+// The exact cache (cache.py): looked up under the version that would answer, after the quota
+// (a hit is a request too) and before admission (a hit takes no replica slot).
+void Call::proceed() {
+  if (!cached_) return admit();
+  routes_ = first_;  // a retry stays on the version whose answer will be stored under its key
+  std::string name, version, content;
+  model_of(raw_, name, version, nullptr, &content);
+  cache_key_ = snapshot_->config.cache_prefix + ":" + key_->tenant_id + ":" + model_ + ":" + first_[0].version + ":" +
+               sha256_hex(content);
+  front_->cache()->get(this, cache_key_);  // cache_done continues
+}
+
+void Call::cache_done(bool found, std::string answer_bytes) {
+  front_->counters()->cache(key_->slug, model_, found);
+  if (!found) return admit();
+  put_bytes_field(answer_bytes, 3, request_id_);  // the answer is the cached one; the id is this request's
+  grpc::Slice slice(answer_bytes);
+  response_ = grpc::ByteBuffer(&slice, 1);
+  answer(grpc::Status::OK);
 }
 
 void Call::quota_done(const Verdict& verdict) {
-  if (verdict.allowed) return admit();
+  if (verdict.allowed) return proceed();
   bool quota = verdict.reason == 2;
   front_->counters()->shed(model_, key_->rank, quota ? "quota" : "rate");
   std::string message = quota ? "tenant '" + key_->slug + "' used its daily quota of " + std::to_string(key_->daily) +
@@ -1225,6 +1361,7 @@ void Call::sent(const grpc::Status& status) {
   front_->release(s, model_, route_, latency, overloaded, true);
   front_->counters()->version(model_, route_.version, status.ok(), latency);
   if (status.ok()) {
+    if (cached_) front_->cache()->put(cache_key_, flatten(response_), snapshot_->config.cache_ttl_s);
     answer(grpc::Status::OK);
   } else {
     answer(grpc::Status(code, status.error_message().empty() ? "upstream error" : status.error_message()));
@@ -1434,7 +1571,8 @@ int main(int argc, char** argv) {
     redis_host = spec.substr(0, colon);
     redis_port = std::stoi(spec.substr(colon + 1));
   }
-  front.set_quotas(std::make_unique<Quotas>(redis_host, redis_port, redis_db));
+  front.set_stores(std::make_unique<Quotas>(redis_host, redis_port, redis_db),
+                   std::make_unique<CacheStore>(redis_host, redis_port, redis_db));
 
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -1471,19 +1609,18 @@ int main(int argc, char** argv) {
   std::cout << "gatewayd: listening on " << options["--listen"] << ", full gateway at " << options["--full"]
             << std::endl;
   // The housekeeping loop: snapshot reloads every 50 ms, statistics to Redis every 0.25 s.
-  redisContext* redis = nullptr;
+  RedisLink statistics{redis_host, redis_port, redis_db};
   int tick = 0;
   while (!stopping) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     snapshots.poll();
     if (++tick % 5 == 0) {
       if (auto s = snapshots.current()) counters.set_instance(s->config.instance);
-      counters.flush(redis, redis_host, redis_port, redis_db);
+      counters.flush(statistics);
     }
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  counters.flush(redis, redis_host, redis_port, redis_db);
-  if (redis) redisFree(redis);
+  counters.flush(statistics);
   std::cout.flush();
   std::_Exit(0);  // not through destructors: the quota thread still waits on its condition
 }
