@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from gateway_overhead import cpu_seconds, pct, run  # noqa: E402
+from gateway_scale import free_port, start_gateway  # noqa: E402
 
 HERE = ROOT / "bench" / "native_floor"
 
 
 def free_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def build() -> Path:
@@ -94,11 +92,8 @@ def main() -> None:
     native = start([str(build()), native_address, triton])
     python = start([sys.executable, str(HERE / "py_passthrough.py"), python_address, triton])
     # The Python gateway alone, beside the `make run` gateway (native front + Python behind it).
-    python_gateway_address = free_address()
-    python_gateway = subprocess.Popen([sys.executable, "manage.py", "run_gateway", "--bind", python_gateway_address],
-                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    python_gateway, python_gateway_address = start_gateway(workers=1)
     key = {"authorization": f"Bearer {info['api_key']}"}
-    wait_ready(python_gateway_address, key, info["model"])
     paths = [
         ("direct Triton", triton, {}, None),
         ("native pass-through", native_address, {}, native.pid),

@@ -12,14 +12,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from appliance.nodes.agent.triton import with_parent_death_signal
+from appliance.core.process import with_parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,6 +69,28 @@ class Fleet:
     agent_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     runtime_role: str = ""
+
+    @classmethod
+    @contextmanager
+    def running(cls, workdir: Path, agents: dict[str, tuple[str, ...]], env: dict[str, str] | None = None) -> Iterator[Fleet]:
+        """A module's fleet: a control worker, beat, one agent per node (with its options) and
+        the gateway; yields once every node is healthy, stops everything after."""
+        from appliance.nodes.models import Node
+
+        fleet = cls.create(workdir)
+        fleet.env.update(env or {})
+        try:
+            fleet.start_worker()
+            fleet.start_beat()
+            for name, options in agents.items():
+                fleet.start_agent(name, *options)
+            fleet.start_gateway()
+            wait_for("every node healthy",
+                     lambda: Node.objects.filter(name__in=list(agents), health="healthy").count() == len(agents),
+                     procs=fleet.procs)  # fmt: skip
+            yield fleet
+        finally:
+            fleet.stop()
 
     @classmethod
     def create(cls, workdir: Path) -> Fleet:

@@ -63,21 +63,9 @@ class TritonPythonModel(_Good):
 
 @pytest.fixture(scope="module")
 def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from appliance.nodes.models import Node
-
-    fleet = Fleet.create(tmp_path_factory.mktemp("lifecycle"))
-    fleet.env["APPLIANCE_ROLLOUT_TICK_S"] = "0.5"
-    try:
-        fleet.start_worker()
-        fleet.start_beat()
-        for name in NODES:
-            fleet.start_agent(name)
-        fleet.start_gateway()
-        wait_for("both nodes healthy",
-                 lambda: Node.objects.filter(name__in=NODES, health="healthy").count() == 2, procs=fleet.procs)  # fmt: skip
+    env = {"APPLIANCE_ROLLOUT_TICK_S": "0.5"}
+    with Fleet.running(tmp_path_factory.mktemp("lifecycle"), {name: () for name in NODES}, env) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")

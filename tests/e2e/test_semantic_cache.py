@@ -32,18 +32,8 @@ EVAL = json.loads((MODELS_DIR / "minilm" / "semantic_eval.json").read_text())
 
 @pytest.fixture(scope="module")
 def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from appliance.nodes.models import Node
-
-    fleet = Fleet.create(tmp_path_factory.mktemp("semantic"))
-    try:
-        fleet.start_worker()
-        fleet.start_beat()
-        fleet.start_agent("sem-node")
-        fleet.start_gateway()
-        wait_for("the node healthy", lambda: Node.objects.filter(name="sem-node", health="healthy").exists(), procs=fleet.procs)
+    with Fleet.running(tmp_path_factory.mktemp("semantic"), {"sem-node": ()}) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")

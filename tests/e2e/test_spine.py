@@ -38,23 +38,9 @@ BROKEN_MODEL = "class TritonPythonModel:\n    def initialize(self, args):\n     
 
 @pytest.fixture(scope="module")
 def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from appliance.nodes.models import Node
-
-    fleet = Fleet.create(tmp_path_factory.mktemp("fleet"))
-    try:
-        fleet.start_worker()
-        fleet.start_beat()
-        fleet.start_agent("node-a")
-        fleet.start_agent("node-b", "--inventory", "simulated", "--simulate-gpus", "H100-80GB,A30-24GB")
-        fleet.start_gateway()
-        wait_for(
-            "both nodes healthy",
-            lambda: Node.objects.filter(name__in=["node-a", "node-b"], health="healthy").count() == 2,
-            procs=fleet.procs,
-        )
+    agents = {"node-a": (), "node-b": ("--inventory", "simulated", "--simulate-gpus", "H100-80GB,A30-24GB")}
+    with Fleet.running(tmp_path_factory.mktemp("fleet"), agents) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")

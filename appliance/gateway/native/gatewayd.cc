@@ -30,7 +30,6 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <openssl/sha.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -593,6 +592,42 @@ struct Verdict {
   int reason = 0;  // 1 rate, 2 quota
 };
 
+// Work for one Redis thread: callers push, the thread takes everything waiting at once
+// (one pipelined round trip for all of it). Quotas and the response cache use it.
+template <typename T>
+class BatchQueue {
+ public:
+  void push(T item) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items_.push_back(std::move(item));
+    }
+    ready_.notify_one();
+  }
+  std::vector<T> take() {  // blocks until something is waiting
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.wait(lock, [this] { return !items_.empty(); });
+    std::vector<T> batch;
+    batch.swap(items_);
+    return batch;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::vector<T> items_;
+};
+
+// A warning at most every 10 s (one Redis thread's, while Redis is away).
+struct Warning {
+  Clock::time_point last{};
+  void operator()(const char* message) {
+    if (Clock::now() - last < std::chrono::seconds(10)) return;
+    last = Clock::now();
+    std::cerr << "gatewayd: " << message << std::endl;
+  }
+};
+
 class Quotas {
  public:
   struct Ask {
@@ -605,24 +640,16 @@ class Quotas {
     std::thread([this] { run(); }).detach();
   }
 
-  void take(Ask ask) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      waiting_.push_back(std::move(ask));
-    }
-    ready_.notify_one();
-  }
+  void take(Ask ask) { queue_.push(std::move(ask)); }
 
  private:
   void run();
 
   RedisLink link_;
+  BatchQueue<Ask> queue_;
+  Warning warn_;
   std::string loaded_;  // the script text whose SHA-1 Redis knows
   std::string sha_;
-  std::mutex mu_;
-  std::condition_variable ready_;
-  std::vector<Ask> waiting_;
-  Clock::time_point warned_{};
 };
 
 // The exact response cache (cache.py's keys and TTL): lookups for the calls that wait on
@@ -632,8 +659,10 @@ class CacheStore {
   CacheStore(std::string host, int port, int db) : link_{std::move(host), port, db} {
     std::thread([this] { run(); }).detach();
   }
-  void get(Call* call, std::string key) { push(Job{call, std::move(key), "", 0}); }
-  void put(std::string key, std::string value, int ttl_s) { push(Job{nullptr, std::move(key), std::move(value), ttl_s}); }
+  void get(Call* call, std::string key) { queue_.push(Job{call, std::move(key), "", 0}); }
+  void put(std::string key, std::string value, int ttl_s) {
+    queue_.push(Job{nullptr, std::move(key), std::move(value), ttl_s});
+  }
 
  private:
   struct Job {
@@ -641,20 +670,11 @@ class CacheStore {
     std::string key, value;
     int ttl_s;
   };
-  void push(Job job) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      waiting_.push_back(std::move(job));
-    }
-    ready_.notify_one();
-  }
   void run();
 
   RedisLink link_;
-  std::mutex mu_;
-  std::condition_variable ready_;
-  std::vector<Job> waiting_;
-  Clock::time_point warned_{};
+  BatchQueue<Job> queue_;
+  Warning warn_;
 };
 
 class Front;
@@ -878,19 +898,13 @@ class Front final : public grpc::CallbackGenericService {
     for (Call* c : granted) c->wake();
   }
 
-  // Takes a slot on a specific route if it has room (the retry). Lock taken here.
-  bool try_route(const Snapshot& s, const std::string& model, const Route& route, int rank) {
+  // The retry: a slot on another replica with room for this class, if there is one.
+  const Route* acquire_other(const Snapshot& s, const std::string& model, const std::vector<Route>& routes,
+                             const std::string& failed, int rank) {
     std::lock_guard<std::mutex> lock(mu_);
-    Limiter& l = limiter(s, route.address, model);
-    if (l.inflight >= l.capacity(rank)) return false;
-    l.inflight++;
-    return true;
-  }
-
-  const Route* retry_route(const Snapshot& s, const std::string& model, const std::vector<Route>& routes,
-                           const std::string& failed, int rank) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return free_route(s, model, routes, rank, failed);
+    const Route* r = free_route(s, model, routes, rank, failed);
+    if (r != nullptr) limiter(s, r->address, model).inflight++;
+    return r;
   }
 
   // Leaves the queue (deadline, queue wait, cancellation). True if the call was still waiting.
@@ -941,12 +955,7 @@ class Front final : public grpc::CallbackGenericService {
 
 void Quotas::run() {
   for (;;) {
-    std::vector<Ask> batch;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      ready_.wait(lock, [this] { return !waiting_.empty(); });
-      batch.swap(waiting_);
-    }
+    std::vector<Ask> batch = queue_.take();
     std::vector<Verdict> verdicts(batch.size());
     bool stored = false;
     for (int attempt = 0; attempt < 2 && !stored; ++attempt) {
@@ -998,10 +1007,7 @@ void Quotas::run() {
     }
     if (!stored) {
       verdicts.assign(batch.size(), Verdict{});  // fail open
-      if (Clock::now() - warned_ > std::chrono::seconds(10)) {
-        warned_ = Clock::now();
-        std::cerr << "gatewayd: quota store unavailable; serving without limits" << std::endl;
-      }
+      warn_("quota store unavailable; serving without limits");
     }
     for (size_t i = 0; i < batch.size(); ++i) batch[i].call->quota_done(verdicts[i]);
   }
@@ -1009,12 +1015,7 @@ void Quotas::run() {
 
 void CacheStore::run() {
   for (;;) {
-    std::vector<Job> batch;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      ready_.wait(lock, [this] { return !waiting_.empty(); });
-      batch.swap(waiting_);
-    }
+    std::vector<Job> batch = queue_.take();
     std::vector<std::pair<bool, std::string>> found(batch.size());
     bool ok = link_.connect();
     if (ok) {
@@ -1044,10 +1045,7 @@ void CacheStore::run() {
     }
     if (!ok) {
       for (auto& f : found) f = {false, ""};  // a miss, never a failed request
-      if (Clock::now() - warned_ > std::chrono::seconds(10)) {
-        warned_ = Clock::now();
-        std::cerr << "gatewayd: response cache unavailable; serving from Triton" << std::endl;
-      }
+      warn_("response cache unavailable; serving from Triton");
     }
     for (size_t i = 0; i < batch.size(); ++i)
       if (batch[i].call != nullptr) batch[i].call->cache_done(found[i].first, std::move(found[i].second));
@@ -1320,11 +1318,12 @@ void Call::admitted(const Route& route, double waited) {
 
 void Call::send() {
   const Snapshot& s = *snapshot_;
-  std::string body = raw_;
-  if (version_.empty()) put_bytes_field(body, 2, route_.version);  // the last occurrence wins
+  // Appended to the request in place: on the wire the last occurrence of a field (and of a
+  // map key) wins, so a retry's appends override the first attempt's.
+  if (version_.empty()) put_bytes_field(raw_, 2, route_.version);
   auto levels = s.priority_levels.find(model_);
-  if (levels != s.priority_levels.end() && levels->second >= 3) put_priority(body, key_->triton_priority);
-  grpc::Slice slice(body);
+  if (levels != s.priority_levels.end() && levels->second >= 3) put_priority(raw_, key_->triton_priority);
+  grpc::Slice slice(raw_);
   body_ = grpc::ByteBuffer(&slice, 1);
   {
     std::lock_guard<std::mutex> lock(mu_);  // OnCancel may be cancelling the previous attempt's context
@@ -1348,8 +1347,7 @@ void Call::sent(const grpc::Status& status) {
     attempt_ = 1;
     front_->counters()->retried(model_);
     front_->release(s, model_, route_, 0, false, false);
-    const Route* other = front_->retry_route(s, model_, routes_, route_.address, key_->rank);
-    if (other != nullptr && front_->try_route(s, model_, *other, key_->rank)) {
+    if (const Route* other = front_->acquire_other(s, model_, routes_, route_.address, key_->rank)) {
       route_ = *other;
       return send();
     }
@@ -1544,7 +1542,6 @@ std::atomic<bool> stopping{false};
 }  // namespace
 
 int main(int argc, char** argv) {
-  prctl(PR_SET_PDEATHSIG, SIGTERM);  // run_gateway started us; we never outlive it
   std::map<std::string, std::string> options;
   for (int i = 1; i + 1 < argc; i += 2) options[argv[i]] = argv[i + 1];
   for (const char* required : {"--listen", "--full", "--snapshot"}) {

@@ -19,19 +19,9 @@ from pathlib import Path
 from django.conf import settings
 
 from appliance.core.env import env_str
+from appliance.core.process import with_parent_death_signal
 
 log = logging.getLogger(__name__)
-
-_SETPRIV = shutil.which("setpriv")
-
-
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """If the agent is killed outright, its Triton must not linger holding ports.
-    Not with a preexec_fn: the agent has gRPC threads, and Python code between fork
-    and exec can then crash it (gRPC skips its fork handlers). util-linux's setpriv
-    sets the parent-death signal, then execs."""
-    return [_SETPRIV, "--pdeathsig", "TERM", *argv] if _SETPRIV else argv
-
 
 @dataclass(frozen=True)
 class TritonInstall:

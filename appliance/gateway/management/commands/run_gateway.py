@@ -149,7 +149,10 @@ class _NativeFront:
         self.stopping = False
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        from appliance.core.process import with_parent_death_signal
+
+        # If run_gateway dies, even by SIGKILL, the front must not serve on without it.
+        self.process = subprocess.Popen(with_parent_death_signal(self.command))
         threading.Thread(target=self._watch, name="gatewayd-watch", daemon=True).start()
 
     def _watch(self) -> None:
