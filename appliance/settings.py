@@ -174,6 +174,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": env_float("AUDIT_CHECKPOINT_S", 300.0)},
+    "audit-link": {"task": "audit.link", "schedule": env_float("AUDIT_LINK_S", 30.0),
+                   "options": {"expires": env_float("AUDIT_LINK_S", 30.0)}},
     "health-sweep": {
         "task": "nodes.health_sweep",
         "schedule": env_float("HEALTH_PERIOD_S", 2.0),

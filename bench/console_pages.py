@@ -59,7 +59,7 @@ def seed() -> dict[str, object]:
 
     from appliance.accounts.models import AccountRole, ModelGrant
     from appliance.accounts.services import api_key_create, tenant_create
-    from appliance.audit.chain import GENESIS, compute_hash
+    from appliance.audit.chain import GENESIS, compute_hash, link_pending
     from appliance.audit.models import AuditEvent
     from appliance.gateway.stats import BUCKETS_MS
     from appliance.metrics.collect import ALL
@@ -111,7 +111,8 @@ def seed() -> dict[str, object]:
     AccountRole.objects.create(user=admin, role="admin")
 
     # 100,000 audit events in one valid chain after what the services wrote.
-    head = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+    link_pending()
+    head = AuditEvent.objects.filter(sequence__isnull=False).order_by("-sequence").values_list("sequence", "hash").first()
     start_time = timezone.now() - timedelta(days=30)
     columns = ("sequence", "id", "time", "actor", "origin", "action", "target_type", "target_id", "target_repr",
                "changes", "source_address", "correlation_id", "prev_hash", "hash")  # fmt: skip

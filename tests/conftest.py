@@ -19,6 +19,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed end-to-end test carries the tails of its fleet's logs (agents, Tritons,
+    worker, gateway), so that a failure in CI, where the logs are gone, explains itself."""
+    outcome = yield
+    report = outcome.get_result()
+    fleet = getattr(item, "funcargs", {}).get("fleet")
+    if report.failed and call.when == "call" and hasattr(fleet, "log_tails"):
+        report.sections.append(("fleet logs", fleet.log_tails()))
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Any:
     """Always create the test database: the end-to-end tests use it from module

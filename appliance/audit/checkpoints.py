@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from appliance.audit.chain import link_pending
 from appliance.audit.models import AuditCheckpoint, AuditEvent
 
 
@@ -66,7 +67,8 @@ def _created_text(checkpoint: AuditCheckpoint) -> str:
 @transaction.atomic
 def checkpoint_create(*, sequence: int | None = None) -> AuditCheckpoint | None:
     """Signs the current head (or the given event); None when there is no such event."""
-    events = AuditEvent.objects.order_by("-sequence")
+    link_pending()
+    events = AuditEvent.objects.filter(sequence__isnull=False).order_by("-sequence")
     if sequence is not None:
         events = events.filter(sequence=sequence)
     head = events.values_list("sequence", "hash").first()

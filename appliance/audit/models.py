@@ -12,8 +12,9 @@ class AuditEvent(models.Model):
     """One thing someone or something did to the appliance's state; a link in the hash chain."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Position in the chain: 1, 2, 3, … with no gaps (a gap is a deleted event).
-    sequence = models.BigIntegerField(unique=True)
+    # Position in the chain: 1, 2, 3, … with no gaps (a gap is a deleted event). NULL for the
+    # moment between the writer's commit and the linker (chain.link_pending), with the hashes.
+    sequence = models.BigIntegerField(unique=True, null=True)
     time = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=200)
     origin = models.CharField(max_length=16, choices=Origin.choices)
@@ -29,6 +30,7 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["sequence"]
+        indexes = [models.Index(fields=["time"], condition=models.Q(sequence__isnull=True), name="audit_event_unlinked")]
 
     def __str__(self) -> str:
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_repr}"

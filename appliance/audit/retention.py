@@ -16,7 +16,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from appliance.audit.chain import _lock
+from appliance.audit.chain import _lock, link_pending
 from appliance.audit.checkpoints import checkpoint_create
 from appliance.audit.models import AuditEvent, AuditPrune
 from appliance.audit.services import audit_record
@@ -35,11 +35,13 @@ def audit_prune(*, before: datetime) -> PruneResult | None:
         raise DomainError("audit retention runs on PostgreSQL only")
     with transaction.atomic():
         _lock()
-        upto = AuditEvent.objects.filter(time__lt=before).order_by("-sequence").values_list("sequence", "hash").first()
+        link_pending()  # under the lock held to the end: the chain cannot move meanwhile
+        linked = AuditEvent.objects.filter(sequence__isnull=False).order_by("-sequence")
+        upto = linked.filter(time__lt=before).values_list("sequence", "hash").first()
         if upto is None:
             return None
         sequence, anchor = upto
-        head = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first()
+        head = linked.values_list("sequence", flat=True).first()
         if sequence == head:
             raise DomainError("retention must keep at least the newest event; choose an earlier cutoff")
         checkpoint_create(sequence=sequence)
@@ -51,4 +53,5 @@ def audit_prune(*, before: datetime) -> PruneResult | None:
             cursor.execute("SELECT set_config('appliance.audit_prune_upto', '', true)")
         audit_record(action="audit.prune", target_type="audit", target_repr=f"events up to #{sequence}",
                      changes={"upto_sequence": sequence, "cutoff": before.isoformat(), "deleted": deleted})  # fmt: skip
+        link_pending()
     return PruneResult(sequence, deleted)

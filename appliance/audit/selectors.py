@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 
+from appliance.audit.chain import link_pending
 from appliance.audit.models import AuditEvent
 from appliance.core.errors import DomainError
 
@@ -12,7 +13,9 @@ _EXACT = ("actor", "origin", "action", "target_type", "target_id", "correlation_
 
 
 def audit_events(filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
-    """Events matching the given filters; 'since'/'until' take ISO 8601 times."""
+    """Events matching the given filters; 'since'/'until' take ISO 8601 times. What is
+    committed is linked first, so a reader sees every event in its place in the chain."""
+    link_pending()
     qs = AuditEvent.objects.all()
     for name in _EXACT:
         if filters.get(name):

@@ -21,7 +21,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from appliance.accounts.models import ModelGrant, Tenant
-from appliance.audit.chain import verify
+from appliance.audit.chain import link_pending, verify
 from appliance.audit.export import export_lines
 from appliance.audit.models import AuditEvent
 from appliance.catalog.models import Model
@@ -170,6 +170,7 @@ def _when(text: str) -> datetime | None:
 
 
 def _audit_events(request: HttpRequest) -> tuple[QuerySet[AuditEvent], dict[str, str]]:
+    link_pending()
     events = AuditEvent.objects.order_by("-sequence")
     filters = {k: request.GET.get(k, "").strip() for k in ("actor", "action", "target", "since", "until")}
     if filters["actor"]:

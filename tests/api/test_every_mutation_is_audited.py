@@ -185,7 +185,7 @@ def test_mutating_endpoint_writes_an_audit_event(
     with django_capture_on_commit_callbacks(execute=False):
         response = call(api)
     assert response.status_code < 300, response.content
-    event = AuditEvent.objects.filter(action=expected).order_by("-sequence").first()
+    event = AuditEvent.objects.filter(action=expected).order_by("-time").first()
     assert event is not None, f"{endpoint} wrote no {expected} event"
     assert (event.actor, event.origin) == ("user:ada", "api")
     assert event.source_address == "127.0.0.1"

@@ -168,6 +168,17 @@ class Fleet:
         out = subprocess.run(["pgrep", "-f", "--", f"tritonserver.*--grpc-port={port}"], capture_output=True, text=True).stdout.split()
         return int(out[0])
 
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every process's log and every node's Triton log, with who is still running."""
+        parts = []
+        for proc in self.procs:
+            state = "running" if proc.popen.poll() is None else f"EXITED with {proc.popen.returncode}"
+            parts.append(f"--- {proc.name} ({state}) ---\n{proc.tail(lines)}")
+        for triton_log in sorted(self.workdir.glob("*/logs/*.log")):
+            tail = triton_log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {triton_log.relative_to(self.workdir)} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from appliance.accounts.services import tenant_create
-from appliance.audit.chain import GENESIS, verify
+from appliance.audit.chain import GENESIS, link_pending, verify
 from appliance.audit.checkpoints import checkpoint_create, checkpoint_export
 from appliance.audit.models import AuditEvent
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db
 def trail() -> list[AuditEvent]:
     for slug in ("t1", "t2", "t3", "t4", "t5"):
         tenant_create(slug=slug, name=slug.upper())
+    link_pending()  # what runs when a writer commits (this test's transaction never does)
     return list(AuditEvent.objects.order_by("sequence"))
 
 
@@ -49,6 +50,40 @@ def test_the_chain_links_every_event(trail: list[AuditEvent]) -> None:
     out = io.StringIO()
     call_command("audit_verify", stdout=out)
     assert "intact: 5 events" in out.getvalue()
+
+
+def test_an_event_is_linked_right_after_its_transaction_commits(django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        with transaction.atomic():
+            tenant_create(slug="t1", name="T1")
+            tenant_create(slug="t2", name="T2")
+            pending = list(AuditEvent.objects.order_by("time"))
+            assert [(e.sequence, e.hash) for e in pending] == [(None, ""), (None, "")], "no lock, no link before commit"
+    assert len(callbacks) == 1, "one link after the commit, however many events the transaction wrote"
+    linked = list(AuditEvent.objects.order_by("sequence"))
+    assert [e.sequence for e in linked] == [1, 2] and [e.id for e in linked] == [e.id for e in pending]
+    assert linked[0].prev_hash == GENESIS and linked[1].prev_hash == linked[0].hash
+    assert verify().ok
+
+
+def test_readers_link_what_is_committed_first(trail: list[AuditEvent]) -> None:
+    tenant_create(slug="t6", name="T6")
+    assert AuditEvent.objects.get(sequence__isnull=True).action == "tenant.create"
+    verdict = verify()
+    assert verdict.ok and verdict.checked == 6
+    assert not AuditEvent.objects.filter(sequence__isnull=True).exists()
+
+
+def test_linking_is_allowed_once_and_changes_nothing_else(trail: list[AuditEvent]) -> None:
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET hash = repeat('0', 64) WHERE sequence = 5")
+    tenant_create(slug="t6", name="T6")
+    unlinked = AuditEvent.objects.get(sequence__isnull=True)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET sequence = 6, prev_hash = %s, hash = %s, actor = 'user:mallory' "
+                       "WHERE id = %s", [trail[4].hash, "f" * 64, str(unlinked.id)])  # fmt: skip
+    assert link_pending() == 1
+    assert AuditEvent.objects.get(id=unlinked.id).actor == unlinked.actor
 
 
 @pytest.mark.parametrize("statement", ["UPDATE audit_auditevent SET actor = 'x'", "DELETE FROM audit_auditevent", "TRUNCATE audit_auditevent"])

@@ -43,7 +43,7 @@ def test_start_each_strategy(strategy: str, extra: list[str], steps: list[int], 
     deployment = Deployment.objects.get(pk=lines[0]["id"])
     if strategy == "canary":
         assert deployment.gate["max_error_rate_increase"] == 0.005
-    event = AuditEvent.objects.filter(action="deployment.create").latest("sequence")
+    event = AuditEvent.objects.filter(action="deployment.create").latest("time")
     assert (event.origin, event.actor.startswith("cli:")) == ("cli", True)
 
 

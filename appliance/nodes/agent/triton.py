@@ -177,25 +177,31 @@ class TritonSupervisor:
         backoff = 1.0
         need_callbacks = True
         while not self._stop.is_set():
-            if not self.alive():
-                code = self._process.returncode if self._process else None
-                if self._process is not None:
-                    self.restarts += 1
-                    log.warning("tritonserver of %s exited with %s; restarting in %.0fs", self.node_name, code, backoff)
-                    if self._stop.wait(backoff):
-                        return
-                    backoff = min(backoff * 2, 30.0)
-                self.start()
-                need_callbacks = True
-            if need_callbacks and ready_check():
-                backoff = 1.0
-                need_callbacks = False
-                for callback in self.on_start:
-                    try:
-                        callback()
-                    except Exception:  # a failed reload is recorded by the callback itself
-                        log.exception("after-start callback failed on %s", self.node_name)
+            try:
+                if not self.alive():
+                    code = self._process.returncode if self._process else None
+                    if self._process is not None:
+                        self.restarts += 1
+                        log.warning("tritonserver of %s exited with %s; restarting in %.0fs", self.node_name, code, backoff)
+                        if self._stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, 30.0)
+                    self.start()
+                    need_callbacks = True
+                if need_callbacks and ready_check():
+                    backoff = 1.0
+                    need_callbacks = False
+                    self._run_callbacks()
+            except Exception:  # the supervisor must outlive anything (a failed start is retried)
+                log.exception("supervising tritonserver of %s", self.node_name)
             self._stop.wait(interval)
+
+    def _run_callbacks(self) -> None:
+        for callback in self.on_start:
+            try:
+                callback()
+            except Exception:  # a failed reload is recorded by the callback itself
+                log.exception("after-start callback failed on %s", self.node_name)
 
     def stop(self) -> None:
         self._stop.set()

@@ -15,7 +15,7 @@ class Command(BaseCommand):
     help = (
         "Run as the database owner after every migrate: create (if needed) the unprivileged role the running "
         "appliance connects as, and grant it exactly what it needs. It can read and write the domain tables, only "
-        "SELECT and INSERT the audit trail, and, being neither owner nor superuser, cannot disable the audit triggers."
+        "SELECT and INSERT the audit trail (plus filling an event's chain link once), and, being neither owner nor superuser, cannot disable the audit triggers."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -45,4 +45,6 @@ class Command(BaseCommand):
             cursor.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
             tables = ", ".join(APPEND_ONLY_TABLES)
             cursor.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {tables} FROM "{role}"')
-        self.stdout.write(f"role {role}: granted on {database}; audit tables are SELECT/INSERT only")
+            # Linking an event into the chain fills these once; the trigger refuses any other change.
+            cursor.execute(f'GRANT UPDATE (sequence, prev_hash, hash) ON audit_auditevent TO "{role}"')
+        self.stdout.write(f"role {role}: granted on {database}; audit tables are SELECT/INSERT only (and linking)")
