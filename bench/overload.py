@@ -13,7 +13,12 @@ keys; deploys the model on the demo node. Then, through the gateway:
    at 20 requests/s beside it → batch goodput (answered/s), shed (RESOURCE_EXHAUSTED),
    and the critical tenant's p50/p99.
 
-    .venv/bin/python bench/overload.py [--seconds 10] [--model slowbatch|slowprio]
+The baseline in the same run: in phases 2 and 3 a second critical stream (20/s, half
+a period apart) goes straight to the replica's Triton at Triton's top priority, so
+the gateway's critical tail is read against what Triton itself gives a critical
+request at that moment.
+
+    .venv/bin/python bench/overload.py [--seconds 10] [--model slowbatch|slowprio|slowprio2] [--native-load]
 """
 
 from __future__ import annotations
@@ -53,9 +58,13 @@ class TritonPythonModel(_Good):
 # `slowbatch`: the gateway's classes only. `slowprio`: also Triton's own priority queue
 # (three levels; the gateway sends the tenant's class as the request priority, critical 1 …
 # batch 3), so a critical request overtakes batch requests already waiting inside Triton.
+# `slowprio2`: the same with two model instances, so a critical request waits for the
+# first of two batches in execution to end rather than for the only one.
+_PRIORITIES = {"priority_levels": 3, "default_priority_level": 2}
 PROFILES = {
     "slowbatch": {"max_batch_size": 8},
-    "slowprio": {"max_batch_size": 8, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}},
+    "slowprio": {"max_batch_size": 8, "dynamic_batching": _PRIORITIES},
+    "slowprio2": {"max_batch_size": 8, "dynamic_batching": _PRIORITIES, "instance_group": {"count": 2}},
 }
 MODEL = "slowbatch"
 
@@ -104,9 +113,14 @@ def _input(i: int) -> aioclient.InferInput:
 
 
 async def _one(client: aioclient.InferenceServerClient, key: str, i: int, out: list[tuple[str, float]]) -> None:
+    """One request: through the gateway with an API key, or (key "") straight to Triton at
+    its top priority."""
     started = time.perf_counter()
     try:
-        await client.infer(MODEL, [_input(i)], headers={"authorization": f"Bearer {key}"}, client_timeout=10)
+        if key:
+            await client.infer(MODEL, [_input(i)], headers={"authorization": f"Bearer {key}"}, client_timeout=10)
+        else:
+            await client.infer(MODEL, [_input(i)], priority=1 if "prio" in MODEL else 0, client_timeout=10)
         out.append(("ok", time.perf_counter() - started))
     except Exception as exc:
         status = str(getattr(exc, "status", lambda: "error")())
@@ -129,8 +143,10 @@ async def closed_loop(address: str, key: str, clients: int, seconds: float) -> f
     return sum(1 for s, _ in out if s == "ok") / (time.perf_counter() - began)
 
 
-async def open_loop(address: str, key: str, rate: float, seconds: float, out: list[tuple[str, float]]) -> None:
-    """Arrivals at a fixed rate whatever the answers do (a real overload)."""
+async def open_loop(address: str, key: str, rate: float, seconds: float, out: list[tuple[str, float]],
+                    offset: float = 0.0) -> None:  # fmt: skip
+    """Arrivals at a fixed rate whatever the answers do (a real overload), from `offset` s on."""
+    await asyncio.sleep(offset)
     async with aioclient.InferenceServerClient(address) as client:
         tasks = []
         began = time.perf_counter()
@@ -181,31 +197,48 @@ async def native_open_loop(address: str, key: str, rate: float, seconds: float, 
         out.extend([(names.get(code, f"code {code}"), 0.0)] * count)
 
 
-async def scenario(address: str, keys: dict[str, str], seconds: float, native_load: bool = False) -> list[tuple[str, ...]]:
+def _critical_rows(name: str, alone: list[tuple[str, float]], loaded: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    alone_ok = [lat for s, lat in alone if s == "ok"]
+    loaded_ok = [lat for s, lat in loaded if s == "ok"]
+    return [
+        (f"{name} alone p50 / p99", f"{pct(alone_ok, 50):.1f} / {pct(alone_ok, 99):.1f} ms ({len(alone_ok)} ok of {len(alone)})"),
+        (f"{name} under overload p50 / p90 / p99",
+         f"{pct(loaded_ok, 50):.1f} / {pct(loaded_ok, 90):.1f} / {pct(loaded_ok, 99):.1f} ms ({len(loaded_ok)} ok of {len(loaded)})"),
+        (f"{name} p99 ratio", f"{pct(loaded_ok, 99) / pct(alone_ok, 99):.2f}×"),
+    ]  # fmt: skip
+
+
+async def scenario(address: str, keys: dict[str, str], seconds: float, native_load: bool = False,
+                   triton: str = "") -> list[tuple[str, ...]]:  # fmt: skip
     await closed_loop(address, keys["batch"], 64, seconds)  # the replica's limit settles
     peak = await closed_loop(address, keys["batch"], 64, seconds)
+    # The critical tenant through the gateway, and (baseline) straight to Triton half a period later.
     alone: list[tuple[str, float]] = []
-    await open_loop(address, keys["critical"], 20, seconds / 2, alone)
+    alone_direct: list[tuple[str, float]] = []
+    await asyncio.gather(open_loop(address, keys["critical"], 20, seconds / 2, alone),
+                         *([open_loop(triton, "", 20, seconds / 2, alone_direct, offset=0.025)] if triton else []))  # fmt: skip
     batch: list[tuple[str, float]] = []
     critical: list[tuple[str, float]] = []
+    direct: list[tuple[str, float]] = []
     began = time.perf_counter()
     batch_load = native_open_loop if native_load else open_loop
     await asyncio.gather(batch_load(address, keys["batch"], 3 * peak, seconds, batch),
-                         open_loop(address, keys["critical"], 20, seconds, critical))  # fmt: skip
+                         open_loop(address, keys["critical"], 20, seconds, critical),
+                         *([open_loop(triton, "", 20, seconds, direct, offset=0.025)] if triton else []))  # fmt: skip
     elapsed = time.perf_counter() - began
     ok_batch = [lat for s, lat in batch if s == "ok"]
     shed = sum(1 for s, _ in batch if s == "RESOURCE_EXHAUSTED")
     other = sum(1 for s, _ in batch if s not in ("ok", "RESOURCE_EXHAUSTED"))
-    crit_ok = [lat for s, lat in critical if s == "ok"]
-    alone_ok = [lat for s, lat in alone if s == "ok"]
+    answered = sum(1 for s, _ in [*batch, *critical, *direct] if s == "ok")
     return [
         ("sustainable goodput (closed loop, 64 clients)", f"{peak:.0f} req/s"),
         ("offered batch load", f"{3 * peak:.0f} req/s ({len(batch)} requests)"),
         ("batch goodput under overload", f"{len(ok_batch) / elapsed:.0f} req/s ({len(ok_batch) / elapsed / peak:.2f}× peak)"),
+        # What the replica answered in all (the critical streams take batch places in Triton too).
+        ("all answered under overload", f"{answered / elapsed:.0f} req/s ({answered / elapsed / peak:.2f}× peak)"),
         ("batch shed (RESOURCE_EXHAUSTED) / other errors", f"{shed} / {other}"),
-        ("critical alone p50 / p99", f"{pct(alone_ok, 50):.1f} / {pct(alone_ok, 99):.1f} ms ({len(alone_ok)} ok of {len(alone)})"),
-        ("critical under overload p50 / p99", f"{pct(crit_ok, 50):.1f} / {pct(crit_ok, 99):.1f} ms ({len(crit_ok)} ok of {len(critical)})"),
-        ("critical p99 ratio", f"{pct(crit_ok, 99) / pct(alone_ok, 99):.2f}×"),
+        *_critical_rows("critical via gateway", alone, critical),
+        *(_critical_rows("critical straight to Triton (baseline)", alone_direct, direct) if triton else []),
     ]
 
 
@@ -222,8 +255,10 @@ def main() -> None:
     keys = setup(app)
     if args.native_load:
         _loadgen()  # built before anything is timed
-    rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds, args.native_load))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {MODEL} (20 ms per batch of ≤ 8); "
+    rows = asyncio.run(scenario(app.info["gateway"], keys, args.seconds, args.native_load, app.info["node_triton_grpc"]))
+    instances = PROFILES[MODEL].get("instance_group", {}).get("count", 1)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; model {MODEL} (20 ms per batch of ≤ 8, "
+          f"{instances} instance{'s' if instances > 1 else ''}); "
           f"batch arrivals from {'the C++ generator' if args.native_load else 'Python'}")
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
