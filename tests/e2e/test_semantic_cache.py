@@ -89,7 +89,7 @@ def _settled(world: dict[str, Any], version: str) -> int:
 
 
 def test_the_served_embedder_reproduces_the_reference_implementation(fleet: Fleet, world: dict[str, Any]) -> None:
-    """The numpy forward pass on Triton against embeddings computed independently with
+    """The ONNX graph (graph.py) under ONNX Runtime on Triton against embeddings computed independently with
     Hugging Face transformers from the same files (reference_embeddings.json)."""
     reference = json.loads((MODELS_DIR / "minilm" / "reference_embeddings.json").read_text())
     direct = grpcclient.InferenceServerClient(f"127.0.0.1:{world['node']['grpc']}")
