@@ -8,6 +8,7 @@ import hashlib
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -47,7 +48,7 @@ def _gpu_picture(gpu: Gpu) -> dict[str, Any]:
 @login_required
 def nodes(request: HttpRequest) -> HttpResponse:
     fleet_only(request)
-    rows = Node.objects.prefetch_related("gpus").order_by("name")
+    rows = Node.objects.annotate(gpu_count=Count("gpus")).order_by("name")  # a count, not 4 GPU rows per node
     filters = {k: request.GET.get(k, "").strip() for k in ("q", "health", "state", "zone")}
     if filters["q"]:
         rows = rows.filter(name__icontains=filters["q"])

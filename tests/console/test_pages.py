@@ -60,6 +60,8 @@ def test_every_page_renders_for_an_operator(operator: Any, world: dict[str, Any]
                  "/console/deployments/", f"/console/deployments/{world['mine'].pk}/", "/console/audit/?actor=user"):  # fmt: skip
         response = client.get(path)
         assert response.status_code == 200, (path, response.status_code)
+    listed = client.get("/console/nodes/").content.decode()
+    assert '>gpu-01</a>' in listed and "<td>1</td>" in listed, "the node with its GPU count"
     node_page = client.get("/console/nodes/gpu-01/").content.decode()
     assert "3g.40gb · acme" in node_page and "left: 0.0%; width: 50.0%" in node_page, (
         "slices drawn by position, by tenant"
