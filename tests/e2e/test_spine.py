@@ -386,7 +386,7 @@ def _gateway_traffic(tenant: str, model: str, since: float | None = None) -> dic
     first = int(since) // 60 * 60 if since is not None else minute - 60
     totals: dict[str, float] = defaultdict(float)
     with redis.Redis.from_url(settings.REDIS_URL) as client:
-        for key in (traffic_key(m) for m in range(first, minute + 60, 60)):
+        for key in (traffic_key(at) for at in range(first, minute + 60, 60)):
             for field, value in client.hgetall(key).items():
                 t, m, name = field.decode().split("|")
                 if (t, m) == (tenant, model):
