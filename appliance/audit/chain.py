@@ -4,7 +4,7 @@ Every event carries the sha256 of a canonical serialisation of its own fields
 plus the previous event's hash. A writer only inserts its event, unlinked, inside
 its own transaction and takes no lock: a transaction that held the chain's lock
 until it committed would deadlock against any other that holds a row it needs
-(seen in CI: a replica marked failed against the rollout judge). Right after the
+(seen in the end-to-end tests: a replica marked failed against the rollout judge). Right after the
 commit, `link_pending` gives every committed unlinked event its place (sequence,
 prev_hash, hash) under a PostgreSQL advisory lock, in a short transaction of its
 own that touches nothing but those events; so the chain has one order and no
