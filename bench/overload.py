@@ -120,11 +120,13 @@ def reserve_slice(app: Appliance, tenant: str = "bench-critical") -> str:
     node = live["replicas"][0]["node"]
 
     def slices() -> list[dict[str, object]]:
-        return [d for g in app.api("GET", f"nodes/{node}/")["gpus"] for d in g["mig_devices"]]
+        gpus = app.api("GET", f"nodes/{node}/")["gpus"]
+        if not gpus:
+            raise SystemExit(f"--reserve needs a node with GPUs; {node} has none (see the docstring)")
+        return [d for g in gpus for d in g["mig_devices"]]
 
-    if not app.api("GET", f"nodes/{node}/")["gpus"]:
-        raise SystemExit(f"--reserve needs a node with GPUs; {node} has none (see the docstring)")
-    device = next((d for d in slices() if d["tenant"] == tenant), None) or next((d for d in slices() if not d["tenant"]), None)
+    found = slices()
+    device = next((d for d in found if d["tenant"] == tenant), None) or next((d for d in found if not d["tenant"]), None)
     if device is None:
         run = app.api("POST", f"nodes/{node}/reconfigure/", {"gpu": 0, "layout": ["3g.40gb", "3g.40gb"]})
         while (run := app.api("GET", f"reconfigurations/{run['id']}/"))["state"] not in ("succeeded", "failed"):
@@ -158,7 +160,8 @@ async def _one(client: aioclient.InferenceServerClient, key: str, i: int, out: l
         if key:
             await client.infer(MODEL, [_input(i)], headers={"authorization": f"Bearer {key}"}, client_timeout=10)
         else:
-            await client.infer(MODEL, [_input(i)], priority=1 if "prio" in MODEL else 0, client_timeout=10)
+            levels = PROFILES[MODEL].get("dynamic_batching", {}).get("priority_levels", 0)
+            await client.infer(MODEL, [_input(i)], priority=1 if levels else 0, client_timeout=10)
         out.append(("ok", time.perf_counter() - started))
     except Exception as exc:
         status = str(getattr(exc, "status", lambda: "error")())

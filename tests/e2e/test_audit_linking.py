@@ -1,8 +1,8 @@
 """Audited transactions never wait on each other for the audit chain (real PostgreSQL,
 two connections, committed rows).
 
-The shape of the deadlock CI hit twice (a replica marked failed against the rollout
-judge; a reconfiguration against a heartbeat): one transaction holds a row and then
+The shape of the deadlock the end-to-end tests hit twice (a replica marked failed
+against the rollout judge; a reconfiguration against a heartbeat): one transaction holds a row and then
 writes an audit event; the other wrote an audit event and then needs that row. While
 a writer held the chain's lock from its first event to its commit, PostgreSQL had to
 kill one of them. Now writers take no lock; both commit and the chain links both.

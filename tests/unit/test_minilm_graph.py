@@ -12,8 +12,6 @@ import pytest
 
 from tests.factories import MODELS_DIR
 
-onnxruntime = pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def embed(tmp_path_factory: pytest.TempPathFactory) -> Any:
