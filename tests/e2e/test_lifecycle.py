@@ -342,8 +342,6 @@ def test_an_ensemble_is_refused_where_its_composing_model_does_not_run(fleet: Fl
 
 
 def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fleet, world: dict[str, Any]) -> None:
-    import urllib.request
-
     from tests.e2e.fleet import free_port
 
     olga = world["olga"]
@@ -369,32 +367,41 @@ def test_quotas_hold_across_two_gateway_processes_and_metrics_count_it(fleet: Fl
     refused = [o for o in outcomes if o != "ok"]
     assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") and "daily quota of 7" in o for o in refused), refused
 
-    def scrape() -> list[tuple[str, dict[str, str], float]]:
-        """Both endpoints of the second gateway: the native front's and the Python gateway's."""
-        samples = []
-        for port in (metrics_port, native_port):
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            for line in text.splitlines():
-                if line.startswith("gateway_"):
-                    series, value = line.rsplit(" ", 1)
-                    name, _, labels = series.partition("{")
-                    pairs = dict(item.split("=", 1) for item in labels.rstrip("}").split(",") if item)
-                    samples.append((name, {k: v.strip('"') for k, v in pairs.items()}, float(value)))
-        return samples
+    def answered(samples: Samples) -> float:
+        return _total(samples, "gateway_requests_total", tenant="metered", model=MODEL)
 
-    def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-        return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == want for k, want in labels.items()))
-
-    def answered(samples: list[tuple[str, dict[str, str], float]]) -> float:
-        return total(samples, "gateway_requests_total", tenant="metered", model=MODEL)
-
-    # The Python gateway hands its counts to its endpoint once a second; the native front's are live.
-    counts = wait_for("the metrics", lambda: answered(c := scrape()) == 10 and c, timeout=10)
+    # Both endpoints of the second gateway: the native front's and the Python gateway's, which
+    # hands its counts to its endpoint once a second (the native front's are live).
+    counts = wait_for("the metrics", lambda: answered(c := _scrape(metrics_port, native_port)) == 10 and c, timeout=10)
     # This gateway's endpoints saw every other request, wherever it was answered.
-    assert total(counts, "gateway_requests_total", tenant="metered", status="OK") == outcomes[1::2].count("ok")
-    shed = total(counts, "gateway_requests_total", tenant="metered", status="RESOURCE_EXHAUSTED")
-    assert total(counts, "gateway_shed_total", model=MODEL, priority="batch", reason="quota") == shed == 10 - outcomes[1::2].count("ok")
-    assert total(counts, "gateway_request_seconds_bucket", le="0.005", model=MODEL) > 0
+    assert _total(counts, "gateway_requests_total", tenant="metered", status="OK") == outcomes[1::2].count("ok")
+    shed = _total(counts, "gateway_requests_total", tenant="metered", status="RESOURCE_EXHAUSTED")
+    assert _total(counts, "gateway_shed_total", model=MODEL, priority="batch", reason="quota") == shed == 10 - outcomes[1::2].count("ok")
+    assert _total(counts, "gateway_request_seconds_bucket", le="0.005", model=MODEL) > 0
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def _scrape(*ports: int) -> Samples:
+    """The gateway_* samples of one gateway's Prometheus endpoints (the native front's and the
+    Python gateway's): (name, labels, value)."""
+    import urllib.request
+
+    samples = []
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("gateway_"):
+                series, value = line.rsplit(" ", 1)
+                name, _, labels = series.partition("{")
+                pairs = dict(item.split("=", 1) for item in labels.rstrip("}").split(",") if item)
+                samples.append((name, {k: v.strip('"') for k, v in pairs.items()}, float(value)))
+    return samples
+
+
+def _total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == want for k, want in labels.items()))
 
 
 LOPSIDED = _SOURCE + '''
@@ -440,6 +447,47 @@ def test_routing_prefers_the_less_loaded_of_two_replicas(fleet: Fleet, world: di
     assert load.failures() == []
     assert after["node-a"] >= 5 * after["node-b"], after
 
+
+def test_a_replica_killed_under_load_costs_no_failed_request(fleet: Fleet, world: dict[str, Any]) -> None:
+    """The Triton of the node serving most of the traffic SIGKILLed under load, restarted by its
+    agent, its models loaded again: not one client request fails, because each one that met
+    the dead replica was retried on the other."""
+    from tests.e2e.fleet import free_port
+
+    def ready_on(node: str) -> set[str]:
+        try:
+            return _ready_versions(fleet)[node]
+        except grpcclient.InferenceServerException:
+            return set()  # Triton not listening yet
+
+    serving = {node: ready_on(node) for node in NODES}
+    assert all(serving.values()), f"the model must be live on both nodes: {serving}"
+
+    def served(node: str) -> int:
+        return sum(_served(fleet, node, MODEL, v) for v in serving[node])
+
+    metrics_port, native_port = free_port(), free_port()
+    _, address = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{metrics_port}",
+                                     "--native-metrics-bind", f"127.0.0.1:{native_port}", name="gateway-retry")  # fmt: skip
+    wait_for("the gateway to route it", lambda: _gateway_serves(fleet, world["key"], MODEL, address), timeout=30)
+
+    def retried() -> float:
+        return _total(_scrape(metrics_port, native_port), "gateway_retried_total", model=MODEL)
+
+    retried_before, served_before = retried(), {node: served(node) for node in NODES}
+    with Load(address, world["key"], threads=8) as load:
+        wait_for("200 answers", lambda: len(load.results) >= 200, timeout=60)
+        # The replica with requests in flight: the busier one under this load.
+        victim = max(NODES, key=lambda node: served(node) - served_before[node])
+        old = fleet.triton_pid(victim)
+        os.kill(old, signal.SIGKILL)
+        wait_for(f"{victim}'s Triton back with the model loaded", lambda: ready_on(victim) >= serving[victim], timeout=120)
+        back = len(load.results)
+        wait_for("200 answers more", lambda: len(load.results) >= back + 200, timeout=60)
+    assert fleet.triton_pid(victim) != old
+    assert load.failures() == [], f"{len(load.failures())} of {len(load.results)} failed: {load.failures()[:3]}"
+    # The retries are what saved them (the Python gateway hands its counts over once a second).
+    wait_for("the retries to be counted", lambda: retried() > retried_before, timeout=10)
 
 def _gateway_serves(fleet: Fleet, key: str, model: str, address: str = "") -> bool:
     tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
