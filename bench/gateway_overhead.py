@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def run(address: str, model: str, version: str, headers: dict[str, str], concurrency: int, total: int) -> tuple[list[float], float]:
+async def run(address: str, model: str, version: str, headers: dict[str, str], concurrency: int, total: int,
+              probe: Callable[[], tuple[float, ...]] = tuple, connections: bool = False,
+              ) -> tuple[list[float], float, tuple[float, ...]]:  # fmt: skip
+    """`concurrency` closed-loop clients send `total` requests after a warm-up of 50 each;
+    returns the latencies, the elapsed seconds and how far the counters `probe` reads (CPU
+    seconds, say) moved meanwhile -- the warm-up's requests counted in none of them. The
+    clients share one connection (gRPC's subchannel pool) unless `connections`: one TCP
+    connection each, as separate client processes would."""
     image = load_digits().data[:1].astype(np.float32)
-    clients = [aioclient.InferenceServerClient(address) for _ in range(concurrency)]
+    args = [("grpc.use_local_subchannel_pool", 1)] if connections else None
+    clients = [aioclient.InferenceServerClient(address, channel_args=args) for _ in range(concurrency)]
     latencies: list[float] = []
 
     async def worker(client: aioclient.InferenceServerClient, count: int) -> None:
@@ -60,12 +69,14 @@ async def run(address: str, model: str, version: str, headers: dict[str, str], c
 
     await asyncio.gather(*(worker(c, 50) for c in clients))  # warm-up
     latencies.clear()
+    before = probe()
     began = time.perf_counter()
     await asyncio.gather(*(worker(c, total // concurrency) for c in clients))
     elapsed = time.perf_counter() - began
+    moved = tuple(b - a for a, b in zip(before, probe(), strict=True))
     for client in clients:
         await client.close()
-    return latencies, elapsed
+    return latencies, elapsed, moved
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,9 +97,8 @@ def main() -> None:
             ("direct Triton", info["node_triton_grpc"], {}),
             ("via gateway", info["gateway"], gateway_headers),
         ):
-            cpu_before = cpu_seconds(info["gateway_pid"])
-            latencies, elapsed = asyncio.run(run(address, info["model"], version, headers, concurrency, args.requests))
-            cpu = cpu_seconds(info["gateway_pid"]) - cpu_before
+            latencies, elapsed, (cpu,) = asyncio.run(run(address, info["model"], version, headers, concurrency, args.requests,
+                                                         lambda: (cpu_seconds(info["gateway_pid"]),)))  # fmt: skip
             per_request = cpu / len(latencies) * 1e6 if label == "via gateway" else float("nan")
             rows.append((label, concurrency, pct(latencies, 50), pct(latencies, 99), len(latencies) / elapsed, per_request))
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} CPUs; model {info['model']}:{version}; batch 1")

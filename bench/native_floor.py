@@ -106,9 +106,9 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             for label, address, headers, pid in paths:
-                before = cpu_seconds(pid) if pid else 0.0
-                latencies, elapsed = asyncio.run(run(address, info["model"], version, headers, concurrency, args.requests))
-                cpu = (cpu_seconds(pid) - before) / len(latencies) * 1e6 if pid else None
+                latencies, elapsed, used = asyncio.run(run(address, info["model"], version, headers, concurrency,
+                                                           args.requests, lambda p=pid: (cpu_seconds(p),) if p else ()))  # fmt: skip
+                cpu = used[0] / len(latencies) * 1e6 if pid else None
                 rows.append((label, concurrency, pct(latencies, 50), pct(latencies, 99), len(latencies) / elapsed, cpu))
     finally:
         for proc in (native, python, python_gateway):
