@@ -234,8 +234,12 @@ GATEWAY_INITIAL_LIMIT = env_float("GATEWAY_INITIAL_LIMIT", 16.0)
 # Upper bound of any replica's concurrency limit (a cap an operator may lower for fragile backends).
 GATEWAY_MAX_LIMIT = env_float("GATEWAY_MAX_LIMIT", 512.0)
 GATEWAY_MIN_GPU_HEADROOM = env_float("GATEWAY_MIN_GPU_HEADROOM", 0.1)
-# Pause before retrying the same (only) replica after it answered UNAVAILABLE.
+# Pause before retrying the same (only) replica after it was not there to answer.
 GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
+# How long routing passes over a replica that was not there (its Triton down, or up without
+# the model), while another replica of the model is up; the health sweep and the snapshot
+# take it out for good if it stays away.
+GATEWAY_EJECT_S = env_float("GATEWAY_EJECT_S", 1.0)
 # The gateway's native front (appliance/gateway/native/gatewayd.cc), built by `make native`.
 GATEWAY_NATIVE_BINARY = Path(env_str("GATEWAY_NATIVE_BINARY", str(BASE_DIR / "var" / "build" / "gatewayd")))
 # How often a request held for a model waking from zero looks for its replica.

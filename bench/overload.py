@@ -268,7 +268,8 @@ async def scenario(address: str, keys: dict[str, str], seconds: float, native_lo
                          *([open_loop(triton, "", 20, seconds, direct, offset=0.025)] if triton else []))  # fmt: skip
     elapsed = time.perf_counter() - began
     ok_batch = [lat for s, lat in batch if s == "ok"]
-    shed = sum(1 for s, _ in batch if s == "RESOURCE_EXHAUSTED")
+    refused = [lat for s, lat in batch if s == "RESOURCE_EXHAUSTED"]
+    shed = len(refused)
     other = sum(1 for s, _ in batch if s not in ("ok", "RESOURCE_EXHAUSTED"))
     # What the shared replica answered (the critical tenant's requests are elsewhere when it has its slice).
     answered = sum(1 for s, _ in [*batch, *direct, *([] if reserved else critical)] if s == "ok")
@@ -279,6 +280,9 @@ async def scenario(address: str, keys: dict[str, str], seconds: float, native_lo
         # The critical streams take places in the shared replica's batches too.
         ("all answered by the shared replica", f"{answered / elapsed:.0f} req/s ({answered / elapsed / peak:.2f}× peak)"),
         ("batch shed (RESOURCE_EXHAUSTED) / other errors", f"{shed} / {other}"),
+        # How long a client waits to hear "no" (the C++ generator does not time its answers).
+        *([] if native_load else [("time to a refusal p50 / p99 / max (client-side)",
+                                   f"{pct(refused, 50):.1f} / {pct(refused, 99):.1f} / {max(refused, default=0) * 1000:.1f} ms")]),
         *_critical_rows("critical via gateway", alone, critical),
         *(_critical_rows("critical straight to Triton (baseline)", alone_direct, direct) if triton else []),
     ]

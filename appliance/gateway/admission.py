@@ -69,6 +69,7 @@ class Limiter:
     latency: float | None = None  # seconds: smoothed recent latency
     _sampled: float | None = None  # when the baseline last moved (monotonic seconds)
     drift_s: float = 60.0  # time constant of the baseline's rise when the floor moved up
+    down_until: float = 0.0  # monotonic seconds: passed over until then (the replica was not there)
 
     def capacity(self, rank: int) -> int:
         return max(1, int(self.limit * SHARE[rank]))
@@ -131,12 +132,21 @@ class Admission:
         a, b = random.sample(candidates, 2)
         return a if self.limiter(a.address, model).cost() <= self.limiter(b.address, model).cost() else b
 
+    def eject(self, model: str, address: str, seconds: float) -> None:
+        """The replica was not there to answer: pass over it for `seconds` (see _free)."""
+        self.limiter(address, model).down_until = time.monotonic() + seconds
+
     def _free(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
-        """The less loaded of two random replicas with room for this class, or None."""
+        """The less loaded of two random replicas with room for this class, or None. Ejected
+        replicas are passed over while any other one is up (never all of them: a request
+        then tries its luck rather than wait for a slot nobody will free)."""
+        now = time.monotonic()
+        candidates = [r for r in routes if r.address != exclude]
+        up = [r for r in candidates if self.limiter(r.address, model).down_until <= now]
         room = []
-        for route in routes:
+        for route in up or candidates:
             limiter = self.limiter(route.address, model)
-            if route.address != exclude and limiter.inflight < limiter.capacity(rank):
+            if limiter.inflight < limiter.capacity(rank):
                 room.append(route)
         return self.least_loaded(model, room)
 

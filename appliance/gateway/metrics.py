@@ -33,7 +33,7 @@ INFLIGHT = Gauge("gateway_inflight", "Requests sent to a replica and not yet ans
 LIMIT = Gauge("gateway_concurrency_limit", "A replica's adaptive concurrency limit, per gateway process", ["replica"],
               multiprocess_mode="all")  # fmt: skip
 SHED = Counter("gateway_shed", "Requests refused with RESOURCE_EXHAUSTED (overload or quota)", ["model", "priority", "reason"])
-RETRIED = Counter("gateway_retried", "Requests retried after a replica answered UNAVAILABLE", ["model"])
+RETRIED = Counter("gateway_retried", "Requests retried after their replica was not there (UNAVAILABLE, or NOT_FOUND from a Triton without the model)", ["model"])
 CACHE = Counter("gateway_cache_lookups", "Response-cache lookups", ["model", "result"])
 
 

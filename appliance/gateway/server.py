@@ -43,6 +43,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
 NOT_FOUND_MESSAGE = "model '{}' is not available to this API key"
+# What a replica answers when it is not there to answer: retried elsewhere (see _send).
+REPLICA_MISSING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND})
 
 
 class Refusal(Exception):
@@ -362,7 +364,10 @@ class Handlers:
         shedding), then sent once; retried once only if that replica was not there to
         answer (another replica, or the same one after a pause: a Triton reload swaps a
         version's instances), never after a model error. Unpinned inference follows
-        the rollout's traffic split; a retry may go to any version's replica."""
+        the rollout's traffic split; a retry may go to any version's replica. A replica is
+        "not there" when its Triton is down (UNAVAILABLE) or up without the model
+        (NOT_FOUND: restarted and still reloading its models); the gateway only sends to
+        versions the control plane has live there, so neither is the client's doing."""
         infer = method == "ModelInfer"
         rank = RANK.get(key.priority, 1) if key is not None else 0
         first = self.gw.choose_version(model, routes) if infer and not version else routes
@@ -383,17 +388,22 @@ class Handlers:
                     self.gw.stats.record(model, current.version, True, latency)
                 return response, current
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
+                if exc.code() in REPLICA_MISSING and attempt == 0:
                     self.gw.tally.inc(metrics.RETRIED, model)
+                    self.gw.admission.eject(model, current.address, settings.GATEWAY_EJECT_S)
                     retry = self._retry_target(model, current, routes)
                     if retry is current:
                         await asyncio.sleep(settings.GATEWAY_RETRY_PAUSE_S)
-                    route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, routes, rank, context, tenant)
+                    # Elsewhere if there is an elsewhere: wait for a slot there rather than go back.
+                    others = tuple(r for r in routes if r.address != current.address) or routes
+                    route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, others, rank, context, tenant)
                     continue
                 overloaded = exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
                 latency = time.perf_counter() - started
                 if infer:
                     self.gw.stats.record(model, current.version, False, latency)
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # the model exists: it is not loaded there yet
+                    raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' is not loaded on its replicas right now; retry later") from exc
                 raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
             finally:
                 self.gw.admission.release(model, current, latency, overloaded=overloaded)

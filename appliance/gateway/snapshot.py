@@ -196,6 +196,7 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
             "max_limit": settings.GATEWAY_MAX_LIMIT,
             "default_timeout_s": settings.GATEWAY_DEFAULT_TIMEOUT_S,
             "refresh_s": settings.GATEWAY_REFRESH_S,
+            "eject_s": settings.GATEWAY_EJECT_S,
         },
         "keys": {
             digest: {

@@ -448,10 +448,12 @@ def test_routing_prefers_the_less_loaded_of_two_replicas(fleet: Fleet, world: di
     assert after["node-a"] >= 5 * after["node-b"], after
 
 
-def test_a_replica_killed_under_load_costs_no_failed_request(fleet: Fleet, world: dict[str, Any]) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native front", "Python gateway"])
+def test_a_replica_killed_under_load_costs_no_failed_request(fleet: Fleet, world: dict[str, Any], native: bool) -> None:
     """The Triton of the node serving most of the traffic SIGKILLed under load, restarted by its
     agent, its models loaded again: not one client request fails, because each one that met
-    the dead replica was retried on the other."""
+    the replica while it was not there (Triton down, or up and still reloading) was retried
+    on the other."""
     from tests.e2e.fleet import free_port
 
     def ready_on(node: str) -> set[str]:
@@ -466,13 +468,13 @@ def test_a_replica_killed_under_load_costs_no_failed_request(fleet: Fleet, world
     def served(node: str) -> int:
         return sum(_served(fleet, node, MODEL, v) for v in serving[node])
 
-    metrics_port, native_port = free_port(), free_port()
-    _, address = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{metrics_port}",
-                                     "--native-metrics-bind", f"127.0.0.1:{native_port}", name="gateway-retry")  # fmt: skip
+    ports = [free_port(), free_port()] if native else [free_port()]
+    flags = ["--metrics-bind", f"127.0.0.1:{ports[0]}", *(["--native-metrics-bind", f"127.0.0.1:{ports[1]}"] if native else [])]
+    _, address = fleet.start_gateway(*flags, name="gateway-retry", native=native)
     wait_for("the gateway to route it", lambda: _gateway_serves(fleet, world["key"], MODEL, address), timeout=30)
 
     def retried() -> float:
-        return _total(_scrape(metrics_port, native_port), "gateway_retried_total", model=MODEL)
+        return _total(_scrape(*ports), "gateway_retried_total", model=MODEL)
 
     retried_before, served_before = retried(), {node: served(node) for node in NODES}
     with Load(address, world["key"], threads=8) as load:

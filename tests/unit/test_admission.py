@@ -70,6 +70,19 @@ def test_least_loaded_of_two_is_chosen() -> None:
         admission.release("m", B, None)
 
 
+def test_a_replica_that_was_not_there_is_passed_over_while_another_is_up() -> None:
+    admission = Admission(queue_max=0, queue_wait_s=1, initial_limit=100)
+    for _ in range(5):
+        assert admission.try_acquire("m", (B,), 0) is B  # B busier: A would be chosen
+    admission.eject("m", A.address, 60)
+    assert {admission.try_acquire("m", (A, B), 0) for _ in range(10)} == {B}
+    admission.eject("m", B.address, 60)
+    assert admission.try_acquire("m", (A, B), 0) is A, "all ejected: still sent (nobody would free a slot)"
+    admission.eject("m", A.address, 0)
+    admission.eject("m", B.address, 0)
+    assert admission.try_acquire("m", (A, B), 0) is A, "an ejection ends"
+
+
 def _run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 

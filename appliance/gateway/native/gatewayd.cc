@@ -9,7 +9,8 @@
 // replicas, admits through the same adaptive concurrency limits and per-model
 // priority queue as the Python gateway (admission.py), drops requests whose
 // deadline passes while they wait, sheds with RESOURCE_EXHAUSTED and a retry hint,
-// retries once on another replica after UNAVAILABLE, and counts what it answered
+// retries once on another replica when its replica was not there (UNAVAILABLE, or NOT_FOUND
+// from a Triton still reloading), and counts what it answered
 // into the same Redis statistics and its own Prometheus endpoint.
 //
 // Everything else -- other methods, streams, unknown or expired keys, models with the
@@ -73,6 +74,7 @@ const std::vector<double> kLatencyBuckets = {0.0005, 0.001, 0.002, 0.003, 0.005,
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
+double monotonic_now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -101,6 +103,7 @@ struct Config {
   int queue_max = 256;
   double queue_wait_s = 2.0, initial_limit = 16, max_limit = 512, default_timeout_s = 60;
   double refresh_s = 1.0;  // how often the Python gateway rewrites the snapshot
+  double eject_s = 1.0;    // how long routing passes over a replica that was not there
 };
 
 struct Snapshot {
@@ -134,6 +137,7 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
   s->config.max_limit = c.at("max_limit").get<double>();
   s->config.default_timeout_s = c.at("default_timeout_s").get<double>();
   s->config.refresh_s = c.at("refresh_s").get<double>();
+  s->config.eject_s = c.value("eject_s", 1.0);
   for (const auto& [hash, k] : doc.at("keys").items()) {
     KeyEntry e;
     e.tenant_id = k.at("tenant_id").get<std::string>();
@@ -495,7 +499,7 @@ class Counters {
     for (const auto& [l, v] : shed_)
       out << "gateway_shed_total{" << plane << ",model=\"" << label_escape(std::get<0>(l)) << "\",priority=\""
           << std::get<1>(l) << "\",reason=\"" << std::get<2>(l) << "\"} " << v << "\n";
-    out << "# HELP gateway_retried_total Requests retried after a replica answered UNAVAILABLE\n"
+    out << "# HELP gateway_retried_total Requests retried after their replica was not there (UNAVAILABLE, or NOT_FOUND from a Triton without the model)\n"
         << "# TYPE gateway_retried_total counter\n";
     for (const auto& [model, v] : retried_)
       out << "gateway_retried_total{" << plane << ",model=\"" << label_escape(model) << "\"} " << v << "\n";
@@ -545,6 +549,7 @@ struct Limiter {
   double limit = 16, minimum = 2, maximum = 512, tolerance = 2, slack = 0.002, smoothing = 0.05, drift_s = 60;
   int inflight = 0;
   double baseline = -1, latency = -1, sampled = -1;
+  double down_until = 0;  // monotonic_now() seconds: passed over until then (admission.py)
 
   int capacity(int rank) const { return std::max(1, static_cast<int>(limit * kShare[rank])); }
   double cost() const { return (inflight + 1) * (baseline > 0 ? baseline : 0.001); }
@@ -824,13 +829,19 @@ class Front final : public grpc::CallbackGenericService {
     return it->second;
   }
 
-  // The less loaded of two random routes with room for this class (none: nullptr). Lock held.
+  // The less loaded of two random routes with room for this class (none: nullptr); ejected
+  // replicas passed over while any other one is up (admission.py _free). Lock held.
   const Route* free_route(const Snapshot& s, const std::string& model, const std::vector<Route>& routes, int rank,
                           const std::string& exclude) {
+    double now = monotonic_now();
+    bool any_up = false;
+    for (const auto& r : routes)
+      if (r.address != exclude && limiter(s, r.address, model).down_until <= now) any_up = true;
     std::vector<const Route*> room;
     for (const auto& r : routes) {
       if (r.address == exclude) continue;
       Limiter& l = limiter(s, r.address, model);
+      if (any_up && l.down_until > now) continue;
       if (l.inflight < l.capacity(rank)) room.push_back(&r);
     }
     if (room.empty()) return nullptr;
@@ -883,7 +894,7 @@ class Front final : public grpc::CallbackGenericService {
       l.inflight--;
       if (sample)
         l.done(seconds, overloaded, s.low_headroom.count(route.node) == 0,
-               std::chrono::duration<double>(Clock::now().time_since_epoch()).count());
+               monotonic_now());
       auto it = queues_.find(model);
       while (it != queues_.end() && !it->second.empty()) {
         auto best = it->second.begin();
@@ -898,10 +909,12 @@ class Front final : public grpc::CallbackGenericService {
     for (Call* c : granted) c->wake();
   }
 
-  // The retry: a slot on another replica with room for this class, if there is one.
+  // The retry: a slot on another replica with room for this class, if there is one; the one
+  // that failed is passed over for eject_s.
   const Route* acquire_other(const Snapshot& s, const std::string& model, const std::vector<Route>& routes,
                              const std::string& failed, int rank) {
     std::lock_guard<std::mutex> lock(mu_);
+    limiter(s, failed, model).down_until = monotonic_now() + s.config.eject_s;
     const Route* r = free_route(s, model, routes, rank, failed);
     if (r != nullptr) limiter(s, r->address, model).inflight++;
     return r;
@@ -1342,8 +1355,11 @@ void Call::sent(const grpc::Status& status) {
   const Snapshot& s = *snapshot_;
   double latency = seconds_since(sent_at_);
   auto code = status.error_code();
-  if (code == grpc::StatusCode::UNAVAILABLE && attempt_ == 0 && !context_->IsCancelled()) {
-    // The replica was not there to answer: once more on another one, within the deadline.
+  // The replica was not there to answer: its Triton is down (UNAVAILABLE) or up without the
+  // model (NOT_FOUND: restarted, still reloading; only live versions are ever sent to).
+  bool missing = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::NOT_FOUND;
+  if (missing && attempt_ == 0 && !context_->IsCancelled()) {
+    // Once more on another one, within the deadline.
     attempt_ = 1;
     front_->counters()->retried(model_);
     front_->release(s, model_, route_, 0, false, false);
@@ -1361,6 +1377,9 @@ void Call::sent(const grpc::Status& status) {
   if (status.ok()) {
     if (cached_) front_->cache()->put(cache_key_, flatten(response_), snapshot_->config.cache_ttl_s);
     answer(grpc::Status::OK);
+  } else if (code == grpc::StatusCode::NOT_FOUND) {  // the model exists: it is not loaded there yet
+    answer(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "model '" + model_ + "' is not loaded on its replicas right now; retry later"));
   } else {
     answer(grpc::Status(code, status.error_message().empty() ? "upstream error" : status.error_message()));
   }
