@@ -164,8 +164,18 @@ async def _one(client: aioclient.InferenceServerClient, key: str, i: int, out: l
             await client.infer(MODEL, [_input(i)], priority=1 if levels else 0, client_timeout=10)
         out.append(("ok", time.perf_counter() - started))
     except Exception as exc:
-        status = str(getattr(exc, "status", lambda: "error")())
-        out.append((status.replace("StatusCode.", ""), time.perf_counter() - started))
+        status = str(getattr(exc, "status", lambda: "error")()).replace("StatusCode.", "")
+        out.append((status, time.perf_counter() - started))
+        if status == "RESOURCE_EXHAUSTED":
+            message = str(getattr(exc, "message", lambda: "")())
+            kind = next((k for k, words in REFUSAL_KINDS.items() if words in message), "other")
+            REFUSALS.append((kind, out[-1][1]))
+
+
+# How the gateway says "no" (admission.py's messages), and each refusal of this run by kind.
+REFUSAL_KINDS = {"at arrival (queue full)": "queue is full", "evicted for a higher class": "higher-priority",
+                 "after waiting out the queue": "no replica slot within"}  # fmt: skip
+REFUSALS: list[tuple[str, float]] = []
 
 
 async def closed_loop(address: str, key: str, clients: int, seconds: float) -> float:
@@ -233,9 +243,13 @@ async def native_open_loop(address: str, key: str, rate: float, seconds: float, 
     )  # fmt: skip
     stdout, _ = await proc.communicate()
     summary = json.loads(stdout)
-    names = {"0": "ok", "8": "RESOURCE_EXHAUSTED"}
+    names = {"0": "ok"}
     for code, count in summary["codes"].items():
-        out.extend([(names.get(code, f"code {code}"), 0.0)] * count)
+        if code != "8":
+            out.extend([(names.get(code, f"code {code}"), 0.0)] * count)
+    for message, ms in summary["refused"]:
+        out.append(("RESOURCE_EXHAUSTED", ms / 1000))
+        REFUSALS.append((next((k for k, words in REFUSAL_KINDS.items() if words in message), "other"), ms / 1000))
 
 
 def _critical_rows(name: str, alone: list[tuple[str, float]], loaded: list[tuple[str, float]]) -> list[tuple[str, str]]:
@@ -261,6 +275,7 @@ async def scenario(address: str, keys: dict[str, str], seconds: float, native_lo
     batch: list[tuple[str, float]] = []
     critical: list[tuple[str, float]] = []
     direct: list[tuple[str, float]] = []
+    REFUSALS.clear()
     began = time.perf_counter()
     batch_load = native_open_loop if native_load else open_loop
     await asyncio.gather(batch_load(address, keys["batch"], 3 * peak, seconds, batch),
@@ -268,8 +283,7 @@ async def scenario(address: str, keys: dict[str, str], seconds: float, native_lo
                          *([open_loop(triton, "", 20, seconds, direct, offset=0.025)] if triton else []))  # fmt: skip
     elapsed = time.perf_counter() - began
     ok_batch = [lat for s, lat in batch if s == "ok"]
-    refused = [lat for s, lat in batch if s == "RESOURCE_EXHAUSTED"]
-    shed = len(refused)
+    shed = sum(1 for s, _ in batch if s == "RESOURCE_EXHAUSTED")
     other = sum(1 for s, _ in batch if s not in ("ok", "RESOURCE_EXHAUSTED"))
     # What the shared replica answered (the critical tenant's requests are elsewhere when it has its slice).
     answered = sum(1 for s, _ in [*batch, *direct, *([] if reserved else critical)] if s == "ok")
@@ -280,9 +294,11 @@ async def scenario(address: str, keys: dict[str, str], seconds: float, native_lo
         # The critical streams take places in the shared replica's batches too.
         ("all answered by the shared replica", f"{answered / elapsed:.0f} req/s ({answered / elapsed / peak:.2f}× peak)"),
         ("batch shed (RESOURCE_EXHAUSTED) / other errors", f"{shed} / {other}"),
-        # How long a client waits to hear "no" (the C++ generator does not time its answers).
-        *([] if native_load else [("time to a refusal p50 / p99 / max (client-side)",
-                                   f"{pct(refused, 50):.1f} / {pct(refused, 99):.1f} / {max(refused, default=0) * 1000:.1f} ms")]),
+        # How long a client waits to hear "no", by how it was said. Client-side: includes the
+        # load generator's own delays (far fewer with --native-load).
+        *[(f"time to a refusal, {kind}: n, p50 / p99 / max",
+           f"{len(times)}, {pct(times, 50):.1f} / {pct(times, 99):.1f} / {max(times, default=0) * 1000:.1f} ms")
+          for kind in [*REFUSAL_KINDS, "other"] if (times := [t for k, t in REFUSALS if k == kind])],
         *_critical_rows("critical via gateway", alone, critical),
         *(_critical_rows("critical straight to Triton (baseline)", alone_direct, direct) if triton else []),
     ]

@@ -5,8 +5,9 @@
 //
 //   loadgen ADDRESS METHOD REQUEST_FILE HEADER_NAME HEADER_VALUE RATE SECONDS TIMEOUT_S
 //
-// Prints one JSON line: sent, per-status counts, answered-OK latency p50/p99 (ms), and
-// the seconds from the first arrival to the last answer.
+// Prints one JSON line: sent, per-status counts, answered-OK latency p50/p99 (ms), the
+// seconds from the first arrival to the last answer, and each RESOURCE_EXHAUSTED answer's
+// message and time to arrive (ms).
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/byte_buffer.h>
@@ -31,6 +32,7 @@ struct Results {
   std::condition_variable done;
   std::map<int, long> codes;
   std::vector<double> ok_ms;
+  std::vector<std::pair<std::string, double>> refused;  // RESOURCE_EXHAUSTED: message, ms
   long pending = 0;
 };
 
@@ -77,6 +79,8 @@ int main(int argc, char** argv) {
                      std::lock_guard<std::mutex> lock(results.mu);
                      results.codes[static_cast<int>(status.error_code())]++;
                      if (status.ok()) results.ok_ms.push_back(ms);
+                     if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)
+                       results.refused.emplace_back(status.error_message(), ms);
                      if (--results.pending == 0) results.done.notify_all();
                    });
   }
@@ -96,6 +100,15 @@ int main(int argc, char** argv) {
     std::cout << (first ? "" : ", ") << "\"" << code << "\": " << count;
     first = false;
   }
-  std::cout << "}}" << std::endl;
+  std::cout << "}, \"refused\": [";
+  first = true;
+  for (const auto& [message, ms] : results.refused) {
+    std::string text;
+    for (char c : message)
+      if (c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20) text += c;  // JSON-safe
+    std::cout << (first ? "" : ", ") << "[\"" << text << "\", " << ms << "]";
+    first = false;
+  }
+  std::cout << "]}" << std::endl;
   return 0;
 }
