@@ -129,7 +129,7 @@ def wait_model(address: str, headers: dict[str, str], model: str) -> None:
 class Target:
     label: str
     processes: int  # gateway processes serving requests (0: direct Triton)
-    budget_cpus: float  # CPUs the gateway may use in all (0: no budget)
+    budget_cpus: float  # CPUs its answering processes may use together (0: no budget)
     address: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     budgets: list[CpuBudget] = field(default_factory=list)
