@@ -51,13 +51,6 @@ class CpuBudget:
         """Move the process, every thread of it, into the budget."""
         (self.path / "cgroup.procs").write_text(str(pid))
 
-    def throttled_s(self) -> float:
-        """Time the budget held its processes back so far (cpu.stat)."""
-        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
-        if self.v1:
-            return int(stat.get("throttled_time", 0)) / 1e9
-        return int(stat.get("throttled_usec", 0)) / 1e6
-
     def close(self) -> None:
         """Hand any process still inside back to the root group, then remove the group."""
         for pid in (self.path / "cgroup.procs").read_text().split():

@@ -29,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, …, utime, stime at 11, 12)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def own_cpu(pid: int) -> float:
+    """utime + stime of one process (every thread, no children), in seconds."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the gateway, its threads and its live child processes (the native
     front, workers), in seconds."""
@@ -37,7 +48,7 @@ def cpu_seconds(pid: int) -> float:
         if not proc.name.isdigit():
             continue
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(proc.name)
         except OSError:
             continue
         if int(proc.name) == pid or int(fields[1]) == pid:  # the process, or a child of it

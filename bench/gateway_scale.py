@@ -51,10 +51,9 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 sys.path.insert(0, str(ROOT / "bench"))
 from cpu_budget import CpuBudget  # noqa: E402
-from gateway_overhead import cpu_seconds, pct, run  # noqa: E402
+from gateway_overhead import cpu_seconds, own_cpu, pct, run  # noqa: E402
 
 
 def free_port() -> int:
@@ -73,12 +72,6 @@ def listeners(port: int) -> int:
             host, _, hex_port = local.partition(":")
             count += state == "0A" and hex_port == f"{port:04X}" and host.endswith("0100007F")
     return count
-
-
-def own_cpu(pid: int) -> float:
-    """utime + stime of one process (every thread, no children), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def children(pid: int) -> list[int]:

@@ -167,15 +167,17 @@ async def _one(client: aioclient.InferenceServerClient, key: str, i: int, out: l
         status = str(getattr(exc, "status", lambda: "error")()).replace("StatusCode.", "")
         out.append((status, time.perf_counter() - started))
         if status == "RESOURCE_EXHAUSTED":
-            message = str(getattr(exc, "message", lambda: "")())
-            kind = next((k for k, words in REFUSAL_KINDS.items() if words in message), "other")
-            REFUSALS.append((kind, out[-1][1]))
+            _refused(str(getattr(exc, "message", lambda: "")()), out[-1][1])
 
 
 # How the gateway says "no" (admission.py's messages), and each refusal of this run by kind.
 REFUSAL_KINDS = {"at arrival (queue full)": "queue is full", "evicted for a higher class": "higher-priority",
                  "after waiting out the queue": "no replica slot within"}  # fmt: skip
 REFUSALS: list[tuple[str, float]] = []
+
+
+def _refused(message: str, seconds: float) -> None:
+    REFUSALS.append((next((k for k, words in REFUSAL_KINDS.items() if words in message), "other"), seconds))
 
 
 async def closed_loop(address: str, key: str, clients: int, seconds: float) -> float:
@@ -249,7 +251,7 @@ async def native_open_loop(address: str, key: str, rate: float, seconds: float, 
             out.extend([(names.get(code, f"code {code}"), 0.0)] * count)
     for message, ms in summary["refused"]:
         out.append(("RESOURCE_EXHAUSTED", ms / 1000))
-        REFUSALS.append((next((k for k, words in REFUSAL_KINDS.items() if words in message), "other"), ms / 1000))
+        _refused(message, ms / 1000)
 
 
 def _critical_rows(name: str, alone: list[tuple[str, float]], loaded: list[tuple[str, float]]) -> list[tuple[str, str]]:

@@ -141,14 +141,18 @@ class Admission:
         replicas are passed over while any other one is up (never all of them: a request
         then tries its luck rather than wait for a slot nobody will free)."""
         now = time.monotonic()
-        candidates = [r for r in routes if r.address != exclude]
-        up = [r for r in candidates if self.limiter(r.address, model).down_until <= now]
-        room = []
-        for route in up or candidates:
+        room: list[Any] = []
+        ejected_room: list[Any] = []
+        any_up = False
+        for route in routes:
+            if route.address == exclude:
+                continue
             limiter = self.limiter(route.address, model)
+            down = limiter.down_until > now
+            any_up = any_up or not down
             if limiter.inflight < limiter.capacity(rank):
-                room.append(route)
-        return self.least_loaded(model, room)
+                (ejected_room if down else room).append(route)
+        return self.least_loaded(model, room if any_up else ejected_room)
 
     def try_acquire(self, model: str, routes: tuple[Any, ...], rank: int, exclude: str | None = None) -> Any:
         route = self._free(model, routes, rank, exclude)

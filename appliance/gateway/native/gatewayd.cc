@@ -137,7 +137,7 @@ std::shared_ptr<const Snapshot> parse_snapshot(const json& doc) {
   s->config.max_limit = c.at("max_limit").get<double>();
   s->config.default_timeout_s = c.at("default_timeout_s").get<double>();
   s->config.refresh_s = c.at("refresh_s").get<double>();
-  s->config.eject_s = c.value("eject_s", 1.0);
+  s->config.eject_s = c.at("eject_s").get<double>();
   for (const auto& [hash, k] : doc.at("keys").items()) {
     KeyEntry e;
     e.tenant_id = k.at("tenant_id").get<std::string>();
