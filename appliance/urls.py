@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework.routers import DefaultRouter
+from rest_framework.routers import APIRootView, DefaultRouter
 
 import appliance.core.admin_registry  # noqa: F401  (registers the read-only admin views)
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
@@ -12,7 +12,13 @@ from appliance.nodes.api.views import MigDeviceViewSet, MigPlanView, NodeViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
+
+class ApiRootView(APIRootView):
+    resource = "api_root"  # the role matrix's name for the index of routes
+
+
 router = DefaultRouter()
+router.APIRootView = ApiRootView
 router.register("nodes", NodeViewSet)
 router.register("models", ModelViewSet)
 router.register("versions", ModelVersionViewSet)

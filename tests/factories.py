@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.catalog.models import Model, ModelVersion
-from appliance.catalog.services import model_create, version_create
+from appliance.catalog.services import model_create, version_upload
 from appliance.nodes.models import Node
 from appliance.nodes.services import node_create
 from triton_models.packaging import pack_files
@@ -38,4 +38,4 @@ def make_version(model_name: str = "digits", *, artifact: bytes | None = None, *
         "decoupled": False,
     }
     fields.update(overrides)
-    return version_create(model=model, artifact=io.BytesIO(artifact or python_artifact()), **fields)
+    return version_upload(model=model, artifact=io.BytesIO(artifact or python_artifact()), **fields)

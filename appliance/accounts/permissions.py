@@ -1,24 +1,38 @@
-"""Who may do what through the REST API, by role.
-
-- admin: everything; operator: everything but the residency policy (views list
-  those actions in `admin_only_actions`);
-- auditor: every read, nothing else (views list computations that are POSTs but
-  change nothing in `read_only_actions`);
-- tenant admin: only the actions a view lists in `tenant_admin_actions`, on
-  querysets the view scopes to the tenant (TenantScopedMixin).
-"""
+"""The REST face of the role matrix (accounts.access): every view names its
+`resource`; the request's action is "read" for GET, HEAD and OPTIONS, else the
+viewset's action ("create", "change" for PATCH, "delete", or its own name, such as
+"rotate"); an APIView without actions names its write in `action`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from appliance.accounts.choices import Role
-from appliance.accounts.roles import role_of, tenant_id_of
+from appliance.accounts import access
+from appliance.accounts.roles import role_of
+
+_STANDARD = {"create": access.CREATE, "update": access.CHANGE, "partial_update": access.CHANGE, "destroy": access.DELETE}
+
+
+def rest_action(view: Any, request: Request) -> str | None:
+    """The matrix's name for this request; None where the view has no handler (DRF answers 405)."""
+    if not hasattr(view, request.method.lower()):
+        return None
+    if request.method in SAFE_METHODS:
+        return access.READ
+    name = getattr(view, "action", None) or request.method.lower()
+    return _STANDARD.get(name, name)
+
+
+def resource_of(view: Any) -> str:
+    resource = getattr(view, "resource", None)
+    if resource not in access.MATRIX:
+        raise ImproperlyConfigured(f"{type(view).__name__} names no resource of the role matrix")
+    return str(resource)
 
 
 class RolePermission(BasePermission):
@@ -26,39 +40,22 @@ class RolePermission(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         role = role_of(request.user)
-        # ViewSets name their actions; plain APIViews are named by HTTP method.
-        action = getattr(view, "action", None) or request.method.lower()
         if role is None:
             self.message = "Only operator accounts may use the control-plane API."
             return False
-        if role == Role.ADMIN:
+        action = rest_action(view, request)
+        if action is None:
             return True
-        if role == Role.OPERATOR:
-            if action in getattr(view, "admin_only_actions", ()):
-                self.message = "Only administrators may change this."
-                return False
+        resource = resource_of(view)
+        if access.permits(role, resource, action):
             return True
-        reading = request.method in SAFE_METHODS or action in getattr(view, "read_only_actions", ())
-        if role == Role.AUDITOR:
-            self.message = "Auditors can read everything and change nothing."
-            return reading
-        self.message = "Tenant administrators may only manage their own tenant's keys."
-        return action in getattr(view, "tenant_admin_actions", ())
+        self.message = access.refusal(role, resource, action)
+        return False
 
 
 class TenantScopedMixin:
-    """Limits a tenant admin to rows of their tenant (`tenant_scope` is the lookup)."""
-
-    tenant_scope = "tenant"
+    """Querysets of the view's resource, limited to a tenant admin's own rows (others are 404)."""
 
     def get_queryset(self) -> QuerySet[Any]:
         qs = super().get_queryset()  # type: ignore[misc]
-        tenant_id = tenant_id_of(self.request.user)  # type: ignore[attr-defined]
-        if tenant_id is None:
-            return qs
-        return qs.filter(**{self.tenant_scope: tenant_id}).distinct()
-
-    def require_own_tenant(self, tenant: Any) -> None:
-        tenant_id = tenant_id_of(self.request.user)  # type: ignore[attr-defined]
-        if tenant_id is not None and tenant.pk != tenant_id:
-            raise PermissionDenied("Tenant administrators manage only their own tenant.")
+        return access.scoped(qs, self.request.user, resource_of(self))  # type: ignore[attr-defined]

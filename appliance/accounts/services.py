@@ -37,7 +37,9 @@ def tenant_create(
 def api_key_create(
     *, tenant: Tenant, name: str, expires_at: datetime | None = None, models: Sequence[Model] = ()
 ) -> tuple[ApiKey, str]:
-    """Returns the key row and the plaintext, which exists only in this return value."""
+    """Returns the key row and the plaintext, which exists only in this return value.
+    A key's scope stays within its tenant's grants (rotation included)."""
+    _check_key_scope(tenant, models)
     secret = make_secret("ak")
     key = ApiKey.objects.create(
         tenant=tenant, name=name, prefix=secret.prefix, key_hash=secret.digest, expires_at=expires_at
@@ -47,6 +49,14 @@ def api_key_create(
         audit_record(action="api_key.scope", target_type="api_key", target_id=str(key.pk), target_repr=key.audit_label(),
                      changes={"models": [None, sorted(m.name for m in models)]})  # fmt: skip
     return key, secret.plaintext
+
+
+def _check_key_scope(tenant: Tenant, models: Sequence[Model]) -> None:
+    granted = set(ModelGrant.objects.filter(tenant=tenant).values_list("model_id", flat=True))
+    outside = sorted(m.name for m in models if m.pk not in granted)
+    if outside:
+        raise DomainError(f"tenant '{tenant.slug}' is not granted {', '.join(outside)}: "
+                          "a key's scope stays within its tenant's grants")  # fmt: skip
 
 
 @transaction.atomic

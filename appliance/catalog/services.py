@@ -36,9 +36,10 @@ def _check_artifact_content(fmt: str, sha256: str) -> None:
             raise ArtifactError("a python-format artifact must be a .tar.gz holding model.py at its top level")
 
 
-def version_create(
+@transaction.atomic
+def version_upload(
     *,
-    model: Model,
+    model: Model | str,
     fmt: str,
     artifact: IO[bytes],
     signature: Any,
@@ -51,9 +52,11 @@ def version_create(
     tensorrt_version: str = "",
     sample_inputs: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Stores the artifact (outside the transaction: the store is content-addressed,
-    so an orphan file from a failed create is harmless and reused), then records
-    the version with the next number."""
+    """Stores the artifact and records the version with the next number, for the REST
+    API and the console alike. `model` may be a name: the model is created if it is
+    new (the console's upload). All or nothing for the rows: a refused upload leaves no
+    model or version behind; its artifact file may stay (the store is content-addressed,
+    so the file is harmless and reused)."""
     if fmt not in ArtifactFormat.values:
         raise ArtifactError(f"format {fmt!r} is not one of {', '.join(ArtifactFormat.values)}")
     normalised = validate_signature(signature)
@@ -65,28 +68,29 @@ def version_create(
         raise ArtifactError("the artifact is empty")
     _check_artifact_content(fmt, sha256)
     steps = parse_steps(artifact_read_verified(sha256), normalised) if fmt == ArtifactFormat.ENSEMBLE else None
+    if isinstance(model, str):
+        model = Model.objects.filter(name=model).first() or model_create(name=model)
     if parent is not None and parent.model_id != model.pk:
         raise ArtifactError("the parent version belongs to another model")
-    with transaction.atomic():
-        locked = Model.objects.select_for_update().get(pk=model.pk)
-        number = (locked.versions.aggregate(top=Max("number"))["top"] or 0) + 1
-        return ModelVersion.objects.create(
-            model=locked,
-            number=number,
-            format=fmt,
-            artifact_sha256=sha256,
-            artifact_size=size,
-            signature=normalised,
-            max_batch_size=max_batch_size,
-            decoupled=decoupled,
-            parent=parent,
-            change_kind=change_kind,
-            change_note=change_note,
-            gpu_arch=gpu_arch,
-            tensorrt_version=tensorrt_version,
-            sample_inputs=samples,
-            ensemble_steps=steps,
-        )
+    locked = Model.objects.select_for_update().get(pk=model.pk)
+    number = (locked.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+    return ModelVersion.objects.create(
+        model=locked,
+        number=number,
+        format=fmt,
+        artifact_sha256=sha256,
+        artifact_size=size,
+        signature=normalised,
+        max_batch_size=max_batch_size,
+        decoupled=decoupled,
+        parent=parent,
+        change_kind=change_kind,
+        change_note=change_note,
+        gpu_arch=gpu_arch,
+        tensorrt_version=tensorrt_version,
+        sample_inputs=samples,
+        ensemble_steps=steps,
+    )
 
 
 @transaction.atomic

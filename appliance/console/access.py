@@ -1,37 +1,35 @@
-"""Who sees and does what in the console; the same rules as the REST API
-(accounts/permissions.py): admins everything; operators everything but the
-residency policy; auditors see everything and change nothing; tenant admins see
-only their tenant and manage only its keys."""
+"""The console's face of the role matrix (accounts.access), the same one the REST
+API asks: every page names its resource and action with `guarded`, templates ask
+`may.<resource>.<action>` before they show a button, and a tenant admin's rows come
+through `scoped` (another tenant's are 404)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, resolve_url
 
+from appliance.accounts import access
 from appliance.accounts.choices import Role
 from appliance.accounts.roles import role_of, tenant_id_of
 from appliance.core.errors import DomainError
 
-ACTORS = (Role.ADMIN, Role.OPERATOR)
+View = Callable[..., HttpResponse]
+M = TypeVar("M", bound=Model)
+
+# guarded(resource, FROM_URL): the action is the URL's `action` argument ('-' read as '_').
+FROM_URL = "<action>"
 
 
 def context(request: HttpRequest, **values: Any) -> dict[str, Any]:
     role = role_of(request.user)
-    if role is None:
-        raise PermissionDenied("this account has no role in the appliance")
-    return {
-        "role": role,
-        "can_act": role in ACTORS,
-        "is_admin": role == Role.ADMIN,
-        "is_tenant_admin": role == Role.TENANT_ADMIN,
-        **values,
-    }
+    return {"role": role, "may": access.capabilities(role), "is_tenant_admin": role == Role.TENANT_ADMIN, **values}
 
 
 def tenant_scope(request: HttpRequest) -> Any:
@@ -39,19 +37,36 @@ def tenant_scope(request: HttpRequest) -> Any:
     return tenant_id_of(request.user)
 
 
-def fleet_only(request: HttpRequest) -> None:
-    if role_of(request.user) == Role.TENANT_ADMIN:
-        raise PermissionDenied("the fleet is not a tenant admin's to see")
+def scoped(request: HttpRequest, queryset: QuerySet[M], resource: str) -> QuerySet[M]:
+    return access.scoped(queryset, request.user, resource)
 
 
-def require_actor(request: HttpRequest, what: str = "change this") -> None:
-    if role_of(request.user) not in ACTORS:
-        raise PermissionDenied(f"only admins and operators may {what}")
+def require(request: HttpRequest, resource: str, action: str) -> None:
+    role = role_of(request.user)
+    if not access.permits(role, resource, action):
+        raise PermissionDenied(access.refusal(role, resource, action))
 
 
-def require_admin(request: HttpRequest, what: str) -> None:
-    if role_of(request.user) != Role.ADMIN:
-        raise PermissionDenied(f"only administrators may {what}")
+def guarded(resource: str, action: str) -> Callable[[View], View]:
+    """A page or action the matrix guards: login first, then `resource.action` for the
+    account's role (403 with the reason). The view carries `access` = (resource,
+    action) for the test that walks every console URL."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            name = action
+            if action == FROM_URL:
+                name = kwargs["action"].replace("-", "_")
+                if name == access.READ or name not in access.MATRIX[resource].actions:
+                    raise Http404("no such action")
+            require(request, resource, name)
+            return view(request, *args, **kwargs)
+
+        wrapped.access = (resource, action)  # type: ignore[attr-defined]
+        return login_required(wrapped)
+
+    return decorate
 
 
 def actor_of(request: HttpRequest) -> str:
@@ -66,7 +81,7 @@ def done(request: HttpRequest, to: str, *args: Any) -> HttpResponse:
     return redirect(url)
 
 
-def domain_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def domain_errors(view: View) -> View:
     """A refused action answers its status with the reason, in words (htmx shows it)."""
 
     @wraps(view)
@@ -76,4 +91,4 @@ def domain_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
         except DomainError as exc:
             return HttpResponse(str(exc), status=exc.http_status, content_type="text/plain; charset=utf-8")
 
-    return login_required(wrapped)
+    return wrapped

@@ -7,22 +7,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.db import transaction
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from rest_framework import serializers
 
-from appliance.accounts.models import ModelGrant
 from appliance.catalog.api.serializers import ModelVersionCreateSerializer
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import ProfileError
-from appliance.catalog.services import model_create
+from appliance.catalog.services import version_upload
 from appliance.catalog.tritonconfig import render_config
-from appliance.console.access import context, domain_errors, require_actor, tenant_scope
+from appliance.console.access import context, domain_errors, guarded, scoped
 from appliance.core.errors import DomainError
 from appliance.nodes.models import Node
 from appliance.rollouts import services as rollout_services
@@ -30,14 +29,10 @@ from appliance.rollouts.choices import Strategy
 
 
 def _models(request: HttpRequest) -> QuerySet[Model]:
-    qs = Model.objects.all()
-    tenant = tenant_scope(request)
-    if tenant is not None:
-        qs = qs.filter(pk__in=ModelGrant.objects.filter(tenant_id=tenant).values("model_id"))
-    return qs
+    return scoped(request, Model.objects.all(), "model")
 
 
-@login_required
+@guarded("model", "read")
 def models(request: HttpRequest) -> HttpResponse:
     rows = _models(request).annotate(version_count=Count("versions", distinct=True), tenant_count=Count("grants", distinct=True))
     from appliance.rollouts.models import Deployment
@@ -55,7 +50,7 @@ def _config(version: ModelVersion) -> str:
         return f"# the serving profile does not fit this version: {exc}"
 
 
-@login_required
+@guarded("model", "read")
 def model(request: HttpRequest, name: str) -> HttpResponse:
     obj = get_object_or_404(_models(request), name=name)
     versions = list(obj.versions.select_related("parent").order_by("-number"))
@@ -84,35 +79,33 @@ def _upload_answer(request: HttpRequest, status: int, message: str = "", url: st
     return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
+class UploadForm(ModelVersionCreateSerializer):
+    """The API's upload body, but the model may be new (version_upload creates it)."""
+
+    model = serializers.CharField(max_length=63)  # type: ignore[assignment]
+
+
+def _messages(errors: dict[str, Any]) -> str:
+    return "; ".join(f"{field}: {' '.join(str(e) for e in problems)}" for field, problems in errors.items())
+
+
 @require_POST
-@login_required
+@guarded("version", "create")
 def upload(request: HttpRequest) -> HttpResponse:
     """A new version (a new model too, if the name is new). The browser sends it with
     XMLHttpRequest to draw upload progress; all or nothing: a refused upload leaves
     no model or version behind."""
-    require_actor(request, "upload models")
-    name = request.POST.get("model", "").strip()
     data: dict[str, Any] = {k: v for k, v in request.POST.items() if v != ""}
     data.update(request.FILES.dict())
+    body = UploadForm(data=data)
+    if not body.is_valid():
+        return _upload_answer(request, 400, _messages(body.errors))
     try:
-        with transaction.atomic():
-            if name and not Model.objects.filter(name=name).exists():
-                model_create(name=name)
-            body = ModelVersionCreateSerializer(data=data)
-            if not body.is_valid():
-                raise DomainError("; ".join(f"{field}: {' '.join(str(e) for e in errors)}"
-                                            for field, errors in body.errors.items()))  # fmt: skip
-            v = body.validated_data
-            from appliance.catalog.services import version_create
-
-            version = version_create(
-                model=v["model"], fmt=v["format"], artifact=v["artifact"], signature=v["signature"],
-                max_batch_size=v["max_batch_size"], decoupled=v["decoupled"], parent=v.get("parent"),
-                change_kind=v.get("change_kind") or "initial", change_note=v["change_note"], gpu_arch=v["gpu_arch"],
-                tensorrt_version=v["tensorrt_version"], sample_inputs=v["sample_inputs"],
-            )  # fmt: skip
+        version = version_upload(**body.upload_kwargs())
     except DomainError as exc:
         return _upload_answer(request, exc.http_status, str(exc))
+    except ValidationError as exc:  # the new model's name
+        return _upload_answer(request, 400, _messages(exc.message_dict))
     url = reverse("console:model", args=[version.model.name]) + f"?version={version.number}"
     return _upload_answer(request, 201, url=url)
 
@@ -125,9 +118,8 @@ def _version(request: HttpRequest, name: str, number: int) -> ModelVersion:
     return version
 
 
-@login_required
+@guarded("deployment", "create")
 def rollout_form(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    require_actor(request, "start rollouts")
     version = _version(request, name, number)
     return render(request, "console/rollout_form.html", context(
         request, version=version, strategies=Strategy.choices, nodes=Node.objects.order_by("name"),
@@ -143,9 +135,9 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 @require_POST
+@guarded("deployment", "create")
 @domain_errors
 def rollout_start(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    require_actor(request, "start rollouts")
     version = _version(request, name, number)
     post = request.POST
     target = post.get("target", "serving")

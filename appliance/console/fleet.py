@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from appliance.console.access import context, domain_errors, done, fleet_only, require_actor
+from appliance.console.access import FROM_URL, context, domain_errors, done, guarded
 from appliance.nodes import services as node_services
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState, Health
 from appliance.nodes.mig.catalog import GPU_MODELS
@@ -45,9 +44,8 @@ def _gpu_picture(gpu: Gpu) -> dict[str, Any]:
     return {"gpu": gpu, "slices": _slices(slots, rows), "editable": gpu.model in GPU_MODELS}
 
 
-@login_required
+@guarded("node", "read")
 def nodes(request: HttpRequest) -> HttpResponse:
-    fleet_only(request)
     rows = Node.objects.annotate(gpu_count=Count("gpus")).order_by("name")  # a count, not 4 GPU rows per node
     filters = {k: request.GET.get(k, "").strip() for k in ("q", "health", "state", "zone")}
     if filters["q"]:
@@ -64,9 +62,8 @@ def nodes(request: HttpRequest) -> HttpResponse:
     ))  # fmt: skip
 
 
-@login_required
+@guarded("node", "read")
 def node(request: HttpRequest, name: str) -> HttpResponse:
-    fleet_only(request)
     obj = get_object_or_404(Node.objects.prefetch_related("gpus__mig_devices__tenant"), name=name)
     gpus = [_gpu_picture(gpu) for gpu in obj.gpus.all()]
     history = obj.health_history.order_by("-time")[:20]
@@ -85,9 +82,9 @@ NODE_ACTIONS = {
 
 
 @require_POST
+@guarded("node", FROM_URL)
 @domain_errors
 def node_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
-    require_actor(request, "change a node")
     obj = get_object_or_404(Node, name=name)
     if action not in NODE_ACTIONS:
         raise Http404("no such action")
@@ -120,9 +117,8 @@ def _preview(gpu: Gpu, layout: list[str]) -> dict[str, Any]:
             "placements": [str(p) for p in result.placements]}  # fmt: skip
 
 
-@login_required
+@guarded("node", "read")
 def mig_editor(request: HttpRequest, name: str, index: int) -> HttpResponse:
-    fleet_only(request)
     gpu = _gpu(name, index)
     if gpu.model not in GPU_MODELS:
         raise Http404("this GPU is not a MIG-capable model we know")
@@ -135,18 +131,17 @@ def mig_editor(request: HttpRequest, name: str, index: int) -> HttpResponse:
     ))  # fmt: skip
 
 
-@login_required
+@guarded("mig_layout", "plan")
 def mig_preview(request: HttpRequest, name: str, index: int) -> HttpResponse:
     """The planner's answer for the chosen profiles (htmx, as they change). Reads only."""
-    fleet_only(request)
     gpu = _gpu(name, index)
     return render(request, "console/_mig_preview.html", context(request, preview=_preview(gpu, _layout_of(request))))
 
 
 @require_POST
+@guarded("node", "reconfigure")
 @domain_errors
 def mig_apply(request: HttpRequest, name: str, index: int) -> HttpResponse:
-    require_actor(request, "repartition a GPU")
     gpu = _gpu(name, index)
     run = node_services.reconfiguration_create(node=gpu.node, gpu_index=gpu.index, layout=_layout_of(request))
     return done(request, "console:reconfiguration", run.pk)
@@ -165,14 +160,12 @@ def _run_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     return context(request, run=run, steps=steps, percent=percent, ended=ended)
 
 
-@login_required
+@guarded("reconfiguration", "read")
 def reconfiguration(request: HttpRequest, pk: str) -> HttpResponse:
-    fleet_only(request)
     return render(request, "console/reconfiguration.html", _run_context(request, pk))
 
 
-@login_required
+@guarded("reconfiguration", "read")
 def reconfiguration_panel(request: HttpRequest, pk: str) -> HttpResponse:
     """The steps so far (htmx, every second until the run ends)."""
-    fleet_only(request)
     return render(request, "console/_reconfiguration.html", _run_context(request, pk))

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from appliance.console.access import context, domain_errors, fleet_only, require_admin
+from appliance.console.access import context, domain_errors, guarded, require
 from appliance.core.errors import DomainError
 from appliance.policies import services
 from appliance.policies.choices import Classification, Effect, Operation
@@ -64,9 +63,8 @@ def _common(request: HttpRequest, **values: Any) -> dict[str, Any]:
                    effects=Effect.choices, **values)  # fmt: skip
 
 
-@login_required
+@guarded("policy_rule", "read")
 def policies(request: HttpRequest) -> HttpResponse:
-    fleet_only(request)
     rule = PolicyRule.objects.filter(pk=request.GET.get("edit")).first() if request.GET.get("edit") else None
     next_position = (PolicyRule.objects.order_by("-position").values_list("position", flat=True).first() or 0) + 10
     return render(request, "console/policies.html", _common(
@@ -75,10 +73,10 @@ def policies(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@guarded("policy_rule", "dry_run")
 @domain_errors
 def dry_run(request: HttpRequest) -> HttpResponse:
     """What saving (or deleting) this rule would change, over everything live now. Nothing is saved."""
-    fleet_only(request)
     fields, rule = _proposed(request)
     delete = request.POST.get("delete") == "1"
     impact = policy_impact(rules=_rules_with(fields, rule, delete))
@@ -86,10 +84,12 @@ def dry_run(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@guarded("policy_rule", "create")
 @domain_errors
 def save(request: HttpRequest) -> HttpResponse:
-    require_admin(request, "change the residency policy")
     fields, rule = _proposed(request)
+    if rule is not None:
+        require(request, "policy_rule", "change")
     clash = PolicyRule.objects.filter(position=fields["position"]).exclude(pk=rule.pk if rule else None).first()
     if clash is not None:
         raise DomainError(f"position {fields['position']} is rule '{clash.name}'s: choose a free position")
@@ -104,9 +104,9 @@ def save(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@guarded("policy_rule", "delete")
 @domain_errors
 def delete(request: HttpRequest, pk: str) -> HttpResponse:
-    require_admin(request, "change the residency policy")
     services.policy_rule_delete(rule=get_object_or_404(PolicyRule, pk=pk))
     return redirect("console:policies")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 
-from django.contrib.auth.decorators import login_required
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -25,7 +24,7 @@ from appliance.audit.chain import link_pending, verify
 from appliance.audit.export import export_lines
 from appliance.audit.models import AuditEvent
 from appliance.catalog.models import Model
-from appliance.console.access import context, domain_errors, fleet_only, require_actor, tenant_scope
+from appliance.console.access import FROM_URL, actor_of, context, domain_errors, guarded, scoped, tenant_scope
 from appliance.metrics import selectors as metrics
 from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES
 from appliance.nodes.models import Gpu, Node, Reconfiguration
@@ -36,10 +35,7 @@ from appliance.rollouts.models import Deployment, Replica
 
 def _deployments(request: HttpRequest) -> QuerySet[Deployment]:
     qs = Deployment.objects.select_related("version__model", "previous__version").prefetch_related("replicas__node")
-    tenant = tenant_scope(request)
-    if tenant is not None:
-        qs = qs.filter(version__model__in=ModelGrant.objects.filter(tenant_id=tenant).values("model_id"))
-    return qs
+    return scoped(request, qs, "deployment")
 
 
 def _alerts() -> list[dict[str, str]]:
@@ -60,7 +56,7 @@ def _alerts() -> list[dict[str, str]]:
     return alerts
 
 
-@login_required
+@guarded("overview", "read")
 def overview(request: HttpRequest) -> HttpResponse:
     ctx = context(request)
     hour_ago = timezone.now() - timedelta(hours=1)
@@ -81,14 +77,14 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "console/overview.html", ctx)
 
 
-@login_required
+@guarded("deployment", "read")
 def rollouts_panel(request: HttpRequest) -> HttpResponse:
     """The active rollouts, refreshed by htmx every two seconds."""
     active = _deployments(request).filter(state__in=ACTIVE_DEPLOYMENT_STATES)
     return render(request, "console/_rollouts.html", context(request, active=active))
 
 
-@login_required
+@guarded("deployment", "read")
 def deployments(request: HttpRequest) -> HttpResponse:
     return render(request, "console/deployments.html", context(request, deployments=_deployments(request)[:100]))
 
@@ -100,12 +96,12 @@ def _deployment(request: HttpRequest, pk: str) -> Deployment:
     return obj
 
 
-@login_required
+@guarded("deployment", "read")
 def deployment(request: HttpRequest, pk: str) -> HttpResponse:
     return render(request, "console/deployment.html", context(request, d=_deployment(request, pk)))
 
 
-@login_required
+@guarded("deployment", "read")
 def deployment_panel(request: HttpRequest, pk: str) -> HttpResponse:
     """State, traffic split, gate decisions and replicas (htmx, every second while active)."""
     return render(request, "console/_deployment.html", context(request, d=_deployment(request, pk)))
@@ -120,27 +116,24 @@ ACTIONS = {
 
 
 @require_POST
+@guarded("deployment", FROM_URL)
 @domain_errors
 def deployment_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
-    require_actor(request, "change rollouts")
     obj = _deployment(request, pk)
     if action not in ACTIONS:
         raise Http404("no such action")
-    result = ACTIONS[action](obj, f"user:{request.user.get_username()}")
+    result = ACTIONS[action](obj, actor_of(request))
     return redirect("console:deployment", pk=result.pk)
 
 
-@login_required
+@guarded("metrics", "read")
 def metrics_page(request: HttpRequest) -> HttpResponse:
     """Charts per model or per tenant over a window, from the time series (metrics app)."""
     ctx = context(request)
     window = metrics.window_of(request.GET.get("window"))
     scope = tenant_scope(request)
-    models = Model.objects.order_by("name")
-    tenants = Tenant.objects.order_by("slug")
-    if scope is not None:
-        models = models.filter(pk__in=ModelGrant.objects.filter(tenant_id=scope).values("model_id"))
-        tenants = tenants.filter(pk=scope)
+    models = scoped(request, Model.objects.order_by("name"), "model")
+    tenants = scoped(request, Tenant.objects.order_by("slug"), "tenant")
     model = request.GET.get("model", "")
     tenant = request.GET.get("tenant", "")
     if model and not models.filter(name=model).exists():
@@ -187,18 +180,16 @@ def _audit_events(request: HttpRequest) -> tuple[QuerySet[AuditEvent], dict[str,
     return events, filters
 
 
-@login_required
+@guarded("audit_event", "read")
 def audit(request: HttpRequest) -> HttpResponse:
-    fleet_only(request)
     events, filters = _audit_events(request)
     query = request.GET.urlencode()
     return render(request, "console/audit.html", context(request, events=events[:100], filters=filters, query=query))
 
 
-@login_required
+@guarded("audit_event", "read")
 def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
     """The filtered trail as CSV or JSON lines, oldest first, streamed."""
-    fleet_only(request)
     if fmt not in ("csv", "jsonl"):
         raise Http404("csv or jsonl")
     events, _ = _audit_events(request)
@@ -208,10 +199,9 @@ def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
     return response
 
 
-@login_required
+@guarded("audit_event", "read")
 def audit_verify(request: HttpRequest) -> HttpResponse:
     """Recomputes the whole hash chain and every signed checkpoint (htmx, on demand: seconds on a large trail)."""
-    fleet_only(request)
     verdict = verify()
     return render(request, "console/_chain.html", context(request, verdict=verdict, checked_at=timezone.now()))
 

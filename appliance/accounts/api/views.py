@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from appliance.accounts import services
+from appliance.accounts import access, services
 from appliance.accounts.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
@@ -40,8 +40,7 @@ class TenantViewSet(
     serializer_class = TenantSerializer
     lookup_field = "slug"
     lookup_value_regex = SLUG_LOOKUP
-    tenant_scope = "pk"
-    tenant_admin_actions = frozenset({"list", "retrieve"})
+    resource = "tenant"
     protected_message = "tenant '{obj}' still has API keys; revoke them and keep them for the record"
 
     def delete_service(self, obj: Any) -> None:
@@ -69,7 +68,7 @@ class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
 
     queryset = ApiKey.objects.select_related("tenant").prefetch_related("allowed_models")
     serializer_class = ApiKeySerializer
-    tenant_admin_actions = frozenset({"list", "retrieve", "create", "revoke", "rotate"})
+    resource = "api_key"
 
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
@@ -79,7 +78,7 @@ class ApiKeyViewSet(TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
         expires_at = body.validated_data.get("expires_at")
         if expires_at is not None and expires_at <= timezone.now():
             raise DomainError("expires_at must be in the future")
-        self.require_own_tenant(body.validated_data["tenant"])
+        access.require_own_tenant(request.user, body.validated_data["tenant"])
         key, plaintext = services.api_key_create(
             tenant=body.validated_data["tenant"], name=body.validated_data["name"], expires_at=expires_at,
             models=body.validated_data.get("models", []),
@@ -121,7 +120,7 @@ class ModelGrantViewSet(
 
     queryset = ModelGrant.objects.select_related("tenant", "model")
     serializer_class = ModelGrantSerializer
-    tenant_admin_actions = frozenset({"list", "retrieve"})
+    resource = "grant"
 
 
     def perform_create(self, serializer: ModelGrantSerializer) -> None:

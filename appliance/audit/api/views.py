@@ -22,6 +22,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     queryset = AuditEvent.objects.all()
     serializer_class = AuditEventSerializer
+    resource = "audit_event"
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         return audit_events(self.request.query_params)

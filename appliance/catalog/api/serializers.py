@@ -103,3 +103,14 @@ class ModelVersionCreateSerializer(serializers.Serializer):
         if not plan and (attrs.get("gpu_arch") or attrs.get("tensorrt_version")):
             raise serializers.ValidationError("gpu_arch and tensorrt_version apply to tensorrt_plan versions only")
         return attrs
+
+    def upload_kwargs(self) -> dict[str, Any]:
+        """The validated body in catalog.services.version_upload's words (the API and the console)."""
+        data = self.validated_data
+        return {
+            "model": data["model"], "fmt": data["format"], "artifact": data["artifact"], "signature": data["signature"],
+            "max_batch_size": data["max_batch_size"], "decoupled": data["decoupled"], "parent": data.get("parent"),
+            "change_kind": data.get("change_kind") or ChangeKind.INITIAL, "change_note": data["change_note"],
+            "gpu_arch": data["gpu_arch"], "tensorrt_version": data["tensorrt_version"],
+            "sample_inputs": data["sample_inputs"],
+        }  # fmt: skip

@@ -38,8 +38,7 @@ class ModelViewSet(
     serializer_class = ModelSerializer
     lookup_field = "name"
     lookup_value_regex = SLUG_LOOKUP
-    tenant_scope = "grants__tenant"
-    tenant_admin_actions = frozenset({"list", "retrieve"})
+    resource = "model"
     protected_message = "model '{obj}' has versions; it cannot be deleted"
 
     def delete_service(self, obj: Any) -> None:
@@ -63,12 +62,13 @@ class ModelViewSet(
 
 
 class ModelVersionViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
     """Immutable versions of a model; creating one uploads its artifact (multipart)."""
 
     queryset = ModelVersion.objects.select_related("model")
     serializer_class = ModelVersionSerializer
+    resource = "version"
     parser_classes = [parsers.MultiPartParser, parsers.JSONParser]
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
@@ -86,13 +86,7 @@ class ModelVersionViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         body = ModelVersionCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        version = services.version_create(
-            model=data["model"], fmt=data["format"], artifact=data["artifact"], signature=data["signature"],
-            max_batch_size=data["max_batch_size"], decoupled=data["decoupled"], parent=data.get("parent"),
-            change_kind=data.get("change_kind") or "initial", change_note=data["change_note"], gpu_arch=data["gpu_arch"],
-            tensorrt_version=data["tensorrt_version"], sample_inputs=data["sample_inputs"],
-        )  # fmt: skip
+        version = services.version_upload(**body.upload_kwargs())
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "text/plain"): str})

@@ -42,6 +42,7 @@ class NodeViewSet(
 
     queryset = Node.objects.prefetch_related("gpus__mig_devices")
     serializer_class = NodeSerializer
+    resource = "node"
 
     def get_serializer_class(self) -> type[NodeSerializer]:
         return NodeListSerializer if self.action == "list" else NodeSerializer
@@ -129,6 +130,7 @@ class MigDeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
     queryset = MigDevice.objects.select_related("gpu__node", "tenant")
     serializer_class = MigDeviceSerializer
+    resource = "mig_device"
     lookup_field = "uuid"
     lookup_value_regex = "[^/]+"
 
@@ -145,13 +147,14 @@ class ReconfigurationViewSet(viewsets.ReadOnlyModelViewSet):
 
     queryset = Reconfiguration.objects.select_related("node").prefetch_related("steps")
     serializer_class = ReconfigurationSerializer
+    resource = "reconfiguration"
 
 
 class MigPlanView(APIView):
     """Where a MIG layout would place each instance on one GPU model, or why it cannot."""
 
-    read_only_actions = frozenset({"post"})
-    tenant_admin_actions: frozenset[str] = frozenset()
+    resource = "mig_layout"
+    action = "plan"
 
     @extend_schema(request=MigPlanRequestSerializer, responses={200: MigPlanSerializer})
     def post(self, request: Request) -> Response:

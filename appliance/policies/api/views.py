@@ -22,8 +22,7 @@ class PolicyRuleViewSet(
 
     queryset = PolicyRule.objects.all()
     serializer_class = PolicyRuleSerializer
-    admin_only_actions = frozenset({"create", "partial_update", "destroy"})
-    read_only_actions = frozenset({"dry_run"})
+    resource = "policy_rule"
 
     def perform_create(self, serializer: PolicyRuleSerializer) -> None:
         serializer.instance = services.policy_rule_create(**serializer.validated_data)

@@ -9,19 +9,21 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from appliance.accounts.permissions import TenantScopedMixin
 from appliance.rollouts import services
 from appliance.rollouts.api.serializers import DeploymentCreateSerializer, DeploymentSerializer
 from appliance.rollouts.models import Deployment
 
 
 class DeploymentViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
     """A model version placed on nodes; creating one starts its rollout (all at once,
     blue-green or canary), which the actions pause, resume, abort or roll back."""
 
     queryset = Deployment.objects.select_related("version__model", "previous__version").prefetch_related("replicas__node")
     serializer_class = DeploymentSerializer
+    resource = "deployment"
 
     def get_queryset(self) -> QuerySet[Deployment]:
         qs = super().get_queryset()
