@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 
-.PHONY: run test venv bench lint clean chromium native
+.PHONY: run test venv bench lint clean chromium native native-packages native-test
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
@@ -18,16 +18,51 @@ $(TRITON_VENV)/.installed: requirements-triton.txt
 	$(TRITON_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-triton.txt
 	touch $@
 
-## The gateway's native front: Debian's gRPC C++, hiredis, OpenSSL and nlohmann-json, then one g++ run.
-NATIVE_PACKAGES := libgrpc++-dev libhiredis-dev libssl-dev nlohmann-json3-dev pkg-config g++
-native: var/build/gatewayd
+## The gateway's native front (appliance/gateway/native/): Debian's gRPC C++, hiredis, OpenSSL and
+## nlohmann-json; contract.h is generated from appliance/gateway/contract.py, the one definition
+## both planes of the gateway read. Also builds the parity driver (gatewayd-replay) and the C++
+## unit tests (GoogleTest, Debian's libgtest-dev).
+NATIVE_PACKAGES := libgrpc++-dev libhiredis-dev libssl-dev nlohmann-json3-dev libgtest-dev pkg-config g++
+NATIVE_DIR := appliance/gateway/native
+NATIVE_OBJ := var/build/native
+NATIVE_GEN := var/build/gen/contract.h
+NATIVE_CORE := $(patsubst %,$(NATIVE_OBJ)/%.o,text wire snapshot admission counters stores refusals)
+NATIVE_TESTS := $(patsubst $(NATIVE_DIR)/tests/%.cc,$(NATIVE_OBJ)/tests/%.o,$(wildcard $(NATIVE_DIR)/tests/*.cc))
+NATIVE_CXX := g++ -O2 -std=c++17 -Wall -Wextra -Werror -MMD -MP -I$(NATIVE_DIR) -Ivar/build/gen
+NATIVE_LIBS = $$(pkg-config --libs grpc++ hiredis openssl)
 
-var/build/gatewayd: appliance/gateway/native/gatewayd.cc
-	@pkg-config --exists grpc++ hiredis openssl && test -f /usr/include/nlohmann/json.hpp || \
+native: var/build/gatewayd var/build/gatewayd-replay var/build/gatewayd-tests
+
+native-packages:
+	@pkg-config --exists grpc++ hiredis openssl gtest && test -f /usr/include/nlohmann/json.hpp || \
 		(apt-get install -y -q $(NATIVE_PACKAGES) >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q $(NATIVE_PACKAGES) >/dev/null))
-	mkdir -p var/build
-	g++ -O2 -std=c++17 -Wall -Wextra -Werror $< $$(pkg-config --cflags --libs grpc++ hiredis openssl) -o $@.partial
+
+$(NATIVE_GEN): appliance/gateway/contract.py
+	mkdir -p $(@D)
+	$(PYTHON) $< --cpp > $@.partial
 	mv $@.partial $@
+
+$(NATIVE_OBJ)/%.o: $(NATIVE_DIR)/%.cc $(NATIVE_GEN) | native-packages
+	mkdir -p $(@D)
+	$(NATIVE_CXX) $$(pkg-config --cflags grpc++ hiredis openssl) -c $< -o $@
+
+var/build/gatewayd: $(NATIVE_CORE) $(NATIVE_OBJ)/call.o $(NATIVE_OBJ)/main.o
+	$(NATIVE_CXX) $^ $(NATIVE_LIBS) -o $@.partial
+	mv $@.partial $@
+
+var/build/gatewayd-replay: $(NATIVE_CORE) $(NATIVE_OBJ)/replay.o
+	$(NATIVE_CXX) $^ $(NATIVE_LIBS) -o $@.partial
+	mv $@.partial $@
+
+var/build/gatewayd-tests: $(NATIVE_CORE) $(NATIVE_TESTS)
+	$(NATIVE_CXX) $^ $(NATIVE_LIBS) $$(pkg-config --libs gtest_main) -o $@.partial
+	mv $@.partial $@
+
+## The native front's C++ unit tests.
+native-test: var/build/gatewayd-tests
+	var/build/gatewayd-tests --gtest_brief=1
+
+-include $(wildcard $(NATIVE_OBJ)/*.d $(NATIVE_OBJ)/tests/*.d)
 
 ## Bring the whole appliance up (control plane, worker, node agent + Triton, gateway); Ctrl-C stops it.
 run: venv native
@@ -38,7 +73,7 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 
 ## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
-test: venv chromium native
+test: venv chromium native native-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run
 	$(VENV)/bin/python -m pytest

@@ -17,24 +17,20 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from appliance.gateway import contract
 from appliance.gateway.multiproc import MULTIPROC_ENV
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = contract.LATENCY_BUCKETS_S  # the native front's histograms have the same bounds
+_M = contract.METRICS
 
-
-REQUESTS = Counter("gateway_requests", "Inference requests answered, by tenant, model and gRPC status",
-                   ["tenant", "model", "status"])  # fmt: skip
-LATENCY = Histogram("gateway_request_seconds", "Time from arrival to answer of inference requests", ["model"],
-                    buckets=LATENCY_BUCKETS)  # fmt: skip
-QUEUE_TIME = Histogram("gateway_queue_seconds", "Time a request waited in the gateway for a replica slot", ["model"],
-                       buckets=LATENCY_BUCKETS)  # fmt: skip
-INFLIGHT = Gauge("gateway_inflight", "Requests sent to a replica and not yet answered", ["replica"],
-                 multiprocess_mode="livesum")  # fmt: skip
-LIMIT = Gauge("gateway_concurrency_limit", "A replica's adaptive concurrency limit, per gateway process", ["replica"],
-              multiprocess_mode="all")  # fmt: skip
-SHED = Counter("gateway_shed", "Requests refused with RESOURCE_EXHAUSTED (overload or quota)", ["model", "priority", "reason"])
-RETRIED = Counter("gateway_retried", "Requests retried after their replica was not there (UNAVAILABLE, or NOT_FOUND from a Triton without the model)", ["model"])
-CACHE = Counter("gateway_cache_lookups", "Response-cache lookups", ["model", "result"])
+REQUESTS = Counter(*_M["requests"], ["tenant", "model", "status"])
+LATENCY = Histogram(*_M["latency"], ["model"], buckets=LATENCY_BUCKETS)
+QUEUE_TIME = Histogram(*_M["queue_time"], ["model"], buckets=LATENCY_BUCKETS)
+INFLIGHT = Gauge(*_M["inflight"], ["replica"], multiprocess_mode="livesum")
+LIMIT = Gauge(*_M["limit"], ["replica"], multiprocess_mode="all")
+SHED = Counter(*_M["shed"], ["model", "priority", "reason"])
+RETRIED = Counter(*_M["retried"], ["model"])
+CACHE = Counter(*_M["cache"], ["model", "result"])
 
 
 def serve_metrics(bind: str) -> None:

@@ -27,12 +27,20 @@ from tritonclient.grpc import service_pb2 as pb
 from appliance.accounts.choices import PRIORITY_LEVEL
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
-from appliance.gateway import metrics
+from appliance.gateway import contract, metrics
 from appliance.gateway.admission import CLASSES, RANK, Admission, Expired, Shed
 from appliance.gateway.cache import ResponseCache
-from appliance.gateway.quota import Quotas
+from appliance.gateway.quota import Quotas, refusal
 from appliance.gateway.semantic import SemanticCache, embed_request, embedding_of, request_text
-from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, build_snapshot, export_snapshot
+from appliance.gateway.snapshot import (
+    KeyEntry,
+    Route,
+    Snapshot,
+    build_snapshot,
+    export_snapshot,
+    for_tenant,
+    permitted_for,
+)
 from appliance.gateway.stats import Recorder
 from appliance.gateway.wire import SERVICE, with_priority, with_version
 
@@ -42,9 +50,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
-NOT_FOUND_MESSAGE = "model '{}' is not available to this API key"
-# What a replica answers when it is not there to answer: retried elsewhere (see _send).
-REPLICA_MISSING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND})
+# What a replica answers when it is not there to answer (retried elsewhere, see _send), and
+# when it is overloaded (the limiter backs off): the contract's, as the native front's.
+REPLICA_MISSING = frozenset(grpc.StatusCode[name] for name in contract.REPLICA_MISSING)
+OVERLOADED = frozenset(grpc.StatusCode[name] for name in contract.OVERLOADED)
 
 
 class Refusal(Exception):
@@ -56,8 +65,14 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.trailers: tuple[tuple[str, str], ...] = (
-            (("retry-after-ms", str(retry_after_ms)),) if retry_after_ms is not None else ()
+            ((contract.RETRY_AFTER_HEADER, str(retry_after_ms)),) if retry_after_ms is not None else ()
         )
+
+    @classmethod
+    def of(cls, name: str, retry_after_ms: int | None = None, **fields: Any) -> Refusal:
+        """One of the contract's refusals (contract.REFUSALS), as the native front answers it."""
+        status, text = contract.refusal(name, **fields)
+        return cls(grpc.StatusCode[status], text, retry_after_ms)
 
 
 class Gateway:
@@ -118,25 +133,25 @@ class Gateway:
                     token = ""
                 break
         if not token:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "missing API key: send 'authorization: Bearer <key>'")
+            raise Refusal.of("no_key")
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         entry = self.snapshot.keys.get(digest)
         if entry is None:
             await self.refresh_if_stale()
             entry = self.snapshot.keys.get(digest)
         if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid, expired or revoked API key")
+            raise Refusal.of("bad_key")
         return entry
 
     async def routes_for(self, key: KeyEntry, model: str, version: str, deadline: float | None = None) -> tuple[Route, ...]:
         if not model:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+            raise Refusal.of("no_model_name")
         if model not in self.snapshot.grants.get(key.tenant_id, ()):
             await self.refresh_if_stale()
             if model not in self.snapshot.grants.get(key.tenant_id, ()):
-                raise Refusal(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE.format(model))
+                raise Refusal.of("not_granted", model=model)
         if key.models is not None and model not in key.models:
-            raise Refusal(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE.format(model))
+            raise Refusal.of("not_granted", model=model)
         routes = self.snapshot.routes.get(model, ())
         if not routes:
             await self.refresh_if_stale()
@@ -146,32 +161,25 @@ class Gateway:
         if version:
             routes = tuple(r for r in routes if r.version == version)
             if not routes and self.snapshot.routes.get(model):
-                raise Refusal(grpc.StatusCode.NOT_FOUND, f"model '{model}' has no live version '{version}'")
+                raise Refusal.of("no_such_version", model=model, version=version)
         if not routes:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica right now; retry later")
+            raise Refusal.of("no_replica", model=model)
         routes = self.for_tenant(key, routes)
         if not routes:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no live replica for this API key; retry later")
+            raise Refusal.of("no_replica_for_key", model=model)
         permitted = self.permitted_for(key, routes)
         if not permitted:
             reason = self.snapshot.denials.get((key.tenant_id, routes[0].node), "")
             self.record_denial(key, model, routes[0].node, reason)
-            raise Refusal(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the residency policy permits no live replica of model '{model}' for this tenant: {reason}",
-            )
+            raise Refusal.of("residency", model=model, reason=reason)
         return permitted
 
     @staticmethod
     def for_tenant(key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
-        """Slices dedicated to a tenant serve that tenant only, and that tenant there first."""
-        own = tuple(r for r in routes if r.tenant == key.tenant_id)
-        return own or tuple(r for r in routes if r.tenant is None)
+        return for_tenant(key, routes)
 
     def permitted_for(self, key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
-        """The routes on nodes where the residency policy lets this tenant's data be processed."""
-        allowed = self.snapshot.permitted.get(key.tenant_id, frozenset())
-        return tuple(r for r in routes if r.node in allowed)
+        return permitted_for(self.snapshot, key, routes)
 
     def embedder_routes(self, key: KeyEntry) -> tuple[Route, ...]:
         """Where this tenant's text may be embedded for the semantic cache: the embedder's
@@ -201,7 +209,7 @@ class Gateway:
             if routes:
                 return routes
             await asyncio.sleep(min(settings.GATEWAY_WAKE_POLL_S, max(0.0, limit - time.monotonic())))
-        raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, f"model '{model}' was loading after idle and not ready before the deadline")
+        raise Refusal.of("waking", model=model)
 
     def choose_version(self, model: str, routes: tuple[Route, ...]) -> tuple[Route, ...]:
         """During a rollout: the routes of one version, drawn by the rollout's traffic split."""
@@ -259,13 +267,8 @@ class Gateway:
         if verdict.allowed:
             return
         self.tally.inc(metrics.SHED, model, key.priority, verdict.reason)
-        if verdict.reason == "quota":
-            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"tenant '{key.tenant_slug}' used its daily quota of {key.daily} requests",
-                          verdict.retry_after_ms)  # fmt: skip
-        raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"tenant '{key.tenant_slug}' is over its rate limit of {key.rate} requests/s; "
-                      f"retry in {verdict.retry_after_ms} ms", verdict.retry_after_ms)  # fmt: skip
+        status, text = refusal(verdict, tenant=key.tenant_slug, rate=key.rate, daily=key.daily)
+        raise Refusal(grpc.StatusCode[status], text, verdict.retry_after_ms)
 
     async def flush_metrics_forever(self) -> None:
         while True:
@@ -296,7 +299,7 @@ def _parse(message_type: Any, raw: bytes, what: str) -> Any:
     try:
         return message_type.FromString(raw)
     except Exception as exc:  # protobuf raises DecodeError
-        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {what} message") from exc
+        raise Refusal.of("not_a_message", what=what) from exc
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -312,7 +315,7 @@ def _timeout(context: grpc.aio.ServicerContext) -> float:
     if remaining is None:
         return float(settings.GATEWAY_DEFAULT_TIMEOUT_S)
     if remaining <= 0:
-        raise Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed before it was sent")
+        raise Refusal.of("expired_before_send")
     return remaining
 
 
@@ -369,11 +372,11 @@ class Handlers:
         (NOT_FOUND: restarted and still reloading its models); the gateway only sends to
         versions the control plane has live there, so neither is the client's doing."""
         infer = method == "ModelInfer"
-        rank = RANK.get(key.priority, 1) if key is not None else 0
+        rank = RANK.get(key.priority, contract.DEFAULT_RANK) if key is not None else 0
         first = self.gw.choose_version(model, routes) if infer and not version else routes
         tenant = key.tenant_slug if key is not None else "-"
         route = await self._admit(model, first, rank, context, tenant)
-        for attempt in range(2):
+        for attempt in range(contract.ATTEMPTS):
             current = route
             started = time.perf_counter()
             latency: float | None = None
@@ -388,7 +391,7 @@ class Handlers:
                     self.gw.stats.record(model, current.version, True, latency)
                 return response, current
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in REPLICA_MISSING and attempt == 0:
+                if exc.code() in REPLICA_MISSING and attempt + 1 < contract.ATTEMPTS:
                     self.gw.tally.inc(metrics.RETRIED, model)
                     self.gw.admission.eject(model, current.address, settings.GATEWAY_EJECT_S)
                     retry = self._retry_target(model, current, routes)
@@ -398,16 +401,16 @@ class Handlers:
                     others = tuple(r for r in routes if r.address != current.address) or routes
                     route = self.gw.admission.try_acquire(model, (retry,), rank) or await self._admit(model, others, rank, context, tenant)
                     continue
-                overloaded = exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+                overloaded = exc.code() in OVERLOADED
                 latency = time.perf_counter() - started
                 if infer:
                     self.gw.stats.record(model, current.version, False, latency)
                 if exc.code() == grpc.StatusCode.NOT_FOUND:  # the model exists: it is not loaded there yet
-                    raise Refusal(grpc.StatusCode.UNAVAILABLE, f"model '{model}' is not loaded on its replicas right now; retry later") from exc
-                raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
+                    raise Refusal.of("not_loaded", model=model) from exc
+                raise Refusal(exc.code(), exc.details() or contract.refusal("upstream_error")[1]) from exc
             finally:
                 self.gw.admission.release(model, current, latency, overloaded=overloaded)
-        raise Refusal(grpc.StatusCode.UNAVAILABLE, "no replica is reachable right now; retry later")
+        raise Refusal.of("unreachable")
 
     async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any, tenant: str = "-") -> Route:
         try:
@@ -435,7 +438,7 @@ class Handlers:
     ) -> bytes:
         # The answer depends on the version: look up under the version that would answer.
         served_version = version or self.gw.pick(model, self.gw.choose_version(model, routes)).version  # type: ignore[union-attr]
-        cache_key = self.gw.cache.key(key.tenant_id, model, served_version, request)
+        cache_key = self.gw.cache.key(key.tenant_id, model, served_version, raw)
         hit = await self.gw.cache.get(cache_key, request.id)
         self.gw.tally.inc(metrics.CACHE, model, "miss" if hit is None else "hit")
         self.gw.stats.cache(key.tenant_slug, model, hit is not None)
@@ -531,7 +534,7 @@ class Handlers:
         await self.gw.admit(key, model)
         # A stream holds one replica slot for its whole life.
         route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
-                                  RANK.get(key.priority, 1), context, key.tenant_slug)  # fmt: skip
+                                  RANK.get(key.priority, contract.DEFAULT_RANK), context, key.tenant_slug)  # fmt: skip
         chosen = version or route.version
 
         async def upstream() -> AsyncIterator[bytes]:
@@ -539,7 +542,7 @@ class Handlers:
             async for raw in requests:
                 request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
                 if request.model_name != model or (request.model_version and request.model_version != chosen):
-                    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "a stream serves one model version; open another stream")
+                    raise Refusal.of("stream_one_version")
                 yield raw if request.model_version else with_version(raw, chosen)
 
         started, ok, first_response, responses = time.perf_counter(), False, None, 0
@@ -554,7 +557,7 @@ class Handlers:
                 yield response
             ok = True
         except grpc.aio.AioRpcError as exc:
-            raise Refusal(exc.code(), exc.details() or exc.code().name) from exc
+            raise Refusal(exc.code(), exc.details() or contract.refusal("upstream_error")[1]) from exc
         finally:
             # A stream's length says nothing about the replica's load: no latency sample.
             self.gw.admission.release(model, route, None)

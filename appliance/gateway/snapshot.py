@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
 from appliance.catalog.models import Model
+from appliance.gateway import contract
 from appliance.nodes.models import MigDevice, Node
 from appliance.nodes.selectors import routable_nodes
 from appliance.policies.choices import Operation
@@ -73,6 +74,19 @@ class Snapshot:
     # Nodes with a GPU nearly out of memory: the gateway does not raise their concurrency limits.
     low_headroom: frozenset[str] = frozenset()
     built_at: float = 0.0  # monotonic time the read began
+
+
+def for_tenant(key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """Slices dedicated to a tenant serve that tenant only, and that tenant there first
+    (native/snapshot.cc permitted_routes is the native twin of this and permitted_for)."""
+    own = tuple(r for r in routes if r.tenant == key.tenant_id)
+    return own or tuple(r for r in routes if r.tenant is None)
+
+
+def permitted_for(snapshot: Snapshot, key: KeyEntry, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """The routes on nodes where the residency policy lets this tenant's data be processed."""
+    allowed = snapshot.permitted.get(key.tenant_id, frozenset())
+    return tuple(r for r in routes if r.node in allowed)
 
 
 def build_snapshot() -> Snapshot:
@@ -176,19 +190,15 @@ def _residency(nodes: list[Node], tenant_ids: set[str]) -> tuple[dict[str, froze
     return permitted, denials
 
 
-def export_snapshot(snapshot: Snapshot, path: Path) -> None:
-    """Writes what the native front (native/gatewayd.cc) needs of the snapshot as JSON,
-    atomically (a new file renamed over the old), so it never reads half a view."""
+def export_document(snapshot: Snapshot) -> dict[str, Any]:
+    """What the native front needs of the snapshot: the document of contract.SNAPSHOT_FIELDS,
+    version contract.SNAPSHOT_VERSION (the front refuses any other)."""
     from appliance.accounts.choices import PRIORITY_LEVEL
-    from appliance.gateway.admission import RANK
-    from appliance.gateway.quota import SCRIPT, prefix
 
-    document = {
+    return {
+        "version": contract.SNAPSHOT_VERSION,
         "config": {
             "instance": settings.INSTANCE,
-            "quota_prefix": prefix(),
-            "quota_script": SCRIPT,
-            "cache_prefix": f"{settings.INSTANCE}:cache",
             "cache_ttl_s": settings.CACHE_TTL_S,
             "queue_max": settings.GATEWAY_QUEUE_MAX,
             "queue_wait_s": settings.GATEWAY_QUEUE_WAIT_S,
@@ -204,7 +214,7 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
                 "tenant": entry.tenant_slug,
                 "expires_at": entry.expires_at,
                 "models": sorted(entry.models) if entry.models is not None else None,
-                "rank": RANK.get(entry.priority, 1),
+                "rank": contract.RANK.get(entry.priority, contract.DEFAULT_RANK),
                 "triton_priority": PRIORITY_LEVEL.get(entry.priority, 2),
                 "rate": entry.rate,
                 "burst": entry.burst,
@@ -225,7 +235,18 @@ def export_snapshot(snapshot: Snapshot, path: Path) -> None:
         "cache_tenants": sorted(snapshot.cache_tenants),
         "low_headroom": sorted(snapshot.low_headroom),
     }
+
+
+def export_snapshot(snapshot: Snapshot, path: Path) -> None:
+    """Writes the native front's document (export_document) as JSON, atomically (a new file
+    renamed over the old), so it never reads half a view."""
+    document = export_document(snapshot)
+    text = json.dumps(document)
+    if settings.GATEWAY_SNAPSHOT_FAULT == "garbage":  # drills only (settings.py)
+        text = text[: len(text) // 2]
+    elif settings.GATEWAY_SNAPSHOT_FAULT == "unknown-version":
+        text = json.dumps({**document, "version": contract.SNAPSHOT_VERSION + 1})
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(document))
+    partial.write_text(text)
     os.replace(partial, path)

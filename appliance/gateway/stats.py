@@ -20,31 +20,37 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 
+from appliance.gateway import contract
+
 log = logging.getLogger(__name__)
 
-# Upper bounds of the latency buckets, in milliseconds (the last one is open).
-BUCKETS_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000)
-FLUSH_S = 0.25
-KEEP_S = 3600
+# The keys, fields and bounds both planes write (contract.py); re-exported for their readers.
+BUCKETS_MS = contract.STATS_BUCKETS_MS
+TRAFFIC_FIELDS = contract.TRAFFIC_FIELDS
+FLUSH_S = contract.FLUSH_S
+KEEP_S = contract.VSTATS_KEEP_S
 
 
-def _key(model: str, version: str, second: int) -> str:
-    return f"{settings.INSTANCE}:vstats:{model}:{version}:{second}"
+def _key(model: str, version: str, second: int, instance: str | None = None) -> str:
+    return contract.KEY_VSTATS.format(instance=instance or settings.INSTANCE, model=model, version=version, second=second)
 
 
-def _last_key(model: str) -> str:
-    return f"{settings.INSTANCE}:last-request:{model}"
+def _last_key(model: str, instance: str | None = None) -> str:
+    return contract.KEY_LAST_REQUEST.format(instance=instance or settings.INSTANCE, model=model)
 
 
-def traffic_key(minute: int) -> str:
+def traffic_key(minute: int, instance: str | None = None) -> str:
     """The hash of one minute's traffic per (tenant, model), summed over gateway processes;
     appliance.metrics.collect moves finished minutes into PostgreSQL."""
-    return f"{settings.INSTANCE}:traffic:{minute}"
+    return contract.KEY_TRAFFIC.format(instance=instance or settings.INSTANCE, minute=minute)
 
 
-# Per (tenant, model) and minute: what the console's metrics pages draw.
-TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec")
 _TRAFFIC_WIDTH = len(TRAFFIC_FIELDS) + len(BUCKETS_MS) + 1
+
+
+def _version_row() -> list[float]:
+    """n, err, ms, then one count per bucket and the open one above the last bound."""
+    return [0.0] * (3 + len(BUCKETS_MS) + 1)
 
 
 def _traffic_row() -> list[float]:
@@ -64,8 +70,9 @@ def _count(row: list[float], ok: bool, seconds: float, buckets_at: int) -> None:
 class Recorder:
     """The gateway side: cheap in-memory counting, a periodic flush to Redis."""
 
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+    def __init__(self, instance: str | None = None) -> None:
+        self.instance = instance or settings.INSTANCE  # the key prefix (tests give their own)
+        self._counts: dict[tuple[str, str], list[float]] = defaultdict(_version_row)
         self._traffic: dict[tuple[str, str], list[float]] = defaultdict(_traffic_row)
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -95,22 +102,23 @@ class Recorder:
         """Adds what was counted since the last flush to the bucket of second `at` (now)."""
         if not self._counts and not self._traffic:
             return
-        counts, self._counts = self._counts, defaultdict(lambda: [0.0] * (len(BUCKETS_MS) + 3))
+        counts, self._counts = self._counts, defaultdict(_version_row)
         traffic, self._traffic = self._traffic, defaultdict(_traffic_row)
         now = time.time() if at is None else at
         second = int(now)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                minute_key = traffic_key(second // 60 * 60)
+                minute_key = traffic_key(second // 60 * 60, self.instance)
                 for (tenant, model), row in traffic.items():
                     for index, value in enumerate(row):
                         if value:
                             name = TRAFFIC_FIELDS[index] if index < len(TRAFFIC_FIELDS) else f"b{index - len(TRAFFIC_FIELDS)}"
-                            pipe.hincrbyfloat(minute_key, f"{tenant}|{model}|{name}", value)
+                            field = contract.TRAFFIC_FIELD.format(tenant=tenant, model=model, name=name)
+                            pipe.hincrbyfloat(minute_key, field, value)
                 if traffic:
-                    pipe.expire(minute_key, KEEP_S * 3)
+                    pipe.expire(minute_key, contract.TRAFFIC_KEEP_S)
                 for (model, version), row in counts.items():
-                    key = _key(model, version, second)
+                    key = _key(model, version, second, self.instance)
                     pipe.hincrby(key, "n", int(row[0]))
                     if row[1]:
                         pipe.hincrby(key, "err", int(row[1]))
@@ -119,7 +127,7 @@ class Recorder:
                         if count:
                             pipe.hincrby(key, f"b{index}", int(count))
                     pipe.expire(key, KEEP_S)
-                    pipe.set(_last_key(model), now, ex=7 * 86400)
+                    pipe.set(_last_key(model, self.instance), now, ex=contract.LAST_REQUEST_KEEP_S)
                 await pipe.execute()
         except redis.RedisError as exc:
             log.warning("request statistics not stored (%s)", type(exc).__name__)

@@ -1,4 +1,5 @@
-"""Protobuf details of the KServe v2 / Triton gRPC protocol the gateway relies on."""
+"""Protobuf details of the KServe v2 / Triton gRPC protocol the gateway relies on
+(native/wire.cc is the native front's twin)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,50 @@ def _varint(n: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def _read_varint(raw: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if at >= len(raw):
+            raise ValueError("truncated varint")
+        byte = raw[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    raise ValueError("varint too long")
+
+
+def content_of(raw: bytes) -> bytes:
+    """The message without its fields 2 (version) and 3 (id), other fields as they came: what
+    the exact response cache's key hashes, in both planes. Raises ValueError if `raw` is not
+    well-formed protobuf at its top level."""
+    out = bytearray()
+    at = 0
+    while at < len(raw):
+        start = at
+        tag, at = _read_varint(raw, at)
+        field, wire = tag >> 3, tag & 7
+        if field == 0 or field > 0x1FFFFFFF:
+            raise ValueError("bad field number")
+        if wire == 0:
+            _, at = _read_varint(raw, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        elif wire == 2:
+            length, at = _read_varint(raw, at)
+            at += length
+        else:
+            raise ValueError(f"wire type {wire} is not used by the inference protocol")
+        if at > len(raw):
+            raise ValueError("truncated field")
+        if field not in (2, 3):
+            out += raw[start:at]
+    return bytes(out)
 
 
 def with_version(raw: bytes, version: str) -> bytes:

@@ -9,12 +9,12 @@ from appliance.gateway.cache import ResponseCache
 from appliance.policies.engine import PlaceFacts, RuleFacts, TenantFacts, evaluate
 
 
-def _request(value: bytes, request_id: str = "a", version: str = "") -> pb.ModelInferRequest:
+def _request(value: bytes, request_id: str = "a", version: str = "") -> bytes:
     request = pb.ModelInferRequest(model_name="digits", model_version=version, id=request_id)
     tensor = request.inputs.add(name="IMAGE", datatype="FP32", shape=[1, 64])
     assert tensor is not None
     request.raw_input_contents.append(value)
-    return request
+    return request.SerializeToString()
 
 
 def test_keys_are_scoped_by_tenant_model_version_and_inputs() -> None:
@@ -24,6 +24,13 @@ def test_keys_are_scoped_by_tenant_model_version_and_inputs() -> None:
     assert base != cache.key("t2", "digits", "3", _request(b"x" * 256))
     assert base != cache.key("t1", "digits", "4", _request(b"x" * 256))
     assert base != cache.key("t1", "digits", "3", _request(b"y" * 256))
+    # What a client appended after the inputs (the version, the id) still changes nothing.
+    assert base == cache.key("t1", "digits", "3", _request(b"x" * 256) + b"\x12\x015" + b"\x1a\x02zz")
+
+
+def test_a_malformed_request_has_no_key() -> None:
+    with pytest.raises(ValueError):
+        ResponseCache().key("t1", "digits", "3", b"\x0a\x05dig")  # a field longer than the message
 
 
 @pytest.mark.parametrize(
