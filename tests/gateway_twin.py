@@ -61,8 +61,8 @@ class Twin:
         if self._evicted:
             out["evicted"] = self._evicted
         out["limiters"] = {
-            f"{address}|{model}": [l.limit, l.inflight, l.baseline, l.latency, l.down_until]
-            for (address, model), l in sorted(self.admission.limiters.items())
+            f"{address}|{model}": [lim.limit, lim.inflight, lim.baseline, lim.latency, lim.down_until]
+            for (address, model), lim in sorted(self.admission.limiters.items())
         }
         return out
 

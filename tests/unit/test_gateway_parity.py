@@ -265,7 +265,7 @@ def test_the_front_reads_the_snapshot_the_python_plane_writes(tmp_path: Path) ->
     [
         ("{}", "no snapshot version"),
         (json.dumps({"version": contract.SNAPSHOT_VERSION + 1}), "snapshot version"),
-        ("{\"version\": %d, \"config\": {}}" % contract.SNAPSHOT_VERSION, "key 'instance' not found"),
+        (json.dumps({"version": contract.SNAPSHOT_VERSION, "config": {}}), "key 'instance' not found"),
         ("{\"version\": 2, \"con", "parse error"),
     ],
 )
