@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -25,13 +24,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from scratch_db import scratch_database  # noqa: E402
 
+from appliance.core.process import free_port  # noqa: E402
+
 DB = "appliance_bench"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed again when the with-block ends
 
 
 def main() -> None:
@@ -54,7 +49,7 @@ def main() -> None:
         started = time.perf_counter()
         state = Path(os.environ["APPLIANCE_VAR_DIR"])
         state.mkdir(parents=True, exist_ok=True)
-        port = closed_port()
+        port = free_port()  # nobody listens there: every probe fails
         for n in range(args.nodes):
             node = node_create(name=f"gpu-{n:04d}", zone=f"zone-{n % 4}", grpc_address=f"127.0.0.1:{port}")
             sim = SimulatedInventory(state_path=state / f"{node.name}.json", models=("H100-80GB",) * args.gpus)

@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,15 +50,12 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from cpu_budget import CpuBudget  # noqa: E402
 from gateway_overhead import cpu_seconds, own_cpu, pct, run  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from appliance.core.process import free_port  # noqa: E402
 
 
 def listeners(port: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from appliance.core.process import ProcessTree, stop_all, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = Path(os.environ.get("APPLIANCE_VAR_DIR", ROOT / "var"))
@@ -71,7 +72,7 @@ class Launcher:
     def __init__(self) -> None:
         self.env = dict(os.environ)
         self.env.setdefault("APPLIANCE_VAR_DIR", str(VAR))
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.procs: list[ProcessTree] = []
         self.token = ""
 
     def drop_privileges(self) -> None:
@@ -89,11 +90,13 @@ class Launcher:
         out = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True)
         return out.stdout
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (VAR / "log" / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
+    def spawn(self, name: str, argv: list[str]) -> ProcessTree:
+        """Each process in a group of its own, which stop() ends as a whole; each dies with
+        the launcher even if it is killed outright (parent-death signal)."""
+        tree = ProcessTree(name=name, argv=argv, cwd=ROOT, env=self.env, log_path=VAR / "log" / f"{name}.log")
+        tree.start()
+        self.procs.append(tree)
+        return tree
 
     def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, ctype: str = "") -> Any:
         return api_call(f"http://127.0.0.1:{API_PORT}/api/v1/", self.token, method, path, body, raw=raw, ctype=ctype)
@@ -101,9 +104,9 @@ class Launcher:
     def wait(self, what: str, predicate: Any, timeout: float = 180.0) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for name, proc in self.procs:
-                if proc.poll() is not None:
-                    raise SystemExit(f"{name} exited ({proc.returncode}) while waiting for {what}; see var/log/{name}.log")
+            for proc in self.procs:
+                if not proc.alive():
+                    raise SystemExit(f"{proc.name} exited ({proc.returncode}) while waiting for {what}; see var/log/{proc.name}.log")
             try:
                 result = predicate()
                 if result:
@@ -114,15 +117,7 @@ class Launcher:
         raise SystemExit(f"timed out waiting for {what}")
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _, proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_all(self.procs, timeout=20)
 
     # --- the demo ---------------------------------------------------------------------
     def deploy_demo(self) -> dict[str, Any]:
@@ -169,6 +164,22 @@ class Launcher:
 
     def run(self) -> None:
         started = time.monotonic()
+        stop_on_signals()  # Ctrl-C, `kill -INT` and `kill -TERM` alike, however it was started
+        failure: object = None
+        try:
+            self.prepare()
+            self.serve(started)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if isinstance(stop, SystemExit) and stop.code:
+                failure = stop.code
+                print(stop.code, file=sys.stderr)
+            print("\nstopping the appliance…", flush=True)
+        finally:
+            self.stop()
+        if failure:
+            sys.exit(1)
+
+    def prepare(self) -> None:
         for sub in ("log", "run", "build"):
             (VAR / sub).mkdir(parents=True, exist_ok=True)
         notes = choose_backends(self.env)
@@ -180,54 +191,45 @@ class Launcher:
         self.token = admin["token"]
         self.drop_privileges()
         subprocess.run([PY, "-m", "triton_models.build", "--out", str(VAR / "build")], cwd=ROOT, check=True, capture_output=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        failure: object = None
-        try:
-            instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
-            self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
-            self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
-            self.spawn("beat", [PY, "-m", "celery", "-A", "appliance", "beat", "-s", str(VAR / "run" / "celerybeat-schedule")])
-            http, grpc_port, metrics = TRITON_PORTS
-            self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
-            gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY])
-            self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
-            self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
-            deployment = self.deploy_demo()
-            key = self.demo_key()
-            info = {
-                "console_url": f"http://127.0.0.1:{API_PORT}/console/",
-                "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
-                "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
-                "gateway": GATEWAY,
-                "model": DEMO_MODEL,
-                "model_version": deployment["version_number"],
-                "api_key": key,
-                "admin_credentials": str(credentials),
-                "operator_token": self.token,
-                "node_triton_grpc": f"127.0.0.1:{grpc_port}",
-                "gateway_pid": gateway.pid,
-                "logs": str(VAR / "log"),
-            }
-            out = VAR / "run" / "appliance.json"
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh, indent=2)
-            predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
-            print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
-                                snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
-            while all(proc.poll() is None for _, proc in self.procs):
-                time.sleep(1)
-            dead = [name for name, proc in self.procs if proc.poll() is not None]
-            print(f"stopped: {', '.join(dead)} exited; see var/log/", file=sys.stderr)
-        except (KeyboardInterrupt, SystemExit) as stop:
-            if isinstance(stop, SystemExit) and stop.code:
-                failure = stop.code
-                print(stop.code, file=sys.stderr)
-            print("\nstopping the appliance…", flush=True)
-        finally:
-            self.stop()
-        if failure:
-            sys.exit(1)
+
+    def serve(self, started: float) -> None:
+        instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
+        self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
+        self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
+        self.spawn("beat", [PY, "-m", "celery", "-A", "appliance", "beat", "-s", str(VAR / "run" / "celerybeat-schedule")])
+        http, grpc_port, metrics = TRITON_PORTS
+        self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
+        gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY])
+        self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
+        self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
+        deployment = self.deploy_demo()
+        key = self.demo_key()
+        credentials = VAR / "run" / "admin-credentials"
+        info = {
+            "console_url": f"http://127.0.0.1:{API_PORT}/console/",
+            "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
+            "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
+            "gateway": GATEWAY,
+            "model": DEMO_MODEL,
+            "model_version": deployment["version_number"],
+            "api_key": key,
+            "admin_credentials": str(credentials),
+            "operator_token": self.token,
+            "node_triton_grpc": f"127.0.0.1:{grpc_port}",
+            "gateway_pid": gateway.pid,
+            "logs": str(VAR / "log"),
+        }
+        out = VAR / "run" / "appliance.json"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh, indent=2)
+        predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
+        print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
+                            snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
+        while all(proc.alive() for proc in self.procs):
+            time.sleep(1)
+        dead = [proc.name for proc in self.procs if not proc.alive()]
+        print(f"stopped: {', '.join(dead)} exited; see var/log/", file=sys.stderr)
 
 
 def _first_inference(info: dict[str, Any]) -> tuple[int, int] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,14 @@ from typing import Any
 
 from django.conf import settings
 
-from appliance.core.process import with_parent_death_signal
+from appliance.core.process import ProcessTree, free_port, living_processes, stop_all
+
+__all__ = ["Fleet", "Proc", "free_port", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Every process of a fleet, its children's children included, carries this in its environment
+# (not an APPLIANCE_ variable: the agents hand their Tritons an environment without those).
+FLEET_MARK = "E2E_FLEET_ID"
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, procs: list[Any] | None = None) -> Any:
@@ -52,8 +50,13 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, pro
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    tree: ProcessTree
     log: Path
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        assert self.tree.popen is not None
+        return self.tree.popen
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -114,14 +117,14 @@ class Fleet:
             APPLIANCE_ALLOW_FAULT_INJECTION="true",
             PYTHONUNBUFFERED="1",
         )
+        env[FLEET_MARK] = uuid.uuid4().hex
         return cls(workdir=workdir, env=env, runtime_role=role)
 
     def spawn(self, name: str, argv: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
-        with log.open("ab") as fh:
-            popen = subprocess.Popen(with_parent_death_signal(argv), cwd=ROOT, env=self.env, stdout=fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        proc = Proc(name=name, popen=popen, log=log)
+        tree = ProcessTree(name=name, argv=argv, cwd=ROOT, env=dict(self.env), log_path=log)
+        tree.start()
+        proc = Proc(name=name, tree=tree, log=log)
         self.procs.append(proc)
         return proc
 
@@ -179,18 +182,42 @@ class Fleet:
             parts.append(f"--- {triton_log.relative_to(self.workdir)} ---\n" + "\n".join(tail))
         return "\n".join(parts)
 
+    def native_front_pid(self, gateway: Proc) -> int:
+        """The gatewayd that a run_gateway --native process runs now."""
+        pids = [p.pid for p in living_processes() if p.ppid == gateway.popen.pid and b"gatewayd" in p.cmdline()]
+        assert len(pids) == 1, f"{gateway.name} runs {len(pids)} native fronts"
+        return pids[0]
+
+    def leftovers(self) -> list[tuple[int, str]]:
+        """Processes of this fleet still running: everything that carries its mark in its
+        environment, or names its directory on its command line (a Triton's backend stub)."""
+        mark = f"{FLEET_MARK}={self.env[FLEET_MARK]}".encode()
+        workdir = f"{self.workdir}/".encode()
+        found = []
+        for process in living_processes():
+            cmdline = process.cmdline()
+            if process.pid != os.getpid() and (workdir in cmdline or mark in process.environ()):
+                found.append((process.pid, cmdline.replace(b"\0", b" ").decode(errors="replace")[:300]))
+        return found
+
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.popen.pid, signal.SIGKILL)
+        """Stops every process of the fleet, then asserts that none of them, nor anything
+        they started (Tritons, their backend stubs, native fronts), outlives it."""
+        stop_all([proc.tree for proc in self.procs], timeout=30)
         _delete_queues([f"{settings.INSTANCE}.control", *(f"{settings.INSTANCE}.node.{n}" for n in self.node_ports)])
         if self.runtime_role:
             _drop_role(self.runtime_role)
+        # A killed agent's Triton stops on its parent-death signal and may take its exit timeout.
+        try:
+            wait_for("every process of the fleet to end", lambda: not self.leftovers(), timeout=30)
+        except AssertionError:
+            left = self.leftovers()
+            for pid, _ in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # nothing of it may disturb later tests
+                except ProcessLookupError:
+                    pass
+            raise AssertionError("processes outlived the fleet:\n" + "\n".join(f"{pid} {cmd}" for pid, cmd in left)) from None
 
 
 def _drop_role(role: str) -> None:

@@ -127,12 +127,8 @@ def run_agent(options: AgentOptions) -> None:
     supervisor.on_start.append(lambda: _reload_after_start(local))
     supervisor.on_start.append(lambda: _record_version(node.name, options))
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(options.ports.grpc_address),), daemon=True),
-        threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    supervisor.start()
+    threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True).start()
     try:
         worker = app.Worker(
             queues=[node_queue(options.name)],

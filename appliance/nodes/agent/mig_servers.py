@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready, wait_until
+from appliance.core.process import free_ports, wait_until
+from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.nodes.inventory.base import MigDeviceInfo
 
 log = logging.getLogger(__name__)
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -36,12 +22,12 @@ class MigServers:
     host: str
     port_base: int
     inventory: Any
-    servers: dict[str, tuple[int, TritonSupervisor, threading.Thread]] = field(default_factory=dict)
+    servers: dict[str, tuple[int, TritonSupervisor]] = field(default_factory=dict)
     # Called with the device uuid after its Triton (re)starts: reload what is live on it.
     after_start: Any = None
 
     def _slot(self) -> int:
-        used = {slot for slot, _, _ in self.servers.values()}
+        used = {slot for slot, _ in self.servers.values()}
         return next(i for i in range(64) if i not in used)
 
     def address(self, uuid: str) -> str:
@@ -58,7 +44,7 @@ class MigServers:
             ports = TritonPorts(http=self.port_base + 3 * slot, grpc=self.port_base + 3 * slot + 1,
                                 metrics=self.port_base + 3 * slot + 2, host=self.host)  # fmt: skip
         else:
-            http, grpc, metrics = _free_ports(self.host, 3)
+            http, grpc, metrics = free_ports(3, self.host)
             ports = TritonPorts(http=http, grpc=grpc, metrics=metrics, host=self.host)
         supervisor = TritonSupervisor(
             node_name=self.node_name,
@@ -70,10 +56,8 @@ class MigServers:
         )
         if self.after_start is not None:
             supervisor.on_start.append(lambda uuid=device.uuid: self.after_start(uuid))
-        thread = threading.Thread(target=supervisor.watch, args=(lambda: triton_ready(supervisor.ports.grpc_address),),
-                                  daemon=True)  # fmt: skip
-        thread.start()
-        self.servers[device.uuid] = (slot, supervisor, thread)
+        supervisor.start()
+        self.servers[device.uuid] = (slot, supervisor)
         if not wait_until(lambda: triton_ready(supervisor.ports.grpc_address), timeout=timeout, interval=0.2):
             raise RuntimeError(f"the Triton for {device.profile} ({device.uuid}) did not become ready")
         if hasattr(self.inventory, "attach"):

@@ -17,9 +17,10 @@ import urllib.request
 
 from django.conf import settings
 
+from appliance.core.process import wait_until
 from appliance.nodes import services
 from appliance.nodes.agent.runtime import LocalNode
-from appliance.nodes.agent.triton import triton_ready, wait_until
+from appliance.nodes.agent.triton import triton_ready
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState
 from appliance.nodes.inventory.base import InventoryError, NotFound, ResetRequired
 from appliance.nodes.mig.catalog import gpu_model
@@ -78,7 +79,7 @@ def wait_inflight(local: LocalNode, run: Reconfiguration) -> str:
     # The gateway re-reads the fleet every GATEWAY_REFRESH_S: let it see the drain first.
     time.sleep(2 * settings.GATEWAY_REFRESH_S)
     node = Node.objects.get(pk=local.node_id)
-    addresses = [node.metrics_address] + [s.ports.metrics_address for _, s, _ in local.mig_servers.servers.values()]
+    addresses = [node.metrics_address] + [s.ports.metrics_address for _, s in local.mig_servers.servers.values()]
     if not wait_until(lambda: sum(_pending_requests(a) for a in addresses) == 0,
                       timeout=settings.RECONFIG_DRAIN_TIMEOUT_S, interval=0.2):  # fmt: skip
         raise StepFailed(f"requests still in flight after {settings.RECONFIG_DRAIN_TIMEOUT_S:.0f} s")

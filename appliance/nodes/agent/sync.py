@@ -9,8 +9,8 @@ from django.conf import settings
 
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import DomainError
+from appliance.core.process import wait_until
 from appliance.nodes.agent.runtime import LocalNode
-from appliance.nodes.agent.triton import wait_until
 from appliance.rollouts.choices import ReplicaState
 from appliance.rollouts.selectors import resident_replicas
 

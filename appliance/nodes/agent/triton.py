@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
 from appliance.core.env import env_str
-from appliance.core.process import with_parent_death_signal
+from appliance.core.process import ProcessTree, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +96,21 @@ class TritonPorts:
 
 @dataclass
 class TritonSupervisor:
-    """Starts tritonserver, restarts it when it dies, keeps its log."""
+    """One tritonserver of the node, kept running by the shared supervisor
+    (appliance/core/process.py): restarted with a capped back-off when it dies, after what
+    it left behind (its Python-backend stubs) is killed; `on_start` callbacks (reloading the
+    live models: EXPLICIT mode starts empty) run once each start is ready."""
 
     node_name: str
     repository: Path
     ports: TritonPorts
     log_path: Path
     install: TritonInstall = field(default_factory=TritonInstall.discover)
-    on_start: list = field(default_factory=list)  # callbacks run after each (re)start is ready
+    on_start: list[Callable[[], None]] = field(default_factory=list)
     # A second Triton of the node (one per MIG device): its own shared-memory prefix and device.
     instance: str = ""
-    extra_env: dict = field(default_factory=dict)
-    restarts: int = 0
-    _process: subprocess.Popen | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _supervisor: Supervisor | None = None
 
     def command(self) -> list[str]:
         p = self.ports
@@ -151,68 +150,36 @@ class TritonSupervisor:
         env.update(self.extra_env)
         return env
 
+    @property
+    def supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            tree = ProcessTree(name=f"tritonserver of {self.node_name}{f' ({self.instance})' if self.instance else ''}",
+                               argv=self.command(), env=self.environment(), log_path=self.log_path)  # fmt: skip
+            self._supervisor = Supervisor(tree, ready=lambda: triton_ready(self.ports.grpc_address), on_ready=self.on_start)
+        return self._supervisor
+
     def start(self) -> None:
+        """Starts Triton and keeps it running (in a thread of the supervisor's own)."""
         self.repository.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logfile = self.log_path.open("ab")
         log.info("starting tritonserver for node %s (grpc %s)", self.node_name, self.ports.grpc_address)
-        self._process = subprocess.Popen(
-            with_parent_death_signal(self.command()),
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            env=self.environment(),
-        )
-        logfile.close()
+        self.supervisor.start()
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self.supervisor.tree.pid
+
+    @property
+    def restarts(self) -> int:
+        return self.supervisor.restarts
 
     def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def watch(self, ready_check, interval: float = 0.5) -> None:
-        """Runs in a thread: restarts Triton when it exits, with a capped back-off,
-        and runs the on_start callbacks (reloading live models) once it is ready."""
-        backoff = 1.0
-        need_callbacks = True
-        while not self._stop.is_set():
-            try:
-                if not self.alive():
-                    code = self._process.returncode if self._process else None
-                    if self._process is not None:
-                        self.restarts += 1
-                        log.warning("tritonserver of %s exited with %s; restarting in %.0fs", self.node_name, code, backoff)
-                        if self._stop.wait(backoff):
-                            return
-                        backoff = min(backoff * 2, 30.0)
-                    self.start()
-                    need_callbacks = True
-                if need_callbacks and ready_check():
-                    backoff = 1.0
-                    need_callbacks = False
-                    self._run_callbacks()
-            except Exception:  # the supervisor must outlive anything (a failed start is retried)
-                log.exception("supervising tritonserver of %s", self.node_name)
-            self._stop.wait(interval)
-
-    def _run_callbacks(self) -> None:
-        for callback in self.on_start:
-            try:
-                callback()
-            except Exception:  # a failed reload is recorded by the callback itself
-                log.exception("after-start callback failed on %s", self.node_name)
+        return self.supervisor.alive()
 
     def stop(self) -> None:
-        self._stop.set()
-        proc = self._process
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        """Triton stops gracefully (in-flight work finishes, models unload; up to
+        --exit-timeout-secs), then anything left of its process group is killed."""
+        if self._supervisor is not None:
+            self._supervisor.stop(timeout=15)
 
 
 def triton_ready(address: str, timeout: float = 2.0) -> bool:
@@ -227,12 +194,3 @@ def triton_ready(address: str, timeout: float = 2.0) -> bool:
             client.close()
     except Exception:
         return False
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -6,9 +6,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.core.env import env_path, env_str
+from appliance.core.process import ProcessTree, Supervisor, port_open
 
 
 class Command(BaseCommand):
@@ -89,7 +88,7 @@ class Command(BaseCommand):
         def stop(signum: int, frame: Any) -> None:
             for pid in children:
                 os.kill(pid, signal.SIGTERM)
-            sys.exit(0)
+            sys.exit(1 if native is not None and native.gave_up else 0)
 
         signal.signal(signal.SIGTERM, stop)
         with audit_context(origin=Origin.GRPC, actor="gateway"):
@@ -124,9 +123,17 @@ def _reserve_port() -> socket.socket:
 
 
 class _NativeFront:
-    """The gatewayd process: started once the Python gateway behind it listens and has
-    exported its first snapshot; if it dies, the whole gateway stops (a supervisor
-    restarts both) rather than run with no public port."""
+    """The gatewayd process, supervised (appliance/core/process.py): started once the Python
+    gateway behind it listens and has exported its first snapshot, and started again at
+    once (0.2 s, doubling while it keeps failing) whenever it dies. The Python gateway, its
+    snapshot export and its reserved port stay up meanwhile, so a front killed under load
+    costs clients the time it takes to start again (about a second), where stopping the
+    whole gateway would leave the port dead until an outer supervisor noticed (if one is
+    there at all: `make run` has none). A front that dies `GIVE_UP_AFTER` times in a row
+    without ever listening (a port taken, a broken binary) is not retried for ever: the
+    whole gateway then exits with a failure, so that its own supervisor sees it."""
+
+    GIVE_UP_AFTER = 5
 
     def __init__(self, binary: Path, public: str, full: str, snapshot: Path, tls: Any, metrics_bind: str) -> None:
         from django.conf import settings
@@ -134,40 +141,45 @@ class _NativeFront:
         redis = urlsplit(settings.REDIS_URL)
         if redis.scheme != "redis" or redis.password:
             raise CommandError("the native front supports REDIS_URL redis://host:port/db (no password) only")
-        self.command = [
+        command = [
             str(binary), "--listen", public, "--full", full, "--snapshot", str(snapshot),
             "--redis", f"{redis.hostname or '127.0.0.1'}:{redis.port or 6379}/{(redis.path or '/0').strip('/') or 0}",
         ]  # fmt: skip
         if metrics_bind:
-            self.command += ["--metrics-bind", metrics_bind]
+            command += ["--metrics-bind", metrics_bind]
         if tls is not None:
-            self.command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
             if tls.client_ca:
-                self.command += ["--tls-client-ca", str(tls.client_ca)]
+                command += ["--tls-client-ca", str(tls.client_ca)]
         self.snapshot = snapshot
-        self.process: subprocess.Popen[bytes] | None = None
-        self.stopping = False
+        host, _, port = public.rpartition(":")
+        host = host.strip("[]")
+        probe_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        # The parent-death signal (setpriv): if run_gateway dies, even by SIGKILL, the front
+        # must not serve on without it (a snapshot nobody refreshes).
+        self.supervisor = Supervisor(
+            ProcessTree(name="gatewayd", argv=command),
+            ready=lambda: port_open(probe_host, int(port)),
+            on_ready=[self._listening],
+            first_backoff_s=0.2,
+            max_backoff_s=5.0,
+            interval_s=0.05,
+            give_up_after=self.GIVE_UP_AFTER,
+            on_give_up=self._give_up,
+        )
+        self.gave_up = False
 
     def start(self) -> None:
-        from appliance.core.process import with_parent_death_signal
+        self.supervisor.start()
 
-        # If run_gateway dies, even by SIGKILL, the front must not serve on without it.
-        self.process = subprocess.Popen(with_parent_death_signal(self.command))
-        threading.Thread(target=self._watch, name="gatewayd-watch", daemon=True).start()
+    def _listening(self) -> None:
+        if self.supervisor.restarts:
+            logging.getLogger(__name__).warning("the native front listens again (restart %d)", self.supervisor.restarts)
 
-    def _watch(self) -> None:
-        assert self.process is not None
-        code = self.process.wait()
-        if not self.stopping:
-            logging.getLogger(__name__).error("the native front exited (%s); stopping the gateway", code)
-            os.kill(os.getpid(), signal.SIGTERM)
+    def _give_up(self) -> None:
+        self.gave_up = True
+        os.kill(os.getpid(), signal.SIGTERM)  # the main thread stops the gateway (exit status 1)
 
     def stop(self) -> None:
-        self.stopping = True
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        self.supervisor.stop(timeout=10)
         self.snapshot.unlink(missing_ok=True)
