@@ -253,7 +253,7 @@ GATEWAY_RETRY_PAUSE_S = env_float("GATEWAY_RETRY_PAUSE_S", 0.05)
 # the model), while another replica of the model is up; the health sweep and the snapshot
 # take it out for good if it stays away.
 GATEWAY_EJECT_S = env_float("GATEWAY_EJECT_S", 1.0)
-# The gateway's native front (appliance/gateway/native/gatewayd.cc), built by `make native`.
+# The gateway's native front (appliance/gateway/native/), built by `make native`.
 GATEWAY_NATIVE_BINARY = Path(env_str("GATEWAY_NATIVE_BINARY", str(BASE_DIR / "var" / "build" / "gatewayd")))
 # How often a request held for a model waking from zero looks for its replica.
 GATEWAY_WAKE_POLL_S = env_float("GATEWAY_WAKE_POLL_S", 0.1)

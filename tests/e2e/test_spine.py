@@ -332,6 +332,64 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
+@pytest.mark.parametrize("fault", ["garbage", "unknown-version"])
+def test_a_snapshot_the_front_cannot_read_hands_every_call_to_the_python_gateway(
+    fleet: Fleet, story: dict[str, Any], fault: str
+) -> None:
+    """Half a document, or one of a version the front does not know (a Python plane newer than
+    its front): the front answers nothing itself, says so in its metrics, and every call gets
+    the Python gateway's answer -- a key revoked meanwhile included."""
+    import time
+
+    from sklearn.datasets import load_digits
+
+    from tests.e2e.fleet import free_port
+
+    port = free_port()
+    saved = dict(fleet.env)
+    fleet.env["APPLIANCE_GATEWAY_SNAPSHOT_FAULT"] = fault  # settings.py: drills only
+    try:
+        proc, address = fleet.start_gateway("--native-metrics-bind", f"127.0.0.1:{port}", name=f"gateway-{fault}")
+    finally:
+        fleet.env.clear()
+        fleet.env.update(saved)
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        wait_for("the front", lambda: client.is_server_ready(), procs=[proc])
+        wait_for("the front to refuse the snapshot",
+                 lambda: _scrape(port).get("gateway_native_snapshot_refused_total", 0) > 0, procs=[proc])  # fmt: skip
+        images = load_digits().data[:10].astype(np.float32)
+        labels = _infer_batch(client, images, story["acme"]).as_numpy("LABEL").ravel()
+        assert list(labels) == list(_expected_labels(images))
+        for i in range(10):
+            assert _infer_batch(client, images[i : i + 1], story["acme"]).as_numpy("LABEL")[0] == labels[i]
+        metrics = _scrape(port)
+        assert metrics["gateway_native_snapshot_ok"] == 0
+        assert metrics.get('gateway_native_handoffs_total{reason="snapshot refused"}', 0) >= 11
+        assert not [k for k in metrics if k.startswith("gateway_requests_total") and 'status="OK"' in k], (
+            "the front answered nothing itself"
+        )
+
+        erin = story["erin"]
+        key = erin.post("api-keys/", {"tenant": "acme", "name": f"revoked-under-{fault}"})
+        assert _infer_batch(client, images[:1], key["key"]).as_numpy("LABEL") is not None
+        erin.post(f"api-keys/{key['id']}/revoke/", {})
+        revoked_at = time.monotonic()
+
+        def refused() -> bool:
+            try:
+                _infer_batch(client, images[:1], key["key"])
+            except InferenceServerException as exc:
+                return str(exc.status()) == "StatusCode.UNAUTHENTICATED"
+            return False
+
+        wait_for("the revoked key to be refused", refused, timeout=5)
+        assert time.monotonic() - revoked_at < 5
+    finally:
+        proc.tree.stop()
+        fleet.procs.remove(proc)
+
+
 def test_revoked_key_is_refused_within_seconds(fleet: Fleet, story: dict[str, Any]) -> None:
     erin = story["erin"]
     key = erin.post("api-keys/", {"tenant": "acme", "name": "short-lived"})
