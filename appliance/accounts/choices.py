@@ -17,4 +17,4 @@ class PriorityClass(models.TextChoices):
 
 
 # Triton priority levels (1 is the highest) for models whose profile has at least three.
-PRIORITY_LEVEL = {PriorityClass.CRITICAL: 1, PriorityClass.STANDARD: 2, PriorityClass.BATCH: 3}
+PRIORITY_LEVEL: dict[str, int] = {PriorityClass.CRITICAL: 1, PriorityClass.STANDARD: 2, PriorityClass.BATCH: 3}

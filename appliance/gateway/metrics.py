@@ -83,5 +83,5 @@ class Tally:
                     child._buckets[index].inc(count)
         for address, value in (inflight or {}).items():
             INFLIGHT.labels(address).set(value)
-        for address, value in (limits or {}).items():
-            LIMIT.labels(address).set(value)
+        for address, limit in (limits or {}).items():
+            LIMIT.labels(address).set(limit)

@@ -81,7 +81,7 @@ def normalise_semantic(value: object) -> dict[str, object]:
 def text_input_problem(signature: dict[str, object]) -> str:
     """Why a version's signature cannot front a semantic cache ('' when it can)."""
     inputs = signature.get("inputs") or []
-    if len(inputs) != 1 or inputs[0].get("datatype") != "BYTES":  # type: ignore[union-attr]
+    if not isinstance(inputs, list) or len(inputs) != 1 or inputs[0].get("datatype") != "BYTES":
         return "the semantic cache needs a model whose only input is text (one BYTES input)"
     return ""
 
@@ -250,7 +250,7 @@ class SemanticCache:
                     break
                 if compatible(text, local.texts[index])[0]:
                     answer = await self._redis.get(f"{self.prefix}:answer:{local.ids[index].hex()}")
-                    if answer is None:
+                    if not isinstance(answer, bytes):
                         return None, None  # expired: a miss; the list expires with it
                     return answer, Match(local.ids[index], similarity, local.texts[index])
         except redis.RedisError as exc:

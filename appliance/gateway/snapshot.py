@@ -161,7 +161,7 @@ def _low_headroom(nodes: list[Node]) -> frozenset[str]:
     for node_name, total, used in Gpu.objects.filter(node__in=nodes, memory_used_mib__isnull=False).values_list(
         "node__name", "memory_mib", "memory_used_mib"
     ):
-        if total and (total - used) / total < settings.GATEWAY_MIN_GPU_HEADROOM:
+        if total and used is not None and (total - used) / total < settings.GATEWAY_MIN_GPU_HEADROOM:
             low.add(node_name)
     return frozenset(low)
 
