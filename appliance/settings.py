@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "appliance.nodes",
     "appliance.catalog",
     "appliance.rollouts",
+    "appliance.agent",
     "appliance.policies",
     "appliance.gateway",
     "appliance.console",

@@ -10,12 +10,12 @@ from django.utils import timezone
 
 from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
+from appliance.nodes import dispatch, workloads
 from appliance.nodes.choices import RECONFIGURATION_STEPS, ReconfigurationState
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo
 from appliance.nodes.mig.catalog import gpu_model
 from appliance.nodes.mig.planner import plan
 from appliance.nodes.models import Gpu, MigDevice, Node, NodeHealthChange, Reconfiguration, ReconfigurationStep
-from appliance.nodes.queues import node_queue
 
 
 @transaction.atomic
@@ -183,12 +183,8 @@ def reconfiguration_create(*, node: Node, gpu_index: int, layout: list[str], inj
                 previous=[{"profile": d.profile, "start": d.start, "uuid": d.uuid,
                            "tenant": str(d.tenant_id) if d.tenant_id else None} for d in gpu.mig_devices.all()],  # fmt: skip
             )  # fmt: skip
-            from appliance.nodes.tasks import reconfigure
-
             run_id = str(reconfiguration.pk)
-            transaction.on_commit(
-                lambda: reconfigure.apply_async(args=[run_id], task_id=run_id, queue=node_queue(node.name))
-            )
+            transaction.on_commit(lambda: dispatch.reconfigure(node_name=node.name, reconfiguration_id=run_id))
     except IntegrityError as exc:
         raise ReconfigurationBusy(f"a reconfiguration of node {node.name} is already pending or running") from exc
     return reconfiguration
@@ -269,14 +265,10 @@ def plan_moves(gpu: Gpu, placements: list[dict[str, Any]]) -> tuple[list[dict[st
     """Every slice in use (serving replicas, or dedicated to a tenant) gets a slice of
     the new layout with at least its memory — the same profile first, else the
     smallest that fits. Returns (moves, '') or ([], why it cannot be done)."""
-    from appliance.rollouts.choices import RESIDENT_REPLICA_STATES
-    from appliance.rollouts.models import Replica
-
     catalog = gpu_model(gpu.model)
     in_use = []
     for device in gpu.mig_devices.select_related("tenant"):
-        serving = sorted({str(r.deployment.version) for r in Replica.objects.filter(
-            mig_uuid=device.uuid, state__in=RESIDENT_REPLICA_STATES).select_related("deployment__version__model")})  # fmt: skip
+        serving = sorted({str(w) for w in workloads.resident(node_id=gpu.node_id, mig_uuid=device.uuid)})
         if serving or device.tenant_id:
             in_use.append((device, serving))
     free = list(range(len(placements)))
@@ -295,18 +287,14 @@ def plan_moves(gpu: Gpu, placements: list[dict[str, Any]]) -> tuple[list[dict[st
     return moves, ""
 
 
-def replicas_move(*, node_id: object, from_uuid: str, to_uuid: str, tenant_id: str | None) -> None:
-    """Replicas (and a tenant's dedication) follow their slice to its new MIG device; audited."""
-    from appliance.rollouts.models import Replica
-
-    with transaction.atomic():
-        for replica in Replica.objects.select_for_update().filter(node_id=node_id, mig_uuid=from_uuid):
-            replica.mig_uuid = to_uuid
-            replica.save(update_fields=["mig_uuid", "updated"])
-        if tenant_id:
-            target = MigDevice.objects.filter(gpu__node_id=node_id, uuid=to_uuid).first()
-            if target is not None and str(target.tenant_id) != tenant_id:
-                update_locked(target, tenant_id=tenant_id)
+@transaction.atomic
+def mig_dedication_move(*, node_id: object, to_uuid: str, tenant_id: str | None) -> None:
+    """A tenant's dedication follows its slice to the slice's new MIG device; audited."""
+    if not tenant_id:
+        return
+    target = MigDevice.objects.filter(gpu__node_id=node_id, uuid=to_uuid).first()
+    if target is not None and str(target.tenant_id) != tenant_id:
+        update_locked(target, tenant_id=tenant_id)
 
 
 def reconfiguration_record_moved(*, run: Reconfiguration, moved: dict[str, str]) -> None:

@@ -11,11 +11,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from appliance.nodes import workloads
 from appliance.nodes.health import GpuFacts, NodeFacts, Thresholds, evaluate
 from appliance.nodes.models import Node
 from appliance.nodes.services import node_set_health
-from appliance.rollouts.choices import ReplicaState
-from appliance.rollouts.models import Replica
 
 log = logging.getLogger(__name__)
 _SWEEP_LOCK = 0x4845414C5448  # "HEALTH"
@@ -66,13 +65,12 @@ def thresholds() -> Thresholds:
 def sweep() -> dict[str, str]:
     """One health sweep of every node; returns node → health."""
     nodes = list(Node.objects.prefetch_related("gpus__mig_devices"))
-    live = {}
-    for replica in Replica.objects.filter(state=ReplicaState.LIVE).select_related("deployment__version__model"):
-        version = replica.deployment.version
-        live.setdefault(replica.node_id, []).append((version.model.name, str(version.number)))
+    live: dict[str, list[tuple[str, str]]] = {}
+    for workload in workloads.resident(live_only=True):
+        live.setdefault(workload.node_id, []).append((workload.model, str(workload.version)))
     mig = {n.pk: [(d.uuid, d.profile, d.grpc_address) for g in n.gpus.all() for d in g.mig_devices.all()] for n in nodes}
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
-        probes = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe(n.grpc_address, live.get(n.pk, [])), nodes), strict=True))
+        probes = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe(n.grpc_address, live.get(str(n.pk), [])), nodes), strict=True))
         mig_problems = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe_mig(mig[n.pk]), nodes), strict=True))
     now = timezone.now()
     limits = thresholds()
@@ -110,12 +108,3 @@ def health_sweep() -> None:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_SWEEP_LOCK])
     else:
         sweep()
-
-
-@shared_task(name="nodes.reconfigure")
-def reconfigure(reconfiguration_id: str) -> None:
-    """Runs inside the node agent (node queue); see appliance/nodes/agent/reconfigure.py."""
-    from appliance.nodes.agent.reconfigure import run_reconfiguration
-    from appliance.nodes.agent.runtime import require_local
-
-    run_reconfiguration(require_local(), reconfiguration_id)

@@ -23,6 +23,7 @@ from django.utils import timezone
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.gateway import stats
+from appliance.nodes import dispatch
 from appliance.rollouts import services
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import Deployment
@@ -110,7 +111,7 @@ def _resend_start(deployment: Deployment) -> str:
         return "wait"
     from appliance.rollouts.tasks import rollout_start
 
-    rollout_start.apply_async(args=[str(deployment.pk)])
+    rollout_start.apply_async(args=[str(deployment.pk)], task_id=str(deployment.pk))
     return "re-sent start"
 
 
@@ -132,13 +133,10 @@ def _loading(deployment: Deployment) -> str:
         return "rolled back"
     # A replica task lost with its message (never delivered) is sent again; the claim makes it idempotent.
     stale = timezone.now() - timedelta(seconds=settings.ROLLOUT_RESEND_AFTER_S)
-    from appliance.nodes.queues import node_queue
-    from appliance.rollouts.tasks import replica_apply
-
     for replica in replicas:
         if replica.state == ReplicaState.PENDING and replica.updated < stale:
             replica.save(update_fields=["updated"])  # the next re-send waits another period
-            replica_apply.apply_async(args=[str(replica.pk)], queue=node_queue(replica.node.name))
+            dispatch.replica_apply(node_name=replica.node.name, replica_id=replica.pk)
     return "loading"
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from appliance.nodes.workloads import Workload
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, RESIDENT_REPLICA_STATES, DeploymentState, ReplicaState
 from appliance.rollouts.models import Deployment, Replica
 
@@ -15,6 +16,19 @@ def resident_replicas(*, node_id: object, model_id: object | None = None, mig_uu
     if model_id is not None:
         qs = qs.filter(deployment__version__model_id=model_id)
     return qs.select_related("deployment__version__model")
+
+
+def workloads(*, node_id: object = None, mig_uuid: str | None = None, live_only: bool = False) -> list[Workload]:
+    """Resident replicas as the nodes app sees them (its health sweep and MIG moves read
+    them through appliance/nodes/workloads.py, where apps.py registers this)."""
+    qs = Replica.objects.filter(state__in=[ReplicaState.LIVE] if live_only else RESIDENT_REPLICA_STATES)
+    if node_id is not None:
+        qs = qs.filter(node_id=node_id)
+    if mig_uuid is not None:
+        qs = qs.filter(mig_uuid=mig_uuid)
+    rows = qs.values_list("node_id", "mig_uuid", "deployment__version__model__name", "deployment__version__number", "state")
+    return [Workload(node_id=str(node), mig_uuid=mig, model=model, version=number, live=state == ReplicaState.LIVE)
+            for node, mig, model, number, state in rows]  # fmt: skip
 
 
 def live_replicas() -> QuerySet[Replica]:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import ConflictError, DomainError
+from appliance.nodes import dispatch
 from appliance.nodes.models import MigDevice, Node
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState, Strategy
 from appliance.rollouts.models import DEFAULT_GATE, Deployment, Replica
@@ -298,6 +299,20 @@ def replica_mark_failed(*, replica: Replica, error: str) -> None:
     _nudge(locked.deployment_id)
 
 
+def _send_apply(replicas: Sequence[Replica]) -> None:
+    """Each replica's node loads it (the replica's id is the task's)."""
+    for replica in replicas:
+        dispatch.replica_apply(node_name=replica.node.name, replica_id=replica.pk)
+
+
+def replicas_move(*, node_id: object, from_uuid: str, to_uuid: str) -> None:
+    """Replicas follow their MIG slice to its new device (a reconfiguration); audited."""
+    with transaction.atomic():
+        for replica in Replica.objects.select_for_update().filter(node_id=node_id, mig_uuid=from_uuid):
+            replica.mig_uuid = to_uuid
+            replica.save(update_fields=["mig_uuid", "updated"])
+
+
 def _nudge(deployment_id: object) -> None:
     """Judge the deployment now rather than at the next tick."""
     from appliance.rollouts.tasks import rollout_advance
@@ -308,14 +323,11 @@ def _nudge(deployment_id: object) -> None:
 def _converge_later(replicas: Sequence[Replica], countdown: float) -> None:
     """After commit, each affected node Triton converges to its resident versions
     (the retired ones unload) once the gateway has seen the change."""
-    from appliance.nodes.queues import node_queue
-    from appliance.rollouts.tasks import node_model_sync
-
     targets = sorted({(r.node.name, r.mig_uuid, str(r.deployment.version.model_id)) for r in replicas})
 
     def send() -> None:
         for node_name, mig_uuid, model_id in targets:
-            node_model_sync.apply_async(args=[model_id, mig_uuid], queue=node_queue(node_name), countdown=countdown)
+            dispatch.model_sync(node_name=node_name, model_id=model_id, mig_uuid=mig_uuid, countdown=countdown)
 
     transaction.on_commit(send)
 
@@ -466,9 +478,6 @@ def replicas_add(*, deployment: Deployment, count: int) -> list[Replica]:
     """Scale out a serving deployment: `count` more replicas on nodes the placement
     picks (not ones already holding it); each loads and goes live on its own.
     Call inside a transaction holding the deployment's row lock."""
-    from appliance.nodes.queues import node_queue
-    from appliance.rollouts.tasks import replica_apply
-
     holding = deployment.replicas.exclude(state__in=[ReplicaState.FAILED, ReplicaState.RETIRED]).filter(mig_uuid="")
     nodes = place(version=deployment.version, count=count, exclude=list(holding.values_list("node_id", flat=True)))
     placement_check(model_id=deployment.version.model_id, nodes=nodes, subject=f"scale-out of {deployment.version}")
@@ -480,11 +489,7 @@ def replicas_add(*, deployment: Deployment, count: int) -> list[Replica]:
             replica.save(update_fields=["state", "error", "updated"])
         added.append(replica)
 
-    def send() -> None:
-        for replica in added:
-            replica_apply.apply_async(args=[str(replica.pk)], queue=node_queue(replica.node.name))
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: _send_apply(added))
     return added
 
 
@@ -504,9 +509,6 @@ def replicas_retire(*, deployment: Deployment, count: int) -> list[Replica]:
 def model_wake(*, model_name: str) -> int:
     """Scale from zero: the serving deployment's parked replicas load again.
     Returns how many were asked to load (0 when already waking or serving)."""
-    from appliance.nodes.queues import node_queue
-    from appliance.rollouts.tasks import replica_apply
-
     parked = list(
         Replica.objects.select_for_update()
         .filter(state=ReplicaState.PARKED, deployment__state=DeploymentState.LIVE, deployment__version__model__name=model_name)
@@ -516,12 +518,8 @@ def model_wake(*, model_name: str) -> int:
         replica.state = ReplicaState.PENDING
         replica.save(update_fields=["state", "updated"])
 
-    def send() -> None:
-        for replica in parked:
-            replica_apply.apply_async(args=[str(replica.pk)], queue=node_queue(replica.node.name))
-
     if parked:
-        transaction.on_commit(send)
+        transaction.on_commit(lambda: _send_apply(parked))
     return len(parked)
 
 

@@ -14,16 +14,14 @@ import tritonclient.grpc as triton_grpc
 from django.conf import settings
 from django.db import close_old_connections
 
+from appliance.agent import control, sync
+from appliance.agent.mig_servers import MigServers
+from appliance.agent.repository import ModelRepository
+from appliance.agent.runtime import LocalNode, set_local
+from appliance.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
-from appliance.nodes import services
-from appliance.nodes.agent import sync
-from appliance.nodes.agent.mig_servers import MigServers
-from appliance.nodes.agent.repository import ModelRepository
-from appliance.nodes.agent.runtime import LocalNode, set_local
-from appliance.nodes.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.nodes.inventory.base import Inventory, open_inventory
-from appliance.nodes.queues import node_queue
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +54,13 @@ def _converge_diverged(local: LocalNode | None, sent: dict[str, float]) -> None:
     node's own queue (so that it never races a rollout task), at most every 10 s per model."""
     if local is None:
         return
-    from appliance.rollouts.tasks import node_model_sync
-
     now = time.monotonic()
     for model_id in sync.diverged_models(local):
         if now - sent.get(model_id, -1e9) < 10.0:
             continue
         sent[model_id] = now
         log.warning("model %s is live here but not ready in Triton; converging", model_id)
-        node_model_sync.apply_async(args=[model_id, ""], queue=node_queue(local.name))
+        control.sync_model_later(node_name=local.name, model_id=model_id)
 
 
 def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
@@ -80,10 +76,10 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
                 ready = supervisor.alive() and triton_ready(supervisor.ports.grpc_address)
                 gpus = inventory.gpus()
                 if [g.as_dict() for g in gpus] != reported:
-                    services.node_report_inventory(node_id=node_id, gpus=gpus)
+                    control.node_report_inventory(node_id=node_id, gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
-                services.node_report_gpu_health(node_id=node_id, readings=inventory.health())
-                services.node_heartbeat(node_id=node_id, triton_ready=ready)
+                control.node_report_gpu_health(node_id=node_id, readings=inventory.health())
+                control.node_heartbeat(node_id=node_id, triton_ready=ready)
                 if ready:
                     _converge_diverged(local, converged)
             except Exception:
@@ -108,7 +104,7 @@ def run_agent(options: AgentOptions) -> None:
         log_path=options.workdir / "logs" / "tritonserver.log",
     )
     with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
-        node = services.node_register(
+        node_id = control.node_register(
             name=options.name,
             zone=options.zone,
             grpc_address=options.ports.grpc_address,
@@ -119,19 +115,19 @@ def run_agent(options: AgentOptions) -> None:
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
                              port_base=options.mig_port_base, inventory=inventory)  # fmt: skip
-    local = LocalNode(node_id=str(node.pk), name=node.name, repository=repository, triton_grpc=options.ports.grpc_address,
+    local = LocalNode(node_id=node_id, name=options.name, repository=repository, triton_grpc=options.ports.grpc_address,
                       inventory=inventory, mig_servers=mig_servers)  # fmt: skip
     set_local(local)
     mig_servers.after_start = lambda uuid: _reload_after_start(local, uuid)
     _start_mig_servers(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
-    supervisor.on_start.append(lambda: _record_version(node.name, options))
+    supervisor.on_start.append(lambda: _record_version(options.name, options))
     stop = threading.Event()
     supervisor.start()
     threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True).start()
     try:
         worker = app.Worker(
-            queues=[node_queue(options.name)],
+            queues=[control.node_queue(options.name)],
             pool="solo",
             concurrency=1,
             hostname=f"agent-{options.name}@{socket.gethostname()}",
@@ -158,8 +154,8 @@ def _start_mig_servers(local: LocalNode) -> None:
             except Exception:
                 log.exception("could not start a Triton for %s", device.uuid)
     with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
-        services.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
-        services.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
+        control.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
+        control.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
 
 
 def _tensorrt_version() -> str:
@@ -175,7 +171,7 @@ def _record_version(name: str, options: AgentOptions) -> None:
     version = _triton_version(options.ports.grpc_address)
     if version:
         with audit_context(origin=Origin.AGENT, actor=f"agent:{name}"):
-            services.node_register(
+            control.node_register(
                 name=name,
                 zone=options.zone,
                 grpc_address=options.ports.grpc_address,

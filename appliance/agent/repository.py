@@ -11,9 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.catalog.artifacts import artifact_read_verified, unpack_into
-from appliance.catalog.models import ModelVersion
-from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
+from appliance.agent import control
+from appliance.agent.control import WARMUP_DIR, Version
 
 _MARKER = ".appliance-sha256"
 
@@ -28,30 +27,29 @@ class ModelRepository:
     def version_dir(self, model_name: str, number: int) -> Path:
         return self.model_dir(model_name) / str(number)
 
-    def materialise(self, version: ModelVersion) -> Path:
+    def materialise(self, version: Version) -> Path:
         """Puts the version's files in place, verified against the artifact's sha256.
         A directory already holding the same artifact is kept (idempotent)."""
         target = self.version_dir(version.model.name, version.number)
         marker = target / _MARKER
         if marker.exists() and marker.read_text() == version.artifact_sha256:
             return target
-        data = artifact_read_verified(version.artifact_sha256)
         staging = target.with_name(f".{target.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
-        unpack_into(data, version.format, staging)
+        control.fetch_artifact(version=version, into=staging)
         (staging / _MARKER).write_text(version.artifact_sha256)
         if target.exists():
             shutil.rmtree(target)
         os.rename(staging, target)
         return target
 
-    def write_config(self, version: ModelVersion, *, versions: list[int]) -> str:
+    def write_config(self, version: Version, *, versions: list[int]) -> str:
         """config.pbtxt from the newest version and the model's serving profile, with
         the warm-up sample files it names (written first: Triton reads them at load)."""
-        text = render_config(version, versions=versions)
+        text = control.triton_config(version=version, versions=versions)
         model_dir = self.model_dir(version.model.name)
         model_dir.mkdir(parents=True, exist_ok=True)
-        files = warmup_files(version, version.model.serving_profile)
+        files = control.warmup_files(version=version)
         if files:
             warmup = model_dir / WARMUP_DIR
             warmup.mkdir(exist_ok=True)

@@ -9,14 +9,14 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import triton_to_np_dtype
 
-from appliance.catalog.models import ModelVersion
+from appliance.agent.control import Version
 
 
 class SmokeError(RuntimeError):
     """The version loaded but did not answer a well-formed request correctly."""
 
 
-def _inputs(version: ModelVersion) -> list[triton_grpc.InferInput]:
+def _inputs(version: Version) -> list[triton_grpc.InferInput]:
     inputs = []
     for tensor in version.signature["inputs"]:
         dims = [1 if d == -1 else d for d in tensor["dims"]]
@@ -31,13 +31,13 @@ def _inputs(version: ModelVersion) -> list[triton_grpc.InferInput]:
     return inputs
 
 
-def _check_outputs(version: ModelVersion, result: Any) -> None:
+def _check_outputs(version: Version, result: Any) -> None:
     for tensor in version.signature["outputs"]:
         if result.as_numpy(tensor["name"]) is None:
             raise SmokeError(f"smoke inference: output {tensor['name']} is missing from the response")
 
 
-def smoke_infer(client: triton_grpc.InferenceServerClient, version: ModelVersion, *, timeout: float) -> None:
+def smoke_infer(client: triton_grpc.InferenceServerClient, version: Version, *, timeout: float) -> None:
     name, number = version.model.name, str(version.number)
     if not version.decoupled:
         try:

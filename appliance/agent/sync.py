@@ -7,12 +7,11 @@ import logging
 import tritonclient.grpc as triton_grpc
 from django.conf import settings
 
-from appliance.catalog.models import ModelVersion
+from appliance.agent import control
+from appliance.agent.control import Version
+from appliance.agent.runtime import LocalNode
 from appliance.core.errors import DomainError
 from appliance.core.process import wait_until
-from appliance.nodes.agent.runtime import LocalNode
-from appliance.rollouts.choices import ReplicaState
-from appliance.rollouts.selectors import resident_replicas
 
 log = logging.getLogger(__name__)
 
@@ -21,31 +20,7 @@ class LoadError(RuntimeError):
     """Triton refused to load or did not make ready a version."""
 
 
-def resident_versions(
-    local: LocalNode, *, model_id: object, states: tuple[str, ...] | None = None, mig_uuid: str = ""
-) -> list[ModelVersion]:
-    replicas = resident_replicas(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid)
-    if states is not None:
-        replicas = replicas.filter(state__in=states)
-    versions = {r.deployment.version.pk: r.deployment.version for r in replicas}
-    return sorted(versions.values(), key=lambda v: v.number)
-
-
-def recently_released(local: LocalNode, *, model_id: object, mig_uuid: str = "", within_s: float) -> bool:
-    """A replica of the model here was retired or parked less than `within_s` ago."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from appliance.rollouts.models import Replica
-
-    return Replica.objects.filter(
-        node_id=local.node_id, mig_uuid=mig_uuid, deployment__version__model_id=model_id,
-        state__in=[ReplicaState.RETIRED, ReplicaState.PARKED], updated__gt=timezone.now() - timedelta(seconds=within_s),
-    ).exists()  # fmt: skip
-
-
-def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion], mig_uuid: str = "") -> None:
+def write_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:
     """Files and config only: what Triton will load next."""
     repo = local.endpoint(mig_uuid).repository
     if not versions:
@@ -56,7 +31,7 @@ def write_model(local: LocalNode, *, model_name: str, versions: list[ModelVersio
     repo.write_config(versions[-1], versions=[v.number for v in versions])
 
 
-def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion], mig_uuid: str = "") -> None:
+def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:
     """Makes one of the node's Tritons (the main one, or a MIG device's) serve exactly
     these versions (an empty list unloads the model). Triton reloads in the
     background: versions already serving keep serving until the new set is ready,
@@ -86,11 +61,9 @@ def load_model(local: LocalNode, *, model_name: str, versions: list[ModelVersion
 
 def reload_live_models(local: LocalNode, mig_uuid: str = "") -> None:
     """After a Triton (re)starts it holds nothing (EXPLICIT mode): load what is live on it."""
-    models: dict[str, object] = {}
-    for replica in resident_replicas(node_id=local.node_id, mig_uuid=mig_uuid).filter(state=ReplicaState.LIVE):
-        models[replica.deployment.version.model.name] = replica.deployment.version.model_id
+    models = {v.model.name: v.model_id for v in control.live_versions(node_id=local.node_id, mig_uuid=mig_uuid)}
     for model_name, model_id in models.items():
-        versions = resident_versions(local, model_id=model_id, states=(ReplicaState.LIVE,), mig_uuid=mig_uuid)
+        versions = control.resident_versions(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid, live_only=True)
         try:
             load_model(local, model_name=model_name, versions=versions, mig_uuid=mig_uuid)
         except (LoadError, DomainError) as exc:
@@ -102,19 +75,12 @@ def diverged_models(local: LocalNode, mig_uuid: str = "") -> list[str]:
     """Models with a version recorded live here that this Triton does not hold READY
     (nothing of the model loading right now). Triton can drop a version the database
     still serves: an outside unload, or a reload that went wrong; the agent converges them."""
-    live: dict[str, tuple[object, set[str]]] = {}
-    loading = set()
-    for replica in resident_replicas(node_id=local.node_id, mig_uuid=mig_uuid):
-        model = replica.deployment.version.model
-        if replica.state == ReplicaState.LOADING:
-            loading.add(model.name)
-        else:
-            live.setdefault(model.name, (model.pk, set()))[1].add(str(replica.deployment.version.number))
+    live, loading = control.resident_models(node_id=local.node_id, mig_uuid=mig_uuid)
     if not live:
         return []
     index = local.endpoint(mig_uuid).client().get_model_repository_index(client_timeout=settings.HEALTH_PROBE_TIMEOUT_S)
     ready = {(m.name, m.version) for m in index.models if m.state == "READY"}
     return [
-        str(model_id) for name, (model_id, versions) in live.items()
+        model_id for name, (model_id, versions) in live.items()
         if name not in loading and any((name, v) not in ready for v in versions)
     ]  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 import tritonclient.grpc as triton_grpc
 
-from appliance.nodes.agent.repository import ModelRepository
+from appliance.agent.repository import ModelRepository
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class LocalNode:
     repository: ModelRepository
     triton_grpc: str
     inventory: Any = field(default=None)  # appliance.nodes.inventory.base.Inventory
-    mig_servers: Any = field(default=None)  # appliance.nodes.agent.mig_servers.MigServers
+    mig_servers: Any = field(default=None)  # appliance.agent.mig_servers.MigServers
 
     def client(self) -> triton_grpc.InferenceServerClient:
         return triton_grpc.InferenceServerClient(self.triton_grpc)

@@ -6,9 +6,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from appliance.agent.main import AgentOptions, run_agent
+from appliance.agent.triton import TritonPorts
 from appliance.core.env import env_str
-from appliance.nodes.agent.main import AgentOptions, run_agent
-from appliance.nodes.agent.triton import TritonPorts
 
 
 class Command(BaseCommand):

@@ -17,15 +17,15 @@ import urllib.request
 
 from django.conf import settings
 
+from appliance.agent import control
+from appliance.agent.control import Reconfiguration
+from appliance.agent.runtime import LocalNode
+from appliance.agent.triton import triton_ready
 from appliance.core.process import wait_until
-from appliance.nodes import services
-from appliance.nodes.agent.runtime import LocalNode
-from appliance.nodes.agent.triton import triton_ready
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState
 from appliance.nodes.inventory.base import InventoryError, NotFound, ResetRequired
 from appliance.nodes.mig.catalog import gpu_model
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import Node, Reconfiguration
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def _gpu(local: LocalNode, index: int):  # type: ignore[no-untyped-def]
 
 
 def _report(local: LocalNode) -> None:
-    services.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
-    services.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
+    control.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
+    control.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
 
 
 def _pending_requests(metrics_address: str) -> float:
@@ -61,7 +61,7 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
     result = plan(gpu_model(gpu.model), run.layout)
     if not result.ok:
         raise StepFailed(result.reason)
-    moves, problem = services.plan_moves(Node.objects.get(pk=local.node_id).gpus.get(index=run.gpu_index), run.placements)
+    moves, problem = control.plan_moves(node_id=local.node_id, gpu_index=run.gpu_index, placements=run.placements)
     if problem:
         raise StepFailed(problem)
     run.moves = moves
@@ -69,17 +69,16 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
 
 
 def drain(local: LocalNode, run: Reconfiguration) -> str:
-    node = Node.objects.get(pk=local.node_id)
-    if node.admin_state == AdminState.ACTIVE:
-        services.node_set_admin_state(node=node, admin_state=AdminState.DRAINING)
+    if control.node_admin_state(node_id=local.node_id) == AdminState.ACTIVE:
+        control.node_set_admin_state(node_id=local.node_id, admin_state=AdminState.DRAINING)
     return f"node was {run.previous_admin_state}; now draining"
 
 
 def wait_inflight(local: LocalNode, run: Reconfiguration) -> str:
     # The gateway re-reads the fleet every GATEWAY_REFRESH_S: let it see the drain first.
     time.sleep(2 * settings.GATEWAY_REFRESH_S)
-    node = Node.objects.get(pk=local.node_id)
-    addresses = [node.metrics_address] + [s.ports.metrics_address for _, s in local.mig_servers.servers.values()]
+    mig = [supervisor.ports.metrics_address for _, supervisor in local.mig_servers.servers.values()]
+    addresses = [control.node_metrics_address(node_id=local.node_id), *mig]
     if not wait_until(lambda: sum(_pending_requests(a) for a in addresses) == 0,
                       timeout=settings.RECONFIG_DRAIN_TIMEOUT_S, interval=0.2):  # fmt: skip
         raise StepFailed(f"requests still in flight after {settings.RECONFIG_DRAIN_TIMEOUT_S:.0f} s")
@@ -128,21 +127,21 @@ def start_tritons(local: LocalNode, run: Reconfiguration) -> str:
 
 def _move_slices(local: LocalNode, run: Reconfiguration, pairs: list[tuple[str, str, str | None]]) -> None:
     """Replicas and dedications follow (old uuid → new uuid); then load them there."""
-    from appliance.nodes.agent.sync import reload_live_models
+    from appliance.agent.sync import reload_live_models
 
     for source, target, tenant in pairs:
-        services.replicas_move(node_id=local.node_id, from_uuid=source, to_uuid=target, tenant_id=tenant)
+        control.slice_move(node_id=local.node_id, from_uuid=source, to_uuid=target, tenant_id=tenant)
     for target in {t for _, t, _ in pairs}:
         reload_live_models(local, mig_uuid=target)
 
 
 def reload(local: LocalNode, run: Reconfiguration) -> str:
-    from appliance.nodes.agent.sync import reload_live_models
+    from appliance.agent.sync import reload_live_models
 
     reload_live_models(local)  # the node's main Triton keeps its models; make sure they are all loaded
     by_start = {d.start: d.uuid for d in _gpu(local, run.gpu_index).mig_devices}
     pairs = [(m["from"], by_start[run.placements[m["to"]]["start"]], m["tenant"]) for m in run.moves]
-    services.reconfiguration_record_moved(run=run, moved={source: target for source, target, _ in pairs})
+    control.reconfiguration_record_moved(run=run, moved={source: target for source, target, _ in pairs})
     _move_slices(local, run, pairs)
     return f"live models loaded; {len(pairs)} slice(s) moved" if pairs else "live models loaded"
 
@@ -156,20 +155,16 @@ def verify(local: LocalNode, run: Reconfiguration) -> str:
     down = [d.uuid for d in gpu.mig_devices if not triton_ready(local.mig_servers.address(d.uuid))]
     if down or not triton_ready(local.triton_grpc):
         raise StepFailed(f"Triton not ready on {', '.join(down) or 'the main server'}")
-    from appliance.rollouts.choices import ReplicaState
-    from appliance.rollouts.selectors import resident_replicas
-
     for target in run.moved.values():
         client = local.endpoint(target).client()
-        for replica in resident_replicas(node_id=local.node_id, mig_uuid=target).filter(state=ReplicaState.LIVE):
-            version = replica.deployment.version
+        for version in control.live_versions(node_id=local.node_id, mig_uuid=target):
             if not client.is_model_ready(version.model.name, str(version.number)):
                 raise StepFailed(f"{version} is not ready on its new slice {target}")
     return "layout, Tritons and moved replicas verified"
 
 
 def undrain(local: LocalNode, run: Reconfiguration) -> str:
-    services.node_set_admin_state(node=Node.objects.get(pk=local.node_id), admin_state=run.previous_admin_state)
+    control.node_set_admin_state(node_id=local.node_id, admin_state=run.previous_admin_state)
     return f"node back to {run.previous_admin_state}"
 
 
@@ -179,7 +174,7 @@ STEPS = {name: globals()[name] for name in RECONFIGURATION_STEPS}
 # --- the run ------------------------------------------------------------------------------
 def restore(local: LocalNode, run: Reconfiguration, reason: str) -> None:
     """Back to the layout before the run, its Tritons, and the operator's node state."""
-    step = services.reconfiguration_step_start(run=run, name="restore")
+    step = control.reconfiguration_step_start(run=run, name="restore")
     try:
         gpu = _gpu(local, run.gpu_index)
         for device in gpu.mig_devices:
@@ -199,31 +194,31 @@ def restore(local: LocalNode, run: Reconfiguration, reason: str) -> None:
         _report(local)
         # Slices come back at their old places (with new uuids): their replicas and tenants follow.
         by_start = {d.start: d.uuid for d in _gpu(local, run.gpu_index).mig_devices}
-        moved = Reconfiguration.objects.get(pk=run.pk).moved
+        moved = control.reconfiguration_moved(run=run)
         pairs = []
         for entry in run.previous:
             for source in {entry.get("uuid"), moved.get(entry.get("uuid", ""))} - {None, ""}:
                 pairs.append((source, by_start[entry["start"]], entry.get("tenant")))
         _move_slices(local, run, pairs)
-        services.node_set_admin_state(node=Node.objects.get(pk=local.node_id), admin_state=run.previous_admin_state)
-        services.reconfiguration_step_end(step=step, state="succeeded", detail="previous layout restored")
-        services.reconfiguration_finish(run=run, succeeded=False, error=reason)
+        control.node_set_admin_state(node_id=local.node_id, admin_state=run.previous_admin_state)
+        control.reconfiguration_step_end(step=step, state="succeeded", detail="previous layout restored")
+        control.reconfiguration_finish(run=run, succeeded=False, error=reason)
     except Exception as exc:  # keep traffic away from a node we could not put back
         log.exception("restore of %s failed", run.pk)
-        services.reconfiguration_step_end(step=step, state="failed", detail=str(exc))
-        services.node_set_admin_state(node=Node.objects.get(pk=local.node_id), admin_state=AdminState.MAINTENANCE)
-        services.reconfiguration_finish(run=run, succeeded=False, error=f"{reason}; restore failed too: {exc}")
+        control.reconfiguration_step_end(step=step, state="failed", detail=str(exc))
+        control.node_set_admin_state(node_id=local.node_id, admin_state=AdminState.MAINTENANCE)
+        control.reconfiguration_finish(run=run, succeeded=False, error=f"{reason}; restore failed too: {exc}")
 
 
 def run_reconfiguration(local: LocalNode, reconfiguration_id: str) -> None:
-    run, redelivered = services.reconfiguration_claim(reconfiguration_id=reconfiguration_id)
+    run, redelivered = control.reconfiguration_claim(reconfiguration_id=reconfiguration_id)
     if run is None:
         return
     if redelivered:
         restore(local, run, f"interrupted at step {run.step or 'start'} (the node agent stopped mid-run)")
         return
     for name in RECONFIGURATION_STEPS:
-        step = services.reconfiguration_step_start(run=run, name=name)
+        step = control.reconfiguration_step_start(run=run, name=name)
         try:
             if run.inject_failure_at == f"kill:{name}":
                 os._exit(17)  # fault injection: the agent dies mid-run, as a crash would
@@ -231,8 +226,8 @@ def run_reconfiguration(local: LocalNode, reconfiguration_id: str) -> None:
                 raise StepFailed(f"fault injected at step {name}")
             detail = STEPS[name](local, run)
         except (StepFailed, InventoryError, OSError, RuntimeError) as exc:
-            services.reconfiguration_step_end(step=step, state="failed", detail=str(exc))
+            control.reconfiguration_step_end(step=step, state="failed", detail=str(exc))
             restore(local, run, f"step {name} failed: {exc}")
             return
-        services.reconfiguration_step_end(step=step, state="succeeded", detail=detail)
-    services.reconfiguration_finish(run=run, succeeded=True)
+        control.reconfiguration_step_end(step=step, state="succeeded", detail=detail)
+    control.reconfiguration_finish(run=run, succeeded=True)
