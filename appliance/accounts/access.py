@@ -97,7 +97,7 @@ MATRIX: dict[str, Resource] = {
     "api_root": Resource({READ: EVERYONE}),  # the REST API's index of its routes
 }
 
-_PLURAL = {ADMIN: "administrators", OPERATOR: "operators", AUDITOR: "auditors", TENANT_ADMIN: "tenant administrators"}
+_PLURAL: dict[str, str] = {ADMIN: "administrators", OPERATOR: "operators", AUDITOR: "auditors", TENANT_ADMIN: "tenant administrators"}
 
 
 def roles_for(resource: str, action: str) -> frozenset[str]:

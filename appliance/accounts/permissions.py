@@ -20,11 +20,12 @@ _STANDARD = {"create": access.CREATE, "update": access.CHANGE, "partial_update":
 
 def rest_action(view: Any, request: Request) -> str | None:
     """The matrix's name for this request; None where the view has no handler (DRF answers 405)."""
-    if not hasattr(view, request.method.lower()):
+    method = str(request.method)
+    if not hasattr(view, method.lower()):
         return None
-    if request.method in SAFE_METHODS:
+    if method in SAFE_METHODS:
         return access.READ
-    name = getattr(view, "action", None) or request.method.lower()
+    name = getattr(view, "action", None) or method.lower()
     return _STANDARD.get(name, name)
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, resolve_url
 
 from appliance.accounts import access
@@ -20,7 +20,7 @@ from appliance.accounts.choices import Role
 from appliance.accounts.roles import role_of, tenant_id_of
 from appliance.core.errors import DomainError
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 M = TypeVar("M", bound=Model)
 
 # guarded(resource, FROM_URL): the action is the URL's `action` argument ('-' read as '_').
@@ -54,7 +54,7 @@ def guarded(resource: str, action: str) -> Callable[[View], View]:
 
     def decorate(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             name = action
             if action == FROM_URL:
                 name = kwargs["action"].replace("-", "_")
@@ -85,7 +85,7 @@ def domain_errors(view: View) -> View:
     """A refused action answers its status with the reason, in words (htmx shows it)."""
 
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             return view(request, *args, **kwargs)
         except DomainError as exc:

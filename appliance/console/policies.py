@@ -24,7 +24,7 @@ LISTS = ("operations", "classifications", "zones", "sites", "require_tags")
 
 def _proposed(request: HttpRequest) -> tuple[dict[str, Any], PolicyRule | None]:
     post = request.POST
-    rule = PolicyRule.objects.filter(pk=post.get("id")).first() if post.get("id") else None
+    rule = PolicyRule.objects.filter(pk=post["id"]).first() if post.get("id") else None
     position = post.get("position", "").strip()
     if not position.isdigit():
         raise DomainError("position: a whole number (rules are evaluated in this order, lowest first)")
@@ -65,7 +65,7 @@ def _common(request: HttpRequest, **values: Any) -> dict[str, Any]:
 
 @guarded("policy_rule", "read")
 def policies(request: HttpRequest) -> HttpResponse:
-    rule = PolicyRule.objects.filter(pk=request.GET.get("edit")).first() if request.GET.get("edit") else None
+    rule = PolicyRule.objects.filter(pk=request.GET["edit"]).first() if request.GET.get("edit") else None
     next_position = (PolicyRule.objects.order_by("-position").values_list("position", flat=True).first() or 0) + 10
     return render(request, "console/policies.html", _common(
         request, rules=PolicyRule.objects.all(), rule=rule, next_position=next_position,
@@ -90,7 +90,8 @@ def save(request: HttpRequest) -> HttpResponse:
     fields, rule = _proposed(request)
     if rule is not None:
         require(request, "policy_rule", "change")
-    clash = PolicyRule.objects.filter(position=fields["position"]).exclude(pk=rule.pk if rule else None).first()
+    others = PolicyRule.objects.exclude(pk=rule.pk) if rule is not None else PolicyRule.objects.all()
+    clash = others.filter(position=fields["position"]).first()
     if clash is not None:
         raise DomainError(f"position {fields['position']} is rule '{clash.name}'s: choose a free position")
     try:
