@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from tests.e2e import load
 from tests.e2e.fleet import Fleet, wait_for
 from tests.e2e.operator import Operator
 from tests.factories import MODELS_DIR, manifest
@@ -30,7 +29,7 @@ pytestmark = [pytest.mark.e2e]
 
 NODES = ["node-a", "node-b"]
 MODEL = "digits-lc"  # the demo model under its own name (the spine's module may share this database)
-IMAGES = digits_build.split()[1][:64]
+IMAGES = load.IMAGES
 _SOURCE = (MODELS_DIR / "digits" / "model.py").read_text()
 # Variants of the demo model that pass the smoke test (all-zero input) but misbehave on real traffic.
 ERRORS_ON_REAL_INPUT = _SOURCE + '''
@@ -83,50 +82,10 @@ def world(fleet: Fleet) -> dict[str, Any]:
 
 
 @dataclass
-class Load:
-    """A pool of stock-client threads hammering the model through the gateway."""
+class Load(load.Load):
+    """The load generator, on this module's model by default."""
 
-    address: str
-    key: str
-    threads: int = 4
     model: str = MODEL
-    results: list[tuple[bool, str, float]] = field(default_factory=list)  # (ok, version or error, seconds)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Load:
-        for index in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(index,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=30)
-
-    def _run(self, index: int) -> None:
-        client = grpcclient.InferenceServerClient(self.address)
-        headers = {"authorization": f"Bearer {self.key}"}
-        n = index
-        while not self._stop.is_set():
-            image = IMAGES[n % len(IMAGES)].reshape(1, 64).astype(np.float32)
-            n += self.threads
-            tensor = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
-            tensor.set_data_from_numpy(image)
-            started = time.perf_counter()
-            try:
-                result = client.infer(self.model, [tensor], headers=headers, client_timeout=10)
-                self.results.append((True, result.get_response().model_version, time.perf_counter() - started))
-            except Exception as exc:  # recorded and asserted on, never swallowed
-                self.results.append((False, str(exc)[:200], time.perf_counter() - started))
-
-    def failures(self) -> list[str]:
-        return [detail for ok, detail, _ in self.results if not ok]
-
-    def versions(self) -> Counter[str]:
-        return Counter(detail for ok, detail, _ in self.results if ok)
 
 
 def _ready_versions(fleet: Fleet) -> dict[str, set[str]]:
