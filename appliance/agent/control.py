@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.models import Model
@@ -138,7 +139,7 @@ def model_name(*, model_id: str) -> str:
     return str(Model.objects.values_list("name", flat=True).get(pk=model_id))
 
 
-def resident_versions(*, node_id: str, model_id: object, mig_uuid: str = "", live_only: bool = False) -> list[Version]:
+def resident_versions(*, node_id: str, model_id: UUID | str, mig_uuid: str = "", live_only: bool = False) -> list[Version]:
     """The versions of a model one of the node's Tritons must hold, oldest first."""
     replicas = resident_replicas(node_id=node_id, model_id=model_id, mig_uuid=mig_uuid)
     if live_only:
@@ -165,7 +166,7 @@ def resident_models(*, node_id: str, mig_uuid: str = "") -> tuple[dict[str, tupl
     return live, loading
 
 
-def recently_released(*, node_id: str, model_id: object, mig_uuid: str = "", within_s: float) -> bool:
+def recently_released(*, node_id: str, model_id: UUID | str, mig_uuid: str = "", within_s: float) -> bool:
     """A replica of the model here was retired or parked less than `within_s` ago."""
     from datetime import timedelta
 
@@ -177,7 +178,7 @@ def recently_released(*, node_id: str, model_id: object, mig_uuid: str = "", wit
     ).exists()  # fmt: skip
 
 
-def sync_model_later(*, node_name: str, model_id: object, mig_uuid: str = "", countdown: float | None = None) -> None:
+def sync_model_later(*, node_name: str, model_id: UUID | str, mig_uuid: str = "", countdown: float | None = None) -> None:
     """Queues a convergence of one of this node's Tritons for the model (on its own queue,
     so that it never races a rollout task)."""
     dispatch.model_sync(node_name=node_name, model_id=model_id, mig_uuid=mig_uuid, countdown=countdown)

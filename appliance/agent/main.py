@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import tritonclient.grpc as triton_grpc
 from django.conf import settings
@@ -67,7 +68,7 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
                 local: LocalNode | None = None) -> None:  # fmt: skip
     """Liveness every beat; the GPU inventory whenever it differs from the last report;
     live models Triton lost are converged."""
-    reported: list[dict] = []  # type: ignore[type-arg]
+    reported: list[dict[str, Any]] = []
     converged: dict[str, float] = {}
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.is_set():
@@ -131,7 +132,7 @@ def run_agent(options: AgentOptions) -> None:
             pool="solo",
             concurrency=1,
             hostname=f"agent-{options.name}@{socket.gethostname()}",
-            loglevel=settings.LOGGING["root"]["level"],
+            loglevel=cast(dict[str, Any], settings.LOGGING)["root"]["level"],
             without_gossip=True,
             without_mingle=True,
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class MigServers:
             extra_env={"CUDA_VISIBLE_DEVICES": device.uuid},
         )
         if self.after_start is not None:
-            supervisor.on_start.append(lambda uuid=device.uuid: self.after_start(uuid))
+            supervisor.on_start.append(functools.partial(self.after_start, device.uuid))
         supervisor.start()
         self.servers[device.uuid] = (slot, supervisor)
         if not wait_until(lambda: triton_ready(supervisor.ports.grpc_address), timeout=timeout, interval=0.2):

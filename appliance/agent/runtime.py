@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import InferenceServerClient
 
 from appliance.agent.repository import ModelRepository
 
@@ -17,8 +17,8 @@ class Endpoint:
     repository: ModelRepository
     address: str
 
-    def client(self) -> triton_grpc.InferenceServerClient:
-        return triton_grpc.InferenceServerClient(self.address)
+    def client(self) -> InferenceServerClient:
+        return InferenceServerClient(self.address)
 
 
 @dataclass
@@ -30,8 +30,8 @@ class LocalNode:
     inventory: Any = field(default=None)  # appliance.nodes.inventory.base.Inventory
     mig_servers: Any = field(default=None)  # appliance.agent.mig_servers.MigServers
 
-    def client(self) -> triton_grpc.InferenceServerClient:
-        return triton_grpc.InferenceServerClient(self.triton_grpc)
+    def client(self) -> InferenceServerClient:
+        return InferenceServerClient(self.triton_grpc)
 
     def endpoint(self, mig_uuid: str = "") -> Endpoint:
         """The main Triton, or the one running on MIG device `mig_uuid`."""

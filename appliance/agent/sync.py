@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import tritonclient.grpc as triton_grpc
@@ -51,10 +52,8 @@ def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mi
     except triton_grpc.InferenceServerException as exc:
         raise LoadError(f"Triton refused to load {model_name}: {exc.message()}") from exc
     for version in versions:
-        ready = wait_until(
-            lambda v=version: client.is_model_ready(model_name, str(v.number)), timeout=settings.TRITON_LOAD_TIMEOUT_S
-        )
-        if not ready:
+        ready = functools.partial(client.is_model_ready, model_name, str(version.number))
+        if not wait_until(ready, timeout=settings.TRITON_LOAD_TIMEOUT_S):
             raise LoadError(f"{model_name} version {version.number} did not become ready")
     endpoint.repository.remove_versions_except(model_name, {v.number for v in versions})
 
