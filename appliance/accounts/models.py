@@ -128,7 +128,7 @@ class AccountRole(Audited):
         ]
 
     def __str__(self) -> str:
-        suffix = f" of {self.tenant.slug}" if self.tenant_id else ""
+        suffix = f" of {self.tenant.slug}" if self.tenant is not None else ""
         return f"{self.user.get_username()}: {self.role}{suffix}"
 
 

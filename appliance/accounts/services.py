@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -97,7 +97,7 @@ def grant_delete(*, grant: ModelGrant) -> None:
 
 @transaction.atomic
 def operator_token_create(
-    *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
+    *, user: User, name: str, expires_at: datetime | None = None
 ) -> tuple[OperatorToken, str]:
     secret = make_secret("op")
     token = OperatorToken.objects.create(

@@ -68,7 +68,8 @@ def append(**fields: Any) -> AuditEvent:
     chain as soon as that transaction commits (at once outside a transaction)."""
     event = AuditEvent(time=timezone.now(), **fields)
     event.save(force_insert=True)
-    if not any(func is link_pending for _, func, _ in connection.run_on_commit):
+    linker: object = link_pending
+    if not any(entry[1] is linker for entry in connection.run_on_commit):  # (savepoints, func, robust)
         # robust: the caller's change is committed whatever happens here; an event left
         # unlinked is linked by the next reader or the periodic task.
         transaction.on_commit(link_pending, robust=True)
@@ -83,7 +84,7 @@ def link_pending(batch: int = 1000) -> int:
         with transaction.atomic():
             _lock()
             head = AuditEvent.objects.filter(sequence__isnull=False).order_by("-sequence").values_list("sequence", "hash").first()
-            sequence, prev_hash = head if head else (0, GENESIS)
+            sequence, prev_hash = (head[0] or 0, head[1]) if head else (0, GENESIS)
             events = list(AuditEvent.objects.filter(sequence__isnull=True).order_by("time", "id")[:batch])
             if not events:  # another linker was first
                 break
@@ -156,7 +157,7 @@ def verify(*, first: int | None = None, last: int | None = None) -> Verdict:
     for event in _events(first, last):
         if event.sequence != expected_seq:
             return Verdict(False, checked, 0, expected_seq, "",
-                           f"missing: events #{expected_seq}..#{event.sequence - 1} were deleted")  # fmt: skip
+                           f"missing: events #{expected_seq}..#{(event.sequence or 0) - 1} were deleted")  # fmt: skip
         if prev_hash is not None and event.prev_hash != prev_hash:
             return Verdict(False, checked, 0, event.sequence, str(event.id),
                            "its prev_hash does not match the previous event (reordered or previous changed)")  # fmt: skip

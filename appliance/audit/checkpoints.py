@@ -72,7 +72,7 @@ def checkpoint_create(*, sequence: int | None = None) -> AuditCheckpoint | None:
     if sequence is not None:
         events = events.filter(sequence=sequence)
     head = events.values_list("sequence", "hash").first()
-    if head is None:
+    if head is None or head[0] is None:  # filtered to linked events: the second never holds
         return None
     key = signing_key()
     raw = _raw_public(key.public_key())

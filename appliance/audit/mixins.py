@@ -28,6 +28,8 @@ class Audited(models.Model):
     # Fields that change by themselves and would drown the trail (heartbeats).
     audit_ignore: ClassVar[frozenset[str]] = frozenset({"updated"})
     audit_type: ClassVar[str] = ""
+    # The audited fields as last loaded or saved: what the next save is compared with.
+    _audit_snapshot: dict[str, Any]
 
     class Meta:
         abstract = True

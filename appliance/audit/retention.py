@@ -41,6 +41,7 @@ def audit_prune(*, before: datetime) -> PruneResult | None:
         if upto is None:
             return None
         sequence, anchor = upto
+        assert sequence is not None  # filtered to linked events
         head = linked.values_list("sequence", flat=True).first()
         if sequence == head:
             raise DomainError("retention must keep at least the newest event; choose an earlier cutoff")

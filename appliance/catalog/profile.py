@@ -74,7 +74,8 @@ class InstanceGroupSerializer(serializers.Serializer):
 
 
 class WarmupSerializer(serializers.Serializer):
-    source = serializers.ChoiceField(
+    # A field named like DRF's Field.source attribute (the stubs' type), which a declared field may shadow.
+    source = serializers.ChoiceField(  # type: ignore[assignment]
         choices=["auto", "none", "zero", "random", "samples"], default="auto",
         help_text="synthetic inputs from the signature (zero/random), the version's stored sample inputs, or auto: "
         "zeros where the signature allows, else samples if the version has some, else none",

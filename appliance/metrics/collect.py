@@ -154,12 +154,12 @@ def roll_up(hours: Iterable[datetime]) -> None:
             _add(row, p)
         gpus: dict[tuple[str, int], GpuPoint] = {}
         for g in GpuPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
-            row = gpus.get((g.node, g.gpu_index))
-            if row is None:
-                row = gpus[(g.node, g.gpu_index)] = GpuPoint(resolution=Resolution.HOUR, start=hour, node=g.node,
+            gpu_row = gpus.get((g.node, g.gpu_index))
+            if gpu_row is None:
+                gpu_row = gpus[(g.node, g.gpu_index)] = GpuPoint(resolution=Resolution.HOUR, start=hour, node=g.node,
                                                              gpu_index=g.gpu_index, memory_total_mib=g.memory_total_mib)  # fmt: skip
             for name in GPU_SUMMED:
-                setattr(row, name, getattr(row, name) + getattr(g, name))
+                setattr(gpu_row, name, getattr(gpu_row, name) + getattr(g, name))
         with transaction.atomic():
             _upsert_traffic(list(traffic.values()))
             if gpus:
@@ -192,7 +192,7 @@ def collect(now: datetime | None = None) -> dict[str, int]:
     return {"minutes": len(minutes), "hours": len(hours), "pruned": prune(now)}
 
 
-def merge(points: Iterable[Any], fields: Iterable[str]) -> dict[datetime, dict[str, float]]:
+def merge(points: Iterable[Any], fields: Iterable[str]) -> dict[datetime, dict[str, Any]]:
     """Sums points by start (over tenants, models or GPUs)."""
     out: dict[datetime, dict[str, Any]] = defaultdict(lambda: defaultdict(float))
     for point in points:
@@ -201,6 +201,6 @@ def merge(points: Iterable[Any], fields: Iterable[str]) -> dict[datetime, dict[s
             row[name] += getattr(point, name)
         buckets = getattr(point, "latency_buckets", None)
         if buckets:
-            row.setdefault("buckets", [0] * len(buckets))  # type: ignore[call-overload]
+            row.setdefault("buckets", [0] * len(buckets))
             row["buckets"] = [a + b for a, b in zip(row["buckets"], buckets, strict=True)]
     return out

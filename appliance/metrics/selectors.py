@@ -64,22 +64,21 @@ def traffic_series(*, window: Window, model: str | None = None, tenant: str | No
     seconds = window.step.total_seconds()
     out: dict[str, list[Any]] = {k: [] for k in ("t", "rps", "success", "p50", "p95", "p99", "queue_ms", "ttfr_ms",
                                                   "tokens_s", "cache_hit")}  # fmt: skip
+    empty: dict[str, Any] = dict.fromkeys(SUMMED, 0)
     for start in grid:
-        row = rows.get(start)
-        n = row["requests"] if row else 0
+        row = rows.get(start) or empty
+        n = row["requests"]
         out["t"].append(int(start.timestamp()))
         out["rps"].append(round(n / seconds, 3))
-        buckets = list(row.get("buckets", [])) if row else []
+        buckets = list(row.get("buckets", []))
         out["success"].append(round(100 * (n - row["errors"]) / n, 2) if n else None)
         for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
             out[name].append(bucket_quantile(buckets, int(n), q) if n and buckets else None)
-        out["queue_ms"].append(round(row["queue_ms_sum"] / row["queued"], 3) if row and row["queued"] else None)
-        out["ttfr_ms"].append(
-            round(row["first_response_ms_sum"] / row["streams"], 2) if row and row["streams"] else None
-        )
+        out["queue_ms"].append(round(row["queue_ms_sum"] / row["queued"], 3) if row["queued"] else None)
+        out["ttfr_ms"].append(round(row["first_response_ms_sum"] / row["streams"], 2) if row["streams"] else None)
         out["tokens_s"].append(round(row["stream_responses"] / row["stream_seconds_sum"], 1)
-                               if row and row["stream_seconds_sum"] else None)  # fmt: skip
-        lookups = row["cache_hits"] + row["cache_misses"] if row else 0
+                               if row["stream_seconds_sum"] else None)  # fmt: skip
+        lookups = row["cache_hits"] + row["cache_misses"]
         out["cache_hit"].append(round(100 * row["cache_hits"] / lookups, 1) if lookups else None)
     return out
 

@@ -37,7 +37,7 @@ class MigConfigSpec:
     device_filter: tuple[str, ...] = field(default_factory=tuple)
 
     def applies_to(self, index: int) -> bool:
-        return self.devices == "all" or index in self.devices  # type: ignore[operator]
+        return self.devices == "all" or index in self.devices
 
 
 def _expand(devices: dict[str, int]) -> tuple[str, ...]:

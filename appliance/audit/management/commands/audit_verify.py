@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from appliance.audit.chain import verify
-from appliance.audit.checkpoints import payload, verify_checkpoint
+from appliance.audit.checkpoints import verify_checkpoint
 from appliance.audit.models import AuditCheckpoint, AuditEvent
 
 
@@ -40,7 +40,10 @@ class Command(BaseCommand):
         )  # fmt: skip
         from django.utils.dateparse import parse_datetime
 
-        kept.created = parse_datetime(data["created"])
+        created = parse_datetime(data["created"])
+        if created is None:
+            raise CommandError(f"the kept checkpoint's time is unreadable: {data['created']!r}", returncode=1)
+        kept.created = created
         problem = verify_checkpoint(kept)
         if problem:
             raise CommandError(f"the kept checkpoint is not genuine: {problem}", returncode=1)
@@ -49,4 +52,3 @@ class Command(BaseCommand):
             raise CommandError(f"audit trail BROKEN at event #{kept.sequence}: missing, but the kept checkpoint vouches for it", returncode=1)
         if event.hash != kept.event_hash:
             raise CommandError(f"audit trail BROKEN at event #{kept.sequence} ({event.id}): differs from the kept checkpoint", returncode=1)
-        assert payload  # the kept checkpoint was checked against the same canonical payload
