@@ -55,6 +55,7 @@ LOGIN_REDIRECT_URL = "console:overview"
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "appliance.core.middleware.ContentSecurityPolicyMiddleware",
+    "appliance.core.middleware.RefuseNulMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -133,8 +134,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["appliance.accounts.permissions.RolePermission"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "appliance.core.api.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "appliance.core.api_input.Pagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "appliance.core.api_input.JSONParser",
+        "appliance.core.api_input.FormParser",
+        "appliance.core.api_input.MultiPartParser",
+    ],
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "appliance.core.api.exception_handler",
     # ?format= is ours (audit export), not content negotiation.
@@ -202,6 +208,8 @@ METRICS_HOUR_KEEP_D = env_int("METRICS_HOUR_KEEP_D", 90, minimum=8)
 # --- Artifacts, nodes, gateway ------------------------------------------------------
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 2 * 1024**3, minimum=1)
+# What an archive artifact (python format) may unpack to on a node: a small gzip of zeros must not fill its disk.
+ARTIFACT_MAX_UNPACKED_BYTES = env_int("ARTIFACT_MAX_UNPACKED_BYTES", 8 * 1024**3, minimum=1)
 NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
 TRITON_LOAD_TIMEOUT_S = env_float("TRITON_LOAD_TIMEOUT_S", 120.0)

@@ -44,3 +44,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("console/", include("appliance.console.urls")),
 ]
+
+# Under /api/ a URL no view matches answers with the API's error body (JSON), not a page.
+handler400 = "appliance.core.api.bad_request"
+handler404 = "appliance.core.api.not_found"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
@@ -22,8 +23,17 @@ def audit_events(filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
             qs = qs.filter(**{name: filters[name]})
     for name, lookup in (("since", "time__gte"), ("until", "time__lt")):
         if filters.get(name):
-            moment = parse_datetime(filters[name])
-            if moment is None:
-                raise DomainError(f"{name}={filters[name]!r} is not an ISO 8601 date-time")
-            qs = qs.filter(**{lookup: moment})
+            qs = qs.filter(**{lookup: _moment(name, filters[name])})
     return qs
+
+
+def _moment(name: str, text: str) -> datetime:
+    """An ISO 8601 time as UTC (no offset: UTC). PostgreSQL takes offsets up to 15:59
+    only, and a time that is real in Python may not be (month 13, year 10000 in UTC)."""
+    try:
+        moment = parse_datetime(text)
+        if moment is not None:
+            return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        pass
+    raise DomainError(f"{name}={text!r} is not an ISO 8601 date-time")

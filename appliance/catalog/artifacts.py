@@ -80,16 +80,26 @@ def artifact_read_verified(sha256: str) -> bytes:
 
 
 def check_archive(data: bytes) -> list[str]:
-    """Names of the regular files in a .tar.gz artifact; refuses anything unsafe to unpack."""
+    """Names of the regular files in a .tar.gz artifact; refuses anything unsafe to unpack,
+    or that would unpack to more than ARTIFACT_MAX_UNPACKED_BYTES. Headers are read one at a
+    time, each before the data it announces is decompressed, so a refusal costs no more
+    than the limit's worth of decompression, and nothing is written."""
+    limit = settings.ARTIFACT_MAX_UNPACKED_BYTES
+    unpacked = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             names = []
-            for member in archive.getmembers():
+            for member in archive:
                 name = member.name
                 if name.startswith("/") or ".." in Path(name).parts:
                     raise ArtifactError(f"archive member {name!r} escapes the version directory")
                 if not (member.isfile() or member.isdir()):
                     raise ArtifactError(f"archive member {name!r} is not a regular file or directory")
+                # Each entry counts its header block too, so a million empty files is bounded as well.
+                unpacked += tarfile.BLOCKSIZE + member.size
+                if unpacked > limit:
+                    raise ArtifactError(f"the artifact unpacks to more than the limit of {limit} bytes "
+                                        f"(APPLIANCE_ARTIFACT_MAX_UNPACKED_BYTES); reached at member {name!r}")  # fmt: skip
                 if member.isfile():
                     names.append(name.removeprefix("./"))
             return names

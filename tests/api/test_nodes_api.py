@@ -59,7 +59,8 @@ def test_health_history_is_kept(api: APIClient) -> None:
     assert not node_set_health(node_id=node_id, health="healthy", reasons=[])
     assert node_set_health(node_id=node_id, health="unhealthy", reasons=["GPU 0: XID 79"])
     history = api.get("/api/v1/nodes/gpu-01/health-history/").json()
-    assert [(h["previous"], h["health"], h["reasons"]) for h in history] == [
+    assert history["count"] == 2, "a page, like every list"
+    assert [(h["previous"], h["health"], h["reasons"]) for h in history["results"]] == [
         ("healthy", "unhealthy", ["GPU 0: XID 79"]),
         ("unknown", "healthy", []),
     ]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import viewsets
 from rest_framework.decorators import action
@@ -13,10 +14,13 @@ from appliance.audit.models import AuditEvent
 from appliance.audit.selectors import audit_events
 from appliance.core.errors import DomainError
 
-_FILTERS = ["actor", "origin", "action", "target_type", "target_id", "correlation_id", "since", "until"]
+_FILTERS = [
+    *(OpenApiParameter(name, str) for name in ("actor", "origin", "action", "target_type", "target_id", "correlation_id")),
+    *(OpenApiParameter(name, OpenApiTypes.DATETIME, description="ISO 8601") for name in ("since", "until")),
+]
 
 
-@extend_schema_view(list=extend_schema(parameters=[OpenApiParameter(name, str) for name in _FILTERS]))
+@extend_schema_view(list=extend_schema(parameters=_FILTERS))
 class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     """The audit trail, read-only."""
 
@@ -28,7 +32,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         return audit_events(self.request.query_params)
 
     @extend_schema(
-        parameters=[OpenApiParameter("format", str, enum=list(FORMATS)), *(OpenApiParameter(n, str) for n in _FILTERS)],
+        parameters=[OpenApiParameter("format", str, enum=list(FORMATS)), *_FILTERS],
         responses={(200, "application/x-ndjson"): str, (200, "text/csv"): str},
     )
     @action(detail=False, methods=["get"], url_path="export")

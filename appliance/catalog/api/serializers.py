@@ -8,6 +8,7 @@ from rest_framework import serializers
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import normalise
+from appliance.core.api_input import NUL_MESSAGE, nul_location
 from appliance.gateway.semantic import normalise_semantic
 from appliance.rollouts.autoscale import normalise_autoscale
 
@@ -50,7 +51,7 @@ class ModelUpdateSerializer(_ModelSettings, serializers.Serializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    parent = serializers.PrimaryKeyRelatedField(read_only=True)
+    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = ModelVersion
@@ -71,6 +72,8 @@ class JSONTextField(serializers.JSONField):
                 data = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise serializers.ValidationError(f"not valid JSON: {exc.msg}") from exc
+            if nul_location(data) is not None:  # "\u0000" inside the text: the parsers saw only the escape
+                raise serializers.ValidationError(NUL_MESSAGE)
         return super().to_internal_value(data)
 
 

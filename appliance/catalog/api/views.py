@@ -4,8 +4,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, parsers, status, viewsets
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,6 +22,7 @@ from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import ProfileError
 from appliance.catalog.tritonconfig import render_config
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
+from appliance.core.api_input import JSONParser, MultiPartParser
 
 
 class ModelViewSet(
@@ -69,7 +70,7 @@ class ModelVersionViewSet(
     queryset = ModelVersion.objects.select_related("model")
     serializer_class = ModelVersionSerializer
     resource = "version"
-    parser_classes = [parsers.MultiPartParser, parsers.JSONParser]
+    parser_classes = [MultiPartParser, JSONParser]
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
         qs = super().get_queryset()
@@ -89,7 +90,10 @@ class ModelVersionViewSet(
         version = services.version_upload(**body.upload_kwargs())
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={(200, "text/plain"): str})
+    @extend_schema(responses={
+        (200, "text/plain"): str,
+        (409, "text/plain"): OpenApiResponse(str, description="the model's serving profile does not fit this version"),
+    })  # fmt: skip
     @action(detail=True, methods=["get"])
     def config(self, request: Request, pk: str | None = None) -> HttpResponse:
         """The config.pbtxt a node would get for this version alone, with the model's serving profile."""

@@ -8,7 +8,7 @@ from appliance.nodes.models import Gpu, MigDevice, Node, Reconfiguration, Reconf
 
 
 class MigDeviceSerializer(serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     node = serializers.CharField(source="gpu.node.name", read_only=True)
     gpu_index = serializers.IntegerField(source="gpu.index", read_only=True)
 

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
+from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin, changes_nothing
 from appliance.core.errors import DomainError
 from appliance.nodes import services
 from appliance.nodes.api.serializers import (
@@ -120,9 +120,9 @@ class NodeViewSet(
     @extend_schema(responses=NodeHealthChangeSerializer(many=True))
     @action(detail=True, methods=["get"], url_path="health-history")
     def health_history(self, request: Request, name: str | None = None) -> Response:
-        """The node's health changes, newest first (last 200)."""
-        changes = self.get_object().health_history.all()[:200]
-        return Response(NodeHealthChangeSerializer(changes, many=True).data)
+        """The node's health changes, newest first, in pages like every list."""
+        page = self.paginate_queryset(self.get_object().health_history.order_by("-time", "-pk"))
+        return self.get_paginated_response(NodeHealthChangeSerializer(page, many=True).data)
 
 
 class MigDeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -157,6 +157,7 @@ class MigPlanView(APIView):
     action = "plan"
 
     @extend_schema(request=MigPlanRequestSerializer, responses={200: MigPlanSerializer})
+    @changes_nothing
     def post(self, request: Request) -> Response:
         body = MigPlanRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -8,6 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from appliance.core.api import changes_nothing
 from appliance.policies import services
 from appliance.policies.api.serializers import DryRunSerializer, ImpactSerializer, PolicyRuleSerializer
 from appliance.policies.engine import RuleFacts
@@ -40,6 +41,7 @@ class PolicyRuleViewSet(
 
     @extend_schema(request=DryRunSerializer, responses=ImpactSerializer)
     @action(detail=False, methods=["post"], url_path="dry-run")
+    @changes_nothing
     def dry_run(self, request: Request) -> Response:
         """What the proposed rules (and tenant changes) would change; nothing is saved."""
         body = DryRunSerializer(data=request.data)
