@@ -71,6 +71,31 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def listening(pid: int, port: int) -> bool:
+    """Does process `pid` itself hold a socket listening on TCP `port`? Stricter than
+    port_open: another process on the port (a stale server, one sharing it with
+    SO_REUSEPORT) does not count."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or not ours
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("tcp", "tcp6"):
+        for line in _read(f"/proc/{pid}/net/{table}").decode().splitlines()[1:]:
+            fields = line.split()
+            # local address (hex ip:port), state 0A = LISTEN, inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                return True
+    return False
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
     """Polls until the predicate holds or the deadline passes; True if it held."""
     deadline = time.monotonic() + timeout
@@ -219,6 +244,9 @@ class Supervisor:
     first_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     interval_s: float = 0.5  # how often readiness is probed after a start
+    # A start not ready this long after it began is stopped and counts as failed (0: wait for ever):
+    # a child that hangs instead of exiting when it cannot serve.
+    ready_timeout_s: float = 0.0
     # After this many starts in a row that died before they were ready, on_give_up is called
     # and the child is left down (0: never give up).
     give_up_after: int = 0
@@ -252,6 +280,7 @@ class Supervisor:
     def watch(self) -> None:
         backoff = self.first_backoff_s
         waiting_ready = False
+        started_at = 0.0
         while not self._stop.is_set():
             try:
                 if not self.tree.alive():
@@ -275,12 +304,16 @@ class Supervisor:
                         backoff = min(backoff * 2, self.max_backoff_s)
                     if not self._spawn():
                         return
-                    waiting_ready = True
+                    waiting_ready, started_at = True, time.monotonic()
                 if waiting_ready and self.ready():
                     backoff = self.first_backoff_s
                     waiting_ready = False
                     self.failed_starts = 0
                     self._run_callbacks()
+                elif waiting_ready and self.ready_timeout_s and time.monotonic() - started_at > self.ready_timeout_s:
+                    log.warning("%s is not ready %.0f s after its start; stopping it", self.name, self.ready_timeout_s)
+                    with self._lock:
+                        self.tree.stop(timeout=5)  # the next turn counts it as a failed start
             except Exception:  # the supervision must outlive anything (a failed start is retried)
                 log.exception("supervising %s", self.name)
                 if self._stop.wait(backoff):

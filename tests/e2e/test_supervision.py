@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -95,3 +97,17 @@ def test_a_killed_triton_is_restarted_only_after_its_backend_stubs_are_gone(flee
     assert not set(stubs) & {p.pid for p in living_processes()}
     wait_for("the model loaded again", lambda: direct.is_model_ready(MODEL, version), timeout=120, procs=fleet.procs)
     wait_for("answers through the gateway again", lambda: _answers(fleet.gateway, world["key"]), timeout=30)
+
+
+def test_a_native_front_that_never_listens_stops_its_gateway_with_a_failure(fleet: Fleet) -> None:
+    """Not retried for ever behind a Python plane that looks healthy: the gateway exits 1, for
+    its own supervisor to see."""
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: gatewayd cannot bind beside it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        proc = fleet.spawn("gateway-port-taken", [sys.executable, "manage.py", "run_gateway", "--native", "--bind", address])
+        wait_for("the gateway to give up", lambda: proc.popen.poll() is not None, timeout=120)
+    fleet.procs.remove(proc)
+    assert proc.popen.returncode == 1, proc.tail()
+    assert "gatewayd exited 5 times in a row before it was ready; giving up" in proc.tail(), proc.tail()

@@ -14,6 +14,7 @@ from appliance.core.process import (
     Supervisor,
     free_ports,
     group_members,
+    listening,
     living_processes,
     port_open,
     wait_until,
@@ -92,16 +93,23 @@ def test_a_child_that_never_gets_ready_is_given_up_after_so_many_starts(tmp_path
     assert gave_up == [2] and supervisor.failed_starts == 3 and supervisor.tree.returncode == 3
 
 
-def test_free_ports_are_distinct_and_a_listener_is_seen() -> None:
-    ports = free_ports(5)
-    assert len(set(ports)) == 5
+def test_free_ports_are_distinct_and_a_listener_is_seen_with_its_owner() -> None:
     import socket
 
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", ports[0]))
-        assert not port_open("127.0.0.1", ports[0])
-        server.listen()
-        assert port_open("127.0.0.1", ports[0])
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", ports[0]))
+            assert not port_open("127.0.0.1", ports[0]) and not listening(os.getpid(), ports[0])
+            server.listen()
+            assert port_open("127.0.0.1", ports[0]) and listening(os.getpid(), ports[0])
+            assert not listening(other.pid, ports[0]), "open, but not by that process"
+            assert not listening(os.getpid(), ports[1])
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_background_job_stops_on_sigint_with_the_handlers_installed() -> None:
@@ -113,8 +121,8 @@ def test_a_background_job_stops_on_sigint_with_the_handlers_installed() -> None:
         "print('sigint-ignored' if ignored & (1 << (2 - 1)) else 'sigint-default', flush=True)\n"
         "from appliance.core.process import stop_on_signals\n"
         "stop_on_signals()\n"
-        "print('ready', flush=True)\n"
         "try:\n"
+        "    print('ready', flush=True)\n"
         "    time.sleep(120)\n"
         "except KeyboardInterrupt as stop:\n"
         "    print(f'stopped by {stop}', flush=True)\n"
@@ -136,3 +144,18 @@ def test_a_background_job_stops_on_sigint_with_the_handlers_installed() -> None:
     finally:
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
+
+
+def test_a_child_that_hangs_instead_of_getting_ready_is_stopped_and_counts_as_failed(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    gave_up: list[int] = []
+    supervisor = Supervisor(ProcessTree(name="hangs", argv=_parent(pids)), ready=lambda: False, first_backoff_s=0.05,
+                            interval_s=0.05, ready_timeout_s=0.5, give_up_after=2,
+                            on_give_up=lambda: gave_up.append(supervisor.restarts))  # fmt: skip
+    supervisor.start()
+    try:
+        assert wait_until(lambda: gave_up, timeout=60)
+    finally:
+        supervisor.stop(timeout=5)
+    assert gave_up == [1] and len(_lines(pids)) == 2, "started twice, stopped twice, then given up"
+    assert not any(_living(pid) for pair in _lines(pids) for pid in pair), "each stopped with its stub"

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.core.env import env_path, env_str
-from appliance.core.process import ProcessTree, Supervisor, port_open
+from appliance.core.process import ProcessTree, Supervisor, listening
 
 
 class Command(BaseCommand):
@@ -131,7 +131,8 @@ class _NativeFront:
     whole gateway would leave the port dead until an outer supervisor noticed (if one is
     there at all: `make run` has none). A front that dies `GIVE_UP_AFTER` times in a row
     without ever listening (a port taken, a broken binary) is not retried for ever: the
-    whole gateway then exits with a failure, so that its own supervisor sees it."""
+    whole gateway then exits with a failure, so that its own supervisor sees it (a front
+    that hangs instead of exiting when it cannot listen counts after 10 s)."""
 
     GIVE_UP_AFTER = 5
 
@@ -152,18 +153,18 @@ class _NativeFront:
             if tls.client_ca:
                 command += ["--tls-client-ca", str(tls.client_ca)]
         self.snapshot = snapshot
-        host, _, port = public.rpartition(":")
-        host = host.strip("[]")
-        probe_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        port = int(public.rpartition(":")[2])
         # The parent-death signal (setpriv): if run_gateway dies, even by SIGKILL, the front
         # must not serve on without it (a snapshot nobody refreshes).
+        tree = ProcessTree(name="gatewayd", argv=command)
         self.supervisor = Supervisor(
-            ProcessTree(name="gatewayd", argv=command),
-            ready=lambda: port_open(probe_host, int(port)),
+            tree,
+            ready=lambda: tree.pid is not None and listening(tree.pid, port),  # gatewayd itself, not whoever else holds it
             on_ready=[self._listening],
             first_backoff_s=0.2,
             max_backoff_s=5.0,
             interval_s=0.05,
+            ready_timeout_s=10.0,  # it listens within a fraction of a second; one that hangs instead is stopped
             give_up_after=self.GIVE_UP_AFTER,
             on_give_up=self._give_up,
         )
