@@ -58,11 +58,30 @@ from schemathesis.transport.serialization import Binary  # what it generates for
 # boundary values of each parameter (the coverage phase) come on top.
 EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# Fuzz dictionaries: values that broke this API once (NUL characters PostgreSQL cannot
+# store, integers past its bigint), mixed into what is generated for every string and
+# integer parameter and the body fields that name objects. Schemathesis keeps a value only where
+# the mode allows it: schema-valid ones in positive cases, violating ones in negative.
 CONFIG = SchemathesisConfig.from_str("""
 seed = 13
 [generation]
 deterministic = true
 database = "none"
+dictionaries = { string = { dictionary = "nul", probability = 0.15 }, integer = { dictionary = "huge", probability = 0.15 } }
+[dictionaries.nul]
+values = ["\\u0000", "acme\\u0000", "digits\\u0000", "node-a\\u0000"]
+[dictionaries.huge]
+values = [9223372036854775808, 100000000000000000000, -9223372036854775809]
+[parameters]
+"body.tenant" = { dictionary = "nul", probability = 0.15 }
+"body.model" = { dictionary = "nul", probability = 0.15 }
+"body.models[*]" = { dictionary = "nul", probability = 0.15 }
+"body.version" = { dictionary = "nul", probability = 0.15 }
+"body.parent" = { dictionary = "nul", probability = 0.15 }
+"body.nodes[*]" = { dictionary = "nul", probability = 0.15 }
+"body.mig_devices[*]" = { dictionary = "nul", probability = 0.15 }
+"body.name" = { dictionary = "nul", probability = 0.15 }
+"body.slug" = { dictionary = "nul", probability = 0.15 }
 [phases.coverage]
 unexpected-methods = []
 """)
