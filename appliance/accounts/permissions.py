@@ -1,7 +1,9 @@
 """The REST face of the role matrix (accounts.access): every view names its
-`resource`; the request's action is "read" for GET, HEAD and OPTIONS, else the
+`resource`; the request's action is "read" for GET and HEAD, else the
 viewset's action ("create", "change" for PATCH, "delete", or its own name, such as
-"rotate"); an APIView without actions names its write in `action`."""
+"rotate"); an APIView without actions names its write in `action`. OPTIONS (a
+description of the endpoint) is open to every role; the writes it describes are those
+the role may do."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from appliance.accounts import access
 from appliance.accounts.roles import role_of
 
 _STANDARD = {"create": access.CREATE, "update": access.CHANGE, "partial_update": access.CHANGE, "destroy": access.DELETE}
+# OPTIONS: DRF's metadata asks, per write method the view has, whether that write would be
+# allowed (a clone of the request with that method, the view's action still "metadata").
+_METADATA = {"POST": access.CREATE, "PUT": access.CHANGE, "PATCH": access.CHANGE, "DELETE": access.DELETE}
 
 
 def rest_action(view: Any, request: Request) -> str | None:
@@ -26,6 +31,8 @@ def rest_action(view: Any, request: Request) -> str | None:
     if method in SAFE_METHODS:
         return access.READ
     name = getattr(view, "action", None) or method.lower()
+    if name == "metadata":
+        return _METADATA.get(method)
     return _STANDARD.get(name, name)
 
 
@@ -44,10 +51,14 @@ class RolePermission(BasePermission):
         if role is None:
             self.message = "Only operator accounts may use the control-plane API."
             return False
+        if request.method == "OPTIONS":
+            return True  # a description of the endpoint; DRF asks again for each write it describes
         action = rest_action(view, request)
         if action is None:
-            return True
+            return getattr(view, "action", None) != "metadata"  # no such write to describe
         resource = resource_of(view)
+        if getattr(view, "action", None) == "metadata" and action not in access.MATRIX[resource].actions:
+            return False  # OPTIONS describes only the writes the matrix has (a named action's URL, say)
         if access.permits(role, resource, action):
             return True
         self.message = access.refusal(role, resource, action)

@@ -23,11 +23,11 @@ def audit_events(filters: Mapping[str, str]) -> QuerySet[AuditEvent]:
             qs = qs.filter(**{name: filters[name]})
     for name, lookup in (("since", "time__gte"), ("until", "time__lt")):
         if filters.get(name):
-            qs = qs.filter(**{lookup: _moment(name, filters[name])})
+            qs = qs.filter(**{lookup: moment(name, filters[name])})
     return qs
 
 
-def _moment(name: str, text: str) -> datetime:
+def moment(name: str, text: str) -> datetime:
     """An ISO 8601 time as UTC (no offset: UTC). PostgreSQL takes offsets up to 15:59
     only, and a time that is real in Python may not be (month 13, year 10000 in UTC)."""
     try:

@@ -10,19 +10,20 @@ tenants.py and policies.py hold the other pages."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from appliance.accounts.models import ModelGrant, Tenant
 from appliance.audit.chain import link_pending, verify
 from appliance.audit.export import export_lines
 from appliance.audit.models import AuditEvent
+from appliance.audit.selectors import moment
 from appliance.catalog.models import Model
 from appliance.console.access import FROM_URL, actor_of, context, domain_errors, guarded, scoped, tenant_scope
 from appliance.metrics import selectors as metrics
@@ -155,13 +156,6 @@ def metrics_page(request: HttpRequest) -> HttpResponse:
     return render(request, "console/metrics.html", ctx)
 
 
-def _when(text: str) -> datetime | None:
-    value = parse_datetime(text) if text else None
-    if value is not None and timezone.is_naive(value):
-        value = timezone.make_aware(value)
-    return value
-
-
 def _audit_events(request: HttpRequest) -> tuple[QuerySet[AuditEvent], dict[str, str]]:
     link_pending()
     events = AuditEvent.objects.order_by("-sequence")
@@ -172,23 +166,24 @@ def _audit_events(request: HttpRequest) -> tuple[QuerySet[AuditEvent], dict[str,
         events = events.filter(action__icontains=filters["action"])
     if filters["target"]:
         events = events.filter(Q(target_repr__icontains=filters["target"]) | Q(target_id=filters["target"]))
-    since, until = _when(filters["since"]), _when(filters["until"])
-    if since:
-        events = events.filter(time__gte=since)
-    if until:
-        events = events.filter(time__lte=until)
+    if filters["since"]:
+        events = events.filter(time__gte=moment("since", filters["since"]))
+    if filters["until"]:
+        events = events.filter(time__lte=moment("until", filters["until"]))
     return events, filters
 
 
 @guarded("audit_event", "read")
-def audit(request: HttpRequest) -> HttpResponse:
+@domain_errors
+def audit(request: HttpRequest) -> HttpResponseBase:
     events, filters = _audit_events(request)
     query = request.GET.urlencode()
     return render(request, "console/audit.html", context(request, events=events[:100], filters=filters, query=query))
 
 
 @guarded("audit_event", "read")
-def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
+@domain_errors
+def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     """The filtered trail as CSV or JSON lines, oldest first, streamed."""
     if fmt not in ("csv", "jsonl"):
         raise Http404("csv or jsonl")

@@ -92,7 +92,7 @@ def api_operations() -> list[Operation]:
         }
         lookups = [g for g in p.pattern.regex.groupindex]
         for method, name in methods.items():
-            action = access.READ if method == "get" else _WRITES.get(name, name)
+            action = access.READ if method in ("get", "head") else _WRITES.get(name, name)
             resource = getattr(view, "resource", "(none)")
             found.append(Operation(p.name or route, route, method, view, resource, action, lookups[0] if lookups else ""))
     return found

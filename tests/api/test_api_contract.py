@@ -209,8 +209,14 @@ def test_undeclared_methods_answer_405(admin_api: APIClient) -> None:
             assert response.status_code == 405, f"{method} {path}: {response.status_code}"
 
 
-@pytest.mark.xfail(strict=True, reason="OPTIONS is a 500: the role matrix (accounts/access.py) has no rule for DRF's "
-                   "'metadata' action, which OPTIONS checks once per write method; drop this mark when fixed")  # fmt: skip
 def test_options_answers_every_api_url(admin_api: APIClient) -> None:
     for path in _concrete_paths(admin_api):
         assert admin_api.options(path).status_code == 200, path
+
+
+def test_options_describes_only_the_writes_the_role_may_do(admin_api: APIClient, auditor: Any) -> None:
+    from tests.conftest import client_for
+
+    assert "POST" in admin_api.options("/api/v1/nodes/").json().get("actions", {})
+    described = client_for(auditor).options("/api/v1/nodes/")
+    assert described.status_code == 200 and "POST" not in described.json().get("actions", {})

@@ -124,6 +124,15 @@ def test_every_new_page_renders_for_an_operator(operator: Any, world: dict[str, 
     assert 'id="traffic-series"' in metrics_page and 'data-fields="p50,p95,p99"' in metrics_page
 
 
+def test_an_impossible_audit_time_is_a_400_with_the_reason(operator: Any, world: dict[str, Any]) -> None:
+    """The console reads the filter times as the REST API does (audit.selectors.moment)."""
+    client = _client(operator)
+    for path in ("/console/audit/?since=2020-13-01T00:00", "/console/audit/export.csv?until=9999-12-31T23:59:59-23:59"):
+        response = client.get(path)
+        assert response.status_code == 400, (path, response.status_code)
+        assert "is not an ISO 8601 date-time" in response.content.decode()
+
+
 def test_mig_preview_shows_the_planners_placement_or_its_reason(operator: Any, world: dict[str, Any]) -> None:
     client = _client(operator)
     ok = client.get("/console/nodes/gpu-01/gpus/0/layout/preview/", {"profile": ["3g.40gb", "2g.20gb", "1g.10gb"]})
