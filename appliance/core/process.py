@@ -321,7 +321,7 @@ class Supervisor:
             if waiting_ready:
                 self._stop.wait(self.interval_s)
             else:
-                self.tree.wait(self.interval_s)  # wakes as soon as the child exits
+                self.tree.wait()  # blocks, without polling, until the child exits (stop() ends it too)
 
     def _run_callbacks(self) -> None:
         for callback in self.on_ready:
