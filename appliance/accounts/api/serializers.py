@@ -1,3 +1,5 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from appliance.accounts.choices import PriorityClass
@@ -28,8 +30,8 @@ class TenantUpdateSerializer(serializers.Serializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    models = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True,
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    models: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True,
                                           help_text="models this key may call; empty means all the tenant's models")  # fmt: skip
 
     class Meta:

@@ -8,6 +8,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from appliance.accounts import access, services
 from appliance.accounts.api.serializers import (
@@ -46,7 +47,7 @@ class TenantViewSet(
     def delete_service(self, obj: Any) -> None:
         services.tenant_delete(tenant=obj)
 
-    def perform_create(self, serializer: TenantSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         data = serializer.validated_data
         serializer.instance = services.tenant_create(
             slug=data["slug"], name=data.get("name", ""),
@@ -123,7 +124,7 @@ class ModelGrantViewSet(
     resource = "grant"
 
 
-    def perform_create(self, serializer: ModelGrantSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         data = serializer.validated_data
         serializer.instance = services.grant_create(tenant=data["tenant"], model=data["model"])
 

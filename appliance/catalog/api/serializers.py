@@ -50,8 +50,9 @@ class ModelUpdateSerializer(_ModelSettings, serializers.Serializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    model: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    # Named like DRF's Field.parent (the stubs' type); the serializer's metaclass takes declared fields off the class.
+    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)  # type: ignore[assignment,var-annotated]
 
     class Meta:
         model = ModelVersion
@@ -84,7 +85,9 @@ class ModelVersionCreateSerializer(serializers.Serializer):
     signature = JSONTextField()
     max_batch_size = serializers.IntegerField(min_value=0, max_value=1 << 16, default=0)
     decoupled = serializers.BooleanField(default=False)
-    parent = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all(), required=False, allow_null=True)
+    parent = serializers.PrimaryKeyRelatedField(  # type: ignore[assignment]
+        queryset=ModelVersion.objects.all(), required=False, allow_null=True
+    )
     change_kind = serializers.ChoiceField(choices=ChangeKind.choices, required=False,
                                           help_text="what changed from the parent; required with a parent")  # fmt: skip
     change_note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")

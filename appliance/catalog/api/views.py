@@ -9,6 +9,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from appliance.accounts.permissions import TenantScopedMixin
 from appliance.catalog import services
@@ -45,7 +46,7 @@ class ModelViewSet(
     def delete_service(self, obj: Any) -> None:
         services.model_delete(model=obj)
 
-    def perform_create(self, serializer: ModelSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         data = serializer.validated_data
         serializer.instance = services.model_create(
             name=data["name"], description=data.get("description", ""), response_cache=data.get("response_cache", False),

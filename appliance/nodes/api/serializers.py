@@ -1,3 +1,5 @@
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -8,7 +10,7 @@ from appliance.nodes.models import Gpu, MigDevice, Node, Reconfiguration, Reconf
 
 
 class MigDeviceSerializer(serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     node = serializers.CharField(source="gpu.node.name", read_only=True)
     gpu_index = serializers.IntegerField(source="gpu.index", read_only=True)
 
@@ -109,7 +111,7 @@ class ReconfigurationStepSerializer(serializers.ModelSerializer):
 
 
 class ReconfigurationSerializer(serializers.ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
     steps = ReconfigurationStepSerializer(many=True, read_only=True)
 
     class Meta:

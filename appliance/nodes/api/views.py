@@ -8,6 +8,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin, changes_nothing
@@ -58,7 +59,7 @@ class NodeViewSet(
     def delete_service(self, obj: Any) -> None:
         services.node_delete(node=obj)
 
-    def perform_create(self, serializer: NodeSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         data = serializer.validated_data
         serializer.instance = services.node_create(
             name=data["name"], zone=data.get("zone", "default"), site=data.get("site", ""),

@@ -39,7 +39,7 @@ class DryRunSerializer(serializers.Serializer):
         for index, rule in enumerate(value):
             item = PolicyRuleSerializer(data=rule)
             if not item.is_valid():
-                raise serializers.ValidationError({index: item.errors})
+                raise serializers.ValidationError({str(index): item.errors})
             checked.append(item.validated_data)
         return checked
 

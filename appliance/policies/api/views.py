@@ -7,6 +7,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from appliance.core.api import changes_nothing
 from appliance.policies import services
@@ -25,7 +26,7 @@ class PolicyRuleViewSet(
     serializer_class = PolicyRuleSerializer
     resource = "policy_rule"
 
-    def perform_create(self, serializer: PolicyRuleSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         serializer.instance = services.policy_rule_create(**serializer.validated_data)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:

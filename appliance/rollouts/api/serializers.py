@@ -12,7 +12,7 @@ from appliance.rollouts.models import DEFAULT_GATE, AutoscaleDecision, Deploymen
 
 
 class ReplicaSerializer(serializers.ModelSerializer):
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = Replica
