@@ -75,6 +75,7 @@ chromium:
 ## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
 test: venv chromium native native-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run
 	$(VENV)/bin/python -m pytest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -55,7 +56,7 @@ def node_register(
     return node
 
 
-def node_heartbeat(*, node_id: object, triton_ready: bool) -> None:
+def node_heartbeat(*, node_id: UUID | str, triton_ready: bool) -> None:
     """Records that the agent is alive and what it sees of its Triton. Not audited
     (it changes every few seconds); health changes are, through node_set_health."""
     Node.objects.filter(pk=node_id).update(last_heartbeat=timezone.now(), triton_ready=triton_ready)
@@ -72,7 +73,7 @@ def node_set_admin_state(*, node: Node, admin_state: str) -> Node:
 
 
 @transaction.atomic
-def node_set_health(*, node_id: object, health: str, reasons: list[str]) -> bool:
+def node_set_health(*, node_id: UUID | str, health: str, reasons: list[str]) -> bool:
     """Stores the sweep's verdict; a change is audited and kept in the history. True if it changed."""
     locked = Node.objects.select_for_update().get(pk=node_id)
     now = timezone.now()
@@ -88,7 +89,7 @@ def node_set_health(*, node_id: object, health: str, reasons: list[str]) -> bool
     return changed
 
 
-def node_report_gpu_health(*, node_id: object, readings: list[GpuHealth]) -> None:
+def node_report_gpu_health(*, node_id: UUID | str, readings: list[GpuHealth]) -> None:
     """Health read-outs of every GPU, each heartbeat (not audited: they change constantly)."""
     now = timezone.now()
     for reading in readings:
@@ -123,7 +124,7 @@ def node_delete(*, node: Node) -> None:
 
 
 @transaction.atomic
-def node_report_inventory(*, node_id: object, gpus: list[GpuInfo]) -> None:
+def node_report_inventory(*, node_id: UUID | str, gpus: list[GpuInfo]) -> None:
     """Makes the database's GPUs and MIG devices of a node match what its agent reports."""
     node = Node.objects.select_for_update().get(pk=node_id)
     reported = {g.index for g in gpus}
@@ -244,7 +245,7 @@ def node_clear_fault(*, node: Node) -> Node:
     return locked
 
 
-def node_set_mig_endpoints(*, node_id: object, addresses: dict[str, str]) -> None:
+def node_set_mig_endpoints(*, node_id: UUID | str, addresses: dict[str, str]) -> None:
     """Where the Triton of each MIG device listens (not audited: it follows the devices)."""
     for device_uuid, address in addresses.items():
         MigDevice.objects.filter(gpu__node_id=node_id, uuid=device_uuid).update(grpc_address=address)
@@ -288,7 +289,7 @@ def plan_moves(gpu: Gpu, placements: list[dict[str, Any]]) -> tuple[list[dict[st
 
 
 @transaction.atomic
-def mig_dedication_move(*, node_id: object, to_uuid: str, tenant_id: str | None) -> None:
+def mig_dedication_move(*, node_id: UUID | str, to_uuid: str, tenant_id: str | None) -> None:
     """A tenant's dedication follows its slice to the slice's new MIG device; audited."""
     if not tenant_id:
         return

@@ -111,7 +111,7 @@ def sample(replica: Replica, instances: int, client: redis.Redis) -> Sample | No
     finally:
         triton.close()
     now_ns = time.time_ns()
-    current = {
+    current: dict[str, int] = {
         "t": now_ns,
         "count": stats.inference_stats.success.count + stats.inference_stats.fail.count,
         "queue": stats.inference_stats.queue.ns,
@@ -119,8 +119,9 @@ def sample(replica: Replica, instances: int, client: redis.Redis) -> Sample | No
         + stats.inference_stats.compute_output.ns,
     }  # fmt: skip
     key = f"{settings.INSTANCE}:autoscale:{replica.pk}"
-    previous = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
-    client.hset(key, mapping=current)
+    previous = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(key).items()}
+    stored: dict[Any, Any] = dict(current)  # redis-py's mapping type is invariant in its keys
+    client.hset(key, mapping=stored)
     client.expire(key, 3600)
     if not previous or previous.get("count", 0) > current["count"]:  # first sample, or Triton restarted
         return None

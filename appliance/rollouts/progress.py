@@ -16,6 +16,7 @@ import logging
 import time
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.utils import timezone
@@ -85,7 +86,7 @@ def judge(deployment: Deployment, now: float) -> tuple[str, dict[str, Any]]:
     return "pass", record
 
 
-def advance(deployment_id: object) -> str:
+def advance(deployment_id: UUID | str) -> str:
     """One step of one rollout; returns what it did (for logs and tests)."""
     deployment = Deployment.objects.select_related("version__model", "previous__version").filter(pk=deployment_id).first()
     if deployment is None or deployment.state not in ACTIVE_DEPLOYMENT_STATES or deployment.paused:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.db.models import QuerySet
 
 from appliance.nodes.workloads import Workload
@@ -7,7 +9,7 @@ from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, RESIDENT_REPLIC
 from appliance.rollouts.models import Deployment, Replica
 
 
-def resident_replicas(*, node_id: object, model_id: object | None = None, mig_uuid: str | None = "") -> QuerySet[Replica]:
+def resident_replicas(*, node_id: UUID | str, model_id: UUID | str | None = None, mig_uuid: str | None = "") -> QuerySet[Replica]:
     """Replicas whose version must be present in one of the node's Tritons (loading or
     live): the main one (mig_uuid ''), one MIG device's, or all of them (None)."""
     qs = Replica.objects.filter(node_id=node_id, state__in=RESIDENT_REPLICA_STATES)
@@ -18,7 +20,7 @@ def resident_replicas(*, node_id: object, model_id: object | None = None, mig_uu
     return qs.select_related("deployment__version__model")
 
 
-def workloads(*, node_id: object = None, mig_uuid: str | None = None, live_only: bool = False) -> list[Workload]:
+def workloads(*, node_id: UUID | str | None = None, mig_uuid: str | None = None, live_only: bool = False) -> list[Workload]:
     """Resident replicas as the nodes app sees them (its health sweep and MIG moves read
     them through appliance/nodes/workloads.py, where apps.py registers this)."""
     qs = Replica.objects.filter(state__in=[ReplicaState.LIVE] if live_only else RESIDENT_REPLICA_STATES)
@@ -48,9 +50,9 @@ def traffic_split() -> tuple[dict[str, dict[str, int]], frozenset[str]]:
     for model, deployments in per_model.items():
         split: dict[str, int] = {}
         rolling = sum(p for _, s, p in deployments if s != DeploymentState.LIVE)
-        for number, state, percent in deployments:
+        for version, state, percent in deployments:
             share = max(0, 100 - rolling) if state == DeploymentState.LIVE else percent
-            split[number] = max(split.get(number, 0), share)
+            split[version] = max(split.get(version, 0), share)
         weights[model] = split
     # Scaled to zero, or waking: the serving deployment has replicas parked or loading again.
     parked = frozenset(

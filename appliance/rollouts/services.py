@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
@@ -76,7 +77,7 @@ def _normalise_gate(gate: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def serving_deployment(model_id: object) -> Deployment | None:
+def serving_deployment(model_id: UUID | str) -> Deployment | None:
     return Deployment.objects.filter(version__model_id=model_id, state=DeploymentState.LIVE).order_by("-created").first()
 
 
@@ -198,7 +199,7 @@ def deployment_create(
     )  # fmt: skip
 
 
-def placement_check(*, model_id: object, nodes: Sequence[Node], subject: str) -> None:
+def placement_check(*, model_id: UUID | str, nodes: Sequence[Node], subject: str) -> None:
     """Every tenant granted the model must be allowed to have its data processed on
     every node; the first refusal is audited and raised with the rule that decided."""
     from appliance.accounts.models import Tenant
@@ -305,7 +306,7 @@ def _send_apply(replicas: Sequence[Replica]) -> None:
         dispatch.replica_apply(node_name=replica.node.name, replica_id=replica.pk)
 
 
-def replicas_move(*, node_id: object, from_uuid: str, to_uuid: str) -> None:
+def replicas_move(*, node_id: UUID | str, from_uuid: str, to_uuid: str) -> None:
     """Replicas follow their MIG slice to its new device (a reconfiguration); audited."""
     with transaction.atomic():
         for replica in Replica.objects.select_for_update().filter(node_id=node_id, mig_uuid=from_uuid):
@@ -313,7 +314,7 @@ def replicas_move(*, node_id: object, from_uuid: str, to_uuid: str) -> None:
             replica.save(update_fields=["mig_uuid", "updated"])
 
 
-def _nudge(deployment_id: object) -> None:
+def _nudge(deployment_id: UUID | str) -> None:
     """Judge the deployment now rather than at the next tick."""
     from appliance.rollouts.tasks import rollout_advance
 
@@ -343,12 +344,12 @@ def _retire(replicas: Sequence[Replica]) -> list[Replica]:
     return retired
 
 
-def _locked(deployment_id: object) -> Deployment:
+def _locked(deployment_id: UUID | str) -> Deployment:
     return Deployment.objects.select_for_update(of=("self",)).select_related("version__model", "previous").get(pk=deployment_id)
 
 
 @transaction.atomic
-def deployment_start_traffic(*, deployment_id: object) -> Deployment:
+def deployment_start_traffic(*, deployment_id: UUID | str) -> Deployment:
     """Every replica is live: the first traffic step begins (or, for a model's first
     deployment and for all-at-once, the deployment is promoted at once)."""
     deployment = _locked(deployment_id)
@@ -370,7 +371,7 @@ def deployment_start_traffic(*, deployment_id: object) -> Deployment:
 
 
 @transaction.atomic
-def deployment_next_step(*, deployment_id: object, verdict: dict[str, Any]) -> Deployment:
+def deployment_next_step(*, deployment_id: UUID | str, verdict: dict[str, Any]) -> Deployment:
     """The gate passed the current step: record it, then the next step or promotion."""
     deployment = _locked(deployment_id)
     if deployment.state != DeploymentState.PROGRESSING or deployment.paused:
@@ -410,7 +411,7 @@ def _promote(deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def deployment_roll_back(*, deployment_id: object, reason: str, state: str = DeploymentState.FAILED,
+def deployment_roll_back(*, deployment_id: UUID | str, reason: str, state: str = DeploymentState.FAILED,
                          verdict: dict[str, Any] | None = None) -> Deployment:  # fmt: skip
     """Traffic back to the previous version (which never stopped serving), this
     deployment's replicas retired and unloaded after the grace period."""
@@ -430,7 +431,7 @@ def deployment_roll_back(*, deployment_id: object, reason: str, state: str = Dep
 
 
 @transaction.atomic
-def deployment_pause(*, deployment_id: object) -> Deployment:
+def deployment_pause(*, deployment_id: UUID | str) -> Deployment:
     """Holds the traffic split where it is; gates stop judging until resumed."""
     deployment = _locked(deployment_id)
     if deployment.state not in ACTIVE_DEPLOYMENT_STATES:
@@ -442,7 +443,7 @@ def deployment_pause(*, deployment_id: object) -> Deployment:
 
 
 @transaction.atomic
-def deployment_resume(*, deployment_id: object) -> Deployment:
+def deployment_resume(*, deployment_id: UUID | str) -> Deployment:
     """Continues a paused rollout; the current step's window starts again."""
     deployment = _locked(deployment_id)
     if deployment.state not in ACTIVE_DEPLOYMENT_STATES or not deployment.paused:
@@ -455,11 +456,11 @@ def deployment_resume(*, deployment_id: object) -> Deployment:
     return deployment
 
 
-def deployment_abort(*, deployment_id: object, actor: str) -> Deployment:
+def deployment_abort(*, deployment_id: UUID | str, actor: str) -> Deployment:
     return deployment_roll_back(deployment_id=deployment_id, reason=f"aborted by {actor}", state=DeploymentState.ROLLED_BACK)
 
 
-def deployment_rollback(*, deployment_id: object, actor: str) -> Deployment:
+def deployment_rollback(*, deployment_id: UUID | str, actor: str) -> Deployment:
     """An operator's rollback. During a rollout: the previous version takes all
     traffic back at once. After promotion: a new all-at-once deployment of the
     previous version on the same placement (its replicas were unloaded)."""
@@ -524,7 +525,7 @@ def model_wake(*, model_name: str) -> int:
 
 
 @transaction.atomic
-def model_park(*, deployment_id: object) -> int:
+def model_park(*, deployment_id: UUID | str) -> int:
     """Scale to zero: the idle serving deployment's live replicas unload."""
     deployment = _locked(deployment_id)
     if deployment.state != DeploymentState.LIVE:
