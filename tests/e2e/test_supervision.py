@@ -37,13 +37,13 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def world(fleet: Fleet) -> dict[str, Any]:
-    sam = Operator("sam")
-    sam.post("models/", {"name": MODEL})
-    version = sam.upload(MODEL, digits_build.pack(digits_build.train()[0]), like="digits")
-    assert sam.deploy(version, [NODE], fleet)["state"] == "live"
-    sam.post("tenants/", {"slug": "sv", "name": "Supervised"})
-    sam.post("grants/", {"tenant": "sv", "model": MODEL})
-    key = sam.post("api-keys/", {"tenant": "sv", "name": "load"})["key"]
+    sven = Operator("sven")
+    sven.post("models/", {"name": MODEL})
+    version = sven.upload(MODEL, digits_build.pack(digits_build.train()[0]), like="digits")
+    assert sven.deploy(version, [NODE], fleet)["state"] == "live"
+    sven.post("tenants/", {"slug": "sv", "name": "Supervised"})
+    sven.post("grants/", {"tenant": "sv", "model": MODEL})
+    key = sven.post("api-keys/", {"tenant": "sv", "name": "load"})["key"]
     wait_for("the gateway to serve the model", lambda: _answers(fleet.gateway, key), timeout=30, procs=fleet.procs)
     return {"key": key}
 
