@@ -54,7 +54,7 @@ void serve_metrics(const std::string& bind, gw::Front* front, gw::Counters* coun
   if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1 ||
       ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 16) != 0) {
     std::cerr << "gatewayd: cannot serve metrics on " << bind << std::endl;
-    std::exit(1);
+    std::_Exit(1);
   }
   std::thread([fd, front, counters, snapshots] {
     for (;;) {
@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   auto server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::cerr << "gatewayd: cannot listen on " << options["--listen"] << std::endl;
-    return 1;
+    std::_Exit(1);  // not `return`: destructors would wait on the Redis threads' queues forever
   }
   if (options.count("--metrics-bind") && !options["--metrics-bind"].empty())
     serve_metrics(options["--metrics-bind"], &front, &counters, &snapshots);
