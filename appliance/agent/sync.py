@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import tritonclient.grpc as triton_grpc
 from django.conf import settings
 
 from appliance.agent import control
 from appliance.agent.control import Version
-from appliance.agent.runtime import LocalNode
+from appliance.agent.runtime import Endpoint, LocalNode
 from appliance.core.errors import DomainError
 from appliance.core.process import wait_until
 
@@ -21,15 +25,33 @@ class LoadError(RuntimeError):
     """Triton refused to load or did not make ready a version."""
 
 
+_locks: dict[tuple[Path, str], threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _one_writer(repository: Path, model_name: str) -> Iterator[None]:
+    """One writer and loader of a model's directory at a time. The agent's task worker and
+    its Tritons' after-start reloads (supervisor threads) can converge the same model at
+    once -- a MIG reconfiguration's reload step and the new device's Triton reloading what
+    is live on it -- and two writers of one version directory left Triton loading a
+    version whose files the other had just replaced (seen in an end-to-end run)."""
+    with _locks_guard:
+        lock = _locks.setdefault((repository, model_name), threading.RLock())
+    with lock:
+        yield
+
+
 def write_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:
     """Files and config only: what Triton will load next."""
     repo = local.endpoint(mig_uuid).repository
-    if not versions:
-        repo.remove_model(model_name)
-        return
-    for version in versions:
-        repo.materialise(version)
-    repo.write_config(versions[-1], versions=[v.number for v in versions])
+    with _one_writer(repo.root, model_name):
+        if not versions:
+            repo.remove_model(model_name)
+            return
+        for version in versions:
+            repo.materialise(version)
+        repo.write_config(versions[-1], versions=[v.number for v in versions])
 
 
 def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:
@@ -38,6 +60,11 @@ def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mi
     background: versions already serving keep serving until the new set is ready,
     and a failed load leaves the old set in place."""
     endpoint = local.endpoint(mig_uuid)
+    with _one_writer(endpoint.repository.root, model_name):
+        _load(endpoint, local, model_name=model_name, versions=versions, mig_uuid=mig_uuid)
+
+
+def _load(endpoint: Endpoint, local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str) -> None:
     client = endpoint.client()
     if not versions:
         try:
