@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.models import Model
 from appliance.catalog.models import ModelVersion as Version
@@ -48,11 +49,11 @@ def node_queue(node_name: str) -> str:
 
 
 def node_register(*, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str,
-                  triton_version: str = "", tensorrt_version: str = "") -> str:  # fmt: skip
-    """Creates the node or updates its endpoints; returns its id."""
+                  triton_version: str = "", tensorrt_version: str = "", backends: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """Creates the node or updates its endpoints and what its Triton can serve; returns its id."""
     node = nodes.node_register(name=name, zone=zone, grpc_address=grpc_address, http_address=http_address,
                                metrics_address=metrics_address, triton_version=triton_version,
-                               tensorrt_version=tensorrt_version)  # fmt: skip
+                               tensorrt_version=tensorrt_version, backends=list(backends))  # fmt: skip
     return str(node.pk)
 
 
@@ -190,9 +191,15 @@ def fetch_artifact(*, version: Version, into: Path) -> None:
     unpack_into(artifact_read_verified(version.artifact_sha256), version.format, into)
 
 
-def triton_config(*, version: Version, versions: list[int]) -> str:
-    """config.pbtxt for the model serving `versions`, from `version` (the newest) and its profile."""
-    return render_config(version, versions=versions)
+def triton_config(*, version: Version, versions: list[int], backends: tuple[str, ...] = ()) -> str:
+    """config.pbtxt for the model serving `versions`, from `version` (the newest) and its
+    profile, naming the backend that serves its format among the node's `backends`."""
+    return render_config(version, versions=versions, backends=backends)
+
+
+def wraps_onnx_in_python(*, version: Version, backends: tuple[str, ...]) -> bool:
+    """Whether the node serves this version through the appliance's ONNX Runtime model.py."""
+    return runtimes.wraps_onnx_in_python(version.format, backends)
 
 
 def warmup_files(*, version: Version) -> dict[str, bytes]:

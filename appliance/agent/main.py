@@ -17,9 +17,9 @@ from django.db import close_old_connections
 
 from appliance.agent import control, sync
 from appliance.agent.mig_servers import MigServers
-from appliance.agent.repository import ModelRepository
+from appliance.agent.repository import ModelRepository, installed_backends
 from appliance.agent.runtime import LocalNode, set_local
-from appliance.agent.triton import TritonPorts, TritonSupervisor, triton_ready
+from appliance.agent.triton import TritonInstall, TritonPorts, TritonSupervisor, triton_ready
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.nodes.inventory.base import Inventory, open_inventory
@@ -97,12 +97,15 @@ def _reload_after_start(local: LocalNode, mig_uuid: str = "") -> None:
 def run_agent(options: AgentOptions) -> None:
     from appliance.celery import app
 
-    repository = ModelRepository(options.workdir / "models")
+    install = TritonInstall.discover()
+    backends = installed_backends(install.backend_dir)
+    repository = ModelRepository(options.workdir / "models", backends=backends)
     supervisor = TritonSupervisor(
         node_name=options.name,
         repository=repository.root,
         ports=options.ports,
         log_path=options.workdir / "logs" / "tritonserver.log",
+        install=install,
     )
     with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
         node_id = control.node_register(
@@ -112,6 +115,7 @@ def run_agent(options: AgentOptions) -> None:
             http_address=options.ports.http_address,
             metrics_address=options.ports.metrics_address,
             tensorrt_version=_tensorrt_version(),
+            backends=backends,
         )
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
@@ -122,7 +126,7 @@ def run_agent(options: AgentOptions) -> None:
     mig_servers.after_start = lambda uuid: _reload_after_start(local, uuid)
     _start_mig_servers(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
-    supervisor.on_start.append(lambda: _record_version(options.name, options))
+    supervisor.on_start.append(lambda: _record_version(options.name, options, backends))
     stop = threading.Event()
     supervisor.start()
     threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True).start()
@@ -168,7 +172,7 @@ def _tensorrt_version() -> str:
     return str(getattr(tensorrt, "__version__", ""))
 
 
-def _record_version(name: str, options: AgentOptions) -> None:
+def _record_version(name: str, options: AgentOptions, backends: tuple[str, ...]) -> None:
     version = _triton_version(options.ports.grpc_address)
     if version:
         with audit_context(origin=Origin.AGENT, actor=f"agent:{name}"):
@@ -180,4 +184,5 @@ def _record_version(name: str, options: AgentOptions) -> None:
                 metrics_address=options.ports.metrics_address,
                 triton_version=version,
                 tensorrt_version=_tensorrt_version(),
+                backends=backends,
             )

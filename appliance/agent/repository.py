@@ -6,6 +6,7 @@ half-written version directory or config.pbtxt.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,11 +16,22 @@ from appliance.agent import control
 from appliance.agent.control import WARMUP_DIR, Version
 
 _MARKER = ".appliance-sha256"
+# Written beside model.onnx where the node serves ONNX through the Python backend.
+ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")
+
+
+def installed_backends(backend_dir: Path) -> tuple[str, ...]:
+    """The backends a Triton has: the subdirectories of its backend directory."""
+    if not backend_dir.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in backend_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
 @dataclass(frozen=True)
 class ModelRepository:
     root: Path
+    # The backends of the Triton that reads this directory (installed_backends).
+    backends: tuple[str, ...] = ()
 
     def model_dir(self, model_name: str) -> Path:
         return self.root / model_name
@@ -32,12 +44,17 @@ class ModelRepository:
         A directory already holding the same artifact is kept (idempotent)."""
         target = self.version_dir(version.model.name, version.number)
         marker = target / _MARKER
-        if marker.exists() and marker.read_text() == version.artifact_sha256:
+        runner = control.wraps_onnx_in_python(version=version, backends=self.backends)
+        # The runner is part of what the directory holds: a new agent release rewrites it.
+        stamp = version.artifact_sha256 + (f" {hashlib.sha256(ONNX_RUNNER.read_bytes()).hexdigest()}" if runner else "")
+        if marker.exists() and marker.read_text() == stamp:
             return target
         staging = target.with_name(f".{target.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         control.fetch_artifact(version=version, into=staging)
-        (staging / _MARKER).write_text(version.artifact_sha256)
+        if runner:
+            shutil.copyfile(ONNX_RUNNER, staging / "model.py")
+        (staging / _MARKER).write_text(stamp)
         if target.exists():
             shutil.rmtree(target)
         os.rename(staging, target)
@@ -46,7 +63,7 @@ class ModelRepository:
     def write_config(self, version: Version, *, versions: list[int]) -> str:
         """config.pbtxt from the newest version and the model's serving profile, with
         the warm-up sample files it names (written first: Triton reads them at load)."""
-        text = control.triton_config(version=version, versions=versions)
+        text = control.triton_config(version=version, versions=versions, backends=self.backends)
         model_dir = self.model_dir(version.model.name)
         model_dir.mkdir(parents=True, exist_ok=True)
         files = control.warmup_files(version=version)

@@ -40,7 +40,7 @@ class LocalNode:
         if self.mig_servers is None or mig_uuid not in self.mig_servers.servers:
             raise LookupError(f"MIG device {mig_uuid} has no Triton on node {self.name}")
         supervisor = self.mig_servers.servers[mig_uuid][1]
-        return Endpoint(ModelRepository(supervisor.repository), supervisor.ports.grpc_address)
+        return Endpoint(ModelRepository(supervisor.repository, backends=self.repository.backends), supervisor.ports.grpc_address)
 
 
 _local: LocalNode | None = None

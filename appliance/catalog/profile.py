@@ -90,6 +90,11 @@ class ServingProfileSerializer(serializers.Serializer):
     instance_group = InstanceGroupSerializer(required=False)
     warmup = WarmupSerializer(required=False)
     response_cache = serializers.BooleanField(default=False, help_text="Triton's own response cache on the node")
+    onnx_threads = serializers.IntegerField(
+        min_value=1, max_value=64, default=1,
+        help_text="ONNX Runtime intra-op threads per instance where a node serves an ONNX version through the "
+        "Python backend (its Triton has no ONNX Runtime backend)",
+    )  # fmt: skip
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):

@@ -8,7 +8,7 @@ checked against the version before anything is built.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -16,15 +16,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
+from appliance.catalog import runtimes
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
-from appliance.catalog.profile import check_against, effective_batch_size, normalise, warmup_source
+from appliance.catalog.profile import ProfileError, check_against, effective_batch_size, normalise, warmup_source
 
-_BACKEND = {
-    ArtifactFormat.ONNX: ("onnxruntime", ""),
-    ArtifactFormat.TENSORRT_PLAN: ("tensorrt", "tensorrt_plan"),
-    ArtifactFormat.PYTHON: ("python", ""),
-}
+# Triton's platform name, where a backend wants one besides its name.
+_PLATFORM = {runtimes.TENSORRT: "tensorrt_plan"}
 _KIND = {"auto": mc.ModelInstanceGroup.KIND_AUTO, "cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 _ACTION = {"reject": mc.ModelQueuePolicy.REJECT, "delay": mc.ModelQueuePolicy.DELAY}
 WARMUP_DIR = "warmup"
@@ -59,20 +57,28 @@ def warmup_files(version: ModelVersion, profile: Any) -> dict[str, bytes]:
     return files
 
 
-def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None) -> mc.ModelConfig:
+def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None,
+                 backends: Collection[str] = ()) -> mc.ModelConfig:  # fmt: skip
+    """The config for a Triton whose backends are `backends` (empty: the format's native
+    backend, as catalog/runtimes.py assumes for a node that has not reported them)."""
     if profile is None:
         profile = version.model.serving_profile
     spec = normalise(profile)
     check_against(version, spec)
     batch = effective_batch_size(version, spec)
     config = mc.ModelConfig(name=version.model.name, max_batch_size=batch)
+    backend = runtimes.serving_backend(version.format, backends)
+    if backend is None:
+        raise ProfileError(runtimes.backend_refusal(version.format, backends))
     if version.format == ArtifactFormat.ENSEMBLE:
         config.platform = "ensemble"
     else:
-        backend, platform = _BACKEND[ArtifactFormat(version.format)]
         config.backend = backend
-        if platform:
-            config.platform = platform
+        if backend in _PLATFORM:
+            config.platform = _PLATFORM[backend]
+    if runtimes.wraps_onnx_in_python(version.format, backends):
+        # agent/onnx_runner.py reads it: ONNX Runtime's intra-op threads per instance.
+        config.parameters["onnx_threads"].string_value = str(spec["onnx_threads"])
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     for tensor in version.signature["inputs"]:
         config.input.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
@@ -103,7 +109,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
 
     group = spec["instance_group"]
     kind = group["kind"]
-    if kind == "auto" and version.format == ArtifactFormat.PYTHON:
+    if kind == "auto" and backend == runtimes.PYTHON:
         kind = "cpu"
     if version.format != ArtifactFormat.ENSEMBLE:
         instance = config.instance_group.add(kind=_KIND[kind], count=group["count"])
@@ -128,5 +134,6 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
     return config
 
 
-def render_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None) -> str:
-    return text_format.MessageToString(build_config(version, versions=versions, profile=profile))
+def render_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None,
+                  backends: Collection[str] = ()) -> str:  # fmt: skip
+    return text_format.MessageToString(build_config(version, versions=versions, profile=profile, backends=backends))

@@ -32,6 +32,9 @@ class Node(Audited):
     triton_version = models.CharField(max_length=32, blank=True)
     # The TensorRT the node's Triton runs (blank: none, so no TensorRT plan is placed here).
     tensorrt_version = models.CharField(max_length=32, blank=True)
+    # The backends the node's Triton has (its backend directory's subdirectories), as its agent
+    # reported them; [] = not reported. catalog/runtimes.py decides what they can serve.
+    backends = models.JSONField(default=list, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # What the agent itself last saw of its Triton (the sweep also probes it from here).
     triton_ready = models.BooleanField(default=False)

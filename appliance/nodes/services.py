@@ -39,9 +39,10 @@ def node_create(
 @transaction.atomic
 def node_register(
     *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = "",
-    tensorrt_version: str = "",
+    tensorrt_version: str = "", backends: list[str] | None = None,
 ) -> Node:
-    """Called by a node agent at start: creates the node or updates its endpoints."""
+    """Called by a node agent at start: creates the node or updates its endpoints, and
+    the backends its Triton has (None: leave them as they are)."""
     node = Node.objects.select_for_update().filter(name=name).first()
     if node is None:
         node = Node(name=name, zone=zone)
@@ -51,6 +52,8 @@ def node_register(
     if triton_version:
         node.triton_version = triton_version
     node.tensorrt_version = tensorrt_version
+    if backends is not None:
+        node.backends = sorted(set(backends))
     node.full_clean()
     node.save()
     return node

@@ -544,3 +544,45 @@ def test_under_overload_critical_keeps_its_latency_while_batch_is_shed(fleet: Fl
     # Measured here: 43 ms unloaded, 86-89 ms with 32 batch clients on the same 2 cores (a critical request
     # still waits for the batch Triton is executing); a batch-class request would wait out the queue or be shed.
     assert loaded <= 2.5 * unloaded, f"critical median {loaded * 1000:.1f} ms under overload vs {unloaded * 1000:.1f} ms unloaded"
+
+
+def test_an_onnx_version_rolls_out_on_cpu_nodes_and_answers_through_the_gateway(fleet: Fleet, world: dict[str, Any]) -> None:
+    """The CPU Triton here has only the Python backend: the nodes say so, and an ONNX
+    upload is served through the appliance's ONNX Runtime model.py, batched, with the
+    answers the graph computes."""
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from triton_models.digits import onnx as digits_onnx
+
+    olga = world["olga"]
+    for name in NODES:
+        assert olga.get(f"nodes/{name}/")["backends"] == ["python"]
+    olga.post("models/", {"name": "digits-onnx"})
+    olga.post("grants/", {"tenant": "lifeco", "model": "digits-onnx"})
+    spec = manifest("digits")
+    version = olga.post("versions/", {
+        "model": "digits-onnx", "format": "onnx", "signature": json.dumps(spec["signature"]),
+        "max_batch_size": spec["max_batch_size"],
+        "artifact": SimpleUploadedFile("model.onnx", digits_onnx.graph(world["weights"])),
+    }, fmt="multipart")  # fmt: skip
+    done = olga.wait_ended(olga.post("deployments/", {"version": version["id"], "nodes": NODES})["id"], fleet)
+    assert done["state"] == "live", done["error"]
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{fleet.node_ports['node-a']['grpc']}")
+    config = direct.get_model_config("digits-onnx", as_json=True)["config"]
+    assert config["backend"] == "python" and config["parameters"]["onnx_threads"]["string_value"] == "1"
+    assert "dynamic_batching" in config  # kept: the runner stacks a batch's requests into one call
+
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    headers = {"authorization": f"Bearer {world['key']}"}
+    probabilities, labels = digits_onnx.reference(world["weights"], IMAGES[:16])
+    tensor = grpcclient.InferInput("IMAGE", [16, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGES[:16].astype(np.float32))
+    answer = client.infer("digits-onnx", [tensor], headers=headers)
+    assert np.array_equal(answer.as_numpy("LABEL"), labels)
+    assert np.allclose(answer.as_numpy("PROBABILITIES"), probabilities, atol=1e-5)
+    # Single-row requests from several clients at once: Triton batches them into one call of the runner.
+    with Load(fleet.gateway, world["key"], threads=8, model="digits-onnx") as load:
+        wait_for("answers", lambda: len(load.results) >= 200, timeout=60, procs=fleet.procs)
+    assert not load.failures(), load.failures()[:3]

@@ -51,16 +51,19 @@ class NodeSerializer(serializers.ModelSerializer):
     compliance_tags = slug_list_field(required=False)
     gpus = GpuSerializer(many=True, read_only=True)
     state = serializers.CharField(read_only=True, help_text="admin state when not active, else health")
+    backends = serializers.ListField(child=serializers.CharField(), read_only=True,
+                                     help_text="the backends the node's Triton has, as its agent reported them")  # fmt: skip
 
     class Meta:
         model = Node
         fields = [
             "id", "name", "zone", "site", "compliance_tags", "grpc_address", "http_address", "metrics_address",
             "state", "admin_state", "health", "health_reasons", "health_checked", "fault",
-            "triton_version", "last_heartbeat", "gpus", "created", "updated",
+            "triton_version", "tensorrt_version", "backends", "last_heartbeat", "gpus", "created", "updated",
         ]  # fmt: skip
         read_only_fields = ["id", "admin_state", "health", "health_reasons", "health_checked", "fault", "triton_version",
-                            "last_heartbeat", "created", "updated", "metrics_address"]  # fmt: skip
+                            "tensorrt_version", "backends", "last_heartbeat", "created", "updated",
+                            "metrics_address"]  # fmt: skip
 
 
 class NodeUpdateSerializer(serializers.Serializer):

@@ -1,0 +1,57 @@
+"""Which Triton backend serves a version's format on a node, from the backends the
+node's agent reports (the subdirectories of its Triton's backend directory).
+
+The one home of that rule: placement refuses a node with no backend for the format
+(rollouts.services.format_refusal), the config generator names the backend chosen
+(tritonconfig.build_config) and the agent writes what that backend needs beside the
+artifact (agent/repository.py). ONNX is served everywhere a Python backend is: where
+the node's Triton has no ONNX Runtime backend (the CPU Triton of this appliance has
+only the Python backend), the appliance serves model.onnx through ONNX Runtime inside
+the Python backend with a model.py of its own (agent/onnx_runner.py); ONNX Runtime is
+part of the Triton environment the appliance installs (requirements-triton.txt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from appliance.catalog.choices import ArtifactFormat
+
+ONNXRUNTIME = "onnxruntime"
+PYTHON = "python"
+TENSORRT = "tensorrt"
+
+# What each format can be served by, in order of preference.
+_SERVED_BY: dict[str, tuple[str, ...]] = {
+    ArtifactFormat.ONNX: (ONNXRUNTIME, PYTHON),
+    ArtifactFormat.TENSORRT_PLAN: (TENSORRT,),
+    ArtifactFormat.PYTHON: (PYTHON,),
+    ArtifactFormat.ENSEMBLE: ("",),  # Triton's core runs ensembles
+}
+
+
+def serving_backend(fmt: str, backends: Collection[str]) -> str | None:
+    """The backend that serves `fmt` on a node with `backends` ('' for an ensemble), or
+    None when none can. An empty `backends` is a node whose agent has not reported them
+    (an agent older than the report): the format's native backend is assumed."""
+    choices = _SERVED_BY[fmt]
+    if not backends:
+        return choices[0]
+    for choice in choices:
+        if not choice or choice in backends:
+            return choice
+    return None
+
+
+def backend_refusal(fmt: str, backends: Collection[str]) -> str:
+    """Why a node with `backends` cannot serve `fmt`, or ''."""
+    if serving_backend(fmt, backends) is not None:
+        return ""
+    need = " or ".join(f"the {b} backend" for b in _SERVED_BY[fmt])
+    have = ", ".join(sorted(backends))
+    return f"a {fmt} version needs {need}; the node's Triton has {have}"
+
+
+def wraps_onnx_in_python(fmt: str, backends: Collection[str]) -> bool:
+    """True where an ONNX version is served by the appliance's ONNX Runtime model.py."""
+    return fmt == ArtifactFormat.ONNX and serving_backend(fmt, backends) == PYTHON
