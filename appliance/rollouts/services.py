@@ -110,8 +110,11 @@ def place(*, version: ModelVersion, count: int, exclude: Sequence[object] = ()) 
 
 def format_refusal(version: ModelVersion, node: Node) -> str:
     """Why this node cannot run this version's format, or ''."""
-    if version.format != ArtifactFormat.TENSORRT_PLAN:
-        return ""
+    from appliance.catalog.runtimes import backend_refusal
+
+    missing = backend_refusal(version.format, node.backends)
+    if missing or version.format != ArtifactFormat.TENSORRT_PLAN:
+        return missing
     from appliance.nodes.mig.catalog import GPU_MODELS
 
     capabilities = {GPU_MODELS[g.model].compute_capability for g in node.gpus.all() if g.model in GPU_MODELS}
