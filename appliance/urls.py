@@ -7,7 +7,7 @@ from rest_framework.routers import APIRootView, DefaultRouter
 import appliance.core.admin_registry  # noqa: F401  (registers the read-only admin views)
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
-from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet
+from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet, ValidationSetViewSet
 from appliance.nodes.api.views import MigDeviceViewSet, MigPlanView, NodeViewSet, ReconfigurationViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
@@ -22,6 +22,7 @@ router.APIRootView = ApiRootView
 router.register("nodes", NodeViewSet)
 router.register("models", ModelViewSet)
 router.register("versions", ModelVersionViewSet)
+router.register("validation-sets", ValidationSetViewSet)
 router.register("deployments", DeploymentViewSet)
 router.register("tenants", TenantViewSet)
 router.register("api-keys", ApiKeyViewSet)

@@ -75,11 +75,15 @@ MATRIX: dict[str, Resource] = {
     # The catalog and rollouts: a tenant admin reads what concerns the models granted to the tenant.
     "model": Resource(_crud(READERS | {TENANT_ADMIN}, STAFF), tenant_path="grants__tenant"),
     "version": Resource({READ: READERS | {TENANT_ADMIN}, CREATE: STAFF}, tenant_path="model__grants__tenant"),
+    # override: deploying a version the accuracy gate refuses (the gate_override_reason field of a create).
     "deployment": Resource(
         {READ: READERS | {TENANT_ADMIN}, CREATE: STAFF, "pause": STAFF, "resume": STAFF, "abort": STAFF,
-         "rollback": STAFF},
+         "rollback": STAFF, "override": ADMINS},
         tenant_path="version__model__grants__tenant",
     ),  # fmt: skip
+    # The accuracy gate's validation sets: adding one only tightens the gate (staff); deleting one loosens
+    # it as an override would (an admin's). Not a tenant admin's: the gate is the operators' check.
+    "validation_set": Resource({READ: READERS, CREATE: STAFF, DELETE: ADMINS}),
     # Tenants: limits and grants are the operators'; the keys are also the tenant admin's.
     "tenant": Resource(_crud(READERS | {TENANT_ADMIN}, STAFF), tenant_path="pk"),
     "grant": Resource({READ: READERS | {TENANT_ADMIN}, CREATE: STAFF, DELETE: STAFF}, tenant_path="tenant"),

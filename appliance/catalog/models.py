@@ -7,6 +7,7 @@ from django.db import models
 from appliance.accounts.models import slug_validator
 from appliance.audit.mixins import Audited
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
+from appliance.optimisation.validation_data import METRICS
 
 
 class Model(Audited):
@@ -67,3 +68,61 @@ class ModelVersion(Audited):
 
     def __str__(self) -> str:
         return f"{self.model.name}:{self.number}"
+
+
+def _relative_drop_validator(value: float) -> None:
+    from django.core.exceptions import ValidationError
+
+    if not 0 <= value < 1:
+        raise ValidationError(f"max_relative_drop must be at least 0 and below 1 (a fraction: 0.01 is 1 %); got {value}")
+
+
+class ValidationSet(Audited):
+    """Labelled inputs of a model that its derived versions must score on within a margin of their parent."""
+
+    audit_type = "validation_set"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # CASCADE: a model can be deleted only without versions (PROTECT), and then its sets judge nothing.
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="validation_sets")
+    name = models.CharField(max_length=63, validators=[slug_validator])
+    metric = models.CharField(max_length=32, choices=[(m, m) for m in METRICS])
+    # The candidate may score at most this fraction below its parent (0.01: 1 %).
+    max_relative_drop = models.FloatField(default=0.01, validators=[_relative_drop_validator])
+    # The file, content-addressed in the artifact store (catalog/artifacts.py); its format: optimisation/validation_data.py.
+    content_sha256 = models.CharField(max_length=64)
+    content_size = models.BigIntegerField()
+    rows = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="validation_set_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}/{self.name}"
+
+
+class GateResult(Audited):
+    """One run of the accuracy gate: a version (the candidate) against its parent on one validation set."""
+
+    audit_type = "gate_result"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="gate_results")
+    # CASCADE: deleting a set (an admin's decision, audited) takes its results along; the audit trail keeps them.
+    validation_set = models.ForeignKey(ValidationSet, on_delete=models.CASCADE, related_name="gate_results")
+    passed = models.BooleanField()
+    # [{"name", "measured", "baseline", "threshold", "passed"}]
+    checks = models.JSONField(default=list, blank=True)
+    values = models.JSONField(default=dict, blank=True)  # the candidate's metric values
+    baseline_values = models.JSONField(default=dict, blank=True)  # the parent's
+    measured_on = models.CharField(max_length=200)  # "node-a (CPU, onnxruntime 1.22.1)"
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["version", "validation_set", "-created"], name="gate_result_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.version} on {self.validation_set.name}: {'passed' if self.passed else 'failed'}"

@@ -1,7 +1,9 @@
-"""Writes for models and their versions."""
+"""Writes for models, their versions, their validation sets and the gate's results."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import IO, Any
 
 from django.db import transaction
@@ -10,10 +12,17 @@ from django.db.models import Max
 from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_read_verified, check_archive
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.ensemble import parse_steps
-from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.models import GateResult, Model, ModelVersion, ValidationSet
 from appliance.catalog.profile import check_against, normalise
 from appliance.catalog.signature import validate_samples, validate_signature
+from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
+from appliance.optimisation.validation_data import (
+    METRICS,
+    ValidationSetError,
+    check_against_signature,
+    parse_validation_set,
+)
 
 
 @transaction.atomic
@@ -121,3 +130,75 @@ def model_update(
 @transaction.atomic
 def model_delete(*, model: Model) -> None:
     model.delete()
+
+
+@transaction.atomic
+def validation_set_upload(
+    *, model: Model, name: str, metric: str, max_relative_drop: float = 0.01, content: IO[bytes]
+) -> ValidationSet:
+    """Stores the file content-addressed (as artifacts are), parses it for `metric` and
+    checks it against the signature of the model's newest version, where it has one.
+    Refused with the parser's own message (ValidationSetError, 400); a name the model
+    already uses is 409."""
+    if metric not in METRICS:
+        raise ValidationSetError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    if not (isinstance(max_relative_drop, int | float) and math.isfinite(max_relative_drop) and 0 <= max_relative_drop < 1):
+        raise ValidationSetError(f"max_relative_drop is a fraction at least 0 and below 1 (0.01 is 1 %); got {max_relative_drop}")
+    sha256, size = artifact_put(content)
+    if size == 0:
+        raise ValidationSetError("the validation set file is empty")
+    parsed = parse_validation_set(artifact_read_verified(sha256), metric=metric)
+    newest = model.versions.order_by("-number").first()
+    if newest is not None:
+        check_against_signature(parsed, newest.signature)
+    locked = Model.objects.select_for_update().get(pk=model.pk)
+    if locked.validation_sets.filter(name=name).exists():
+        raise ConflictError(f"model '{model.name}' already has a validation set named '{name}'")
+    validation_set = ValidationSet(model=locked, name=name, metric=metric, max_relative_drop=max_relative_drop,
+                                   content_sha256=sha256, content_size=size, rows=parsed.rows)  # fmt: skip
+    validation_set.full_clean()
+    validation_set.save()
+    return validation_set
+
+
+@transaction.atomic
+def validation_set_delete(*, validation_set: ValidationSet) -> None:
+    """The set and its gate results go (audited, each); the file stays in the store, which
+    is content-addressed and may hold the same bytes for another set."""
+    validation_set.delete()
+
+
+_CHECK_KEYS = ("name", "measured", "baseline", "threshold", "passed")
+
+
+@transaction.atomic
+def gate_record(
+    *,
+    version: ModelVersion,
+    validation_set: ValidationSet,
+    passed: bool,
+    checks: Sequence[dict[str, Any]],
+    values: dict[str, Any],
+    baseline_values: dict[str, Any],
+    measured_on: str,
+) -> GateResult:
+    """Records one run of the accuracy gate (the optimisation job calls this). The
+    verdict must agree with its checks: a pass needs at least one check and every check
+    passed; a failure needs a failed check, or none at all (the run could not measure)."""
+    if validation_set.model_id != version.model_id:
+        raise DomainError(f"validation set '{validation_set.name}' belongs to model '{validation_set.model.name}', "
+                          f"not to {version}")  # fmt: skip
+    rows = [dict(check) for check in checks]
+    for check in rows:
+        missing = [key for key in _CHECK_KEYS if key not in check]
+        if missing:
+            raise DomainError(f"gate check {check.get('name', '?')!r} lacks {', '.join(missing)}")
+    if passed and not (rows and all(check["passed"] for check in rows)):
+        raise DomainError("a passed gate needs at least one check, and every check passed")
+    if not passed and rows and all(check["passed"] for check in rows):
+        raise DomainError("a failed gate needs a failed check (or none: the run could not measure)")
+    result = GateResult(version=version, validation_set=validation_set, passed=passed, checks=rows, values=values,
+                        baseline_values=baseline_values, measured_on=measured_on)  # fmt: skip
+    result.full_clean()
+    result.save()
+    return result

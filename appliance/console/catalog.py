@@ -1,6 +1,7 @@
 """Console pages of the catalog: models with their versions, lineage, signatures,
-serving profile and generated config.pbtxt; uploading a version (with a progress
-bar in the browser); starting a rollout."""
+serving profile and generated config.pbtxt, validation sets and the accuracy gate's
+results; uploading a version (with a progress bar in the browser) or a validation
+set; starting a rollout."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework import serializers
 
-from appliance.catalog.api.serializers import ModelVersionCreateSerializer
+from appliance.catalog.api.serializers import ModelVersionCreateSerializer, ValidationSetCreateSerializer
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import ProfileError
-from appliance.catalog.services import version_upload
+from appliance.catalog.selectors import GateStatus, gate_statuses
+from appliance.catalog.services import validation_set_upload, version_upload
 from appliance.catalog.tritonconfig import render_config
-from appliance.console.access import context, domain_errors, guarded, scoped
+from appliance.console.access import context, domain_errors, guarded, require, scoped
 from appliance.core.errors import DomainError
 from appliance.nodes.models import Node
+from appliance.optimisation.validation_data import METRICS
 from appliance.rollouts import services as rollout_services
 from appliance.rollouts.choices import Strategy
 
@@ -56,13 +59,49 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
     versions = list(obj.versions.select_related("parent").order_by("-number"))
     chosen = next((v for v in versions if str(v.number) == request.GET.get("version")), versions[0] if versions else None)
     serving = rollout_services.serving_deployment(obj.pk)
-    return render(request, "console/model.html", context(
+    ctx = context(
         request, model=obj, versions=versions, chosen=chosen, serving=serving,
         config=_config(chosen) if chosen else "", signature=json.dumps(chosen.signature, indent=2) if chosen else "",
         profile=json.dumps(obj.serving_profile, indent=2, sort_keys=True) if obj.serving_profile else "",
         deployments=_deployments_of(obj),
-        change_kinds=ChangeKind.choices, formats=ArtifactFormat.choices,
-    ))  # fmt: skip
+        change_kinds=ChangeKind.choices, formats=ArtifactFormat.choices, metrics=METRICS,
+    )  # fmt: skip
+    ctx["version_rows"] = [(v, None) for v in versions]
+    if ctx["may"]["validation_set"]["read"]:  # the gate's sets and results are the operators' (accounts/access.py)
+        statuses = gate_statuses(versions)
+        ctx.update(validation_sets=obj.validation_sets.order_by("name"),
+                   version_rows=[(v, _gate_summary(v, statuses[v.pk])) for v in versions],
+                   chosen_gate=_gate_details(statuses[chosen.pk]) if chosen and chosen.parent_id else None)  # fmt: skip
+    return render(request, "console/model.html", ctx)
+
+
+def _gate_details(status: GateStatus) -> list[tuple[Any, Any, list[tuple[bool, str]]]]:
+    """(set, latest result, [(passed, "name: measured / threshold (parent)")]) for the chosen version."""
+    def shown(value: Any) -> str:
+        return f"{value:.6g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+    return [
+        (validation_set, result, [
+            (bool(c.get("passed")), f"{c.get('name')}: {shown(c.get('measured'))} / {shown(c.get('threshold'))} "
+                                    f"({shown(c.get('baseline'))})") for c in (result.checks if result else [])
+        ])
+        for validation_set, result in status
+    ]  # fmt: skip
+
+
+def _gate_summary(version: ModelVersion, status: GateStatus) -> tuple[str, str]:
+    """(a CSS state, a few words) for the versions table."""
+    if version.parent_id is None:
+        return "", "reference (not gated)"
+    if not status:
+        return "", "no validation set"
+    failed = sum(1 for _, result in status if result is not None and not result.passed)
+    missing = sum(1 for _, result in status if result is None)
+    if not failed and not missing:
+        return "live", f"passed ({len(status)} of {len(status)})"
+    words = [f"failed on {failed}"] if failed else []
+    words += [f"not run on {missing}"] if missing else []
+    return ("failed" if failed else "pending"), f"{', '.join(words)} of {len(status)}"
 
 
 def _deployments_of(model: Model) -> Any:
@@ -118,12 +157,29 @@ def _version(request: HttpRequest, name: str, number: int) -> ModelVersion:
     return version
 
 
+@require_POST
+@guarded("validation_set", "create")
+@domain_errors
+def validation_set_add(request: HttpRequest, name: str) -> HttpResponse:
+    """A validation set for the model's accuracy gate, through the API's upload service."""
+    model = get_object_or_404(_models(request), name=name)
+    data: dict[str, Any] = {k: v for k, v in request.POST.items() if v != ""}
+    data.update(request.FILES.dict(), model=model.name)
+    body = ValidationSetCreateSerializer(data=data)
+    if not body.is_valid():
+        return HttpResponse(_messages(body.errors), status=400, content_type="text/plain; charset=utf-8")
+    validation_set_upload(**body.upload_kwargs())
+    return redirect("console:model", name=model.name)
+
+
 @guarded("deployment", "create")
 def rollout_form(request: HttpRequest, name: str, number: int) -> HttpResponse:
     version = _version(request, name, number)
+    failures = rollout_services.accuracy_gate_failures(version)
     return render(request, "console/rollout_form.html", context(
         request, version=version, strategies=Strategy.choices, nodes=Node.objects.order_by("name"),
         serving=rollout_services.serving_deployment(version.model_id),
+        gate_refusal=rollout_services.gate_refusal_text(version, failures) if failures else "",
     ))  # fmt: skip
 
 
@@ -147,8 +203,11 @@ def rollout_start(request: HttpRequest, name: str, number: int) -> HttpResponse:
     replicas = _ints(post.get("replicas", ""), "replicas")[:1] if target == "replicas" else []
     steps = _ints(post.get("steps", ""), "steps") or None
     seconds = _ints(post.get("step_seconds", ""), "seconds per step")
+    override = post.get("gate_override_reason", "").strip()
+    if override:
+        require(request, "deployment", "override")
     deployment = rollout_services.deployment_create(
         version=version, nodes=nodes, replicas=replicas[0] if replicas else None, strategy=post.get("strategy", ""),
-        steps=steps, step_seconds=seconds[0] if seconds else None,
+        steps=steps, step_seconds=seconds[0] if seconds else None, gate_override_reason=override,
     )  # fmt: skip
     return redirect("console:deployment", pk=deployment.pk)

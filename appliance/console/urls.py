@@ -25,6 +25,7 @@ urlpatterns = [
     path("models/", catalog.models, name="models"),
     path("models/upload/", catalog.upload, name="upload"),
     path("models/<slug:name>/", catalog.model, name="model"),
+    path("models/<slug:name>/validation-sets/", catalog.validation_set_add, name="validation-set-add"),
     path("models/<slug:name>/versions/<int:number>/rollout/", catalog.rollout_form, name="rollout-form"),
     path("models/<slug:name>/versions/<int:number>/rollout/start/", catalog.rollout_start, name="rollout-start"),
     path("deployments/", views.deployments, name="deployments"),

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from appliance.audit.services import audit_record
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.core.errors import ConflictError, DomainError
@@ -33,6 +34,8 @@ from appliance.rollouts.models import DEFAULT_GATE, Deployment, Replica
 
 DEFAULT_CANARY_STEPS = (10, 50, 100)
 DEFAULT_STEP_SECONDS = {Strategy.ALL_AT_ONCE: 0, Strategy.BLUE_GREEN: 60, Strategy.CANARY: 30}
+# A deployment that took all of its model's traffic: its version has served (the accuracy gate lets it back).
+SERVED_STATES = (DeploymentState.LIVE, DeploymentState.SUPERSEDED)
 
 
 class RolloutError(DomainError):
@@ -45,6 +48,14 @@ class RolloutBusy(ConflictError):
 
 class RolloutStateError(ConflictError):
     """The deployment is not in a state that allows this action."""
+
+
+class GateRefused(ConflictError):
+    """The version has not passed the accuracy gate on every validation set of its model."""
+
+    def __init__(self, message: str, failures: list[str]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 def _normalise_steps(strategy: str, steps: Sequence[int] | None) -> list[int]:
@@ -153,6 +164,7 @@ def deployment_create(
     steps: Sequence[int] | None = None,
     step_seconds: int | None = None,
     gate: dict[str, Any] | None = None,
+    gate_override_reason: str = "",
 ) -> Deployment:
     """Records the deployment and its replicas and starts its rollout after commit.
 
@@ -160,7 +172,17 @@ def deployment_create(
     or, when neither is given, wherever the serving version runs now. Refused
     when the residency policy forbids a node for a tenant the model serves, when
     a node cannot run the format, or when the serving profile does not fit the
-    version (checked here, before any node sees a config)."""
+    version (checked here, before any node sees a config).
+
+    The accuracy gate (`accuracy_gate_failures`): a version with a parent, of a model
+    with validation sets, is refused (GateRefused, 409) unless its latest gate result on
+    every set passed. A version without a parent is the model's reference, the baseline
+    the gate measures the others against: it is not gated; nor is a version that has
+    served before (a rollback to it, more replicas of it). `gate_override_reason`
+    deploys a refused version anyway and audits the failing checks with the reason;
+    only an admin may give one (the entry points ask the role matrix,
+    deployment.override); where the gate does not refuse, it is not needed and
+    not recorded."""
     from appliance.catalog.profile import ProfileError
     from appliance.catalog.tritonconfig import build_config
 
@@ -168,6 +190,9 @@ def deployment_create(
         raise RolloutError(f"strategy {strategy!r} is not one of {', '.join(Strategy.values)}")
     normalised_steps = _normalise_steps(strategy, steps)
     normalised_gate = _normalise_gate(gate)
+    gate_failures = accuracy_gate_failures(version)
+    if gate_failures and not gate_override_reason.strip():
+        raise GateRefused(gate_refusal_text(version, gate_failures), gate_failures)
     try:
         build_config(version, versions=[version.number])
     except ProfileError as exc:
@@ -195,11 +220,60 @@ def deployment_create(
     if version.format == ArtifactFormat.ENSEMBLE:
         _check_composing(version, nodes, mig_devices)
     placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")
-    return _deployment_create(
-        version=version, nodes=nodes, mig_devices=mig_devices, strategy=strategy, steps=normalised_steps,
-        step_seconds=DEFAULT_STEP_SECONDS[Strategy(strategy)] if step_seconds is None else step_seconds,
-        gate=normalised_gate,
-    )  # fmt: skip
+    with transaction.atomic():  # the override's audit row stands or falls with the deployment
+        deployment = _deployment_create(
+            version=version, nodes=nodes, mig_devices=mig_devices, strategy=strategy, steps=normalised_steps,
+            step_seconds=DEFAULT_STEP_SECONDS[Strategy(strategy)] if step_seconds is None else step_seconds,
+            gate=normalised_gate,
+        )  # fmt: skip
+        if gate_failures:
+            audit_record(
+                action="deployment.gate_override", target_type="model_version", target_id=str(version.pk),
+                target_repr=str(version),
+                changes={"version": str(version), "deployment": str(deployment.pk), "failing": gate_failures,
+                         "reason": gate_override_reason.strip()},
+            )  # fmt: skip
+    return deployment
+
+
+def accuracy_gate_failures(version: ModelVersion) -> list[str]:
+    """Why the accuracy gate holds this version back, one line per validation set it has
+    not passed ([] when it may roll out): each failing check with its numbers, or that
+    the gate never ran there. Not gated ([]): a version without a parent (the
+    reference the others are measured against) and one that has served before."""
+    from appliance.catalog.selectors import gate_status
+
+    if version.parent_id is None:
+        return []
+    if Deployment.objects.filter(version=version, state__in=SERVED_STATES).exists():
+        return []
+    failures = []
+    for validation_set, result in gate_status(version):
+        if result is not None and result.passed:
+            continue
+        where = (f"validation set '{validation_set.name}' ({validation_set.metric}, "
+                 f"at most {validation_set.max_relative_drop * 100:g} % below the parent)")  # fmt: skip
+        if result is None:
+            failures.append(f"{where}: the gate was never run on this version")
+            continue
+        failed = [check for check in result.checks if not check.get("passed")]
+        if not failed:
+            failures.append(f"{where}: the gate failed on {result.measured_on} without measuring")
+        for check in failed:
+            failures.append(f"{where}: {check.get('name')} measured {_number(check.get('measured'))} < threshold "
+                            f"{_number(check.get('threshold'))} (parent {_number(check.get('baseline'))}; "
+                            f"on {result.measured_on})")  # fmt: skip
+    return failures
+
+
+def gate_refusal_text(version: ModelVersion, failures: Sequence[str]) -> str:
+    """The refusal, in the same words in the REST API and the console."""
+    return (f"{version} has not passed the accuracy gate: {'; '.join(failures)}. An admin may deploy it anyway "
+            f"with a gate override reason (gate_override_reason).")  # fmt: skip
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
 
 
 def placement_check(*, model_id: UUID | str, nodes: Sequence[Node], subject: str) -> None:

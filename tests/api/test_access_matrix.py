@@ -32,7 +32,7 @@ from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
 from appliance.policies.models import PolicyRule
 from appliance.rollouts import services as rollouts
 from tests.conftest import client_for
-from tests.factories import make_node, make_version
+from tests.factories import make_node, make_validation_set, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +45,8 @@ _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}
 # What each part of the console may be about, so that a page naming the wrong resource shows.
 SECTIONS = {
     "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"},
-    "reconfigurations": {"reconfiguration"}, "models": {"model", "version", "deployment"}, "deployments": {"deployment"},
+    "reconfigurations": {"reconfiguration"}, "models": {"model", "version", "deployment", "validation_set"},
+    "deployments": {"deployment"},
     "tenants": {"tenant", "grant", "api_key"}, "policies": {"policy_rule"}, "metrics": {"metrics"},
     "audit": {"audit_event"},
 }  # fmt: skip
@@ -145,7 +146,8 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
     run = Reconfiguration.objects.create(node=node, gpu_index=0, layout=["7g.80gb"], placements=[], state="succeeded")
     rule = PolicyRule.objects.create(position=10, name="ok", effect="allow")
     shared = {"node": node, "mig_device": device, "reconfiguration": run, "policy_rule": rule,
-              "audit_event": AuditEvent.objects.order_by("sequence").first()}  # fmt: skip
+              "audit_event": AuditEvent.objects.order_by("sequence").first(),
+              "validation_set": make_validation_set(mine.model)}  # fmt: skip
     return {
         "mine": shared | {"tenant": acme, "model": mine.model, "version": mine, "deployment": deployments[0],
                           "api_key": keys[0], "grant": grants[0]},
@@ -312,6 +314,11 @@ def test_the_matrix_is_what_the_docs_promise() -> None:
     assert access.roles_for("deployment", "rollback") == {"admin", "operator"}
     assert access.roles_for("policy_rule", "change") == {"admin"}
     assert access.roles_for("policy_rule", "dry_run") == {"admin", "operator", "auditor"}
+    # Loosening the accuracy gate is an admin's: overriding it (a deployment's gate_override_reason,
+    # tests/api/test_gate.py) and deleting a validation set; adding a set only tightens it.
+    assert access.roles_for("deployment", "override") == {"admin"}
+    assert access.roles_for("validation_set", "delete") == {"admin"}
+    assert access.roles_for("validation_set", "create") == {"admin", "operator"}
     for fleet in ("node", "mig_device", "reconfiguration", "audit_event", "policy_rule"):
         assert "tenant_admin" not in access.roles_for(fleet, "read"), fleet
     auditor_writes = {(name, action) for name, res in access.MATRIX.items() for action, roles in res.actions.items()

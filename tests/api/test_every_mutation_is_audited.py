@@ -109,6 +109,16 @@ def _upload(api: APIClient) -> Any:
     )  # fmt: skip
 
 
+def _validation_set(api: APIClient) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.factories import validation_npz
+
+    make_version("digits")
+    return api.post("/api/v1/validation-sets/", {"model": "digits", "name": "holdout", "metric": "top1_accuracy",
+                    "content": SimpleUploadedFile("v.npz", validation_npz())}, format="multipart")  # fmt: skip
+
+
 # (prefix, action) -> (does the request and returns the response, the audit action expected)
 def _rolling(api: APIClient) -> str:
     """A rollout in progress (its replicas have not loaded: no worker runs here)."""
@@ -138,6 +148,9 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
         lambda api: (api.post("/api/v1/models/", {"name": "m1"}, format="json"), api.delete("/api/v1/models/m1/"))[1],
         "model.delete"),
     ("versions", "create"): (_upload, "model_version.create"),
+    ("validation-sets", "create"): (_validation_set, "validation_set.create"),
+    ("validation-sets", "destroy"): (
+        lambda api: api.delete(f"/api/v1/validation-sets/{_validation_set(api).json()['id']}/"), "validation_set.delete"),
     ("deployments", "create"): (
         lambda api: api.post("/api/v1/deployments/", {"version": str(make_version().pk), "nodes": [make_node().name]},
                              format="json"), "deployment.create"),

@@ -5,11 +5,13 @@ from typing import Any
 
 from rest_framework import serializers
 
+from appliance.accounts.models import slug_validator
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
-from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.models import Model, ModelVersion, ValidationSet
 from appliance.catalog.profile import normalise
 from appliance.core.api_input import NUL_MESSAGE, nul_location
 from appliance.gateway.semantic import normalise_semantic
+from appliance.optimisation.validation_data import METRICS
 from appliance.rollouts.autoscale import normalise_autoscale
 
 
@@ -120,3 +122,31 @@ class ModelVersionCreateSerializer(serializers.Serializer):
             "gpu_arch": data["gpu_arch"], "tensorrt_version": data["tensorrt_version"],
             "sample_inputs": data["sample_inputs"],
         }  # fmt: skip
+
+
+class ValidationSetSerializer(serializers.ModelSerializer):
+    model: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = ValidationSet
+        fields = ["id", "model", "name", "metric", "max_relative_drop", "content_sha256", "content_size", "rows", "created"]
+        read_only_fields = fields
+
+
+class ValidationSetCreateSerializer(serializers.Serializer):
+    model = serializers.SlugRelatedField(slug_field="name", queryset=Model.objects.all())
+    name = serializers.CharField(max_length=63, validators=[slug_validator], help_text="unique among the model's sets")
+    metric = serializers.ChoiceField(choices=[(m, m) for m in METRICS])
+    max_relative_drop = serializers.FloatField(
+        min_value=0, max_value=0.999999, default=0.01,
+        help_text="how far below its parent a version may score, as a fraction (0.01: 1 %)",
+    )  # fmt: skip
+    content = serializers.FileField(allow_empty_file=False,
+                                    help_text="the validation set file (optimisation/validation_data.py reads it)")  # fmt: skip
+
+    def upload_kwargs(self) -> dict[str, Any]:
+        """The validated body in catalog.services.validation_set_upload's words (the API and the console)."""
+        data = self.validated_data
+        return {"model": data["model"], "name": data["name"], "metric": data["metric"],
+                "max_relative_drop": data["max_relative_drop"], "content": data["content"]}  # fmt: skip
+

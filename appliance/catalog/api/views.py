@@ -18,8 +18,10 @@ from appliance.catalog.api.serializers import (
     ModelUpdateSerializer,
     ModelVersionCreateSerializer,
     ModelVersionSerializer,
+    ValidationSetCreateSerializer,
+    ValidationSetSerializer,
 )
-from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.models import Model, ModelVersion, ValidationSet
 from appliance.catalog.profile import ProfileError
 from appliance.catalog.tritonconfig import render_config
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
@@ -105,3 +107,35 @@ class ModelVersionViewSet(
             return HttpResponse(f"the serving profile does not fit this version: {exc}\n", status=409,
                                 content_type="text/plain")  # fmt: skip
         return HttpResponse(text, content_type="text/plain")
+
+
+class ValidationSetViewSet(
+    TenantScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """The accuracy gate's validation sets of a model: a version derived from another (a
+    parent) rolls out only once it has scored within each set's margin of its parent.
+    Creating one uploads its file (multipart); deleting one loosens the gate (admins)."""
+
+    queryset = ValidationSet.objects.select_related("model")
+    serializer_class = ValidationSetSerializer
+    resource = "validation_set"
+    parser_classes = [MultiPartParser, JSONParser]
+
+    def get_queryset(self) -> QuerySet[ValidationSet]:
+        qs = super().get_queryset()
+        model = self.request.query_params.get("model")
+        return qs.filter(model__name=model) if model else qs
+
+    @extend_schema(parameters=[OpenApiParameter("model", str, description="only the sets of this model")])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=ValidationSetCreateSerializer, responses={201: ValidationSetSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = ValidationSetCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        validation_set = services.validation_set_upload(**body.upload_kwargs())
+        return Response(ValidationSetSerializer(validation_set).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: ValidationSet) -> None:
+        services.validation_set_delete(validation_set=instance)

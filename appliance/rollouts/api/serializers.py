@@ -80,3 +80,7 @@ class DeploymentCreateSerializer(serializers.Serializer):
                                             "(blue-green: the rollback window)")  # fmt: skip
     gate = serializers.DictField(child=serializers.FloatField(min_value=0), required=False,
                                  help_text=f"overrides of {sorted(DEFAULT_GATE)}")  # fmt: skip
+    gate_override_reason = serializers.CharField(
+        max_length=1000, required=False,
+        help_text="admins only: deploy a version the accuracy gate refuses, for this reason (audited)",
+    )  # fmt: skip

@@ -6,10 +6,13 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from appliance.accounts import access
 from appliance.accounts.permissions import TenantScopedMixin
+from appliance.accounts.roles import role_of
 from appliance.rollouts import services
 from appliance.rollouts.api.serializers import DeploymentCreateSerializer, DeploymentSerializer
 from appliance.rollouts.models import Deployment
@@ -42,10 +45,15 @@ class DeploymentViewSet(
         body = DeploymentCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if "gate_override_reason" in data:
+            role = role_of(request.user)
+            if not access.permits(role, "deployment", "override"):
+                raise PermissionDenied(access.refusal(role, "deployment", "override"))
         deployment = services.deployment_create(
             version=data["version"], nodes=data.get("nodes", []), mig_devices=data.get("mig_devices", []),
             replicas=data.get("replicas"), strategy=data["strategy"], steps=data.get("steps"),
             step_seconds=data.get("step_seconds"), gate=data.get("gate"),
+            gate_override_reason=data.get("gate_override_reason", ""),
         )  # fmt: skip
         return self._answer(deployment, status.HTTP_202_ACCEPTED)
 
