@@ -130,7 +130,8 @@ class MixedResult:
     steps: tuple[Step, ...]
     passed: bool
     # (node, gate margin with only that node kept in float), most sensitive first; empty
-    # when the fully quantised model passed and no ranking was needed.
+    # when the fully quantised model passed, and only the nodes tried when a leave-one-out
+    # model passed early.
     sensitivity: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,8 +167,12 @@ def mixed_precision(
     errors compound, which is the decision each step makes. It also stops early: the
     first leave-one-out model that passes is the answer, one node in float, fewer being
     impossible since the fully quantised model failed. The ranking is computed once
-    (not again after each step): K + max_steps evaluations at most for K nodes, rather
-    than K per step.
+    (not again after each step), and the first step is a leave-one-out model already
+    judged: 1 + K + (max_steps - 1) quantisations and evaluations at most for K nodes,
+    where re-ranking would cost K per step.
+
+    When no model within `max_steps` passes, the result holds the last one tried (the
+    most nodes in float) with passed=False, so the report can say how close it came.
     """
     if max_steps < 0:
         raise ValueError(f"max_steps must be at least 0, got {max_steps}")

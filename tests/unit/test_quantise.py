@@ -4,6 +4,7 @@ tiny embedder, all run by ONNX Runtime on the CPU."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from appliance.optimisation import onnxrun, quantise
 from appliance.optimisation.gate import Verdict, verdict
 from appliance.optimisation.metrics import measure
+from appliance.optimisation.validation_data import check_against_signature, parse_validation_set
 
 DEAD_UNIT = 7  # the hidden unit of layer 1 that never fires; the hostile layer's outlier sits on it
 
@@ -155,6 +157,20 @@ def test_speed_is_measured_one_row_per_call(digits: Digits) -> None:
     assert set(speed) == {"p50_ms", "p99_ms", "throughput_rows_s", "requests", "concurrency"}
     assert 0 < speed["p50_ms"] <= speed["p99_ms"]
     assert speed["throughput_rows_s"] > 0 and speed["concurrency"] == 3
+
+
+def test_an_uploaded_validation_set_judges_a_model(digits: Digits) -> None:
+    """The path the optimisation job takes: parse the operator's file, check it against the
+    signature, run the (read-only) rows, measure."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{"input.x": digits.validation, "expected.scores": digits.labels})
+    data = parse_validation_set(buffer.getvalue(), metric="top1_accuracy")
+    check_against_signature(data, {"inputs": [{"name": "x", "datatype": "FP32", "dims": [64]}],
+                                   "outputs": [{"name": "scores", "datatype": "FP32", "dims": [10]}]})  # fmt: skip
+
+    values = measure("top1_accuracy", onnxrun.run(mlp(digits.weights), data.inputs), data.expected)
+
+    assert values == accuracy(mlp(digits.weights), digits) and values["top1_accuracy"] > 0.9
 
 
 # --- candidates -------------------------------------------------------------------------------
