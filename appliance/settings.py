@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "appliance.catalog",
     "appliance.rollouts",
     "appliance.agent",
+    "appliance.optimisation",
     "appliance.policies",
     "appliance.gateway",
     "appliance.console",
@@ -172,6 +173,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 CELERY_TASK_DEFAULT_QUEUE = f"{INSTANCE}.control"
+# Optimisation jobs (quantise, measure, gate) run on their own worker: minutes each, and the
+# control queue's rollouts must not wait behind them.
+OPTIMISE_QUEUE = f"{INSTANCE}.optimise"
+# Rows of the calibration set static INT8 reads; requests per speed measurement (batch 1, and
+# again at concurrency 16); at most this many layers mixed precision keeps in float.
+OPTIMISE_CALIBRATION_ROWS = env_int("OPTIMISE_CALIBRATION_ROWS", 256, minimum=1)
+OPTIMISE_SPEED_REQUESTS = env_int("OPTIMISE_SPEED_REQUESTS", 400, minimum=20)
+OPTIMISE_MIXED_MAX_STEPS = env_int("OPTIMISE_MIXED_MAX_STEPS", 8, minimum=0)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

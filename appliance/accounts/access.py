@@ -84,6 +84,8 @@ MATRIX: dict[str, Resource] = {
     # The accuracy gate's validation sets: adding one only tightens the gate (staff); deleting one loosens
     # it as an override would (an admin's). Not a tenant admin's: the gate is the operators' check.
     "validation_set": Resource({READ: READERS, CREATE: STAFF, DELETE: ADMINS}),
+    # Optimisation jobs make candidate versions (never deploy them): the operators' work.
+    "optimisation_job": Resource({READ: READERS, CREATE: STAFF}),
     # Tenants: limits and grants are the operators'; the keys are also the tenant admin's.
     "tenant": Resource(_crud(READERS | {TENANT_ADMIN}, STAFF), tenant_path="pk"),
     "grant": Resource({READ: READERS | {TENANT_ADMIN}, CREATE: STAFF, DELETE: STAFF}, tenant_path="tenant"),

@@ -72,6 +72,13 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
         ctx.update(validation_sets=obj.validation_sets.order_by("name"),
                    version_rows=[(v, _gate_summary(v, statuses[v.pk])) for v in versions],
                    chosen_gate=_gate_details(statuses[chosen.pk]) if chosen and chosen.parent_id else None)  # fmt: skip
+    if ctx["may"]["optimisation_job"]["read"]:
+        from appliance.console.optimisation import KIND_CHOICES
+        from appliance.optimisation.models import OptimisationJob
+
+        ctx.update(optimisation_jobs=OptimisationJob.objects.filter(source__model=obj).select_related("source")[:10],
+                   onnx_versions=[v for v in versions if v.format == ArtifactFormat.ONNX],
+                   optimisation_kinds=KIND_CHOICES)  # fmt: skip
     return render(request, "console/model.html", ctx)
 
 

@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from appliance.accounts.forms import ConsoleAuthenticationForm
-from appliance.console import catalog, fleet, policies, tenants, views
+from appliance.console import catalog, fleet, optimisation, policies, tenants, views
 
 app_name = "console"
 
@@ -28,6 +28,9 @@ urlpatterns = [
     path("models/<slug:name>/validation-sets/", catalog.validation_set_add, name="validation-set-add"),
     path("models/<slug:name>/versions/<int:number>/rollout/", catalog.rollout_form, name="rollout-form"),
     path("models/<slug:name>/versions/<int:number>/rollout/start/", catalog.rollout_start, name="rollout-start"),
+    path("models/<slug:name>/optimise/", optimisation.optimisation_start, name="optimisation-start"),
+    path("optimisation/<uuid:pk>/", optimisation.optimisation_job, name="optimisation-job"),
+    path("optimisation/<uuid:pk>/panel/", optimisation.optimisation_job_panel, name="optimisation-job-panel"),
     path("deployments/", views.deployments, name="deployments"),
     path("deployments/<uuid:pk>/", views.deployment, name="deployment"),
     path("deployments/<uuid:pk>/panel/", views.deployment_panel, name="deployment-panel"),

@@ -196,6 +196,7 @@ class Launcher:
         instance = self.env.get("APPLIANCE_INSTANCE", "appliance")
         self.spawn("api", [PY, "-m", "gunicorn", "appliance.wsgi", "-b", f"127.0.0.1:{API_PORT}", "-w", "2", "--access-logfile", "-"])
         self.spawn("worker", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.control", "-c", "2", "-n", "control@%h", "--without-gossip", "--without-mingle"])
+        self.spawn("optimiser", [PY, "-m", "celery", "-A", "appliance", "worker", "-Q", f"{instance}.optimise", "-c", "1", "-n", "optimiser@%h", "--without-gossip", "--without-mingle"])
         self.spawn("beat", [PY, "-m", "celery", "-A", "appliance", "beat", "-s", str(VAR / "run" / "celerybeat-schedule")])
         http, grpc_port, metrics = TRITON_PORTS
         self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])

@@ -29,6 +29,7 @@ from appliance.accounts.services import api_key_create
 from appliance.audit.models import AuditEvent
 from appliance.console.access import FROM_URL
 from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
+from appliance.optimisation.models import OptimisationJob
 from appliance.policies.models import PolicyRule
 from appliance.rollouts import services as rollouts
 from tests.conftest import client_for
@@ -45,7 +46,9 @@ _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}
 # What each part of the console may be about, so that a page naming the wrong resource shows.
 SECTIONS = {
     "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"},
-    "reconfigurations": {"reconfiguration"}, "models": {"model", "version", "deployment", "validation_set"},
+    "reconfigurations": {"reconfiguration"},
+    "models": {"model", "version", "deployment", "validation_set", "optimisation_job"},
+    "optimisation": {"optimisation_job"},
     "deployments": {"deployment"},
     "tenants": {"tenant", "grant", "api_key"}, "policies": {"policy_rule"}, "metrics": {"metrics"},
     "audit": {"audit_event"},
@@ -148,6 +151,8 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
     shared = {"node": node, "mig_device": device, "reconfiguration": run, "policy_rule": rule,
               "audit_event": AuditEvent.objects.order_by("sequence").first(),
               "validation_set": make_validation_set(mine.model)}  # fmt: skip
+    shared["optimisation_job"] = OptimisationJob.objects.create(source=mine, validation_set=shared["validation_set"],
+                                                                kinds=["int8_dynamic"])  # fmt: skip
     return {
         "mine": shared | {"tenant": acme, "model": mine.model, "version": mine, "deployment": deployments[0],
                           "api_key": keys[0], "grant": grants[0]},
@@ -259,6 +264,7 @@ def _console_kwargs(page: Page, side: dict[str, Any]) -> dict[str, Any]:
         "nodes": {"name": side["node"].name, "index": 0},
         "models": {"name": side["model"].name, "number": side["version"].number},
         "deployments": {"pk": side["deployment"].pk},
+        "optimisation": {"pk": side["optimisation_job"].pk},
         "reconfigurations": {"pk": side["reconfiguration"].pk},
         "tenants": {"slug": side["tenant"].slug, "pk": side["api_key"].pk},
         "policies": {"pk": side["policy_rule"].pk},

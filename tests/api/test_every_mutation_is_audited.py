@@ -119,6 +119,18 @@ def _validation_set(api: APIClient) -> Any:
                     "content": SimpleUploadedFile("v.npz", validation_npz())}, format="multipart")  # fmt: skip
 
 
+def _optimisation_job(api: APIClient) -> Any:
+    import io
+
+    from appliance.catalog.services import version_upload
+    from tests.factories import manifest
+
+    holdout = _validation_set(api).json()["id"]
+    spec = manifest("digits")
+    source = version_upload(model="digits", fmt="onnx", artifact=io.BytesIO(b"an ONNX file"), signature=spec["signature"])
+    return api.post("/api/v1/optimisation-jobs/", {"version": str(source.pk), "validation_set": holdout}, format="json")
+
+
 # (prefix, action) -> (does the request and returns the response, the audit action expected)
 def _rolling(api: APIClient) -> str:
     """A rollout in progress (its replicas have not loaded: no worker runs here)."""
@@ -151,6 +163,7 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("validation-sets", "create"): (_validation_set, "validation_set.create"),
     ("validation-sets", "destroy"): (
         lambda api: api.delete(f"/api/v1/validation-sets/{_validation_set(api).json()['id']}/"), "validation_set.delete"),
+    ("optimisation-jobs", "create"): (_optimisation_job, "optimisation_job.create"),
     ("deployments", "create"): (
         lambda api: api.post("/api/v1/deployments/", {"version": str(make_version().pk), "nodes": [make_node().name]},
                              format="json"), "deployment.create"),

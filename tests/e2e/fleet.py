@@ -135,6 +135,14 @@ class Fleet:
              "-c", "1", "-P", "solo", "-n", f"control-{settings.INSTANCE}@%h", "--without-gossip", "--without-mingle"],
         )  # fmt: skip
 
+    def start_optimiser(self) -> Proc:
+        """The optimisation jobs' worker (settings.OPTIMISE_QUEUE)."""
+        return self.spawn(
+            "optimiser",
+            [sys.executable, "-m", "celery", "-A", "appliance", "worker", "-Q", settings.OPTIMISE_QUEUE,
+             "-c", "1", "-P", "solo", "-n", f"optimiser-{settings.INSTANCE}@%h", "--without-gossip", "--without-mingle"],
+        )  # fmt: skip
+
     def start_beat(self) -> Proc:
         return self.spawn("beat", [sys.executable, "-m", "celery", "-A", "appliance", "beat",
                                    "-s", str(self.workdir / "celerybeat-schedule")])  # fmt: skip

@@ -54,3 +54,16 @@ def reference(weights: dict[str, np.ndarray], images: np.ndarray) -> tuple[np.nd
     logits = np.maximum(x @ weights["w1"] + weights["b1"], 0) @ weights["w2"] + weights["b2"]
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), logits.argmax(axis=1).astype(np.int32)[:, None]
+
+
+def validation_set() -> bytes:
+    """The held-out split (build.split) as a validation file for metric top1_accuracy:
+    input.IMAGE [N, 64] FP32 and expected.LABEL [N] class labels."""
+    import io
+
+    from triton_models.digits import build
+
+    _, x_test, _, y_test = build.split()
+    buf = io.BytesIO()
+    np.savez(buf, **{"input.IMAGE": x_test.astype(np.float32), "expected.LABEL": y_test.astype(np.int64)})
+    return buf.getvalue()

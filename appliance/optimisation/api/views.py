@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from appliance.optimisation import services
+from appliance.optimisation.api.serializers import OptimisationJobCreateSerializer, OptimisationJobSerializer
+from appliance.optimisation.models import OptimisationJob
+
+
+class OptimisationJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Optimisation jobs: from an ONNX version, candidates (FP16, INT8 dynamic, INT8 static,
+    INT8 mixed precision) measured on the CPU and judged by the accuracy gate on a
+    validation set; each becomes a child version with its gate result. Creating one
+    starts it (202); its progress, candidates and recommendation are read back here."""
+
+    queryset = OptimisationJob.objects.select_related("source__model").prefetch_related("candidates__version")
+    serializer_class = OptimisationJobSerializer
+    resource = "optimisation_job"
+
+    def get_queryset(self) -> QuerySet[OptimisationJob]:
+        qs = super().get_queryset()
+        model = self.request.query_params.get("model")
+        return qs.filter(source__model__name=model) if model else qs
+
+    @extend_schema(parameters=[OpenApiParameter("model", str, description="only jobs of this model's versions")])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=OptimisationJobCreateSerializer, responses={202: OptimisationJobSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = OptimisationJobCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        job = services.optimisation_job_create(
+            source=data["version"], validation_set=data["validation_set"], calibration_set=data.get("calibration_set"),
+            kinds=data["kinds"], requested_by=request.user.get_username(),
+        )  # fmt: skip
+        return Response(OptimisationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OptimisationConfig(AppConfig):
+    name = "appliance.optimisation"
+    label = "optimisation"
