@@ -16,9 +16,9 @@ class CandidateKind(models.TextChoices):
 
     REFERENCE = "reference", "Reference (the version as uploaded)"
     FP16 = "fp16", "FP16 (weights and activations; inputs and outputs kept)"
-    INT8_DYNAMIC = "int8_dynamic", "INT8 dynamic (weights; activations quantised at run time)"
+    INT8_DYNAMIC = "int8_dynamic", "INT8 dynamic (per-channel weights; activations quantised at run time)"
     INT8_STATIC = "int8_static", "INT8 static (QDQ, per-channel, calibrated)"
-    INT8_MIXED = "int8_mixed", "INT8 mixed precision (sensitive layers kept in float)"
+    INT8_MIXED = "int8_mixed", "INT8 mixed precision (dynamic; the most sensitive layers kept in float)"
 
 
 # What a job builds unless asked otherwise, in this order.

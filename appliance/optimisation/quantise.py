@@ -55,14 +55,31 @@ def fp16(model: bytes) -> bytes:
     return bytes(convert_float_to_float16(_named(model), keep_io_types=True).SerializeToString())
 
 
-def int8_dynamic(model: bytes) -> bytes:
-    """INT8 weights, activations quantised per call from their own range. Needs no
-    calibration data; ORT's default op list (MatMul, Conv, Gather, Attention, ...), so an
-    embedding table shrinks too. Gemm is not among them in ORT's dynamic mode."""
+def int8_dynamic(model: bytes, *, exclude: Sequence[str] = ()) -> bytes:
+    """8-bit weights, per output channel, activations quantised per call from their own
+    range. Needs no calibration data; ORT's default op list (MatMul, Conv, Gather, Attention,
+    ...), so an embedding table shrinks too. `exclude` names nodes (see `quantisable_nodes`)
+    left in float.
+
+    Unsigned weights (U8U8), not the signed 7-bit ones static INT8 uses: ORT's U8U8 kernels
+    widen both operands to 16 bits before multiplying, so they cannot saturate on a CPU
+    without VNNI and need no bit taken off. Measured here (EPYC, AVX2, no VNNI) on
+    all-MiniLM-L6-v2 over 214 sentence rows: signed 7-bit per-channel weights gave min cosine
+    0.959 to FP32, unsigned 8-bit per-channel 0.982, and ORT's defaults (signed, per tensor)
+    0.92 with retrieval agreement 0.74."""
+    proto = _named(model)
+    _check_exclusion(proto, exclude)
     with tempfile.TemporaryDirectory() as workdir:
-        source, target = _save(_named(model), workdir), Path(workdir, "int8.onnx")
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=REDUCE_RANGE)
+        source, target = _save(proto, workdir), Path(workdir, "int8.onnx")
+        quantize_dynamic(source, target, weight_type=QuantType.QUInt8, per_channel=True, reduce_range=False,
+                         nodes_to_exclude=list(exclude))  # fmt: skip
         return target.read_bytes()
+
+
+def _check_exclusion(proto: Any, exclude: Sequence[str]) -> None:
+    unknown = sorted(set(exclude) - set(_quantisable(proto)))
+    if unknown:
+        raise ValueError(f"cannot keep {', '.join(unknown)} in float: not a MatMul, Gemm or Conv node of the model")
 
 
 def int8_static(
@@ -72,9 +89,7 @@ def int8_static(
     running `calibration` (model inputs, rows first) through the float model. `exclude`
     names nodes (see `quantisable_nodes`) left in float."""
     proto = _named(model)
-    unknown = sorted(set(exclude) - set(_quantisable(proto)))
-    if unknown:
-        raise ValueError(f"cannot keep {', '.join(unknown)} in float: not a MatMul, Gemm or Conv node of the model")
+    _check_exclusion(proto, exclude)
     with tempfile.TemporaryDirectory() as workdir:
         source, target = _save(proto, workdir), Path(workdir, "int8.onnx")
         quantize_static(
@@ -151,8 +166,12 @@ def mixed_precision(
     *,
     max_steps: int = 8,
     per_channel: bool = True,
+    method: str = "static",
 ) -> MixedResult:
-    """Static INT8 with as few nodes kept in float as the gate (`evaluate`) needs.
+    """INT8 with as few nodes kept in float as the gate (`evaluate`) needs: static
+    (`int8_static`, calibrated; the form a TensorRT engine is built from) or, with
+    method="dynamic", `int8_dynamic` (no calibration; `calibration` is not read), which is
+    the faster of the two on CPUs here.
 
     Quantise everything; if that fails the gate, rank the quantisable nodes by
     sensitivity and keep the most sensitive in float, one more per step, until the gate
@@ -176,11 +195,14 @@ def mixed_precision(
     """
     if max_steps < 0:
         raise ValueError(f"max_steps must be at least 0, got {max_steps}")
+    if method not in ("static", "dynamic"):
+        raise ValueError(f"method must be 'static' or 'dynamic', got {method!r}")
     tried: dict[tuple[str, ...], tuple[bytes, Verdict]] = {}
 
     def attempt(excluded: tuple[str, ...]) -> tuple[bytes, Verdict]:
         if excluded not in tried:
-            candidate = int8_static(model, calibration, per_channel=per_channel, exclude=excluded)
+            candidate = (int8_dynamic(model, exclude=excluded) if method == "dynamic"
+                         else int8_static(model, calibration, per_channel=per_channel, exclude=excluded))  # fmt: skip
             tried[excluded] = (candidate, evaluate(candidate))
         return tried[excluded]
 

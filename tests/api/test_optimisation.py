@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 from appliance.catalog.choices import ChangeKind
@@ -70,7 +71,8 @@ def test_refusals_name_the_problem_and_record_nothing(api: APIClient, weights: d
 
 
 @override_settings(OPTIMISE_SPEED_REQUESTS=40)
-def test_a_job_measures_candidates_and_the_gate_decides_which_deploy(api: APIClient, weights: dict) -> None:
+def test_a_job_measures_candidates_and_the_gate_decides_which_deploy(api: APIClient, operator: Any,
+                                                                    weights: dict) -> None:  # fmt: skip
     source = _onnx_version(weights)
     holdout = make_validation_set("digits", "holdout", content=digits_onnx.validation_set())
     make_node("node-a")
@@ -115,6 +117,15 @@ def test_a_job_measures_candidates_and_the_gate_decides_which_deploy(api: APICli
     assert [line["message"] for line in body["progress"]][0].startswith("measuring the reference digits:2")
     assert_audited("optimisation_job.update", target_id=str(job.pk), origin="task")
     json.dumps(body)  # the report is plain JSON
+
+    # The console shows the same report: a row per candidate, the gate's word, the chart, no more polling.
+    console = Client()
+    console.force_login(operator)
+    page = console.get(f"/console/optimisation/{job.pk}/").content.decode()
+    assert page.count("<tr") == 1 + len(body["candidates"]) and 'id="chart"' in page and "hx-trigger" not in page
+    assert page.count("passes</td>") == sum(c["passed"] for c in body["candidates"])
+    model_page = console.get("/console/models/digits/").content.decode()
+    assert f'/console/optimisation/{job.pk}/' in model_page and 'id="optimisation-form"' in model_page
 
 
 def test_a_failed_job_says_why(api: APIClient, weights: dict) -> None:

@@ -321,6 +321,19 @@ def test_mixed_precision_keeps_exactly_the_hostile_layer_in_float(digits: Digits
     assert report["excluded"] == ["hostile"] and report["steps"][0]["verdict"]["passed"] is False
 
 
+def test_dynamic_mixed_precision_keeps_the_hostile_layer_in_float(digits: Digits) -> None:
+    hostile = mlp(hostile_weights(digits.weights))
+
+    result = quantise.mixed_precision(hostile, {}, gate_against(hostile, digits), method="dynamic")
+
+    assert not result.steps[0].verdict.passed, "fully quantised, the hostile layer breaks it"
+    assert result.passed and result.excluded == ("hostile",)
+    kept = float_weight_inputs(result.model)  # a quantised MatMul is a MatMulInteger: not listed, or not float
+    assert kept.get("hostile") is True and not kept.get("layer1", False) and not kept.get("head", False)
+    with pytest.raises(ValueError, match="cannot keep nowhere in float"):
+        quantise.int8_dynamic(hostile, exclude=["nowhere"])
+
+
 def test_mixed_precision_stops_at_full_int8_when_that_passes(digits: Digits) -> None:
     classifier = mlp(digits.weights)
 
