@@ -38,9 +38,14 @@ def measure(metric: str, outputs: dict[str, np.ndarray], expected: dict[str, np.
 
 def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """The fraction of rows whose highest score is at the label's index (ties go to the
-    lowest index, as np.argmax does, for parent and candidate alike)."""
-    if scores.ndim != 2:
-        raise ValueError(f"top1_accuracy needs scores of shape [rows, classes], got {scores.shape}")
+    lowest index, as np.argmax does, for parent and candidate alike). An integer output of
+    one column is the model's own label (a classifier's LABEL output) and is compared as
+    it is: the argmax of one column would always be 0."""
+    if scores.ndim == 2 and scores.shape[1] == 1 and np.issubdtype(scores.dtype, np.integer):
+        return float(np.mean(scores[:, 0] == labels))
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"top1_accuracy needs scores of shape [rows, classes] or integer labels [rows, 1], "
+                         f"got {scores.dtype} {scores.shape}")  # fmt: skip
     return float(np.mean(np.argmax(scores, axis=1) == labels))
 
 

@@ -13,9 +13,11 @@ behind the gate's back.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,19 @@ REDUCE_RANGE = True
 _CALIBRATION_BATCH = 64
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantiser logs a line per tensor at INFO on the root logger (hundreds
+    for MiniLM); the job's progress says what matters. Workers quantise one model at a time."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def fp16(model: bytes) -> bytes:
     """Weights and arithmetic in FP16, inputs and outputs still FP32 (casts at the edges),
     so the candidate keeps its parent's signature and serves the same requests."""
@@ -71,8 +86,9 @@ def int8_dynamic(model: bytes, *, exclude: Sequence[str] = ()) -> bytes:
     _check_exclusion(proto, exclude)
     with tempfile.TemporaryDirectory() as workdir:
         source, target = _save(proto, workdir), Path(workdir, "int8.onnx")
-        quantize_dynamic(source, target, weight_type=QuantType.QUInt8, per_channel=True, reduce_range=False,
-                         nodes_to_exclude=list(exclude))  # fmt: skip
+        with _quiet():
+            quantize_dynamic(source, target, weight_type=QuantType.QUInt8, per_channel=True, reduce_range=False,
+                             nodes_to_exclude=list(exclude))  # fmt: skip
         return target.read_bytes()
 
 
@@ -92,34 +108,35 @@ def int8_static(
     _check_exclusion(proto, exclude)
     with tempfile.TemporaryDirectory() as workdir:
         source, target = _save(proto, workdir), Path(workdir, "int8.onnx")
-        quantize_static(
-            source,
-            target,
-            _Calibration(calibration),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTISABLE_OPS),
-            per_channel=per_channel,
-            reduce_range=REDUCE_RANGE,
-            # Signed, symmetric activations (zero point 0), like the weights: TensorRT builds
-            # engines from QDQ models only when they are symmetric INT8, so the candidate judged
-            # here on ORT is the file an engine can be built from; S8S8 QDQ is also ORT's own
-            # first recommendation. The cost: a ReLU output uses only half of the signed range.
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude),
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                # A Gemm's output stays float: ORT's CPU kernel for it (QGemm) can give a float
-                # result, and a classifier's scores, often a Gemm's, are then not rounded onto 256
-                # steps where close classes tie. Not so for MatMul and Conv: ORT fuses only
-                # DQ -> MatMul -> Q (QLinearMatMul) and DQ -> Conv -> Q, and without the Q it
-                # dequantises the weights on every call and multiplies in float, which measured
-                # 30 to 60 times slower than float for a 1024-wide MLP.
-                "OpTypesToExcludeOutputQuantization": ["Gemm"],
-            },
-        )
+        with _quiet():
+            quantize_static(
+                source,
+                target,
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTISABLE_OPS),
+                per_channel=per_channel,
+                reduce_range=REDUCE_RANGE,
+                # Signed, symmetric activations (zero point 0), like the weights: TensorRT builds
+                # engines from QDQ models only when they are symmetric INT8, so the candidate judged
+                # here on ORT is the file an engine can be built from; S8S8 QDQ is also ORT's own
+                # first recommendation. The cost: a ReLU output uses only half of the signed range.
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    # A Gemm's output stays float: ORT's CPU kernel for it (QGemm) can give a float
+                    # result, and a classifier's scores, often a Gemm's, are then not rounded onto 256
+                    # steps where close classes tie. Not so for MatMul and Conv: ORT fuses only
+                    # DQ -> MatMul -> Q (QLinearMatMul) and DQ -> Conv -> Q, and without the Q it
+                    # dequantises the weights on every call and multiplies in float, which measured
+                    # 30 to 60 times slower than float for a 1024-wide MLP.
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                },
+            )
         return target.read_bytes()
 
 

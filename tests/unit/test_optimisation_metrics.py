@@ -182,6 +182,14 @@ def test_top1_accuracy_is_the_fraction_of_rows_whose_argmax_is_the_label() -> No
     assert values == {"top1_accuracy": 0.75}
 
 
+def test_a_label_output_is_compared_as_it_is_and_one_float_column_is_refused() -> None:
+    labels = np.array([[3], [1], [4], [1]], np.int32)
+
+    assert metrics.measure("top1_accuracy", {"LABEL": labels}, {"LABEL": np.array([3, 1, 4, 5])}) == {"top1_accuracy": 0.75}
+    with pytest.raises(ValueError, match="scores of shape .rows, classes. or integer labels"):
+        metrics.measure("top1_accuracy", {"p": np.ones((4, 1), np.float32)}, {"p": np.array([0, 0, 0, 0])})
+
+
 def test_embedding_agreement_by_hand() -> None:
     reference = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     candidate = np.array([[2, 0], [0, 1], [1, 0]], np.float32)  # row 2 turned by 45 degrees
