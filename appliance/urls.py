@@ -9,7 +9,7 @@ from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, Tenan
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet, ValidationSetViewSet
 from appliance.nodes.api.views import MigDeviceViewSet, MigPlanView, NodeViewSet, ReconfigurationViewSet
-from appliance.optimisation.api.views import OptimisationJobViewSet
+from appliance.optimisation.api.views import OptimisationJobViewSet, ProfileSearchViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
@@ -25,6 +25,7 @@ router.register("models", ModelViewSet)
 router.register("versions", ModelVersionViewSet)
 router.register("validation-sets", ValidationSetViewSet)
 router.register("optimisation-jobs", OptimisationJobViewSet)
+router.register("profile-searches", ProfileSearchViewSet)
 router.register("deployments", DeploymentViewSet)
 router.register("tenants", TenantViewSet)
 router.register("api-keys", ApiKeyViewSet)

@@ -1,5 +1,6 @@
 """Console pages of optimisation jobs: start one from a model's page, then watch it (its
-progress live, then the candidates' table, a chart and the recommendation)."""
+progress live, then the candidates' table, a chart and the recommendation). Profile
+searches alike: started from the model's page, watched live, and applied from their page."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from appliance.catalog.models import Model
-from appliance.console.access import context, domain_errors, guarded, scoped
+from appliance.console.access import context, domain_errors, done, guarded, scoped
+from appliance.nodes.models import Node
+from appliance.optimisation import profiles
 from appliance.optimisation.choices import DEFAULT_KINDS, CandidateKind, JobState
-from appliance.optimisation.models import OptimisationJob
-from appliance.optimisation.services import optimisation_job_create
+from appliance.optimisation.models import OptimisationJob, ProfileSearch
+from appliance.optimisation.services import optimisation_job_create, profile_search_apply, profile_search_create
 
 KIND_CHOICES = [(k.value, k.label) for k in DEFAULT_KINDS]
 
@@ -62,3 +65,71 @@ def optimisation_job(request: HttpRequest, pk: str) -> HttpResponse:
 def optimisation_job_panel(request: HttpRequest, pk: str) -> HttpResponse:
     """The job so far (htmx, every 2 s until it ends)."""
     return render(request, "console/_optimisation_job.html", _job_context(request, pk))
+
+
+# --- Profile searches -------------------------------------------------------------------------
+
+
+def _bad_request(message: str) -> HttpResponse:
+    return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+
+
+@require_POST
+@guarded("profile_search", "create")
+@domain_errors
+def profile_search_start(request: HttpRequest, name: str) -> HttpResponse:
+    model = get_object_or_404(scoped(request, Model.objects.all(), "model"), name=name)
+    try:
+        number = int(request.POST.get("version", ""))
+        objective = float(request.POST.get("objective_p99_ms", ""))
+        concurrency = int(request.POST.get("concurrency") or profiles.DEFAULT_CONCURRENCY)
+        requests = int(request.POST.get("requests") or profiles.DEFAULT_REQUESTS)
+    except ValueError:
+        return _bad_request("version, concurrency and requests are whole numbers; the objective a number of ms")
+    version = model.versions.filter(number=number).first()
+    node = Node.objects.filter(name=request.POST.get("node", "").strip()).first()
+    if version is None or node is None:
+        return _bad_request("name one of the model's versions and a node by its name")
+    set_name = request.POST.get("input_set", "")
+    input_set = model.validation_sets.filter(name=set_name).first() if set_name else None
+    if set_name and input_set is None:
+        return _bad_request(f"the model has no validation set named {set_name!r}")
+    search = profile_search_create(version=version, node=node, objective_p99_ms=objective, concurrency=concurrency,
+                                   requests=requests, input_set=input_set,
+                                   requested_by=request.user.get_username())  # fmt: skip
+    return redirect("console:profile-search", pk=search.pk)
+
+
+def _search_context(request: HttpRequest, pk: str) -> dict[str, Any]:
+    search = get_object_or_404(ProfileSearch.objects.select_related("version__model", "input_set"), pk=pk)
+    results = list(search.results.all())
+    top = max((r.throughput or 0.0 for r in results), default=0.0) or 1.0
+    unbatched = [r for r in results if r.max_batch_size <= 1 and r.throughput]
+    baseline = min(unbatched, key=lambda r: r.instance_count, default=None)
+    rows = [{
+        "result": r,
+        "speed_up": r.throughput / baseline.throughput if r.throughput and baseline and baseline.throughput else None,
+        "bar": round(100 * (r.throughput or 0.0) / top, 1),
+    } for r in results]  # fmt: skip
+    ended = search.state in (JobState.SUCCEEDED, JobState.FAILED)
+    return context(request, search=search, rows=rows, ended=ended, progress=list(reversed(search.progress[-12:])))
+
+
+@guarded("profile_search", "read")
+def profile_search_page(request: HttpRequest, pk: str) -> HttpResponse:
+    return render(request, "console/profile_search.html", _search_context(request, pk))
+
+
+@guarded("profile_search", "read")
+def profile_search_panel(request: HttpRequest, pk: str) -> HttpResponse:
+    """The search so far (htmx, every 2 s until it ends)."""
+    return render(request, "console/_profile_search.html", _search_context(request, pk))
+
+
+@require_POST
+@guarded("profile_search", "apply")
+@domain_errors
+def profile_search_apply_view(request: HttpRequest, pk: str) -> HttpResponse:
+    search = get_object_or_404(ProfileSearch, pk=pk)
+    profile_search_apply(search=search, applied_by=request.user.get_username())
+    return done(request, "console:profile-search", search.pk)

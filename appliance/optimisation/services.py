@@ -14,9 +14,18 @@ from django.utils import timezone
 
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion, ValidationSet
+from appliance.catalog.profile import ProfileError, check_against, normalise
+from appliance.catalog.services import model_update
 from appliance.core.errors import ConflictError, DomainError
-from appliance.optimisation.choices import DEFAULT_KINDS, CandidateKind, JobState
-from appliance.optimisation.models import OptimisationCandidate, OptimisationJob
+from appliance.nodes.models import Node
+from appliance.optimisation import profiles
+from appliance.optimisation.choices import ACTIVE_JOB_STATES, DEFAULT_KINDS, CandidateKind, JobState
+from appliance.optimisation.models import (
+    OptimisationCandidate,
+    OptimisationJob,
+    ProfileSearch,
+    ProfileSearchResult,
+)
 
 TASK_RUN = "optimisation.run"
 
@@ -114,3 +123,147 @@ def job_fail(*, job_id: UUID | str, error: str) -> None:
         return
     job.state, job.finished, job.error = JobState.FAILED, timezone.now(), error[:5000]
     job.save()
+
+
+# --- Profile searches (optimisation/profiles.py measures; these record) -------------------------
+
+TASK_PROFILE_SEARCH = "optimisation.profile_search"
+
+
+class ProfileSearchBusy(ConflictError):
+    pass
+
+
+class ProfileSearchNotApplicable(ConflictError):
+    pass
+
+
+def _send_search(search_id: str) -> None:
+    from appliance.celery import app
+
+    app.send_task(TASK_PROFILE_SEARCH, args=[search_id], queue=settings.OPTIMISE_QUEUE, task_id=search_id)
+
+
+@transaction.atomic
+def profile_search_create(
+    *, version: ModelVersion, node: Node, objective_p99_ms: float, concurrency: int = profiles.DEFAULT_CONCURRENCY,
+    requests: int = profiles.DEFAULT_REQUESTS, grid: dict[str, Any] | None = None,
+    input_set: ValidationSet | None = None, requested_by: str = "",
+) -> ProfileSearch:  # fmt: skip
+    """Records the search and starts it after commit on the optimiser's queue. Refused (400)
+    where the optimiser cannot measure what the node would serve (profiles.refusal), for a
+    grid that is malformed or too large, and for a profile of the grid the version cannot be
+    served with; 409 while another search of the version is pending or running."""
+    problem = profiles.refusal(version=version, node=node, objective_p99_ms=objective_p99_ms, concurrency=concurrency,
+                               requests=requests, input_set=input_set)  # fmt: skip
+    if problem:
+        raise OptimisationError(problem)
+    spec = profiles.normalise_grid(profiles.DEFAULT_GRID if grid is None else grid)
+    candidates, pruned = profiles.expand(spec, version_max_batch_size=version.max_batch_size, concurrency=concurrency)
+    base = normalise(version.model.serving_profile)
+    for candidate in candidates:
+        try:
+            check_against(version, profiles.serving_profile(candidate, base))
+        except ProfileError as exc:
+            raise OptimisationError(f"{candidate.label()}: {exc} (the model's serving profile, with the grid's "
+                                    "fields changed)") from None  # fmt: skip
+    try:
+        with transaction.atomic():
+            search = ProfileSearch.objects.create(
+                version=version, node=node, node_name=node.name, objective_p99_ms=objective_p99_ms,
+                concurrency=concurrency, requests=requests, input_set=input_set, grid=spec, pruned=pruned,
+                base_profile=base, requested_by=requested_by,
+            )  # fmt: skip
+    except IntegrityError:
+        raise ProfileSearchBusy(f"a profile search of {version} is already pending or running") from None
+    search_id = str(search.pk)
+    transaction.on_commit(lambda: _send_search(search_id))
+    return search
+
+
+def profile_search_claim(*, search_id: UUID | str, measured_on: str) -> ProfileSearch | None:
+    """pending → running, once. A search found running was cut off: the optimiser runs one
+    search at a time on a solo worker, so a redelivered message means that worker died
+    mid-search (its private Triton, bound to it by the parent-death signal, went too); it is
+    failed, which frees the version for a new search."""
+    with transaction.atomic():
+        search = ProfileSearch.objects.select_for_update().filter(pk=search_id).first()
+        if search is None or search.state not in ACTIVE_JOB_STATES:
+            return None
+        if search.state == JobState.RUNNING:
+            search.state, search.finished = JobState.FAILED, timezone.now()
+            search.error = "interrupted: the optimiser's worker stopped during the search; start a new one"
+            search.save()
+            return None
+        search.state, search.started, search.measured_on = JobState.RUNNING, timezone.now(), measured_on[:500]
+        search.save()
+        return search
+
+
+def profile_search_progress(*, search_id: UUID | str, message: str) -> None:
+    with transaction.atomic():
+        search = ProfileSearch.objects.select_for_update().get(pk=search_id)
+        search.step = message[:200]
+        search.progress = [*search.progress, {"time": timezone.now().isoformat(), "message": message}]
+        search.save(update_fields=["step", "progress"])
+
+
+def profile_search_record(*, search: ProfileSearch, position: int, outcome: profiles.Outcome) -> ProfileSearchResult:
+    candidate = outcome.candidate
+    return ProfileSearchResult.objects.create(
+        search=search, position=position, max_batch_size=candidate.max_batch_size,
+        instance_count=candidate.instance_count, max_queue_delay_us=candidate.max_queue_delay_us,
+        profile=profiles.serving_profile(candidate, search.base_profile), p50_ms=outcome.p50_ms, p99_ms=outcome.p99_ms,
+        throughput=outcome.throughput, errors=outcome.errors,
+        met_objective=profiles.meets(outcome, search.objective_p99_ms), client_cpu_us=outcome.client_cpu_us,
+        seconds=outcome.seconds, note=outcome.note[:500],
+    )  # fmt: skip
+
+
+@transaction.atomic
+def profile_search_finish(*, search_id: UUID | str, recommended: ProfileSearchResult | None, recommendation: str,
+                          speed_up: float | None) -> ProfileSearch:  # fmt: skip
+    search = ProfileSearch.objects.select_for_update().get(pk=search_id)
+    search.state, search.finished, search.step = JobState.SUCCEEDED, timezone.now(), "done"
+    search.recommended, search.recommendation, search.speed_up = recommended, recommendation, speed_up
+    search.save()
+    return search
+
+
+@transaction.atomic
+def profile_search_fail(*, search_id: UUID | str, error: str) -> None:
+    search = ProfileSearch.objects.select_for_update().get(pk=search_id)
+    if search.state in (JobState.SUCCEEDED, JobState.FAILED):
+        return
+    search.state, search.finished, search.error = JobState.FAILED, timezone.now(), error[:5000]
+    search.save()
+
+
+@transaction.atomic
+def profile_search_apply(*, search: ProfileSearch, applied_by: str = "") -> ProfileSearch:
+    """The one action: the recommended profile becomes the model's serving profile
+    (catalog.services.model_update: checked against the newest version, audited); it takes
+    effect at the model's next rollout, as any profile change does. Refused (409) before the
+    search succeeded, when no profile met the objective, and when the model's profile has
+    changed since the search began (the numbers were measured over the old one)."""
+    search = ProfileSearch.objects.select_for_update(of=("self",)).select_related("version__model",
+                                                                                 "recommended").get(pk=search.pk)
+    if search.state != JobState.SUCCEEDED:
+        raise ProfileSearchNotApplicable(f"the search is {search.get_state_display().lower()}: nothing to apply yet"
+                                         if search.state in ACTIVE_JOB_STATES else
+                                         "the search failed: nothing to apply")  # fmt: skip
+    if search.recommended is None:
+        raise ProfileSearchNotApplicable(f"no profile met the objective (p99 ≤ {search.objective_p99_ms:g} ms at "
+                                         f"concurrency {search.concurrency}): nothing to apply")  # fmt: skip
+    model = search.version.model
+    profile = search.recommended.profile
+    current = normalise(model.serving_profile)
+    if current not in (search.base_profile, profile):
+        raise ProfileSearchNotApplicable(
+            f"the serving profile of {model.name} changed after the search began, and the search measured the old "
+            "one: start a new search"
+        )
+    model_update(model=model, serving_profile=profile)
+    search.applied, search.applied_by = timezone.now(), applied_by[:150]
+    search.save()
+    return search

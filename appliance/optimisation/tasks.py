@@ -3,9 +3,18 @@ and must not hold up rollouts on the control queue)."""
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
 
-from appliance.optimisation.services import TASK_RUN
+from celery import shared_task
+from django.conf import settings
+
+from appliance.catalog.artifacts import artifact_read_verified
+from appliance.optimisation import profiles, services
+from appliance.optimisation.models import ProfileSearch
+from appliance.optimisation.services import TASK_PROFILE_SEARCH, TASK_RUN
+from appliance.optimisation.validation_data import check_against_signature, parse_validation_set
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name=TASK_RUN)
@@ -13,3 +22,54 @@ def run(job_id: str) -> str:
     from appliance.optimisation.jobs import run_job
 
     return run_job(job_id)
+
+
+@shared_task(name=TASK_PROFILE_SEARCH)
+def profile_search(search_id: str) -> str:
+    """One profile search (optimisation/profiles.py): claims the row, measures each profile
+    of the grid on a private Triton (gone after, however the search ends), records a result
+    per profile as it goes and the recommendation at the end."""
+    from appliance.audit.choices import Origin
+    from appliance.audit.context import audit_context
+
+    with audit_context(origin=Origin.TASK, actor="optimiser"):
+        search = services.profile_search_claim(search_id=search_id, measured_on=profiles.host_description())
+        if search is None:
+            return "not pending"
+        try:
+            _search(search)
+        except Exception as exc:
+            log.exception("profile search %s failed", search_id)
+            services.profile_search_fail(search_id=search_id, error=f"{type(exc).__name__}: {exc}")
+            return "failed"
+    return "succeeded"
+
+
+def _search(search: ProfileSearch) -> None:
+    def say(message: str) -> None:
+        services.profile_search_progress(search_id=search.pk, message=message)
+
+    version = search.version
+    candidates, _ = profiles.expand(search.grid, version_max_batch_size=version.max_batch_size,
+                                    concurrency=search.concurrency)  # fmt: skip
+    set_inputs = None
+    if search.input_set is not None:
+        data = parse_validation_set(artifact_read_verified(search.input_set.content_sha256), metric=search.input_set.metric)
+        check_against_signature(data, version.signature)
+        set_inputs = data.inputs
+    rows = profiles.request_rows(version, set_inputs)
+    source = f"{len(rows)} rows of '{search.input_set.name}'" if search.input_set else "one row (sample or zeros)"
+    say(f"starting a private Triton with {version} ({len(candidates)} profiles; inputs: {source})")
+    outcomes: list[profiles.Outcome] = []
+    results = []
+    with profiles.Bench(version=version, workdir=settings.VAR_DIR / "profile-searches" / str(search.pk)) as bench:
+        for position, candidate in enumerate(candidates):
+            say(f"{position + 1}/{len(candidates)}: {candidate.label()}")
+            outcome = bench.measure(candidate, profiles.serving_profile(candidate, search.base_profile), rows,
+                                    concurrency=search.concurrency, requests=search.requests)  # fmt: skip
+            outcomes.append(outcome)
+            results.append(services.profile_search_record(search=search, position=position, outcome=outcome))
+    best, speed_up, why = profiles.recommend(outcomes, objective_p99_ms=search.objective_p99_ms,
+                                             concurrency=search.concurrency)  # fmt: skip
+    services.profile_search_finish(search_id=search.pk, recommended=None if best is None else results[best],
+                                   recommendation=why, speed_up=speed_up)  # fmt: skip

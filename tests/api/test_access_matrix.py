@@ -29,7 +29,7 @@ from appliance.accounts.services import api_key_create
 from appliance.audit.models import AuditEvent
 from appliance.console.access import FROM_URL
 from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
-from appliance.optimisation.models import OptimisationJob
+from appliance.optimisation.models import OptimisationJob, ProfileSearch
 from appliance.policies.models import PolicyRule
 from appliance.rollouts import services as rollouts
 from tests.conftest import client_for
@@ -47,8 +47,9 @@ _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}
 SECTIONS = {
     "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"},
     "reconfigurations": {"reconfiguration"},
-    "models": {"model", "version", "deployment", "validation_set", "optimisation_job"},
+    "models": {"model", "version", "deployment", "validation_set", "optimisation_job", "profile_search"},
     "optimisation": {"optimisation_job"},
+    "profile-searches": {"profile_search"},
     "deployments": {"deployment"},
     "tenants": {"tenant", "grant", "api_key"}, "policies": {"policy_rule"}, "metrics": {"metrics"},
     "audit": {"audit_event"},
@@ -153,6 +154,9 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
               "validation_set": make_validation_set(mine.model)}  # fmt: skip
     shared["optimisation_job"] = OptimisationJob.objects.create(source=mine, validation_set=shared["validation_set"],
                                                                 kinds=["int8_dynamic"])  # fmt: skip
+    shared["profile_search"] = ProfileSearch.objects.create(version=mine, node=node, node_name=node.name,
+                                                            objective_p99_ms=100.0, concurrency=32, requests=1000,
+                                                            grid={}, base_profile={})  # fmt: skip
     return {
         "mine": shared | {"tenant": acme, "model": mine.model, "version": mine, "deployment": deployments[0],
                           "api_key": keys[0], "grant": grants[0]},
@@ -196,7 +200,8 @@ def _api_problems(op: Operation, world: dict[str, Any], clients: dict[str, Any])
         yield f"{op}: {op.view.__name__} is outside the role matrix"
         return
     prefix = op.route.removeprefix("api/v1/").split("/")[0].strip("^$")
-    expected = {"": "api_root", "mig": "mig_layout"}.get(prefix, prefix.removesuffix("s").replace("-", "_"))
+    expected = {"": "api_root", "mig": "mig_layout", "profile-searches": "profile_search"}.get(
+        prefix, prefix.removesuffix("s").replace("-", "_"))
     if op.resource != expected:
         yield f"{op}: the view under /{prefix}/ names resource {op.resource!r}, not {expected!r}"
     if op.action not in access.MATRIX.get(op.resource, access.Resource({})).actions:
@@ -265,6 +270,7 @@ def _console_kwargs(page: Page, side: dict[str, Any]) -> dict[str, Any]:
         "models": {"name": side["model"].name, "number": side["version"].number},
         "deployments": {"pk": side["deployment"].pk},
         "optimisation": {"pk": side["optimisation_job"].pk},
+        "profile-searches": {"pk": side["profile_search"].pk},
         "reconfigurations": {"pk": side["reconfiguration"].pk},
         "tenants": {"slug": side["tenant"].slug, "pk": side["api_key"].pk},
         "policies": {"pk": side["policy_rule"].pk},

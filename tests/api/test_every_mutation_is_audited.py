@@ -131,6 +131,33 @@ def _optimisation_job(api: APIClient) -> Any:
     return api.post("/api/v1/optimisation-jobs/", {"version": str(source.pk), "validation_set": holdout}, format="json")
 
 
+def _profile_search(api: APIClient) -> Any:
+    import io
+
+    from appliance.catalog.services import version_upload
+    from tests.factories import manifest
+
+    make_node("cpu-1")
+    spec = manifest("digits")
+    version = version_upload(model="digits", fmt="onnx", artifact=io.BytesIO(b"an ONNX file"), signature=spec["signature"],
+                             max_batch_size=32)  # fmt: skip
+    body = {"version": str(version.pk), "node": "cpu-1", "objective_p99_ms": 50}
+    return api.post("/api/v1/profile-searches/", body, format="json")
+
+
+def _profile_search_apply(api: APIClient) -> Any:
+    """A search that succeeded (as its task records it), then applied over the API."""
+    from appliance.optimisation import profiles, services
+    from appliance.optimisation.models import ProfileSearch
+
+    search = ProfileSearch.objects.get(pk=_profile_search(api).json()["id"])
+    services.profile_search_claim(search_id=search.pk, measured_on="here")
+    outcome = profiles.Outcome(profiles.Candidate(8, 1, 0), p50_ms=5.0, p99_ms=9.0, throughput=900.0)
+    result = services.profile_search_record(search=search, position=0, outcome=outcome)
+    services.profile_search_finish(search_id=search.pk, recommended=result, recommendation="r", speed_up=None)
+    return api.post(f"/api/v1/profile-searches/{search.pk}/apply/")
+
+
 # (prefix, action) -> (does the request and returns the response, the audit action expected)
 def _rolling(api: APIClient) -> str:
     """A rollout in progress (its replicas have not loaded: no worker runs here)."""
@@ -164,6 +191,9 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("validation-sets", "destroy"): (
         lambda api: api.delete(f"/api/v1/validation-sets/{_validation_set(api).json()['id']}/"), "validation_set.delete"),
     ("optimisation-jobs", "create"): (_optimisation_job, "optimisation_job.create"),
+    ("profile-searches", "create"): (_profile_search, "profile_search.create"),
+    # Applying changes the model's serving profile: that is the row that matters (the search's own is updated too).
+    ("profile-searches", "apply"): (_profile_search_apply, "model.update"),
     ("deployments", "create"): (
         lambda api: api.post("/api/v1/deployments/", {"version": str(make_version().pk), "nodes": [make_node().name]},
                              format="json"), "deployment.create"),

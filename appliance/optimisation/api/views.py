@@ -5,12 +5,18 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from appliance.optimisation import services
-from appliance.optimisation.api.serializers import OptimisationJobCreateSerializer, OptimisationJobSerializer
-from appliance.optimisation.models import OptimisationJob
+from appliance.optimisation.api.serializers import (
+    OptimisationJobCreateSerializer,
+    OptimisationJobSerializer,
+    ProfileSearchCreateSerializer,
+    ProfileSearchSerializer,
+)
+from appliance.optimisation.models import OptimisationJob, ProfileSearch
 
 
 class OptimisationJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -42,3 +48,44 @@ class OptimisationJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
             kinds=data["kinds"], requested_by=request.user.get_username(),
         )  # fmt: skip
         return Response(OptimisationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ProfileSearchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Serving-profile searches: for a version and a CPU node, a small grid of profiles (max
+    batch size, instance count, queue delay) measured under load on the optimiser's private
+    Triton, and the profile with the most throughput whose p99 meets the objective. Creating
+    one starts it (202); `apply` makes the recommendation the model's serving profile."""
+
+    queryset = ProfileSearch.objects.select_related("version__model").prefetch_related("results")
+    serializer_class = ProfileSearchSerializer
+    resource = "profile_search"
+
+    def get_queryset(self) -> QuerySet[ProfileSearch]:
+        qs = super().get_queryset()
+        model = self.request.query_params.get("model")
+        return qs.filter(version__model__name=model) if model else qs
+
+    @extend_schema(parameters=[OpenApiParameter("model", str, description="only searches of this model's versions")])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=ProfileSearchCreateSerializer, responses={202: ProfileSearchSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = ProfileSearchCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        search = services.profile_search_create(
+            version=data["version"], node=data["node"], objective_p99_ms=data["objective_p99_ms"],
+            concurrency=data["concurrency"], requests=data["requests"], grid=data.get("grid"),
+            input_set=data.get("input_set"), requested_by=request.user.get_username(),
+        )  # fmt: skip
+        return Response(ProfileSearchSerializer(search).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=ProfileSearchSerializer)
+    @action(detail=True, methods=["post"])
+    def apply(self, request: Request, pk: str | None = None) -> Response:
+        """The recommended profile becomes the model's serving profile (audited as a model
+        update; it takes effect at the model's next rollout). 409 before the search succeeded,
+        when no profile met the objective, or when the model's profile changed meanwhile."""
+        search = services.profile_search_apply(search=self.get_object(), applied_by=request.user.get_username())
+        return Response(ProfileSearchSerializer(self.get_queryset().get(pk=search.pk)).data)
