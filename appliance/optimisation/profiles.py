@@ -29,7 +29,7 @@ scheduling noise on a 2-core machine. Requests cycle through real inputs where t
 names a validation set of the model (rows of one shape, so that Triton can batch them), else
 the version's stored samples, else zeros from the signature (fixed dims only).
 
-Nothing here touches the database: the task (tasks.profile_search) reads and records.
+Nothing here writes to the database: the task (tasks.profile_search) records.
 
 Why not the node agent's own TritonSupervisor: the control plane never imports the agent
 (tests/unit/test_app_boundaries.py), so `triton_install` and `Bench._argv` restate the few
@@ -131,9 +131,9 @@ def expand(grid: Mapping[str, Sequence[int]], *, version_max_batch_size: int,
     """The profiles to measure, no-batching first, and why the rest of the grid is not.
 
     Pruned: batch sizes the version cannot take; batching at all at concurrency 1; of the
-    batch sizes above the concurrency, all but the smallest (a batch never holds more than
-    the requests in flight, so they behave alike); likewise instance counts above it (the
-    extra instances sit idle); queue delays without batching (nothing waits to be batched).
+    batch sizes at least the concurrency, all but the smallest (a batch never holds more
+    than the requests in flight, so they behave alike); likewise instance counts (the extra
+    instances sit idle); queue delays without batching (nothing waits to be batched).
     Added: no batching (max batch size 1) when the grid lacks it, the baseline every search
     is compared with. A version without a batch dimension (max batch size 0) is measured
     with 0 and the instance counts only."""
@@ -158,16 +158,16 @@ def expand(grid: Mapping[str, Sequence[int]], *, version_max_batch_size: int,
             pruned.append(f"max batch size {_words(batching)}: one request in flight never makes a batch")
             sizes = [1]
         else:
-            above = [s for s in batching if s > concurrency]
-            if len(above) > 1:
-                pruned.append(f"max batch size {_words(above[1:])}: a batch never holds more than the {concurrency} "
-                              f"requests in flight, so these behave as {above[0]}")  # fmt: skip
-                sizes = [s for s in sizes if s <= above[0]]
-    above_counts = [n for n in counts if n > concurrency]
-    if len(above_counts) > 1:
-        pruned.append(f"instance count {_words(above_counts[1:])}: instances beyond the {concurrency} requests in "
-                      "flight sit idle")  # fmt: skip
-        counts = [n for n in counts if n <= above_counts[0]]
+            enough = [s for s in batching if s >= concurrency]
+            if len(enough) > 1:
+                pruned.append(f"max batch size {_words(enough[1:])}: a batch never holds more than the {concurrency} "
+                              f"requests in flight, so these behave as {enough[0]}")  # fmt: skip
+                sizes = [s for s in sizes if s <= enough[0]]
+    enough_counts = [n for n in counts if n >= concurrency]
+    if len(enough_counts) > 1:
+        pruned.append(f"instance count {_words(enough_counts[1:])}: with {concurrency} requests in flight, instances "
+                      f"beyond {enough_counts[0]} sit idle")  # fmt: skip
+        counts = [n for n in counts if n <= enough_counts[0]]
     if any(d > 0 for d in delays) and any(s <= 1 for s in sizes):
         pruned.append("queue delay without batching: nothing waits to be batched, so those profiles have none")
     candidates = [
