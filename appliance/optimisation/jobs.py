@@ -107,20 +107,14 @@ def _run(job: OptimisationJob) -> None:
         elif kind == CandidateKind.INT8_STATIC:
             model = quantise.int8_static(reference, calibration)
         else:
-            # Over dynamic INT8, the faster of the two on the CPU here (static QDQ is the form a
-            # TensorRT engine is built from, on a GPU node).
-            result = quantise.mixed_precision(reference, calibration, lambda m: judge(values_of(m)),
-                                              max_steps=settings.OPTIMISE_MIXED_MAX_STEPS, method="dynamic")  # fmt: skip
+            result = quantise.int8_mixed(reference, calibration, lambda m: judge(values_of(m)),
+                                         max_steps=settings.OPTIMISE_MIXED_MAX_STEPS)  # fmt: skip
             model, kept = result.model, result.excluded
             search = [{"kept_in_float": list(s.excluded), "passed": s.verdict.passed, "reason": s.verdict.reason()}
                       for s in result.steps]  # fmt: skip
-            if not kept and CandidateKind.INT8_DYNAMIC in job.kinds:
-                say("INT8 dynamic " + ("passes as it is: no layer needs to stay in float" if result.passed else
-                                       "fails, and so does every mixed model tried") + "; no second copy")
-                if not result.passed:
-                    say("mixed precision: " + "; ".join(f"kept {', '.join(s['kept_in_float']) or 'none'}: "
-                                                        f"{s['reason'] or 'passes'}" for s in search)[:1000])
-                continue
+            if not result.passed:
+                say("mixed precision found no model that passes: " + "; ".join(
+                    f"kept {', '.join(s['kept_in_float']) or 'none'}: {s['reason'] or 'passes'}" for s in search)[:1000])
         say(f"measuring {kind} ({len(model) / 1e6:.1f} MB)")
         values = values_of(model)
         verdict = judge(values)

@@ -77,13 +77,14 @@ def test_a_job_measures_candidates_and_the_gate_decides_which_deploy(api: APICli
     holdout = make_validation_set("digits", "holdout", content=digits_onnx.validation_set())
     make_node("node-a")
     job = optimisation_job_create(source=source, validation_set=holdout,
-                                  kinds=[CandidateKind.FP16, CandidateKind.INT8_DYNAMIC, CandidateKind.INT8_STATIC])  # fmt: skip
+                                  kinds=[CandidateKind.FP16, CandidateKind.INT8_DYNAMIC, CandidateKind.INT8_STATIC,
+                                         CandidateKind.INT8_MIXED])  # fmt: skip
     assert run_job(str(job.pk)) == "succeeded"
     assert run_job(str(job.pk)) == "not pending", "a redelivered task does nothing"
 
     body = api.get(f"/api/v1/optimisation-jobs/{job.pk}/").json()
     assert body["state"] == JobState.SUCCEEDED and body["measured_on"] and "ONNX Runtime 1.22.1" in body["measured_on"]
-    assert [c["kind"] for c in body["candidates"]] == ["reference", "fp16", "int8_dynamic", "int8_static"]
+    assert [c["kind"] for c in body["candidates"]] == ["reference", "fp16", "int8_dynamic", "int8_static", "int8_mixed"]
     reference, *candidates = body["candidates"]
     assert reference["version"] is None and reference["passed"]
     for candidate in candidates:

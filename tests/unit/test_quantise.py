@@ -360,3 +360,56 @@ def test_mixed_precision_gives_up_after_max_steps(digits: Digits) -> None:
     assert [step.excluded for step in result.steps] == [(), ("hostile",), ("hostile", "layer1")]
     assert result.excluded == ("hostile", "layer1")
     assert len(evaluated) == 1 + 3 + 1  # full, leave-one-out for each node, then the second step only
+
+
+# --- smoothing ----------------------------------------------------------------------------------
+
+
+def layer_norm_block(outlier: float) -> bytes:
+    """LayerNorm (gamma with one channel `outlier` times the rest) feeding two MatMuls and a
+    residual Add, as in a transformer layer: 32 channels in, 16 out."""
+    rng = np.random.default_rng(5)
+    gamma = np.ones(32, np.float32)
+    gamma[3] = outlier
+    tensors = {"gamma": gamma, "beta": np.zeros(32, np.float32),
+               "Wq": rng.normal(0, 0.2, (32, 16)).astype(np.float32), "Wv": rng.normal(0, 0.2, (32, 16)).astype(np.float32),
+               "Wr": rng.normal(0, 0.2, (32, 16)).astype(np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["ln", "Wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["ln", "Wv"], ["v"], name="v"),
+        helper.make_node("MatMul", ["ln", "Wr"], ["r"], name="residual_projection"),
+        helper.make_node("Add", ["q", "v"], ["qv"], name="qv"),
+        helper.make_node("Add", ["qv", "r"], ["y"], name="y"),
+    ]
+    return model(nodes, [numpy_helper.from_array(v, k) for k, v in tensors.items()],
+                 inputs=[("x", 32)], outputs=[("y", 16)])  # fmt: skip
+
+
+def test_smoothing_keeps_the_function_and_makes_dynamic_int8_closer() -> None:
+    block = layer_norm_block(outlier=60.0)
+    x = np.random.default_rng(6).normal(size=(300, 32)).astype(np.float32)
+    exact = onnxrun.run(block, {"x": x})["y"]
+
+    smoothed = quantise.smooth(block, {"x": x[:128]})
+
+    np.testing.assert_allclose(onnxrun.run(smoothed, {"x": x})["y"], exact, rtol=1e-4, atol=1e-4)
+    ops = [n.op_type for n in onnx.load_model_from_string(smoothed).graph.node]
+    assert ops.count("Mul") == 1, "one Mul for the LayerNorm's three readers"
+    assert quantise.quantisable_nodes(smoothed) == quantise.quantisable_nodes(block)  # exclusion still finds them
+
+    def error(candidate: bytes) -> float:
+        return float(np.abs(onnxrun.run(candidate, {"x": x})["y"] - exact).mean())
+
+    plain, better = error(quantise.int8_dynamic(block)), error(quantise.int8_dynamic(smoothed))
+    assert better < 0.5 * plain, (plain, better)
+    with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
+        quantise.smooth(block, {"x": x}, alpha=1.5)
+
+
+def test_a_model_without_layer_norms_is_left_as_it_is(digits: Digits) -> None:
+    classifier = mlp(digits.weights)
+    smoothed = quantise.smooth(classifier, {"x": digits.train[:64]})
+    assert [n.op_type for n in onnx.load_model_from_string(smoothed).graph.node] == [
+        n.op_type for n in onnx.load_model_from_string(classifier).graph.node
+    ]
