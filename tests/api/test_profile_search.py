@@ -170,3 +170,38 @@ def test_a_redelivered_search_found_running_is_failed_and_frees_the_version(vers
     search.refresh_from_db()
     assert search.state == "failed" and search.error.startswith("interrupted")
     assert services.profile_search_create(version=version, node=cpu_node, objective_p99_ms=10).state == "pending"
+
+
+def test_the_console_starts_a_search_shows_it_and_applies_it(version: ModelVersion, cpu_node: Node, operator: Any,
+                                                             auditor: Any) -> None:  # fmt: skip
+    from django.test import Client
+
+    console = Client()
+    console.force_login(operator)
+    model_page = console.get("/console/models/digits/").content.decode()
+    assert 'id="profile-search-form"' in model_page and '<option value="2">2 (ONNX)</option>' in model_page
+    form = {"version": "2", "node": "cpu-1", "objective_p99_ms": "40", "concurrency": "16", "requests": "500"}
+    assert console.post("/console/models/digits/profile-search/", form | {"objective_p99_ms": "fast"}).status_code == 400
+    assert console.post("/console/models/digits/profile-search/", form | {"node": "nowhere"}).status_code == 400
+    refused = console.post("/console/models/digits/profile-search/", form | {"concurrency": "1000"})
+    assert refused.status_code == 400 and b"concurrency: from 1 to 256" in refused.content
+    started = console.post("/console/models/digits/profile-search/", form)
+    search = ProfileSearch.objects.get()
+    assert started.status_code == 302 and started["Location"] == f"/console/profile-searches/{search.pk}/"
+    assert (search.concurrency, search.requests, search.objective_p99_ms, search.requested_by) == (16, 500, 40.0, "olivia")
+    pending = console.get(f"/console/profile-searches/{search.pk}/").content.decode()
+    assert "hx-trigger" in pending and 'id="profile-search-apply"' not in pending
+
+    _succeeded(search)
+    page = console.get(f"/console/profile-searches/{search.pk}/panel/").content.decode()
+    assert "hx-trigger" not in page and page.count("<tr") == 1 + 2 and 'class="recommended"' in page
+    assert "(3.50×)" in page and 'id="profile-search-apply"' in page
+    watcher = Client()
+    watcher.force_login(auditor)
+    assert 'id="profile-search-apply"' not in watcher.get(f"/console/profile-searches/{search.pk}/").content.decode()
+    assert watcher.post(f"/console/profile-searches/{search.pk}/apply/").status_code == 403
+
+    applied = console.post(f"/console/profile-searches/{search.pk}/apply/")
+    assert applied.status_code == 302 and Model.objects.get(name="digits").serving_profile["max_batch_size"] == 8
+    assert 'id="applied"' in console.get(f"/console/profile-searches/{search.pk}/").content.decode()
+    assert f"/console/profile-searches/{search.pk}/" in console.get("/console/models/digits/").content.decode()
