@@ -22,10 +22,10 @@ come from its own GPU: the same task would run there, on a queue of that node's 
 not built, and a search for a node with GPUs is refused (`refusal`).
 
 The load generator shares the machine with the Triton it measures: every result records the
-client's CPU per request. One asyncio process is enough here: tritonclient's aio client
-costs on the order of 0.2-0.3 ms of CPU per request, a few percent of two cores at the few
-hundred requests per second a transformer serves; several client processes would only add
-scheduling noise on a 2-core machine. Requests cycle through real inputs where the search
+client's CPU per request. One asyncio process is enough: on MiniLM at concurrency 32 on a
+2-core machine (bench/profile_search.py) the client spent 0.3-1.1 ms of CPU per request
+(more per request at low rates), never more than about a tenth of one core, so it was not
+what limited throughput. Requests cycle through real inputs where the search
 names a validation set of the model (rows of one shape, so that Triton can batch them), else
 the version's stored samples, else zeros from the signature (fixed dims only).
 
@@ -45,9 +45,10 @@ import math
 import os
 import platform
 import shutil
+import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from appliance.catalog.profile import normalise
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
 from appliance.core.env import env_str
 from appliance.core.errors import DomainError
-from appliance.core.process import ProcessTree, free_ports, wait_until
+from appliance.core.process import ProcessTree, free_ports, living_processes, wait_until
 from appliance.nodes.models import Node
 
 DEFAULT_GRID: dict[str, list[int]] = {"max_batch_size": [1, 8, 32], "instance_count": [1, 2],
@@ -81,6 +82,9 @@ OBJECTIVE_MAX_MS = 600_000.0
 INPUT_ROWS = 256  # distinct request inputs cycled through (from a validation set)
 LOAD_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 60.0
+# A profile's measurement stops sending after this long (a slow model asked for many requests): the
+# optimiser's one worker must come back to its queue; the result says how many were measured.
+PROFILE_TIME_LIMIT_S = 300.0
 # The formats the optimiser's private CPU Triton serves (ONNX through the appliance's ONNX Runtime model.py).
 MEASURABLE = (ArtifactFormat.ONNX, ArtifactFormat.PYTHON)
 
@@ -367,6 +371,34 @@ def triton_install() -> Install:
     return Install(wheel / "bin" / "tritonserver", target, (site / "nvidia_pytriton.libs",), venv / "bin")
 
 
+def scratch_root() -> Path:
+    return settings.VAR_DIR / "profile-searches"
+
+
+def sweep(*, keep: Collection[str]) -> list[str]:
+    """Removes what searches that no longer run left behind (a worker killed mid-search): the
+    processes of their Triton, whose command lines carry the search's shared-memory prefix
+    (the server's own and its backend stubs'), and their scratch directories. `keep`: the
+    ids of the searches running now. Returns the ids swept."""
+    root = scratch_root()
+    if not root.is_dir():
+        return []
+    swept = []
+    for entry in sorted(root.iterdir()):
+        if entry.name in keep:
+            continue
+        marker = f"appliance-search-{entry.name}-".encode()
+        for process in living_processes():
+            if marker in process.cmdline():
+                try:
+                    os.kill(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(entry, ignore_errors=True)
+        swept.append(entry.name)
+    return swept
+
+
 def host_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -384,9 +416,12 @@ class Measurement:
     seconds: float = 0.0
     client_cpu_s: float = 0.0
 
-    def outcome(self, candidate: Candidate) -> Outcome:
+    def outcome(self, candidate: Candidate, asked: int = 0) -> Outcome:
         done = len(self.latencies_ms) + len(self.errors)
         note = f"{len(self.errors)} failed: {self.errors[0]}" if self.errors else ""
+        if done < asked:
+            note = f"time limit ({PROFILE_TIME_LIMIT_S:g} s): {done} of {asked} requests measured" + (
+                f"; {note}" if note else "")
         if not self.latencies_ms:
             return Outcome(candidate, errors=len(self.errors), seconds=self.seconds, note=note or "nothing measured")
         p50, p99 = (float(v) for v in np.percentile(self.latencies_ms, [50, 99]))
@@ -395,19 +430,22 @@ class Measurement:
                        seconds=self.seconds, note=note)  # fmt: skip
 
 
-async def _drive(address: str, model: str, rows: list[list[Any]], *, concurrency: int, count: int) -> Measurement:
+async def _drive(address: str, model: str, rows: list[list[Any]], *, concurrency: int, count: int,
+                 limit_s: float = PROFILE_TIME_LIMIT_S) -> Measurement:  # fmt: skip
     """`count` requests from `concurrency` coroutines, each sending its next request as soon
-    as its last one is answered; latency per request as the client sees it."""
+    as its last one is answered (none sent after `limit_s`); latency per request as the
+    client sees it."""
     from tritonclient.grpc import aio
     from tritonclient.utils import InferenceServerException
 
     result = Measurement()
     sent = 0
     client = aio.InferenceServerClient(address)
+    deadline = time.perf_counter() + limit_s
 
     async def one_client() -> None:
         nonlocal sent
-        while sent < count:
+        while sent < count and time.perf_counter() < deadline:
             inputs = rows[sent % len(rows)]
             sent += 1
             start = time.perf_counter()
@@ -537,13 +575,13 @@ class Bench:
         from tritonclient.utils import InferenceServerException
 
         name = self.version.model.name
-        measured = {**profile, "response_cache": False}
+        served = {**profile, "response_cache": False}
         model_dir = self.repository / name
-        for file_name, data in warmup_files(self.version, measured).items():
+        for file_name, data in warmup_files(self.version, served).items():
             (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
             (model_dir / WARMUP_DIR / file_name).write_bytes(data)
         (model_dir / "config.pbtxt").write_text(render_config(self.version, versions=[self.version.number],
-                                                              profile=measured, backends=self.backends))  # fmt: skip
+                                                              profile=served, backends=self.backends))  # fmt: skip
         client = grpcclient.InferenceServerClient(self.address)
         try:
             try:
@@ -555,9 +593,8 @@ class Bench:
             inputs = infer_inputs(rows, self.version)
             warmup = min(requests, max(2 * concurrency, requests // 10))
             asyncio.run(_drive(self.address, name, inputs, concurrency=concurrency, count=warmup))
-            return asyncio.run(_drive(self.address, name, inputs, concurrency=concurrency, count=requests)).outcome(
-                candidate
-            )
+            measured = asyncio.run(_drive(self.address, name, inputs, concurrency=concurrency, count=requests))
+            return measured.outcome(candidate, asked=requests)
         finally:
             self._unload(client, name)
             client.close()

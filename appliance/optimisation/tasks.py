@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 
 from appliance.catalog.artifacts import artifact_read_verified
 from appliance.optimisation import profiles, services
+from appliance.optimisation.choices import JobState
 from appliance.optimisation.models import ProfileSearch
 from appliance.optimisation.services import TASK_PROFILE_SEARCH, TASK_RUN
 from appliance.optimisation.validation_data import check_against_signature, parse_validation_set
@@ -34,6 +34,9 @@ def profile_search(search_id: str) -> str:
 
     with audit_context(origin=Origin.TASK, actor="optimiser"):
         search = services.profile_search_claim(search_id=search_id, measured_on=profiles.host_description())
+        running = ProfileSearch.objects.filter(state=JobState.RUNNING).values_list("pk", flat=True)
+        for swept in profiles.sweep(keep={str(pk) for pk in running}):
+            log.warning("removed what profile search %s left behind", swept)
         if search is None:
             return "not pending"
         try:
@@ -54,7 +57,8 @@ def _search(search: ProfileSearch) -> None:
                                     concurrency=search.concurrency)  # fmt: skip
     set_inputs = None
     if search.input_set is not None:
-        data = parse_validation_set(artifact_read_verified(search.input_set.content_sha256), metric=search.input_set.metric)
+        stored = artifact_read_verified(search.input_set.content_sha256)
+        data = parse_validation_set(stored, metric=search.input_set.metric)
         check_against_signature(data, version.signature)
         set_inputs = data.inputs
     rows = profiles.request_rows(version, set_inputs)
@@ -62,7 +66,7 @@ def _search(search: ProfileSearch) -> None:
     say(f"starting a private Triton with {version} ({len(candidates)} profiles; inputs: {source})")
     outcomes: list[profiles.Outcome] = []
     results = []
-    with profiles.Bench(version=version, workdir=settings.VAR_DIR / "profile-searches" / str(search.pk)) as bench:
+    with profiles.Bench(version=version, workdir=profiles.scratch_root() / str(search.pk)) as bench:
         for position, candidate in enumerate(candidates):
             say(f"{position + 1}/{len(candidates)}: {candidate.label()}")
             outcome = bench.measure(candidate, profiles.serving_profile(candidate, search.base_profile), rows,

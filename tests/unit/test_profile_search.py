@@ -215,3 +215,38 @@ def test_the_private_triton_is_the_agents_install_and_command_line() -> None:
     assert differ == {"--model-repository", "--backend-config"}
     assert mine["--backend-config"].startswith("python,shm-region-prefix-name=")
     assert bench._environment() == agent.environment()
+
+
+def test_a_measurement_cut_short_by_the_time_limit_says_how_much_it_measured() -> None:
+    measured = profiles.Measurement(latencies_ms=[10.0] * 40, seconds=2.0)
+    assert measured.outcome(Candidate(1, 1, 0), asked=40).note == ""
+    note = measured.outcome(Candidate(1, 1, 0), asked=1000).note
+    assert note == f"time limit ({profiles.PROFILE_TIME_LIMIT_S:g} s): 40 of 1000 requests measured"
+
+
+# --- what a killed worker's search left behind ------------------------------------------------------
+
+
+def test_sweep_removes_the_processes_and_directories_of_searches_no_longer_running(
+    tmp_path: Any, settings: Any,
+) -> None:  # fmt: skip
+    import subprocess
+    import sys
+
+    settings.VAR_DIR = tmp_path
+    root = profiles.scratch_root()
+    (root / "dead" / "models").mkdir(parents=True)
+    (root / "alive").mkdir()
+    # Stand-ins for a dead search's Triton and a running one's: processes whose command line carries the prefix.
+    code = "import time; time.sleep(60)"
+    dead = subprocess.Popen([sys.executable, "-c", code, "--backend-config=python,shm-region-prefix-name=appliance-search-dead-"])
+    alive = subprocess.Popen([sys.executable, "-c", code, "appliance-search-alive-x"])
+    try:
+        assert profiles.sweep(keep={"alive"}) == ["dead"]
+        assert dead.wait(timeout=10) == -9 and alive.poll() is None
+        assert not (root / "dead").exists() and (root / "alive").is_dir()
+    finally:
+        for process in (dead, alive):
+            process.kill()
+            process.wait()
+    assert profiles.sweep(keep=set()) == ["alive"] and not any(root.iterdir())
