@@ -375,28 +375,28 @@ def scratch_root() -> Path:
     return settings.VAR_DIR / "profile-searches"
 
 
-def sweep(*, keep: Collection[str]) -> list[str]:
-    """Removes what searches that no longer run left behind (a worker killed mid-search): the
-    processes of their Triton, whose command lines carry the search's shared-memory prefix
-    (the server's own and its backend stubs'), and their scratch directories. `keep`: the
-    ids of the searches running now. Returns the ids swept."""
+def scratch_ids() -> list[str]:
+    """The searches that have a scratch directory here (running, or left behind)."""
     root = scratch_root()
-    if not root.is_dir():
-        return []
-    swept = []
-    for entry in sorted(root.iterdir()):
-        if entry.name in keep:
-            continue
-        marker = f"appliance-search-{entry.name}-".encode()
-        for process in living_processes():
-            if marker in process.cmdline():
-                try:
-                    os.kill(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        shutil.rmtree(entry, ignore_errors=True)
-        swept.append(entry.name)
-    return swept
+    return sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
+
+
+def sweep(ids: Collection[str]) -> None:
+    """Removes what the searches `ids`, which no longer run, left behind (a worker killed
+    mid-search): the processes of their Triton, whose command lines carry the search's
+    shared-memory prefix (the server's own and its backend stubs'), and their scratch
+    directories."""
+    markers = [f"appliance-search-{search_id}-".encode() for search_id in ids]
+    if not markers:
+        return
+    for process in living_processes():
+        if any(marker in process.cmdline() for marker in markers):
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for search_id in ids:
+        shutil.rmtree(scratch_root() / search_id, ignore_errors=True)
 
 
 def host_description() -> str:

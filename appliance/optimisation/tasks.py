@@ -4,6 +4,7 @@ and must not hold up rollouts on the control queue)."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery import shared_task
 
@@ -34,9 +35,7 @@ def profile_search(search_id: str) -> str:
 
     with audit_context(origin=Origin.TASK, actor="optimiser"):
         search = services.profile_search_claim(search_id=search_id, measured_on=profiles.host_description())
-        running = ProfileSearch.objects.filter(state=JobState.RUNNING).values_list("pk", flat=True)
-        for swept in profiles.sweep(keep={str(pk) for pk in running}):
-            log.warning("removed what profile search %s left behind", swept)
+        _sweep()
         if search is None:
             return "not pending"
         try:
@@ -46,6 +45,25 @@ def profile_search(search_id: str) -> str:
             services.profile_search_fail(search_id=search_id, error=f"{type(exc).__name__}: {exc}")
             return "failed"
     return "succeeded"
+
+
+def _sweep() -> None:
+    """What searches of this appliance that no longer run left on this host (directories of
+    other ids are not ours to judge)."""
+    names = profiles.scratch_ids()
+    ids = [name for name in names if _is_uuid(name)]
+    stale = ProfileSearch.objects.filter(pk__in=ids).exclude(state=JobState.RUNNING).values_list("pk", flat=True)
+    swept = sorted(str(pk) for pk in stale)
+    if swept:
+        log.warning("removing what profile searches %s left behind", ", ".join(swept))
+        profiles.sweep(swept)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _search(search: ProfileSearch) -> None:

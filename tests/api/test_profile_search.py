@@ -205,3 +205,23 @@ def test_the_console_starts_a_search_shows_it_and_applies_it(version: ModelVersi
     assert applied.status_code == 302 and Model.objects.get(name="digits").serving_profile["max_batch_size"] == 8
     assert 'id="applied"' in console.get(f"/console/profile-searches/{search.pk}/").content.decode()
     assert f"/console/profile-searches/{search.pk}/" in console.get("/console/models/digits/").content.decode()
+
+
+def test_a_search_sweeps_what_finished_searches_of_this_appliance_left_behind(
+    version: ModelVersion, cpu_node: Node, settings: Any, tmp_path: Any,
+) -> None:  # fmt: skip
+    """A worker killed mid-search leaves its scratch directory; the next search's task removes
+    it once the row is no longer running, and leaves directories it knows nothing of."""
+    from appliance.optimisation import tasks
+
+    settings.VAR_DIR = tmp_path
+    search = services.profile_search_create(version=version, node=cpu_node, objective_p99_ms=10)
+    services.profile_search_claim(search_id=search.pk, measured_on="h")
+    root = profiles.scratch_root()
+    for name in (str(search.pk), "not-a-search"):
+        (root / name).mkdir(parents=True)
+    tasks._sweep()
+    assert profiles.scratch_ids() == sorted([str(search.pk), "not-a-search"]), "running: kept"
+    services.profile_search_fail(search_id=search.pk, error="worker died")
+    tasks._sweep()
+    assert profiles.scratch_ids() == ["not-a-search"]

@@ -227,26 +227,25 @@ def test_a_measurement_cut_short_by_the_time_limit_says_how_much_it_measured() -
 # --- what a killed worker's search left behind ------------------------------------------------------
 
 
-def test_sweep_removes_the_processes_and_directories_of_searches_no_longer_running(
-    tmp_path: Any, settings: Any,
-) -> None:  # fmt: skip
+def test_sweep_removes_the_processes_and_directories_of_the_searches_named(tmp_path: Any, settings: Any) -> None:
     import subprocess
     import sys
 
     settings.VAR_DIR = tmp_path
     root = profiles.scratch_root()
+    assert profiles.scratch_ids() == []
     (root / "dead" / "models").mkdir(parents=True)
     (root / "alive").mkdir()
+    assert profiles.scratch_ids() == ["alive", "dead"]
     # Stand-ins for a dead search's Triton and a running one's: processes whose command line carries the prefix.
     code = "import time; time.sleep(60)"
     dead = subprocess.Popen([sys.executable, "-c", code, "--backend-config=python,shm-region-prefix-name=appliance-search-dead-"])
     alive = subprocess.Popen([sys.executable, "-c", code, "appliance-search-alive-x"])
     try:
-        assert profiles.sweep(keep={"alive"}) == ["dead"]
+        profiles.sweep(["dead"])
         assert dead.wait(timeout=10) == -9 and alive.poll() is None
-        assert not (root / "dead").exists() and (root / "alive").is_dir()
+        assert profiles.scratch_ids() == ["alive"]
     finally:
         for process in (dead, alive):
             process.kill()
             process.wait()
-    assert profiles.sweep(keep=set()) == ["alive"] and not any(root.iterdir())
