@@ -153,7 +153,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"Classification": "appliance.policies.choices.Classification"},
+    # Several models have a field named state with their own choices: each set gets its own name.
+    "ENUM_NAME_OVERRIDES": {"Classification": "appliance.policies.choices.Classification",
+                            "JobStateEnum": "appliance.optimisation.choices.JobState"},
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
