@@ -46,11 +46,11 @@ import onnx  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 
-from appliance.agent.repository import ONNX_RUNNER  # noqa: E402
-from appliance.agent.triton import TritonPorts, TritonSupervisor, triton_ready  # noqa: E402
 from appliance.catalog.models import Model, ModelVersion  # noqa: E402
+from appliance.catalog.runtimes import ONNX_RUNNER  # noqa: E402
 from appliance.catalog.tritonconfig import render_config  # noqa: E402
 from appliance.core.process import free_port, wait_until  # noqa: E402
+from appliance.core.tritonserver import TritonPorts, TritonSupervisor, triton_ready  # noqa: E402
 from appliance.optimisation import gate, metrics, onnxrun, quantise  # noqa: E402
 from appliance.optimisation.validation_data import parse_validation_set  # noqa: E402
 from triton_models.digits import build as digits_build  # noqa: E402

@@ -23,6 +23,7 @@ from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.models import Model
 from appliance.catalog.models import ModelVersion as Version
+from appliance.catalog.runtimes import ONNX_RUNNER
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config
 from appliance.catalog.tritonconfig import warmup_files as _warmup_files
 from appliance.nodes import dispatch
@@ -34,7 +35,7 @@ from appliance.rollouts.choices import ReplicaState
 from appliance.rollouts.models import Replica
 from appliance.rollouts.selectors import resident_replicas
 
-__all__ = ["WARMUP_DIR", "Reconfiguration", "Replica", "Version"]
+__all__ = ["ONNX_RUNNER", "WARMUP_DIR", "Reconfiguration", "Replica", "Version"]
 
 # The names under which the agent registers its tasks (the control plane sends them by name).
 TASK_REPLICA_APPLY = dispatch.REPLICA_APPLY

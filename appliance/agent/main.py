@@ -17,11 +17,11 @@ from django.db import close_old_connections
 
 from appliance.agent import control, sync
 from appliance.agent.mig_servers import MigServers
-from appliance.agent.repository import ModelRepository, installed_backends
+from appliance.agent.repository import ModelRepository
 from appliance.agent.runtime import LocalNode, set_local
-from appliance.agent.triton import TritonInstall, TritonPorts, TritonSupervisor, triton_ready
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
+from appliance.core.tritonserver import TritonInstall, TritonPorts, TritonSupervisor, installed_backends, triton_ready
 from appliance.nodes.inventory.base import Inventory, open_inventory
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.core.process import free_ports, wait_until
+from appliance.core.tritonserver import TritonPorts, TritonSupervisor, triton_ready
 from appliance.nodes.inventory.base import MigDeviceInfo
 
 log = logging.getLogger(__name__)

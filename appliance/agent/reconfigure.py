@@ -20,8 +20,8 @@ from django.conf import settings
 from appliance.agent import control
 from appliance.agent.control import Reconfiguration
 from appliance.agent.runtime import LocalNode
-from appliance.agent.triton import triton_ready
 from appliance.core.process import wait_until
+from appliance.core.tritonserver import triton_ready
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState
 from appliance.nodes.inventory.base import InventoryError, NotFound, ResetRequired
 from appliance.nodes.mig.catalog import gpu_model

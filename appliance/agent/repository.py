@@ -13,24 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.agent import control
-from appliance.agent.control import WARMUP_DIR, Version
+from appliance.agent.control import ONNX_RUNNER, WARMUP_DIR, Version
 
 _MARKER = ".appliance-sha256"
-# Written beside model.onnx where the node serves ONNX through the Python backend.
-ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")
-
-
-def installed_backends(backend_dir: Path) -> tuple[str, ...]:
-    """The backends a Triton has: the subdirectories of its backend directory."""
-    if not backend_dir.is_dir():
-        return ()
-    return tuple(sorted(p.name for p in backend_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
 @dataclass(frozen=True)
 class ModelRepository:
     root: Path
-    # The backends of the Triton that reads this directory (installed_backends).
+    # The backends of the Triton that reads this directory (core/tritonserver.py installed_backends).
     backends: tuple[str, ...] = ()
 
     def model_dir(self, model_name: str) -> Path:

@@ -7,15 +7,20 @@ The one home of that rule: placement refuses a node with no backend for the form
 artifact (agent/repository.py). ONNX is served everywhere a Python backend is: where
 the node's Triton has no ONNX Runtime backend (the CPU Triton of this appliance has
 only the Python backend), the appliance serves model.onnx through ONNX Runtime inside
-the Python backend with a model.py of its own (agent/onnx_runner.py); ONNX Runtime is
+the Python backend with a model.py of its own (catalog/onnx_runner.py); ONNX Runtime is
 part of the Triton environment the appliance installs (requirements-triton.txt).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
 from appliance.catalog.choices import ArtifactFormat
+
+# The model.py written beside model.onnx where a node serves ONNX through the Python backend
+# (read as a file, never imported: it runs in the Triton environment).
+ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")
 
 ONNXRUNTIME = "onnxruntime"
 PYTHON = "python"

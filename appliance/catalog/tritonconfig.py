@@ -77,7 +77,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
         if backend in _PLATFORM:
             config.platform = _PLATFORM[backend]
     if runtimes.wraps_onnx_in_python(version.format, backends):
-        # agent/onnx_runner.py reads it: ONNX Runtime's intra-op threads per instance.
+        # catalog/onnx_runner.py reads it: ONNX Runtime's intra-op threads per instance.
         config.parameters["onnx_threads"].string_value = str(spec["onnx_threads"])
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     for tensor in version.signature["inputs"]:

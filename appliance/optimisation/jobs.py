@@ -1,7 +1,7 @@
 """One optimisation job, run by the optimiser's worker: from an ONNX version, the
 candidates asked for (FP16, INT8 dynamic, INT8 static, INT8 mixed precision), each
 measured where ONNX versions are served on CPU nodes here (ONNX Runtime on the CPU, one
-thread per request, as agent/onnx_runner.py runs it inside Triton; the same pinned
+thread per request, as catalog/onnx_runner.py runs it inside Triton; the same pinned
 ONNX Runtime as the Triton environment), judged by the gate against the version itself
 on the model's validation set, and kept as a child version (lineage `quantisation`)
 with its gate result, passed or not: a failing candidate stays visible and is refused

@@ -11,7 +11,7 @@ meets the objective with no failed request, compared with the no-batching baseli
 in the same run.
 
 Where the measuring happens (`Bench`): the optimiser's worker starts a private
-tritonserver of its own, from the same install the node agents run (`triton_install`),
+tritonserver of its own, from the same install the node agents run,
 with a scratch repository holding the version under each profile in turn, and drives it
 with the stock gRPC client (tritonclient's asyncio client). Not on the node itself: a
 search saturates the Triton it measures, so on a serving node it would take the node's
@@ -31,10 +31,10 @@ the version's stored samples, else zeros from the signature (fixed dims only).
 
 Nothing here writes to the database: the task (tasks.profile_search) records.
 
-Why not the node agent's own TritonSupervisor: the control plane never imports the agent
-(tests/unit/test_app_boundaries.py), so `triton_install` and `Bench._argv` restate the few
-lines of agent/triton.py's discovery and command line this needs, and
-tests/unit/test_profile_search.py holds them equal to the agent's.
+The private Triton is the nodes' own: the same install (`TritonInstall.discover`) and the
+same command line and environment (core/tritonserver.py's `TritonSupervisor`), under a
+process tree of its own that is not restarted if it dies (a measurement that lost its
+server is a failed search, not one to continue).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion, ValidationSet
 from appliance.catalog.profile import normalise
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
-from appliance.core.env import env_str
 from appliance.core.errors import DomainError
 from appliance.core.process import ProcessTree, free_ports, living_processes, wait_until
+from appliance.core.tritonserver import TritonInstall, TritonPorts, TritonSupervisor, installed_backends, triton_ready
 from appliance.nodes.models import Node
 
 DEFAULT_GRID: dict[str, list[int]] = {"max_batch_size": [1, 8, 32], "instance_count": [1, 2],
@@ -334,43 +334,6 @@ def request_rows(version: ModelVersion, set_inputs: Mapping[str, np.ndarray] | N
 # --- The private Triton and the load ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Install:
-    """A tritonserver install: as agent/triton.py's TritonInstall finds it."""
-
-    binary: Path
-    backend_dir: Path
-    library_dirs: tuple[Path, ...]
-    python_bin_dir: Path | None
-
-
-def triton_install() -> Install:
-    """The Triton the node agents of this machine run: APPLIANCE_TRITON_BIN and
-    APPLIANCE_TRITON_BACKENDS where set (a Triton install), else the nvidia-pytriton wheel of
-    the Triton environment (APPLIANCE_TRITON_VENV, .venv-triton) with its Python-backend stub
-    put beside the backend (var/triton-backends/<python>, shared with the agents)."""
-    binary = env_str("TRITON_BIN", "")
-    if binary:
-        return Install(Path(binary), Path(env_str("TRITON_BACKENDS", "/opt/tritonserver/backends")), (), None)
-    venv = Path(env_str("TRITON_VENV", str(settings.BASE_DIR / ".venv-triton")))
-    site = next(iter(sorted((venv / "lib").glob("python3*/site-packages"))), None)
-    if site is None or not (site / "pytriton").exists():
-        raise SearchError(f"no Triton found for the search: {venv} has no nvidia-pytriton (run `make venv`)")
-    wheel = site / "pytriton" / "tritonserver"
-    py = site.parent.name.removeprefix("python")
-    target = settings.VAR_DIR / "triton-backends" / py
-    if not (target / "python" / "triton_python_backend_stub").exists():
-        staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(wheel / "backends", staging)
-        shutil.copy2(wheel / "python_backend_stubs" / py / "triton_python_backend_stub", staging / "python")
-        try:
-            os.rename(staging, target)
-        except OSError:  # an agent (or another search) made it meanwhile
-            shutil.rmtree(staging, ignore_errors=True)
-    return Install(wheel / "bin" / "tritonserver", target, (site / "nvidia_pytriton.libs",), venv / "bin")
-
-
 def scratch_root() -> Path:
     return settings.VAR_DIR / "profile-searches"
 
@@ -488,9 +451,16 @@ class Bench:
 
     version: ModelVersion
     workdir: Path
-    install: Install = field(default_factory=triton_install)
+    install: TritonInstall | None = None
     tree: ProcessTree | None = None
     address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.install is None:
+            try:
+                self.install = TritonInstall.discover()
+            except RuntimeError as exc:
+                raise SearchError(f"no Triton found for the search: {exc}") from None
 
     @property
     def repository(self) -> Path:
@@ -498,30 +468,17 @@ class Bench:
 
     @property
     def backends(self) -> tuple[str, ...]:
-        found = self.install.backend_dir
-        return tuple(sorted(p.name for p in found.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        assert self.install is not None
+        return installed_backends(self.install.backend_dir)
 
-    def _argv(self, ports: list[int]) -> list[str]:
+    def server(self, ports: Sequence[int]) -> TritonSupervisor:
+        """The nodes' command line and environment for this scratch repository and ports (its
+        own Python-backend shared-memory prefix)."""
+        assert self.install is not None
         http, grpc, metrics = ports
-        return [
-            str(self.install.binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
-            f"--backend-directory={self.install.backend_dir}",
-            f"--backend-config=python,shm-region-prefix-name=appliance-search-{self.workdir.name}-",
-            "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--strict-readiness=false",
-            "--disable-auto-complete-config", "--exit-timeout-secs=10", "--log-verbose=0",
-        ]  # fmt: skip
-
-    def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-        if self.install.library_dirs:
-            extra = ":".join(str(d) for d in self.install.library_dirs)
-            env["LD_LIBRARY_PATH"] = f"{extra}:{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else extra
-        if self.install.python_bin_dir is not None:
-            env["PATH"] = f"{self.install.python_bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
-            env.pop("PYTHONPATH", None)
-            env.pop("VIRTUAL_ENV", None)
-        return env
+        return TritonSupervisor(node_name=f"search-{self.workdir.name}", repository=self.repository,
+                                ports=TritonPorts(http=http, grpc=grpc, metrics=metrics),
+                                log_path=self.workdir / "triton.log", install=self.install)  # fmt: skip
 
     def __enter__(self) -> Bench:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -529,12 +486,13 @@ class Bench:
             self._materialise()
             ports = free_ports(3)
             self.address = f"127.0.0.1:{ports[1]}"
-            self.tree = ProcessTree(name="tritonserver of a profile search", argv=self._argv(ports),
-                                    env=self._environment(), log_path=self.workdir / "triton.log")  # fmt: skip
+            server = self.server(ports)
+            self.tree = ProcessTree(name="tritonserver of a profile search", argv=server.command(),
+                                    env=server.environment(), log_path=self.workdir / "triton.log")  # fmt: skip
             self.tree.start()
             tree = self.tree
-            wait_until(lambda: not tree.alive() or _ready(self.address), timeout=60)
-            if not _ready(self.address):
+            wait_until(lambda: not tree.alive() or triton_ready(self.address), timeout=60)
+            if not triton_ready(self.address):
                 raise SearchError(f"the search's tritonserver did not start: {self.log_tail()}")
         except BaseException:
             self.close()
@@ -563,9 +521,7 @@ class Bench:
         target = self.repository / self.version.model.name / str(self.version.number)
         unpack_into(artifact_read_verified(self.version.artifact_sha256), self.version.format, target)
         if runtimes.wraps_onnx_in_python(self.version.format, self.backends):
-            # The file the agents copy (agent/repository.py's ONNX_RUNNER), read as a file: the
-            # control plane does not import agent code.
-            shutil.copyfile(settings.BASE_DIR / "appliance" / "agent" / "onnx_runner.py", target / "model.py")
+            shutil.copyfile(runtimes.ONNX_RUNNER, target / "model.py")  # what the agents write there
 
     def measure(self, candidate: Candidate, profile: Mapping[str, Any], rows: list[dict[str, np.ndarray]], *,
                 concurrency: int, requests: int) -> Outcome:  # fmt: skip
@@ -612,15 +568,3 @@ class Bench:
 
         wait_until(gone, timeout=60, interval=0.1)
 
-
-def _ready(address: str) -> bool:
-    import tritonclient.grpc as grpcclient
-
-    try:
-        client = grpcclient.InferenceServerClient(address)
-        try:
-            return bool(client.is_server_ready(client_timeout=2.0))
-        finally:
-            client.close()
-    except Exception:
-        return False

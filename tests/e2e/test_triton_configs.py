@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from appliance.agent.triton import TritonPorts, TritonSupervisor, triton_ready
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config, warmup_files
 from appliance.core.process import wait_until
+from appliance.core.tritonserver import TritonPorts, TritonSupervisor, triton_ready
 from tests.e2e.fleet import free_port
 from tests.factories import MODELS_DIR, manifest
 from triton_models.digits import build as digits_build

@@ -193,29 +193,17 @@ def test_the_baseline_is_the_no_batching_profile_with_the_fewest_instances_that_
 # --- the private Triton is the nodes' ---------------------------------------------------------------
 
 
-def test_the_private_triton_is_the_agents_install_and_command_line() -> None:
-    from appliance.agent.triton import TritonInstall, TritonPorts, TritonSupervisor
+def test_the_private_triton_runs_the_nodes_command_line_on_its_own_repository_and_shared_memory() -> None:
+    from appliance.core.tritonserver import TritonInstall
 
-    theirs = TritonInstall.discover()
-    ours = profiles.triton_install()
-    assert (ours.binary, ours.backend_dir, ours.library_dirs, ours.python_bin_dir) == (
-        theirs.binary, theirs.backend_dir, theirs.library_dirs, theirs.python_bin_dir)  # fmt: skip
-    agent = TritonSupervisor(node_name="n", repository=profiles.Path("/r"), ports=TritonPorts(1, 2, 3),
-                             log_path=profiles.Path("/l"), install=theirs)  # fmt: skip
-    bench = profiles.Bench(version=_version(), workdir=profiles.Path("/w/s"), install=ours)
-
-    def flags(argv: list[str]) -> dict[str, str]:
-        return {a.split("=", 1)[0]: a.split("=", 1)[-1] for a in argv[1:]}
-
-    mine, the_agents = flags(bench._argv([1, 2, 3])), flags(agent.command())
-    # The response cache is off while measuring (requests repeat), so its flags are not needed.
-    the_agents.pop("--cache-directory", None), the_agents.pop("--cache-config", None)
-    assert set(mine) == set(the_agents)
-    differ = {name for name in mine if mine[name] != the_agents[name]}
-    assert differ == {"--model-repository", "--backend-config"}
-    assert mine["--backend-config"].startswith("python,shm-region-prefix-name=")
-    assert bench._environment() == agent.environment()
-
+    install = TritonInstall.discover()
+    bench = profiles.Bench(version=_version(), workdir=profiles.Path("/w/s"), install=install)
+    argv = bench.server([1, 2, 3]).command()
+    assert argv[0] == str(install.binary)
+    assert "--model-repository=/w/s/models" in argv and "--model-control-mode=explicit" in argv
+    assert "--backend-config=python,shm-region-prefix-name=appliance-search-s--" in argv  # not a node's
+    assert {"--http-port=1", "--grpc-port=2", "--metrics-port=3"} <= set(argv)
+    assert bench.backends == ("python",)  # the CPU Triton here
 
 def test_a_measurement_cut_short_by_the_time_limit_says_how_much_it_measured() -> None:
     measured = profiles.Measurement(latencies_ms=[10.0] * 40, seconds=2.0)

@@ -9,11 +9,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from appliance.agent.repository import installed_backends
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.profile import ProfileError
 from appliance.catalog.runtimes import backend_refusal, serving_backend, wraps_onnx_in_python
 from appliance.catalog.tritonconfig import render_config
+from appliance.core.tritonserver import installed_backends
 from appliance.nodes.models import Node
 from appliance.rollouts.services import format_refusal
 

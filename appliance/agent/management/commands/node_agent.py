@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from appliance.agent.main import AgentOptions, run_agent
-from appliance.agent.triton import TritonPorts
 from appliance.core.env import env_str
+from appliance.core.tritonserver import TritonPorts
 
 
 class Command(BaseCommand):

@@ -1,4 +1,6 @@
-"""Runs and supervises one tritonserver process for a node agent.
+"""Runs and supervises one tritonserver process: a node agent's (one per node and per MIG
+device), or the optimiser's private one for a profile search; and what a Triton install
+has (its backends).
 
 On CPU machines the server binary comes from the nvidia-pytriton wheel installed
 in .venv-triton (Triton 2.51 with the Python backend). On a GPU node set
@@ -180,6 +182,13 @@ class TritonSupervisor:
         --exit-timeout-secs), then anything left of its process group is killed."""
         if self._supervisor is not None:
             self._supervisor.stop(timeout=15)
+
+
+def installed_backends(backend_dir: Path) -> tuple[str, ...]:
+    """The backends a Triton has: the subdirectories of its backend directory."""
+    if not backend_dir.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in backend_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
 def triton_ready(address: str, timeout: float = 2.0) -> bool:
