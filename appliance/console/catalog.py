@@ -79,6 +79,13 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
         ctx.update(optimisation_jobs=OptimisationJob.objects.filter(source__model=obj).select_related("source")[:10],
                    onnx_versions=[v for v in versions if v.format == ArtifactFormat.ONNX],
                    optimisation_kinds=KIND_CHOICES)  # fmt: skip
+    if ctx["may"]["profile_search"]["read"]:
+        from appliance.optimisation.models import ProfileSearch
+
+        # One query for the table (not one per version); CPU nodes for the form (a GPU node's
+        # numbers would have to come from its GPU: the service refuses those).
+        ctx.update(profile_searches=ProfileSearch.objects.filter(version__model=obj).select_related("version")[:10],
+                   search_nodes=Node.objects.filter(gpus__isnull=True).order_by("name"))  # fmt: skip
     return render(request, "console/model.html", ctx)
 
 
