@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         node = node_register(name="cpu-node", zone="default", grpc_address="", http_address="", metrics_address="",
                              backends=["python"])  # fmt: skip
         # The task runs here, not on the optimiser's worker: nothing is sent to the broker.
-        with mock.patch.object(services, "_send_search"):
+        with mock.patch.object(services, "_send"):
             search = services.profile_search_create(version=version, node=node, objective_p99_ms=args.objective_ms,
                                                     concurrency=args.concurrency, requests=args.requests,
                                                     input_set=pairs, requested_by="bench")  # fmt: skip

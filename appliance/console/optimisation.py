@@ -104,8 +104,10 @@ def _search_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     search = get_object_or_404(ProfileSearch.objects.select_related("version__model", "input_set"), pk=pk)
     results = list(search.results.all())
     top = max((r.throughput or 0.0 for r in results), default=0.0) or 1.0
-    unbatched = [r for r in results if r.max_batch_size <= 1 and r.throughput]
-    baseline = min(unbatched, key=lambda r: r.instance_count, default=None)
+    index = profiles.baseline_of([
+        profiles.Outcome(profiles.Candidate(r.max_batch_size, r.instance_count, r.max_queue_delay_us),
+                         throughput=r.throughput) for r in results])  # fmt: skip
+    baseline = results[index] if index is not None else None
     rows = [{
         "result": r,
         "speed_up": r.throughput / baseline.throughput if r.throughput and baseline and baseline.throughput else None,

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import platform
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +26,7 @@ from appliance.audit.context import audit_context
 from appliance.catalog.artifacts import artifact_read_verified
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.services import gate_record, version_upload
-from appliance.optimisation import gate, metrics, onnxrun, quantise
+from appliance.optimisation import gate, host, metrics, onnxrun, quantise
 from appliance.optimisation.choices import CandidateKind
 from appliance.optimisation.models import OptimisationCandidate, OptimisationJob
 from appliance.optimisation.services import candidate_record, job_claim, job_fail, job_finish, job_progress
@@ -41,14 +38,7 @@ CONCURRENCY = 16
 
 
 def measured_on() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{socket.gethostname()} ({cpu}, {os.cpu_count()} CPUs), ONNX Runtime {onnxruntime.__version__} "
-            "on the CPU, one thread per request")  # fmt: skip
+    return f"{host.machine()}, ONNX Runtime {onnxruntime.__version__} on the CPU, one thread per request"
 
 
 def _load(sha256: str, metric: str) -> ValidationData:

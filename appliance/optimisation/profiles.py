@@ -43,10 +43,8 @@ import asyncio
 import copy
 import math
 import os
-import platform
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +64,7 @@ from appliance.core.errors import DomainError
 from appliance.core.process import ProcessTree, free_ports, living_processes, wait_until
 from appliance.core.tritonserver import TritonInstall, TritonPorts, TritonSupervisor, installed_backends, triton_ready
 from appliance.nodes.models import Node
+from appliance.optimisation import host
 
 DEFAULT_GRID: dict[str, list[int]] = {"max_batch_size": [1, 8, 32], "instance_count": [1, 2],
                                       "max_queue_delay_us": [0, 2000]}  # fmt: skip
@@ -363,13 +362,7 @@ def sweep(ids: Collection[str]) -> None:
 
 
 def host_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{socket.gethostname()} ({cpu}, {os.cpu_count()} CPUs): the optimiser's private Triton, stock gRPC client"
+    return f"{host.machine()}: the optimiser's private Triton, stock gRPC client"
 
 
 @dataclass

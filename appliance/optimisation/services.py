@@ -38,10 +38,30 @@ class OptimisationBusy(ConflictError):
     pass
 
 
-def _send(job_id: str) -> None:
+def _send(task: str, row_id: str) -> None:
+    """A job's or a search's task, on the optimiser's queue, its tracking row's id as task id."""
     from appliance.celery import app
 
-    app.send_task(TASK_RUN, args=[job_id], queue=settings.OPTIMISE_QUEUE, task_id=job_id)
+    app.send_task(task, args=[row_id], queue=settings.OPTIMISE_QUEUE, task_id=row_id)
+
+
+def _progress(model: type[OptimisationJob] | type[ProfileSearch], row_id: UUID | str, message: str) -> None:
+    """One more progress line on a job's or a search's row (not audited: its states are)."""
+    with transaction.atomic():
+        row = model.objects.select_for_update().get(pk=row_id)
+        row.step = message[:200]
+        row.progress = [*row.progress, {"time": timezone.now().isoformat(), "message": message}]
+        row.save(update_fields=["step", "progress"])
+
+
+@transaction.atomic
+def _fail(model: type[OptimisationJob] | type[ProfileSearch], row_id: UUID | str, error: str) -> None:
+    """A job or search that has not ended fails, saying why (audited)."""
+    row = model.objects.select_for_update().get(pk=row_id)
+    if row.state in (JobState.SUCCEEDED, JobState.FAILED):
+        return
+    row.state, row.finished, row.error = JobState.FAILED, timezone.now(), error[:5000]
+    row.save()
 
 
 @transaction.atomic
@@ -73,7 +93,7 @@ def optimisation_job_create(
     except IntegrityError:
         raise OptimisationBusy(f"an optimisation of {source} is already running") from None
     job_id = str(job.pk)
-    transaction.on_commit(lambda: _send(job_id))
+    transaction.on_commit(lambda: _send(TASK_RUN, job_id))
     return job
 
 
@@ -89,11 +109,7 @@ def job_claim(*, job_id: UUID | str, measured_on: str) -> OptimisationJob | None
 
 
 def job_progress(*, job_id: UUID | str, message: str) -> None:
-    with transaction.atomic():
-        job = OptimisationJob.objects.select_for_update().get(pk=job_id)
-        job.step = message[:200]
-        job.progress = [*job.progress, {"time": timezone.now().isoformat(), "message": message}]
-        job.save(update_fields=["step", "progress"])
+    _progress(OptimisationJob, job_id, message)
 
 
 def candidate_record(*, job: OptimisationJob, kind: str, version: ModelVersion | None, size_bytes: int,
@@ -116,13 +132,8 @@ def job_finish(*, job_id: UUID | str, recommended: OptimisationCandidate | None,
     return job
 
 
-@transaction.atomic
 def job_fail(*, job_id: UUID | str, error: str) -> None:
-    job = OptimisationJob.objects.select_for_update().get(pk=job_id)
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
-        return
-    job.state, job.finished, job.error = JobState.FAILED, timezone.now(), error[:5000]
-    job.save()
+    _fail(OptimisationJob, job_id, error)
 
 
 # --- Profile searches (optimisation/profiles.py measures; these record) -------------------------
@@ -136,12 +147,6 @@ class ProfileSearchBusy(ConflictError):
 
 class ProfileSearchNotApplicable(ConflictError):
     pass
-
-
-def _send_search(search_id: str) -> None:
-    from appliance.celery import app
-
-    app.send_task(TASK_PROFILE_SEARCH, args=[search_id], queue=settings.OPTIMISE_QUEUE, task_id=search_id)
 
 
 @transaction.atomic
@@ -177,7 +182,7 @@ def profile_search_create(
     except IntegrityError:
         raise ProfileSearchBusy(f"a profile search of {version} is already pending or running") from None
     search_id = str(search.pk)
-    transaction.on_commit(lambda: _send_search(search_id))
+    transaction.on_commit(lambda: _send(TASK_PROFILE_SEARCH, search_id))
     return search
 
 
@@ -201,11 +206,7 @@ def profile_search_claim(*, search_id: UUID | str, measured_on: str) -> ProfileS
 
 
 def profile_search_progress(*, search_id: UUID | str, message: str) -> None:
-    with transaction.atomic():
-        search = ProfileSearch.objects.select_for_update().get(pk=search_id)
-        search.step = message[:200]
-        search.progress = [*search.progress, {"time": timezone.now().isoformat(), "message": message}]
-        search.save(update_fields=["step", "progress"])
+    _progress(ProfileSearch, search_id, message)
 
 
 def profile_search_record(*, search: ProfileSearch, position: int, outcome: profiles.Outcome) -> ProfileSearchResult:
@@ -230,13 +231,8 @@ def profile_search_finish(*, search_id: UUID | str, recommended: ProfileSearchRe
     return search
 
 
-@transaction.atomic
 def profile_search_fail(*, search_id: UUID | str, error: str) -> None:
-    search = ProfileSearch.objects.select_for_update().get(pk=search_id)
-    if search.state in (JobState.SUCCEEDED, JobState.FAILED):
-        return
-    search.state, search.finished, search.error = JobState.FAILED, timezone.now(), error[:5000]
-    search.save()
+    _fail(ProfileSearch, search_id, error)
 
 
 @transaction.atomic

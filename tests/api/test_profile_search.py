@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from typing import Any
-from unittest import mock
 
 import pytest
 from rest_framework.test import APIClient
@@ -19,6 +19,7 @@ from appliance.catalog.services import model_update, version_upload
 from appliance.nodes.models import Gpu, Node
 from appliance.optimisation import profiles, services
 from appliance.optimisation.models import ProfileSearch
+from tests.broker import received
 from tests.conftest import assert_audited
 from tests.factories import make_node, make_validation_set, make_version, manifest
 from triton_models.minilm import validation as minilm_validation
@@ -51,7 +52,8 @@ def cpu_node(db: None) -> Node:
 def test_a_search_is_recorded_and_sent_to_the_optimisers_queue_after_commit(
     api: APIClient, version: ModelVersion, cpu_node: Node, django_capture_on_commit_callbacks: Any, settings: Any,
 ) -> None:  # fmt: skip
-    with mock.patch("appliance.celery.app.send_task") as send, django_capture_on_commit_callbacks(execute=True):
+    settings.OPTIMISE_QUEUE = f"test-optimise-{uuid.uuid4().hex[:8]}"  # read back below, from RabbitMQ
+    with django_capture_on_commit_callbacks(execute=True):
         started = _create(api, version=str(version.pk), node="cpu-1", objective_p99_ms=25.5, concurrency=8)
     assert started.status_code == 202, started.content
     body = started.json()
@@ -60,8 +62,8 @@ def test_a_search_is_recorded_and_sent_to_the_optimisers_queue_after_commit(
     assert body["grid"] == profiles.DEFAULT_GRID and body["results"] == [] and body["recommended"] is None
     # At concurrency 8, max batch size 32 behaves as 8: pruned, and said so.
     assert any("32: a batch never holds more than the 8 requests" in line for line in body["pruned"])
-    send.assert_called_once_with(services.TASK_PROFILE_SEARCH, args=[body["id"]], queue=settings.OPTIMISE_QUEUE,
-                                 task_id=body["id"])  # fmt: skip
+    ((headers, sent),) = received(settings.OPTIMISE_QUEUE, 1)
+    assert (headers["task"], headers["id"], sent[0]) == (services.TASK_PROFILE_SEARCH, body["id"], [body["id"]])
     assert_audited("profile_search.create", target_id=body["id"], actor="user:olivia")
     listed = api.get("/api/v1/profile-searches/", {"model": "digits"}).json()
     assert [s["id"] for s in listed["results"]] == [body["id"]]

@@ -5,26 +5,9 @@ broker (RabbitMQ), as the node's agent would receive them."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from appliance.nodes import dispatch
-
-
-def _received(queue: str, count: int) -> list[tuple[dict[str, Any], Any]]:
-    from appliance.celery import app
-
-    with app.connection_for_write() as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            messages = []
-            for _ in range(count):
-                message = simple.get(block=True, timeout=10)
-                messages.append((dict(message.headers), message.decode()))
-                message.ack()
-            return messages
-        finally:
-            simple.close()
-            conn.default_channel.queue_delete(queue)
+from tests.broker import received
 
 
 def test_node_tasks_go_to_the_nodes_queue_with_the_row_id_under_names_the_agent_registers() -> None:
@@ -36,7 +19,7 @@ def test_node_tasks_go_to_the_nodes_queue_with_the_row_id_under_names_the_agent_
     dispatch.reconfigure(node_name=node, reconfiguration_id=run)
     dispatch.model_sync(node_name=node, model_id=model, mig_uuid="MIG-1", countdown=5)
     assert dispatch.node_queue(node).endswith(f".node.{node}")
-    sent = {headers["task"]: (headers, body) for headers, body in _received(dispatch.node_queue(node), 3)}
+    sent = {headers["task"]: (headers, body) for headers, body in received(dispatch.node_queue(node), 3)}
     assert set(sent) == {"agent.replica_apply", "agent.reconfigure", "agent.node_model_sync"}
     app.loader.import_default_modules()  # what a worker registers: every installed app's tasks
     assert set(sent) <= set(app.tasks), "the agent registers every task the control plane sends"
