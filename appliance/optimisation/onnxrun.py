@@ -110,4 +110,3 @@ def _rows(inputs: dict[str, np.ndarray]) -> int:
     if rows == 0 or any(count != rows for count in counts.values()):
         raise ValueError(f"inputs must have the same, non-zero number of rows; got {counts}")
     return rows
-

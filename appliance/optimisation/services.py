@@ -97,15 +97,31 @@ def optimisation_job_create(
     return job
 
 
-def job_claim(*, job_id: UUID | str, measured_on: str) -> OptimisationJob | None:
-    """pending → running, once (a redelivered task finds it taken and does nothing)."""
+def _claim(model: type[OptimisationJob] | type[ProfileSearch], row_id: UUID | str, measured_on: str,
+           ) -> OptimisationJob | ProfileSearch | None:  # fmt: skip
+    """pending → running, once. A row found running was cut off: the optimiser runs one job or
+    search at a time on a solo worker, and a message comes back (acks late, rejected when the
+    worker is lost) only when that worker died mid-way (its private Triton, bound to it by the
+    parent-death signal, went too); it is failed, which frees the version for a new one."""
     with transaction.atomic():
-        job = OptimisationJob.objects.select_for_update().filter(pk=job_id, state=JobState.PENDING).first()
-        if job is None:
+        row = model.objects.select_for_update().filter(pk=row_id).first()
+        if row is None or row.state not in ACTIVE_JOB_STATES:
             return None
-        job.state, job.started, job.measured_on = JobState.RUNNING, timezone.now(), measured_on[:300]
-        job.save()
-        return job
+        if row.state == JobState.RUNNING:
+            row.state, row.finished = JobState.FAILED, timezone.now()
+            row.error = "interrupted: the optimiser's worker stopped during the run; start a new one"
+            row.save()
+            return None
+        limit = model._meta.get_field("measured_on").max_length
+        row.state, row.started, row.measured_on = JobState.RUNNING, timezone.now(), measured_on[:limit]
+        row.save()
+        return row
+
+
+def job_claim(*, job_id: UUID | str, measured_on: str) -> OptimisationJob | None:
+    job = _claim(OptimisationJob, job_id, measured_on)
+    assert job is None or isinstance(job, OptimisationJob)
+    return job
 
 
 def job_progress(*, job_id: UUID | str, message: str) -> None:
@@ -187,22 +203,9 @@ def profile_search_create(
 
 
 def profile_search_claim(*, search_id: UUID | str, measured_on: str) -> ProfileSearch | None:
-    """pending → running, once. A search found running was cut off: the optimiser runs one
-    search at a time on a solo worker, so a redelivered message means that worker died
-    mid-search (its private Triton, bound to it by the parent-death signal, went too); it is
-    failed, which frees the version for a new search."""
-    with transaction.atomic():
-        search = ProfileSearch.objects.select_for_update().filter(pk=search_id).first()
-        if search is None or search.state not in ACTIVE_JOB_STATES:
-            return None
-        if search.state == JobState.RUNNING:
-            search.state, search.finished = JobState.FAILED, timezone.now()
-            search.error = "interrupted: the optimiser's worker stopped during the search; start a new one"
-            search.save()
-            return None
-        search.state, search.started, search.measured_on = JobState.RUNNING, timezone.now(), measured_on[:500]
-        search.save()
-        return search
+    search = _claim(ProfileSearch, search_id, measured_on)
+    assert search is None or isinstance(search, ProfileSearch)
+    return search
 
 
 def profile_search_progress(*, search_id: UUID | str, message: str) -> None:

@@ -142,3 +142,16 @@ def test_a_failed_job_says_why(api: APIClient, weights: dict) -> None:
     job.refresh_from_db()
     assert job.state == JobState.FAILED and job.error and job.finished is not None
     assert not ModelVersion.objects.filter(parent=source).exists()
+
+
+def test_a_job_whose_worker_died_is_failed_when_its_message_comes_back(weights: dict) -> None:
+    source = _onnx_version(weights)
+    holdout = make_validation_set("digits", "holdout", content=digits_onnx.validation_set())
+    job = optimisation_job_create(source=source, validation_set=holdout, kinds=[CandidateKind.INT8_DYNAMIC])
+    OptimisationJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)  # claimed, then the worker was lost
+
+    assert run_job(str(job.pk)) == "not pending", "the redelivered message does not run it a second time"
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED and job.error.startswith("interrupted") and job.finished is not None
+    again = optimisation_job_create(source=source, validation_set=holdout, kinds=[CandidateKind.INT8_DYNAMIC])
+    assert again.state == JobState.PENDING, "the version is free for a new job"
