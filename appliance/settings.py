@@ -222,6 +222,8 @@ ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 2 * 1024**3, minimum=1)
 # What an archive artifact (python format) may unpack to on a node: a small gzip of zeros must not fill its disk.
 ARTIFACT_MAX_UNPACKED_BYTES = env_int("ARTIFACT_MAX_UNPACKED_BYTES", 8 * 1024**3, minimum=1)
 NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
+# The share of a CPU node's memory its generative engines may hold together (catalog/generative.py).
+GENERATIVE_MEMORY_FRACTION = env_float("GENERATIVE_MEMORY_FRACTION", 0.5)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
 TRITON_LOAD_TIMEOUT_S = env_float("TRITON_LOAD_TIMEOUT_S", 120.0)
 # Size of each Triton's local response cache (for models whose profile enables it); 0 turns it off.

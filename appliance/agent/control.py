@@ -21,9 +21,9 @@ from uuid import UUID
 
 from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
+from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import Model
 from appliance.catalog.models import ModelVersion as Version
-from appliance.catalog.runtimes import ONNX_RUNNER
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config
 from appliance.catalog.tritonconfig import warmup_files as _warmup_files
 from appliance.nodes import dispatch
@@ -35,7 +35,7 @@ from appliance.rollouts.choices import ReplicaState
 from appliance.rollouts.models import Replica
 from appliance.rollouts.selectors import resident_replicas
 
-__all__ = ["ONNX_RUNNER", "WARMUP_DIR", "Reconfiguration", "Replica", "Version"]
+__all__ = ["WARMUP_DIR", "Reconfiguration", "Replica", "Version"]
 
 # The names under which the agent registers its tasks (the control plane sends them by name).
 TASK_REPLICA_APPLY = dispatch.REPLICA_APPLY
@@ -50,11 +50,13 @@ def node_queue(node_name: str) -> str:
 
 
 def node_register(*, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str,
-                  triton_version: str = "", tensorrt_version: str = "", backends: tuple[str, ...] = ()) -> str:  # fmt: skip
+                  triton_version: str = "", tensorrt_version: str = "", backends: tuple[str, ...] = (),
+                  memory_bytes: int = 0) -> str:  # fmt: skip
     """Creates the node or updates its endpoints and what its Triton can serve; returns its id."""
     node = nodes.node_register(name=name, zone=zone, grpc_address=grpc_address, http_address=http_address,
                                metrics_address=metrics_address, triton_version=triton_version,
-                               tensorrt_version=tensorrt_version, backends=list(backends))  # fmt: skip
+                               tensorrt_version=tensorrt_version, backends=list(backends),
+                               memory_bytes=memory_bytes)  # fmt: skip
     return str(node.pk)
 
 
@@ -198,9 +200,15 @@ def triton_config(*, version: Version, versions: list[int], backends: tuple[str,
     return render_config(version, versions=versions, backends=backends)
 
 
-def wraps_onnx_in_python(*, version: Version, backends: tuple[str, ...]) -> bool:
-    """Whether the node serves this version through the appliance's ONNX Runtime model.py."""
-    return runtimes.wraps_onnx_in_python(version.format, backends)
+def runner(*, version: Version, backends: tuple[str, ...]) -> Path | None:
+    """The appliance's model.py that serves this version on a node with `backends` (ONNX
+    Runtime in the Python backend, or the vLLM runner), or None."""
+    return runtimes.runner(version.format, backends)
+
+
+def is_generative(version: Version) -> bool:
+    """A vllm-format version (text in, a stream of text out)."""
+    return version.format == ArtifactFormat.VLLM
 
 
 def warmup_files(*, version: Version) -> dict[str, bytes]:

@@ -22,6 +22,7 @@ from appliance.agent.runtime import LocalNode, set_local
 from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.core.tritonserver import TritonInstall, TritonPorts, TritonSupervisor, installed_backends, triton_ready
+from appliance.core.vllm_env import engine_capabilities, engine_environment, memory_bytes
 from appliance.nodes.inventory.base import Inventory, open_inventory
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def run_agent(options: AgentOptions) -> None:
     from appliance.celery import app
 
     install = TritonInstall.discover()
-    backends = installed_backends(install.backend_dir)
+    backends = (*installed_backends(install.backend_dir), *engine_capabilities())
     repository = ModelRepository(options.workdir / "models", backends=backends)
     supervisor = TritonSupervisor(
         node_name=options.name,
@@ -106,6 +107,7 @@ def run_agent(options: AgentOptions) -> None:
         ports=options.ports,
         log_path=options.workdir / "logs" / "tritonserver.log",
         install=install,
+        extra_env=engine_environment(options.workdir / "logs"),
     )
     with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
         node_id = control.node_register(
@@ -116,6 +118,7 @@ def run_agent(options: AgentOptions) -> None:
             metrics_address=options.ports.metrics_address,
             tensorrt_version=_tensorrt_version(),
             backends=backends,
+            memory_bytes=memory_bytes(),
         )
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.agent import control
-from appliance.agent.control import ONNX_RUNNER, WARMUP_DIR, Version
+from appliance.agent.control import WARMUP_DIR, Version
 
 _MARKER = ".appliance-sha256"
 
@@ -35,16 +35,16 @@ class ModelRepository:
         A directory already holding the same artifact is kept (idempotent)."""
         target = self.version_dir(version.model.name, version.number)
         marker = target / _MARKER
-        runner = control.wraps_onnx_in_python(version=version, backends=self.backends)
+        runner = control.runner(version=version, backends=self.backends)
         # The runner is part of what the directory holds: a new agent release rewrites it.
-        stamp = version.artifact_sha256 + (f" {hashlib.sha256(ONNX_RUNNER.read_bytes()).hexdigest()}" if runner else "")
+        stamp = version.artifact_sha256 + (f" {hashlib.sha256(runner.read_bytes()).hexdigest()}" if runner else "")
         if marker.exists() and marker.read_text() == stamp:
             return target
         staging = target.with_name(f".{target.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         control.fetch_artifact(version=version, into=staging)
         if runner:
-            shutil.copyfile(ONNX_RUNNER, staging / "model.py")
+            shutil.copyfile(runner, staging / "model.py")
         (staging / _MARKER).write_text(stamp)
         if target.exists():
             shutil.rmtree(target)

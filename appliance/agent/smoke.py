@@ -9,16 +9,29 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import triton_to_np_dtype
 
-from appliance.agent.control import Version
+from appliance.agent.control import Version, is_generative
 
 
 class SmokeError(RuntimeError):
     """The version loaded but did not answer a well-formed request correctly."""
 
 
+# A generative version is asked for one token of a real prompt (an empty one is refused by the engine).
+_GENERATIVE_SMOKE = {"text_input": b"Hello", "sampling_parameters": b'{"max_tokens": 1}'}
+
+
 def _inputs(version: Version) -> list[triton_grpc.InferInput]:
     inputs = []
+    generative = is_generative(version)
     for tensor in version.signature["inputs"]:
+        if generative:
+            if tensor["name"] in _GENERATIVE_SMOKE:
+                item = triton_grpc.InferInput(tensor["name"], [1], "BYTES")
+                item.set_data_from_numpy(np.array([_GENERATIVE_SMOKE[tensor["name"]]], dtype=np.object_))
+                inputs.append(item)
+            continue
+        if tensor.get("optional"):
+            continue
         dims = [1 if d == -1 else d for d in tensor["dims"]]
         shape = ([1] if version.max_batch_size > 0 else []) + dims
         if tensor["datatype"] == "BYTES":

@@ -6,6 +6,9 @@ class ArtifactFormat(models.TextChoices):
     TENSORRT_PLAN = "tensorrt_plan", "TensorRT plan"
     PYTHON = "python", "Python backend"
     ENSEMBLE = "ensemble", "Ensemble"
+    # A generative model: a Hugging Face folder (config, safetensors, tokenizer, chat template)
+    # served on vLLM (catalog/generative.py, catalog/vllm_runner.py).
+    VLLM = "vllm", "vLLM (Hugging Face folder)"
 
 
 class ChangeKind(models.TextChoices):

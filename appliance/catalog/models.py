@@ -60,6 +60,8 @@ class ModelVersion(Audited):
     sample_inputs = models.JSONField(null=True, blank=True)
     # Ensembles: the validated steps of the artifact (catalog/ensemble.py).
     ensemble_steps = models.JSONField(null=True, blank=True)
+    # Generative (vllm) versions: what sizing and serving read from the artifact (catalog/generative.py).
+    generative = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

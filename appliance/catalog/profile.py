@@ -18,8 +18,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from appliance.catalog import generative
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
+from appliance.core.api_input import StrictSerializer
 from appliance.core.errors import DomainError
 
 DEFAULT_QUEUE_DELAY_US = 0
@@ -84,7 +86,7 @@ class WarmupSerializer(serializers.Serializer):
     count = serializers.IntegerField(min_value=1, max_value=100, default=1, help_text="times each sample is run")
 
 
-class ServingProfileSerializer(serializers.Serializer):
+class ServingProfileSerializer(StrictSerializer):
     max_batch_size = serializers.IntegerField(min_value=0, required=False, help_text="default: the version's own")
     dynamic_batching = DynamicBatchingSerializer(required=False)
     instance_group = InstanceGroupSerializer(required=False)
@@ -95,13 +97,7 @@ class ServingProfileSerializer(serializers.Serializer):
         help_text="ONNX Runtime intra-op threads per instance where a node serves an ONNX version through the "
         "Python backend (its Triton has no ONNX Runtime backend)",
     )  # fmt: skip
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
-        return super().to_internal_value(data)
+    engine = generative.EngineSerializer(required=False, help_text="generative (vllm) versions: the engine's knobs")
 
 
 def normalise(profile: Any) -> dict[str, Any]:
@@ -151,6 +147,15 @@ def check_against(version: ModelVersion, profile: dict[str, Any]) -> None:
     if version.decoupled and dyn["enabled"] and batch > 0:
         raise ProfileError("a decoupled (streaming) version cannot use dynamic batching here")
     group = profile["instance_group"]
+    if version.format == ArtifactFormat.VLLM:
+        if group["count"] != 1:
+            raise ProfileError("a generative version runs one engine per replica (it batches continuously): "
+                               "instance_group.count must be 1; add replicas instead")  # fmt: skip
+        refusal = generative.engine_refusal(version.generative or {}, generative.engine_spec(profile))
+        if refusal:
+            raise ProfileError(f"{version}: {refusal}")
+    elif "engine" in profile:
+        raise ProfileError("engine settings apply to generative (vllm) versions only")
     if version.format == ArtifactFormat.PYTHON and group["kind"] == "gpu":
         raise ProfileError("python-backend versions run on the CPU here: instance kind 'gpu' is refused")
     if version.format == ArtifactFormat.TENSORRT_PLAN and group["kind"] == "cpu":

@@ -9,6 +9,10 @@ the node's Triton has no ONNX Runtime backend (the CPU Triton of this appliance 
 only the Python backend), the appliance serves model.onnx through ONNX Runtime inside
 the Python backend with a model.py of its own (catalog/onnx_runner.py); ONNX Runtime is
 part of the Triton environment the appliance installs (requirements-triton.txt).
+
+Generative (vllm-format) versions need the node's vLLM environment (`vllm_engine`, which
+the agent reports beside its Triton's backends when it finds one: core/vllm_env.py); the
+Python backend runs the appliance's catalog/vllm_runner.py in front of that engine.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ from collections.abc import Collection
 from pathlib import Path
 
 from appliance.catalog.choices import ArtifactFormat
+from appliance.core import vllm_env
 
 # The model.py written beside model.onnx where a node serves ONNX through the Python backend
 # (read as a file, never imported: it runs in the Triton environment).
 ONNX_RUNNER = Path(__file__).with_name("onnx_runner.py")
+# The model.py written beside a generative version's Hugging Face folder.
+VLLM_RUNNER = Path(__file__).with_name("vllm_runner.py")
 
 ONNXRUNTIME = "onnxruntime"
 PYTHON = "python"
 TENSORRT = "tensorrt"
+# Not a Triton backend directory: the node's vLLM environment, served through the Python backend.
+VLLM_ENGINE = vllm_env.VLLM_ENGINE
+# The Triton backend a capability is served by, where it is not a backend of its own.
+TRITON_BACKEND = {VLLM_ENGINE: PYTHON}
 
 # What each format can be served by, in order of preference.
 _SERVED_BY: dict[str, tuple[str, ...]] = {
@@ -32,6 +43,7 @@ _SERVED_BY: dict[str, tuple[str, ...]] = {
     ArtifactFormat.TENSORRT_PLAN: (TENSORRT,),
     ArtifactFormat.PYTHON: (PYTHON,),
     ArtifactFormat.ENSEMBLE: ("",),  # Triton's core runs ensembles
+    ArtifactFormat.VLLM: (VLLM_ENGINE,),
 }
 
 
@@ -52,7 +64,7 @@ def backend_refusal(fmt: str, backends: Collection[str]) -> str:
     """Why a node with `backends` cannot serve `fmt`, or ''."""
     if serving_backend(fmt, backends) is not None:
         return ""
-    need = " or ".join(f"the {b} backend" for b in _SERVED_BY[fmt])
+    need = " or ".join("a vLLM environment" if b == VLLM_ENGINE else f"the {b} backend" for b in _SERVED_BY[fmt])
     have = ", ".join(sorted(backends))
     return f"a {fmt} version needs {need}; the node's Triton has {have}"
 
@@ -60,3 +72,10 @@ def backend_refusal(fmt: str, backends: Collection[str]) -> str:
 def wraps_onnx_in_python(fmt: str, backends: Collection[str]) -> bool:
     """True where an ONNX version is served by the appliance's ONNX Runtime model.py."""
     return fmt == ArtifactFormat.ONNX and serving_backend(fmt, backends) == PYTHON
+
+
+def runner(fmt: str, backends: Collection[str]) -> Path | None:
+    """The appliance's model.py the agent writes into a version's directory, or None."""
+    if fmt == ArtifactFormat.VLLM:
+        return VLLM_RUNNER
+    return ONNX_RUNNER if wraps_onnx_in_python(fmt, backends) else None

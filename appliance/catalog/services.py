@@ -12,6 +12,8 @@ from django.db.models import Max
 from appliance.catalog.artifacts import ArtifactError, artifact_put, artifact_read_verified, check_archive
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.ensemble import parse_steps
+from appliance.catalog.generative import SIGNATURE as GENERATIVE_SIGNATURE
+from appliance.catalog.generative import facts_from_artifact
 from appliance.catalog.models import GateResult, Model, ModelVersion, ValidationSet
 from appliance.catalog.profile import check_against, normalise
 from appliance.catalog.signature import validate_samples, validate_signature
@@ -68,6 +70,16 @@ def version_upload(
     so the file is harmless and reused)."""
     if fmt not in ArtifactFormat.values:
         raise ArtifactError(f"format {fmt!r} is not one of {', '.join(ArtifactFormat.values)}")
+    generative = fmt == ArtifactFormat.VLLM
+    if generative:
+        # The tensors of Triton's vLLM backend, streamed: the runner serves exactly these.
+        if signature not in (None, {}) and validate_signature(signature) != validate_signature(GENERATIVE_SIGNATURE):
+            raise ArtifactError("a vllm version has the signature of Triton's vLLM backend; leave signature out")
+        if max_batch_size:
+            raise ArtifactError("a vllm version batches inside its engine: max_batch_size must be 0")
+        signature, decoupled = GENERATIVE_SIGNATURE, True
+    elif signature is None:
+        raise ArtifactError("signature: required for a version of this format")
     normalised = validate_signature(signature)
     samples = validate_samples(sample_inputs, normalised)
     if decoupled and max_batch_size:
@@ -76,6 +88,7 @@ def version_upload(
     if size == 0:
         raise ArtifactError("the artifact is empty")
     _check_artifact_content(fmt, sha256)
+    facts = facts_from_artifact(artifact_read_verified(sha256)) if generative else None
     steps = parse_steps(artifact_read_verified(sha256), normalised) if fmt == ArtifactFormat.ENSEMBLE else None
     if isinstance(model, str):
         model = Model.objects.filter(name=model).first() or model_create(name=model)
@@ -99,6 +112,7 @@ def version_upload(
         tensorrt_version=tensorrt_version,
         sample_inputs=samples,
         ensemble_steps=steps,
+        generative=facts,
     )
 
 

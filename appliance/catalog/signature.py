@@ -15,10 +15,11 @@ class SignatureError(DomainError):
     """The signature cannot describe a Triton model."""
 
 
-def _tensor(entry: Any, where: str) -> dict[str, Any]:
+def _tensor(entry: Any, where: str, *, side: str = "inputs") -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise SignatureError(f"{where}: expected an object with name, datatype and dims")
-    unknown = set(entry) - {"name", "datatype", "dims"}
+    # An input may be optional (Triton's `optional: true`: a request may leave it out).
+    unknown = set(entry) - {"name", "datatype", "dims", *(("optional",) if side == "inputs" else ())}
     if unknown:
         raise SignatureError(f"{where}: unknown keys {sorted(unknown)}")
     name = entry.get("name")
@@ -34,7 +35,13 @@ def _tensor(entry: Any, where: str) -> dict[str, Any]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in dims)
     ):
         raise SignatureError(f"{where} ({name}): dims must be a non-empty list of positive integers or -1")
-    return {"name": name, "datatype": datatype, "dims": list(dims)}
+    tensor = {"name": name, "datatype": datatype, "dims": list(dims)}
+    optional = entry.get("optional", False)
+    if not isinstance(optional, bool):
+        raise SignatureError(f"{where} ({name}): optional must be true or false")
+    if optional:
+        tensor["optional"] = True
+    return tensor
 
 
 def validate_signature(signature: Any) -> dict[str, list[dict[str, Any]]]:
@@ -49,7 +56,7 @@ def validate_signature(signature: Any) -> dict[str, list[dict[str, Any]]]:
         entries = signature.get(side)
         if not isinstance(entries, list) or not entries:
             raise SignatureError(f"signature.{side}: expected a non-empty list")
-        tensors = [_tensor(entry, f"signature.{side}[{i}]") for i, entry in enumerate(entries)]
+        tensors = [_tensor(entry, f"signature.{side}[{i}]", side=side) for i, entry in enumerate(entries)]
         names = [t["name"] for t in tensors]
         if len(set(names)) != len(names):
             raise SignatureError(f"signature.{side}: tensor names must be unique")

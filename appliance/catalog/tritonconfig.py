@@ -8,6 +8,7 @@ checked against the version before anything is built.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -16,7 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
-from appliance.catalog import runtimes
+from appliance.catalog import generative, runtimes
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
 from appliance.catalog.profile import ProfileError, check_against, effective_batch_size, normalise, warmup_source
@@ -58,9 +59,11 @@ def warmup_files(version: ModelVersion, profile: Any) -> dict[str, bytes]:
 
 
 def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None,
-                 backends: Collection[str] = ()) -> mc.ModelConfig:  # fmt: skip
+                 backends: Collection[str] = (), device_memory: int = 0) -> mc.ModelConfig:  # fmt: skip
     """The config for a Triton whose backends are `backends` (empty: the format's native
-    backend, as catalog/runtimes.py assumes for a node that has not reported them)."""
+    backend, as catalog/runtimes.py assumes for a node that has not reported them).
+    `device_memory`: the GPU memory a generative replica's engine gets its share of (0: a
+    CPU engine)."""
     if profile is None:
         profile = version.model.serving_profile
     spec = normalise(profile)
@@ -73,15 +76,22 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
     if version.format == ArtifactFormat.ENSEMBLE:
         config.platform = "ensemble"
     else:
-        config.backend = backend
+        config.backend = runtimes.TRITON_BACKEND.get(backend, backend)
         if backend in _PLATFORM:
             config.platform = _PLATFORM[backend]
     if runtimes.wraps_onnx_in_python(version.format, backends):
         # catalog/onnx_runner.py reads it: ONNX Runtime's intra-op threads per instance.
         config.parameters["onnx_threads"].string_value = str(spec["onnx_threads"])
+    if version.format == ArtifactFormat.VLLM:
+        # catalog/vllm_runner.py starts the engine with exactly these.
+        argv, env = generative.engine_command(version.generative or {}, generative.engine_spec(spec),
+                                              device="gpu" if device_memory else "cpu", device_memory=device_memory)  # fmt: skip
+        config.parameters["engine_argv"].string_value = json.dumps(argv)
+        config.parameters["engine_env"].string_value = json.dumps(env)
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     for tensor in version.signature["inputs"]:
-        config.input.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
+        config.input.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"],
+                         optional=bool(tensor.get("optional")))  # fmt: skip
     for tensor in version.signature["outputs"]:
         config.output.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"])
     if version.decoupled:
@@ -109,7 +119,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
 
     group = spec["instance_group"]
     kind = group["kind"]
-    if kind == "auto" and backend == runtimes.PYTHON:
+    if kind == "auto" and runtimes.TRITON_BACKEND.get(backend or "", backend) == runtimes.PYTHON:
         kind = "cpu"
     if version.format != ArtifactFormat.ENSEMBLE:
         instance = config.instance_group.add(kind=_KIND[kind], count=group["count"])
@@ -135,5 +145,6 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
 
 
 def render_config(version: ModelVersion, *, versions: Iterable[int], profile: Any = None,
-                  backends: Collection[str] = ()) -> str:  # fmt: skip
-    return text_format.MessageToString(build_config(version, versions=versions, profile=profile, backends=backends))
+                  backends: Collection[str] = (), device_memory: int = 0) -> str:  # fmt: skip
+    return text_format.MessageToString(build_config(version, versions=versions, profile=profile, backends=backends,
+                                                    device_memory=device_memory))  # fmt: skip

@@ -103,3 +103,15 @@ def _query_int(request: Request, name: str, field: serializers.IntegerField, def
         return field.run_validation(value)
     except serializers.ValidationError as exc:
         raise serializers.ValidationError({name: exc.detail}) from exc
+
+
+class StrictSerializer(serializers.Serializer):
+    """A nested settings object that refuses fields it does not know (a typo must not be
+    silently ignored: serving profiles, engine settings)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)

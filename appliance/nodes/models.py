@@ -35,6 +35,9 @@ class Node(Audited):
     # The backends the node's Triton has (its backend directory's subdirectories), as its agent
     # reported them; [] = not reported. catalog/runtimes.py decides what they can serve.
     backends = models.JSONField(default=list, blank=True)
+    # Physical memory the agent reported (0: not reported); generative engines on a CPU node
+    # share GENERATIVE_MEMORY_FRACTION of it (catalog/generative.py).
+    memory_bytes = models.BigIntegerField(default=0)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # What the agent itself last saw of its Triton (the sweep also probes it from here).
     triton_ready = models.BooleanField(default=False)

@@ -39,7 +39,7 @@ def node_create(
 @transaction.atomic
 def node_register(
     *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = "",
-    tensorrt_version: str = "", backends: list[str] | None = None,
+    tensorrt_version: str = "", backends: list[str] | None = None, memory_bytes: int = 0,
 ) -> Node:
     """Called by a node agent at start: creates the node or updates its endpoints, and
     the backends its Triton has (None: leave them as they are)."""
@@ -54,6 +54,8 @@ def node_register(
     node.tensorrt_version = tensorrt_version
     if backends is not None:
         node.backends = sorted(set(backends))
+    if memory_bytes:
+        node.memory_bytes = memory_bytes
     node.full_clean()
     node.save()
     return node

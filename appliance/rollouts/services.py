@@ -24,8 +24,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from appliance.audit.services import audit_record
+from appliance.catalog import generative
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import ModelVersion
+from appliance.catalog.profile import normalise
 from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes import dispatch
 from appliance.nodes.models import MigDevice, Node
@@ -124,6 +126,8 @@ def format_refusal(version: ModelVersion, node: Node) -> str:
     from appliance.catalog.runtimes import backend_refusal
 
     missing = backend_refusal(version.format, node.backends)
+    if not missing and version.format == ArtifactFormat.VLLM:
+        return generative_fit_refusal(version, node)
     if missing or version.format != ArtifactFormat.TENSORRT_PLAN:
         return missing
     from appliance.nodes.mig.catalog import GPU_MODELS
@@ -136,6 +140,32 @@ def format_refusal(version: ModelVersion, node: Node) -> str:
         have = node.tensorrt_version or "no TensorRT"
         return f"the TensorRT plan was built with TensorRT {version.tensorrt_version}; the node runs {have}"
     return ""
+
+
+def generative_fit_refusal(version: ModelVersion, node: Node) -> str:
+    """Why a replica of this generative version cannot fit beside the generative replicas the
+    node already holds, in numbers, or '' (catalog/generative.py sizes them)."""
+    gpus = list(node.gpus.all())
+    device = "gpu" if gpus else "cpu"
+    if device == "gpu":
+        capacity = max(g.memory_mib for g in gpus) * generative.MIB
+        place = f"{node.name}'s GPU"
+    else:
+        capacity = int(node.memory_bytes * settings.GENERATIVE_MEMORY_FRACTION)
+        place = f"{node.name} ({settings.GENERATIVE_MEMORY_FRACTION:.0%} of its memory)"
+        if not node.memory_bytes:
+            return "the node has not reported its memory, so a generative replica cannot be sized there"
+    sized = generative.need(version.generative or {}, generative.engine_spec(normalise(version.model.serving_profile)),
+                            device)  # fmt: skip
+    others: list[tuple[str, int]] = []
+    resident = (Replica.objects.filter(node=node, state__in=[ReplicaState.LIVE, ReplicaState.LOADING],
+                                       deployment__version__format=ArtifactFormat.VLLM)
+                .exclude(deployment__version=version).select_related("deployment__version__model"))  # fmt: skip
+    for other in {r.deployment.version_id: r.deployment.version for r in resident}.values():
+        held = generative.need(other.generative or {}, generative.engine_spec(normalise(other.model.serving_profile)),
+                               device)  # fmt: skip
+        others.append((str(other), held.total))
+    return generative.fit_refusal(subject=str(version), sized=sized, place=place, capacity=capacity, others=others)
 
 
 def _check_composing(version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> None:

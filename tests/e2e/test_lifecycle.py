@@ -557,8 +557,8 @@ def test_an_onnx_version_rolls_out_on_cpu_nodes_and_answers_through_the_gateway(
     from triton_models.digits import onnx as digits_onnx
 
     olga = world["olga"]
-    for name in NODES:
-        assert olga.get(f"nodes/{name}/")["backends"] == ["python"]
+    for name in NODES:  # (and the vLLM environment, which serves only generative versions)
+        assert olga.get(f"nodes/{name}/")["backends"] == ["python", "vllm_engine"]
     olga.post("models/", {"name": "digits-onnx"})
     olga.post("grants/", {"tenant": "lifeco", "model": "digits-onnx"})
     spec = manifest("digits")

@@ -61,7 +61,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id", "model", "number", "format", "artifact_sha256", "artifact_size", "signature",
             "max_batch_size", "decoupled", "parent", "change_kind", "change_note", "gpu_arch", "tensorrt_version",
-            "sample_inputs", "created",
+            "sample_inputs", "generative", "created",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -84,7 +84,8 @@ class ModelVersionCreateSerializer(serializers.Serializer):
     model = serializers.SlugRelatedField(slug_field="name", queryset=Model.objects.all())
     format = serializers.ChoiceField(choices=ArtifactFormat.choices)
     artifact = serializers.FileField(allow_empty_file=False)
-    signature = JSONTextField()
+    signature = JSONTextField(required=False, allow_null=True, default=None,
+                              help_text="required except for vllm versions (Triton's vLLM backend's tensors)")  # fmt: skip
     max_batch_size = serializers.IntegerField(min_value=0, max_value=1 << 16, default=0)
     decoupled = serializers.BooleanField(default=False)
     parent = serializers.PrimaryKeyRelatedField(  # type: ignore[assignment]

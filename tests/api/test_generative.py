@@ -1,0 +1,213 @@
+"""Generative (vllm-format) versions in the control plane: what upload reads from the
+Hugging Face folder, the engine knobs of the serving profile and their validation, the
+KV-cache sizing that refuses a placement in numbers, and the engine command line in the
+generated config (catalog/generative.py). The engine itself runs in tests/e2e/test_generative.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+from google.protobuf import text_format
+from rest_framework.test import APIClient
+from tritonclient.grpc import model_config_pb2 as mc
+
+from appliance.catalog import generative
+from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.tritonconfig import render_config
+from appliance.nodes.models import Node
+from appliance.rollouts.choices import ReplicaState
+from appliance.rollouts.models import Deployment, Replica
+from tests.factories import make_node
+
+pytestmark = pytest.mark.django_db
+
+GIB = 1024**3
+# A small llama-shaped model: 4 layers, 2 KV heads of 64, 1M parameters stored in bf16.
+CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "hidden_size": 256, "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}  # fmt: skip
+PER_TOKEN_BF16 = 2 * 4 * 2 * 64 * 2  # K and V, layers, KV heads, head size, bytes
+
+
+def _safetensors(shapes: dict[str, list[int]], dtype: str = "BF16") -> bytes:
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+
+
+def folder(config: dict[str, Any] | None = None, *, template: bool = True, weights: bool = True,
+           tokenizer: bool = True) -> bytes:  # fmt: skip
+    files = {"config.json": json.dumps(config or CONFIG).encode()}
+    if tokenizer:
+        files["tokenizer.json"] = b"{}"
+        files["tokenizer_config.json"] = json.dumps({"chat_template": "{{ messages }}"} if template else {}).encode()
+    if weights:
+        files["model.safetensors"] = _safetensors({"embed": [1000, 512], "lm": [24, 1000], "norm": [1000]})
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _upload(api: APIClient, model: str, artifact: bytes, **fields: Any) -> Any:
+    if not Model.objects.filter(name=model).exists():
+        assert api.post("/api/v1/models/", {"name": model}, format="json").status_code == 201
+    body = {"model": model, "format": "vllm", "artifact": SimpleUploadedFile("llm.tar", artifact), **fields}
+    return api.post("/api/v1/versions/", body, format="multipart")
+
+
+def test_upload_reads_the_folder_and_fills_the_vllm_backend_signature(api: APIClient) -> None:
+    response = _upload(api, "llm", folder())
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["generative"] == {
+        "architecture": "LlamaForCausalLM", "layers": 4, "kv_heads": 2, "head_dim": 64,
+        "max_position_embeddings": 4096, "parameters": 1000 * 512 + 24 * 1000 + 1000,
+        "stored_bytes": 2 * (1000 * 512 + 24 * 1000 + 1000), "stored_dtype": "bfloat16", "chat_template": True,
+    }  # fmt: skip
+    assert body["decoupled"] is True and body["max_batch_size"] == 0
+    inputs = {t["name"]: t for t in body["signature"]["inputs"]}
+    assert inputs["text_input"] == {"name": "text_input", "datatype": "BYTES", "dims": [1]}
+    assert inputs["stream"]["optional"] is True
+    assert {t["name"] for t in body["signature"]["outputs"]} >= {"text_output", "num_output_tokens"}
+
+
+@pytest.mark.parametrize(
+    ("artifact", "fields", "message"),
+    [
+        (folder(weights=False), {}, "must hold its weights as .safetensors files"),
+        (folder(tokenizer=False), {}, "must hold its tokenizer"),
+        (folder({"num_hidden_layers": 2}), {}, "config.json lacks the attention shape"),
+        (b"not a tar at all" * 10, {}, "cannot be read"),
+        (folder(), {"max_batch_size": 8}, "max_batch_size must be 0"),
+        (folder(), {"signature": json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "dims": [1]}],
+                                             "outputs": [{"name": "y", "datatype": "FP32", "dims": [1]}]})},
+         "leave signature out"),
+    ],
+    ids=["no-weights", "no-tokenizer", "no-shape", "not-a-tar", "batch-size", "other-signature"],
+)
+def test_a_bad_generative_upload_is_refused_and_leaves_nothing(api: APIClient, artifact: bytes, fields: dict[str, Any],
+                                                               message: str) -> None:  # fmt: skip
+    response = _upload(api, "llm", artifact, **fields)
+    assert response.status_code == 400, response.content
+    assert message in json.dumps(response.json())
+    assert not ModelVersion.objects.exists()
+
+
+def test_other_formats_still_need_a_signature(api: APIClient) -> None:
+    api.post("/api/v1/models/", {"name": "m"}, format="json")
+    body = {"model": "m", "format": "python", "artifact": SimpleUploadedFile("m.tar.gz", b"x" * 10)}
+    response = api.post("/api/v1/versions/", body, format="multipart")
+    assert response.status_code == 400 and "signature" in json.dumps(response.json())
+
+
+def test_engine_settings_are_validated_against_the_model(api: APIClient) -> None:
+    assert _upload(api, "llm", folder()).status_code == 201
+    # 64 MiB of cache holds 64 MiB / 2048 B = 32768 tokens: fine for 4096; a longer context than the model's is not.
+    too_long = {"serving_profile": {"engine": {"max_model_len": 8192}}}
+    response = api.patch("/api/v1/models/llm/", too_long, format="json")
+    assert response.status_code == 400
+    assert "max_model_len 8192 exceeds the model's context of 4096 tokens" in json.dumps(response.json())
+    small = {"serving_profile": {"engine": {"kv_cache_mib": 64, "max_model_len": 4096, "dtype": "float32"}}}
+    response = api.patch("/api/v1/models/llm/", small, format="json")
+    # float32 doubles the bytes per token: 64 MiB hold 16384 tokens, still >= 4096.
+    assert response.status_code == 200, response.content
+    unknown = api.patch("/api/v1/models/llm/", {"serving_profile": {"engine": {"gpu_memory_utilization": 0.9}}},
+                        format="json")  # fmt: skip
+    assert unknown.status_code == 400 and "unknown field" in json.dumps(unknown.json())
+    several = api.patch("/api/v1/models/llm/", {"serving_profile": {"instance_group": {"count": 2}}}, format="json")
+    assert several.status_code == 400 and "add replicas instead" in json.dumps(several.json())
+
+
+def test_a_cache_that_cannot_hold_one_sequence_is_refused_with_the_numbers() -> None:
+    facts = {**generative.facts_from_artifact(folder()), "layers": 400}  # 100x the layers: 204800 B per token
+    engine = generative.engine_spec({"engine": {"kv_cache_mib": 64, "max_model_len": 4096}})
+    assert generative.engine_refusal(facts, engine) == (
+        "a KV cache of 64 MiB holds 327 tokens (204800 bytes each), less than one sequence of max_model_len 4096: "
+        "give at least 800 MiB or a shorter max_model_len"
+    )
+
+
+def test_the_config_hands_the_runner_the_engine_command_line(api: APIClient) -> None:
+    _upload(api, "llm", folder())
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"engine": {"kv_cache_mib": 256, "max_num_seqs": 8,
+              "block_size": 32, "enforce_eager": True, "enable_prefix_caching": False}}}, format="json")  # fmt: skip
+    version = ModelVersion.objects.get()
+    config = text_format.Parse(render_config(version, versions=[1], backends=("python", "vllm_engine")),
+                               mc.ModelConfig())  # fmt: skip
+    assert config.backend == "python"
+    assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
+    assert [i.name for i in config.input if i.optional] == [
+        "stream", "sampling_parameters", "exclude_input_in_output", "return_finish_reason", "return_num_input_tokens",
+        "return_num_output_tokens"]  # fmt: skip
+    argv = json.loads(config.parameters["engine_argv"].string_value)
+    assert argv == ["--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "8",
+                    "--no-enable-prefix-caching", "--block-size", "32", "--enforce-eager",
+                    "--kv-cache-memory-bytes", str(256 * 1024**2)]  # fmt: skip
+    assert json.loads(config.parameters["engine_env"].string_value) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # On a GPU of 80 GiB the engine's share is its own need, not "0.9 of a GPU".
+    gpu = text_format.Parse(render_config(version, versions=[1], backends=("python", "vllm_engine"),
+                                          device_memory=80 * GIB), mc.ModelConfig())  # fmt: skip
+    gpu_argv = json.loads(gpu.parameters["engine_argv"].string_value)
+    share = float(gpu_argv[gpu_argv.index("--gpu-memory-utilization") + 1])
+    need = generative.need(version.generative, generative.engine_spec(version.model.serving_profile), "gpu")
+    assert share == pytest.approx(need.total / (80 * GIB), abs=1e-4) and share < 0.05
+
+
+def _routable(node: Node, memory: int) -> Node:
+    Node.objects.filter(pk=node.pk).update(memory_bytes=memory, backends=["python", "vllm_engine"], health="healthy",
+                                           last_heartbeat=timezone.now())  # fmt: skip
+    return Node.objects.get(pk=node.pk)
+
+
+def test_a_placement_that_cannot_fit_is_refused_in_numbers(api: APIClient) -> None:
+    _upload(api, "llm", folder())
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"engine": {"kv_cache_mib": 4096}}}, format="json")
+    _routable(make_node("node-a"), 8 * GIB)  # half of it, 4 GiB, for engines
+    version = ModelVersion.objects.get()
+    response = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["node-a"]}, format="json")
+    assert response.status_code == 400, response.content
+    assert json.loads(response.content)["detail"] == (
+        "node-a cannot run llm:1: llm:1 needs 6.50 GiB (weights 0.00 GiB + KV cache 4.00 GiB for 2097152 tokens + "
+        "runtime 2.50 GiB); node-a (50% of its memory) has 4.00 GiB free for engines of 4.00 GiB"
+    )
+    assert not Deployment.objects.exists()
+
+
+def test_two_generative_replicas_on_one_node_cannot_starve_each_other(api: APIClient) -> None:
+    _upload(api, "llm", folder())
+    node = _routable(make_node("node-a"), 12 * GIB)  # 6 GiB for engines; each replica needs 3.5 GiB
+    first = ModelVersion.objects.get()
+    response = api.post("/api/v1/deployments/", {"version": str(first.pk), "nodes": ["node-a"]}, format="json")
+    assert response.status_code == 202, response.content
+    Replica.objects.filter(node=node).update(state=ReplicaState.LIVE)
+    # Version 2 beside version 1 (a canary) would need 7 GiB of the 6: refused, naming what version 1 holds.
+    second = _upload(api, "llm", folder()).json()
+    response = api.post("/api/v1/deployments/", {"version": second["id"], "nodes": ["node-a"]}, format="json")
+    assert response.status_code == 400
+    assert json.loads(response.content)["detail"] == (
+        "node-a cannot run llm:2: llm:2 needs 3.50 GiB (weights 0.00 GiB + KV cache 1.00 GiB for 524288 tokens + "
+        "runtime 2.50 GiB); node-a (50% of its memory) has 2.50 GiB free for engines of 6.00 GiB (llm:1 holds 3.50 GiB)"
+    )
+    assert Deployment.objects.count() == 1
+    # With a smaller cache for both it fits: 2 x (0.25 + 2.5) GiB <= 6 GiB.
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"engine": {"kv_cache_mib": 256}}}, format="json")
+    response = api.post("/api/v1/deployments/", {"version": second["id"], "nodes": ["node-a"]}, format="json")
+    assert response.status_code in (202, 409), response.content  # 409: version 1's rollout is still active
+    if response.status_code == 409:
+        assert "cannot run" not in json.dumps(response.json())
