@@ -85,8 +85,9 @@ native-test: var/build/gatewayd-tests
 -include $(wildcard $(NATIVE_OBJ)/*.d $(NATIVE_OBJ)/tests/*.d)
 
 ## Bring the whole appliance up (control plane, worker, node agent + Triton, gateway); Ctrl-C stops it.
-run: venv native
-	$(VENV)/bin/python -m appliance.core.launcher
+## `make run LLM=1` also serves SmolLM2 on vLLM (the vLLM environment and the model are built first).
+run: venv native $(if $(LLM),vllm-env smollm2)
+	APPLIANCE_DEMO_LLM=$(LLM) $(VENV)/bin/python -m appliance.core.launcher
 
 ## Debian's Chromium for the console's browser tests (Playwright drives it; nothing is downloaded by Playwright).
 chromium:

@@ -3,7 +3,8 @@
     python -m triton_models.build --out var/build
 
 For each model directory with a manifest.json it writes <name>.tar.gz; models
-with a build step of their own (digits: training) run it first.
+with a build step of their own (digits: training) run it first. Generative (vllm) models
+are built by their own script in the vLLM environment (Makefile: smollm2).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def build_all(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
     for manifest in sorted(HERE.glob("*/manifest.json")):
-        name = json.loads(manifest.read_text())["name"]
+        spec = json.loads(manifest.read_text())
+        name = spec["name"]
+        if spec["format"] == "vllm":
+            continue  # built in the vLLM environment (`make smollm2`: triton_models/smollm2/build.py)
         target = out / f"{name}.tar.gz"
         if name == "digits":
             digits_build.build(out)

@@ -29,6 +29,10 @@ GATEWAY = os.environ.get("APPLIANCE_GATEWAY_BIND", "127.0.0.1:8100")
 NODE = os.environ.get("APPLIANCE_DEMO_NODE", "node-1")
 TRITON_PORTS = [int(p) for p in os.environ.get("APPLIANCE_DEMO_TRITON_PORTS", "8200,8201,8202").split(",")]
 DEMO_MODEL = "digits"
+# `make run LLM=1`: SmolLM2 on vLLM beside the digits model. Behind a flag: the vLLM environment is
+# 3.5 GB, the engine holds about 3.3 GiB and its first start compiles for a minute or two.
+DEMO_LLM = "smollm2"
+WITH_LLM = os.environ.get("APPLIANCE_DEMO_LLM", "") not in ("", "0")
 RUNTIME_ROLE = "appliance_app"
 
 
@@ -120,43 +124,40 @@ class Launcher:
         stop_all(self.procs, timeout=20)
 
     # --- the demo ---------------------------------------------------------------------
-    def deploy_demo(self) -> dict[str, Any]:
+    def deploy_demo(self, name: str = DEMO_MODEL, artifact_name: str = f"{DEMO_MODEL}.tar.gz",
+                    timeout: float = 180.0) -> dict[str, Any]:  # fmt: skip
+        """The shipped model `name` (its manifest, its built artifact) live on the demo node (idempotent)."""
         models = {m["name"] for m in self.api("GET", "models/?limit=1000")["results"]}
-        manifest = json.loads((ROOT / "triton_models" / DEMO_MODEL / "manifest.json").read_text())
-        if DEMO_MODEL not in models:
-            self.api("POST", "models/", {"name": DEMO_MODEL, "description": manifest["description"]})
-        live = [d for d in self.api("GET", f"deployments/?model={DEMO_MODEL}")["results"] if d["state"] == "live"]
+        manifest = json.loads((ROOT / "triton_models" / name / "manifest.json").read_text())
+        if name not in models:
+            self.api("POST", "models/", {"name": name, "description": manifest["description"]})
+        live = [d for d in self.api("GET", f"deployments/?model={name}")["results"] if d["state"] == "live"]
         if live:
             return live[0]
-        artifact = (VAR / "build" / f"{DEMO_MODEL}.tar.gz").read_bytes()
-        body, ctype = _multipart(
-            {
-                "model": DEMO_MODEL,
-                "format": manifest["format"],
-                "signature": json.dumps(manifest["signature"]),
-                "max_batch_size": str(manifest["max_batch_size"]),
-                "decoupled": "true" if manifest["decoupled"] else "false",
-            },
-            {"artifact": (f"{DEMO_MODEL}.tar.gz", artifact)},
-        )
+        fields = {"model": name, "format": manifest["format"], "max_batch_size": str(manifest["max_batch_size"]),
+                  "decoupled": "true" if manifest["decoupled"] else "false"}  # fmt: skip
+        if "signature" in manifest:  # a vllm version's is Triton's vLLM backend's
+            fields["signature"] = json.dumps(manifest["signature"])
+        body, ctype = _multipart(fields, {"artifact": (artifact_name, (VAR / "build" / artifact_name).read_bytes())})
         version = self.api("POST", "versions/", raw=body, ctype=ctype)
         deployment = self.api("POST", "deployments/", {"version": version["id"], "nodes": [NODE]})
 
         def settled() -> Any:
             current = self.api("GET", f"deployments/{deployment['id']}/")
             if current["state"] == "failed":
-                raise SystemExit(f"the demo rollout failed: {current['error']}")
+                raise SystemExit(f"the {name} rollout failed: {current['error']}")
             return current if current["state"] == "live" else None
 
-        return self.wait("the demo model to go live", settled)
+        return self.wait(f"{name} to go live", settled, timeout=timeout)
 
     def demo_key(self) -> str:
         tenants = {t["slug"] for t in self.api("GET", "tenants/?limit=1000")["results"]}
         if "demo" not in tenants:
             self.api("POST", "tenants/", {"slug": "demo", "name": "Demo team"})
         grants = self.api("GET", "grants/?limit=1000")["results"]
-        if not any(g["tenant"] == "demo" and g["model"] == DEMO_MODEL for g in grants):
-            self.api("POST", "grants/", {"tenant": "demo", "model": DEMO_MODEL})
+        for model in (DEMO_MODEL, *((DEMO_LLM,) if WITH_LLM else ())):
+            if not any(g["tenant"] == "demo" and g["model"] == model for g in grants):
+                self.api("POST", "grants/", {"tenant": "demo", "model": model})
         for key in self.api("GET", "api-keys/?limit=1000")["results"]:
             if key["tenant"] == "demo" and key["name"] == "demo" and key["is_active"]:
                 self.api("POST", f"api-keys/{key['id']}/revoke/")
@@ -227,6 +228,11 @@ class Launcher:
         predicted, true_label = self.wait("the first inference through the gateway", lambda: _first_inference(info))
         print(BANNER.format(**info, elapsed=time.monotonic() - started, predicted=predicted, true_label=true_label,
                             snippet=SNIPPET.format(**info), out=out, python=PY), flush=True)  # fmt: skip
+        if WITH_LLM:
+            print(f"starting {DEMO_LLM} on vLLM (the first start compiles: a minute or two)…", flush=True)
+            llm = self.deploy_demo(DEMO_LLM, f"{DEMO_LLM}.tar", timeout=900)
+            print(LLM_BANNER.format(version=llm["version_number"], python=PY,
+                                    snippet=LLM_SNIPPET.format(model=DEMO_LLM, **info)), flush=True)  # fmt: skip
         while all(proc.alive() for proc in self.procs):
             time.sleep(1)
         dead = [proc.name for proc in self.procs if not proc.alive()]
@@ -283,6 +289,32 @@ image = grpcclient.InferInput("IMAGE", [1, 64], "FP32")
 image.set_data_from_numpy(digits.data[7:8].astype(np.float32))
 result = client.infer("{model}", [image], headers={{"authorization": "Bearer {api_key}"}})
 print("predicted", result.as_numpy("LABEL")[0][0], "true", digits.target[7])'''
+
+LLM_SNIPPET = '''import json, queue, numpy as np, tritonclient.grpc as grpcclient
+def tensor(name, datatype, value):
+    item = grpcclient.InferInput(name, [1], datatype)
+    item.set_data_from_numpy(np.array([value], dtype=object if datatype == "BYTES" else bool))
+    return item
+prompt = ("<|im_start|>user\\nWhat is the capital of France?<|im_end|>\\n<|im_start|>assistant\\n")
+events = queue.Queue()
+client = grpcclient.InferenceServerClient("{gateway}")
+client.start_stream(callback=lambda result, error: events.put((result, error)),
+                    headers={{"authorization": "Bearer {api_key}"}})
+client.async_stream_infer("{model}", [tensor("text_input", "BYTES", prompt.encode()), tensor("stream", "BOOL", True),
+    tensor("sampling_parameters", "BYTES", json.dumps({{"temperature": 0, "max_tokens": 64}}).encode())],
+    enable_empty_final_response=True)
+while True:
+    result, error = events.get()
+    if error: raise SystemExit(error)
+    text = result.as_numpy("text_output")
+    if text is not None: print(text[0].decode(), end="", flush=True)
+    if result.get_response().parameters["triton_final_response"].bool_param: break
+client.stop_stream(); print()'''
+
+LLM_BANNER = """
+================ {python} can now stream from SmolLM2 (version {version}) on vLLM through the gateway ================
+{snippet}
+"""
 
 BANNER = """
 ================ inference appliance is up ({elapsed:.1f} s to the first correct inference) ================
