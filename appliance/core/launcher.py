@@ -150,14 +150,16 @@ class Launcher:
 
         return self.wait(f"{name} to go live", settled, timeout=timeout)
 
+    def grant_demo(self, model: str) -> None:
+        grants = self.api("GET", "grants/?limit=1000")["results"]
+        if not any(g["tenant"] == "demo" and g["model"] == model for g in grants):
+            self.api("POST", "grants/", {"tenant": "demo", "model": model})
+
     def demo_key(self) -> str:
         tenants = {t["slug"] for t in self.api("GET", "tenants/?limit=1000")["results"]}
         if "demo" not in tenants:
             self.api("POST", "tenants/", {"slug": "demo", "name": "Demo team"})
-        grants = self.api("GET", "grants/?limit=1000")["results"]
-        for model in (DEMO_MODEL, *((DEMO_LLM,) if WITH_LLM else ())):
-            if not any(g["tenant"] == "demo" and g["model"] == model for g in grants):
-                self.api("POST", "grants/", {"tenant": "demo", "model": model})
+        self.grant_demo(DEMO_MODEL)
         for key in self.api("GET", "api-keys/?limit=1000")["results"]:
             if key["tenant"] == "demo" and key["name"] == "demo" and key["is_active"]:
                 self.api("POST", f"api-keys/{key['id']}/revoke/")
@@ -231,8 +233,12 @@ class Launcher:
         if WITH_LLM:
             print(f"starting {DEMO_LLM} on vLLM (the first start compiles: a minute or two)…", flush=True)
             llm = self.deploy_demo(DEMO_LLM, f"{DEMO_LLM}.tar", timeout=900)
-            print(LLM_BANNER.format(version=llm["version_number"], python=PY,
-                                    snippet=LLM_SNIPPET.format(model=DEMO_LLM, **info)), flush=True)  # fmt: skip
+            self.grant_demo(DEMO_LLM)
+            snippet = LLM_SNIPPET.format(**{**info, "model": DEMO_LLM})
+            # The snippet itself, run until it streams an answer (a restarted node reloads the engine first).
+            answer = self.wait("the first streamed answer", lambda: _run_snippet(snippet), timeout=900)
+            print(LLM_BANNER.format(version=llm["version_number"], python=PY, snippet=snippet, answer=answer.strip()),
+                  flush=True)  # fmt: skip
         while all(proc.alive() for proc in self.procs):
             time.sleep(1)
         dead = [proc.name for proc in self.procs if not proc.alive()]
@@ -253,6 +259,15 @@ def _first_inference(info: dict[str, Any]) -> tuple[int, int] | None:
     except triton_grpc.InferenceServerException:
         return None
     return int(result.as_numpy("LABEL")[0][0]), int(digits.target[0])
+
+
+def _run_snippet(code: str) -> str | None:
+    """What the snippet printed, or None while it fails."""
+    try:
+        done = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return None
+    return done.stdout if done.returncode == 0 and done.stdout.strip() else None
 
 
 def api_call(base: str, token: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
@@ -312,7 +327,10 @@ while True:
 client.stop_stream(); print()'''
 
 LLM_BANNER = """
-================ {python} can now stream from SmolLM2 (version {version}) on vLLM through the gateway ================
+================ SmolLM2 (version {version}) streams on vLLM through the gateway ================
+first streamed answer: {answer}
+
+Try it (with {python}):
 {snippet}
 """
 
