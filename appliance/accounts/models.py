@@ -16,6 +16,10 @@ slug_validator = RegexValidator(
 )
 
 
+# A tenant's limits, as the API, the console and the services name them.
+LIMIT_FIELDS = ("priority_class", "rate_limit_rps", "rate_burst", "daily_quota", "tokens_per_minute", "max_tokens")
+
+
 class Tenant(Audited):
     """An internal team or business unit that calls models through the gateway."""
 
@@ -31,6 +35,10 @@ class Tenant(Audited):
     rate_limit_rps = models.PositiveIntegerField(default=0)
     rate_burst = models.PositiveIntegerField(default=0)  # 0: one second's worth
     daily_quota = models.PositiveIntegerField(default=0)  # requests per UTC day
+    # Generative models (gateway/tokens.py): output tokens a minute across every gateway process
+    # (0: no limit), and the most a request may ask for in max_tokens (0: no cap).
+    tokens_per_minute = models.PositiveIntegerField(default=0)
+    max_tokens = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -25,7 +25,7 @@ from appliance.core.services import update_locked
 def tenant_create(
     *, slug: str, name: str, classification: str = "internal", allowed_zones: list[str] | None = None, **limits: Any
 ) -> Tenant:
-    """`limits`: priority_class, rate_limit_rps, rate_burst, daily_quota."""
+    """`limits`: any of accounts.models.LIMIT_FIELDS."""
     tenant = Tenant(slug=slug, name=name or slug, classification=classification, allowed_zones=allowed_zones or [],
                     **limits)  # fmt: skip
     tenant.full_clean()

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from appliance.accounts import services
 from appliance.accounts.choices import PriorityClass
-from appliance.accounts.models import ApiKey, Tenant
+from appliance.accounts.models import LIMIT_FIELDS, ApiKey, Tenant
 from appliance.catalog.models import Model
 from appliance.console.access import context, domain_errors, guarded, require, scoped, tenant_scope
 from appliance.core.errors import DomainError
@@ -65,7 +65,7 @@ def tenants(request: HttpRequest) -> HttpResponse:
 
 def _limits(post: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in ("rate_limit_rps", "rate_burst", "daily_quota"):
+    for name in LIMIT_FIELDS[1:]:  # the numbers (priority_class is a choice, below)
         text = post.get(name, "").strip()
         if text:
             if not text.isdigit():

@@ -131,6 +131,9 @@ class Admission:
         self._clock = clock
         self._pick = pick  # two distinct indices below n: "the less loaded of two random ones"
         self.low_headroom: frozenset[str] = frozenset()  # nodes whose GPUs are nearly full
+        # Generative models: a replica's fixed stream slots (its engine's sequences × ENGINE_QUEUE_FACTOR).
+        # A stream's length says nothing of the engine's load, so these limits do not adapt.
+        self.slots: dict[str, int] = {}
 
     def configure(self, *, queue_max: int, initial_limit: float, max_limit: float) -> None:
         self.queue_max = queue_max
@@ -142,8 +145,18 @@ class Admission:
         their own speeds, so they never share a limit)."""
         limiter = self.limiters.get((address, model))
         if limiter is None:
-            limiter = self.limiters[(address, model)] = Limiter(limit=self.initial_limit, maximum=self.max_limit)
+            fixed = self.slots.get(model)
+            limiter = self.limiters[(address, model)] = (
+                Limiter(limit=fixed, maximum=fixed) if fixed else Limiter(limit=self.initial_limit, maximum=self.max_limit)
+            )
         return limiter
+
+    def set_slots(self, slots: dict[str, int]) -> None:
+        """The generative models' stream slots per replica, applied to their limiters now."""
+        self.slots = dict(slots)
+        for (_, model), limiter in self.limiters.items():
+            if model in self.slots:
+                limiter.limit = limiter.maximum = self.slots[model]
 
     def least_loaded(self, model: str, candidates: list[Any]) -> Any:
         """The less loaded of two random candidates (in-flight × baseline latency), or None."""

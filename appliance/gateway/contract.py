@@ -145,6 +145,13 @@ REFUSALS = {
     "waking": ("DEADLINE_EXCEEDED", "model '{model}' was loading after idle and not ready before the deadline"),
     "stream_one_version": ("INVALID_ARGUMENT", "a stream serves one model version; open another stream"),
     "not_a_message": ("INVALID_ARGUMENT", "request is not a valid {what} message"),
+    # Generative models (gateway/tokens.py; streams, which only the Python plane serves).
+    "over_tokens": (
+        "RESOURCE_EXHAUSTED",
+        "tenant '{tenant}' is over its {tpm} output tokens a minute; retry in {retry_ms} ms",
+    ),
+    "max_tokens_over": ("INVALID_ARGUMENT", "max_tokens {asked} is more than tenant '{tenant}' may ask for ({limit})"),
+    "bad_sampling": ("INVALID_ARGUMENT", "sampling_parameters must be a JSON object with an integer max_tokens: {why}"),
 }
 # The trailing metadata key of a RESOURCE_EXHAUSTED refusal's retry hint (milliseconds).
 RETRY_AFTER_HEADER = "retry-after-ms"
@@ -225,6 +232,32 @@ end
 return {1, 0, 0}
 """
 QUOTA_REASONS = ("", "rate", "quota")  # by the script's reason code
+
+# Output tokens a tenant's streams may generate in a minute (TOKENS_SCRIPT's KEYS[1]; the
+# script appends the minute number). What vLLM generates when a request names no max_tokens.
+KEY_TOKENS_MINUTE = "{instance}:tokens:{tenant}:"
+# A generative replica takes its engine's max_num_seqs × this many streams at once (as many
+# waiting in the engine as it runs: vLLM admits them as sequences finish); more wait in the
+# gateway's queue, where priorities and deadlines still apply.
+ENGINE_QUEUE_FACTOR = 2
+DEFAULT_MAX_TOKENS = 16
+# KEYS[1] minute counter prefix; ARGV limit, tokens to reserve. Reserves them in the current
+# minute (Redis's clock) unless that would pass the limit. Returns {allowed (1/0),
+# retry_after_ms (to the next minute), minute}. The gateway gives back what a stream did not use.
+TOKENS_SCRIPT = """
+local now = redis.call('TIME')
+local s = tonumber(now[1])
+local minute = math.floor(s / 60)
+local key = KEYS[1] .. minute
+local limit, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', key) or '0')
+if used + want > limit then
+  return {0, (60 - (s % 60)) * 1000 - math.floor(tonumber(now[2]) / 1000), minute}
+end
+redis.call('INCRBY', key, want)
+redis.call('EXPIRE', key, 180)
+return {1, 0, minute}
+"""
 
 # --- Prometheus metrics both planes expose (the front adds plane="native") --------------------
 METRICS = {

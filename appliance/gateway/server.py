@@ -42,6 +42,7 @@ from appliance.gateway.snapshot import (
     permitted_for,
 )
 from appliance.gateway.stats import Recorder
+from appliance.gateway.tokens import Budget, TokenLimits, TokenRefusal, asking_for_counts, max_tokens_of
 from appliance.gateway.wire import SERVICE, with_priority, with_version
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Gateway:
         self.cache = ResponseCache()
         self.semantic = SemanticCache()
         self.quotas = Quotas()
+        self.tokens = TokenLimits()
         self.stats = Recorder()
         self.tally = metrics.Tally()
         self._woken: dict[str, float] = {}
@@ -109,6 +111,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self.snapshot = await loop.run_in_executor(self._db, self._build)
             self.admission.low_headroom = self.snapshot.low_headroom
+            self.admission.set_slots(self.snapshot.engine_slots)
 
     async def refresh_if_stale(self) -> None:
         """Called when a request names a key or model the snapshot lacks: make sure
@@ -287,6 +290,7 @@ class Gateway:
     async def close(self) -> None:
         self.flush_metrics()
         await self.quotas.close()
+        await self.tokens.close()
         await self.cache.close()
         await self.semantic.close()
         await self.stats.close()
@@ -412,6 +416,19 @@ class Handlers:
                 self.gw.admission.release(model, current, latency, overloaded=overloaded)
         raise Refusal.of("unreachable")
 
+    async def _reserve(self, budget: Budget, key: KeyEntry, model: str, request: pb.ModelInferRequest,
+                       raw: bytes) -> bytes:  # fmt: skip
+        """One request's max_tokens against the tenant's limits; the request as it goes upstream
+        (asking for token counts where the tenant has a per-minute limit, so unused tokens come back)."""
+        try:
+            asked = max_tokens_of(request)
+            await self.gw.tokens.reserve(budget, tenant=key.tenant_slug, tpm=key.tokens_per_minute, cap=key.max_tokens,
+                                         asked=asked)  # fmt: skip
+        except TokenRefusal as refused:
+            self.gw.tally.inc(metrics.SHED, model, key.priority, "tokens")
+            raise Refusal.of(refused.name, refused.retry_after_ms, **refused.fields) from None
+        return asking_for_counts(request) if key.tokens_per_minute else raw
+
     async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any, tenant: str = "-") -> Route:
         try:
             route, waited = await self.gw.admission.acquire(model, routes, rank, _deadline(context))
@@ -532,9 +549,19 @@ class Handlers:
         key = await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version, _deadline(context))
         await self.gw.admit(key, model)
-        # A stream holds one replica slot for its whole life.
-        route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
-                                  RANK.get(key.priority, contract.DEFAULT_RANK), context, key.tenant_slug)  # fmt: skip
+        # Generative models: every request of the stream reserves its max_tokens (gateway/tokens.py).
+        budget = Budget(key.tenant_id) if model in self.gw.snapshot.generative and (
+            key.tokens_per_minute or key.max_tokens) else None  # fmt: skip
+        if budget is not None:
+            first_raw = await self._reserve(budget, key, model, first, first_raw)
+        try:
+            # A stream holds one replica slot for its whole life.
+            route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
+                                      RANK.get(key.priority, contract.DEFAULT_RANK), context, key.tenant_slug)  # fmt: skip
+        except BaseException:
+            if budget is not None:
+                await self.gw.tokens.settle(budget)  # nothing was generated: all of it back
+            raise
         chosen = version or route.version
 
         async def upstream() -> AsyncIterator[bytes]:
@@ -543,6 +570,8 @@ class Handlers:
                 request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
                 if request.model_name != model or (request.model_version and request.model_version != chosen):
                     raise Refusal.of("stream_one_version")
+                if budget is not None:
+                    raw = await self._reserve(budget, key, model, request, raw)
                 yield raw if request.model_version else with_version(raw, chosen)
 
         started, ok, first_response, responses = time.perf_counter(), False, None, 0
@@ -554,6 +583,8 @@ class Handlers:
                 if first_response is None:
                     first_response = time.perf_counter() - started
                 responses += 1
+                if budget is not None and budget.reserved:
+                    budget.count(response)
                 yield response
             ok = True
         except grpc.aio.AioRpcError as exc:
@@ -561,6 +592,8 @@ class Handlers:
         finally:
             # A stream's length says nothing about the replica's load: no latency sample.
             self.gw.admission.release(model, route, None)
+            if budget is not None:
+                await self.gw.tokens.settle(budget)
             seconds = time.perf_counter() - started
             self.gw.stats.record(model, chosen, ok, seconds)
             self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds)

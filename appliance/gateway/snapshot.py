@@ -20,7 +20,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from appliance.accounts.models import ApiKey, ModelGrant, Tenant
-from appliance.catalog.models import Model
+from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.generative import engine_spec
+from appliance.catalog.models import Model, ModelVersion
+from appliance.catalog.profile import normalise
 from appliance.gateway import contract
 from appliance.nodes.models import MigDevice, Node
 from appliance.nodes.selectors import routable_nodes
@@ -39,6 +42,8 @@ class KeyEntry:
     rate: int = 0  # requests a second (0: no limit)
     burst: int = 0
     daily: int = 0  # requests a UTC day (0: no quota)
+    tokens_per_minute: int = 0  # generative models: output tokens a minute (0: no limit)
+    max_tokens: int = 0  # generative models: the most a request may ask for (0: no cap)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,10 @@ class Snapshot:
     priority_levels: dict[str, int] = field(default_factory=dict)
     # Nodes with a GPU nearly out of memory: the gateway does not raise their concurrency limits.
     low_headroom: frozenset[str] = frozenset()
+    # Generative models (a vllm version serves): token limits apply to their streams, and each
+    # replica takes a fixed number of streams (admission.set_slots).
+    generative: frozenset[str] = frozenset()
+    engine_slots: dict[str, int] = field(default_factory=dict)
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -102,6 +111,8 @@ def build_snapshot() -> Snapshot:
             rate=row.tenant.rate_limit_rps,
             burst=row.tenant.rate_burst,
             daily=row.tenant.daily_quota,
+            tokens_per_minute=row.tenant.tokens_per_minute,
+            max_tokens=row.tenant.max_tokens,
         )
         for row in ApiKey.objects.filter(revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
@@ -127,6 +138,7 @@ def build_snapshot() -> Snapshot:
             Route(node=replica.node.name, address=address, version=str(version.number), tenant=tenant)
         )
     weights, parked = _traffic()
+    generative = set(ModelVersion.objects.filter(format=ArtifactFormat.VLLM).values_list("model__name", flat=True))
     permitted, denials = _residency(nodes, set(grants))
     rules = current_rules()
     cache_tenants = frozenset(
@@ -148,6 +160,9 @@ def build_snapshot() -> Snapshot:
             for name, profile in Model.objects.values_list("name", "serving_profile")
         },
         low_headroom=_low_headroom(nodes),
+        generative=frozenset(generative),
+        engine_slots={name: contract.ENGINE_QUEUE_FACTOR * engine_spec(normalise(profile))["max_num_seqs"]
+                      for name, profile in Model.objects.filter(name__in=generative).values_list("name", "serving_profile")},  # fmt: skip
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from tests.e2e.fleet import Fleet
+from tests.e2e.fleet import Fleet, wait_for
 from tests.e2e.operator import Operator
 
 pytestmark = [pytest.mark.e2e]
@@ -67,7 +68,7 @@ def stream(address: str, key: str, prompt: str, *, stream: bool = True, max_toke
                         headers={"authorization": f"Bearer {key}"})  # fmt: skip
     pieces: list[str] = []
     counts: list[int] = []
-    found: dict[str, Any] = {"error": None, "input_tokens": None, "finish": None}
+    found: dict[str, Any] = {"error": None, "input_tokens": None, "finish": None, "version": ""}
     try:
         client.async_stream_infer(MODEL, request(prompt, stream=stream, max_tokens=max_tokens),
                                   enable_empty_final_response=True)  # fmt: skip
@@ -77,6 +78,7 @@ def stream(address: str, key: str, prompt: str, *, stream: bool = True, max_toke
                 found["error"] = error
                 break
             response = result.get_response()
+            found["version"] = found["version"] or response.model_version
             text = result.as_numpy("text_output")
             if text is not None:
                 pieces.append(b"".join(text.reshape(-1)).decode())
@@ -172,6 +174,37 @@ def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[s
     assert error is not None and "unknown keys ['temprature']" in error.message()
 
 
+def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet: Fleet, world: dict[str, Any]) -> None:
+    """40 output tokens a minute, at most 32 a request: asking for more than 32 is refused
+    outright; each request reserves its max_tokens and gets back what it did not generate."""
+    import redis
+    from django.conf import settings
+
+    olga = world["olga"]
+    olga.post("tenants/", {"slug": "thrifty", "name": "Thrifty", "tokens_per_minute": 40, "max_tokens": 32})
+    olga.post("grants/", {"tenant": "thrifty", "model": MODEL})
+    key = olga.post("api-keys/", {"tenant": "thrifty", "name": "chat"})["key"]
+    wait_for("the gateway to know the key", lambda: stream(fleet.gateway, key, chat(QUESTION), max_tokens=1)["error"]
+             is None, timeout=30, procs=fleet.procs)  # fmt: skip
+    # The budget is per minute of Redis's clock: what follows takes a few seconds, so it must not
+    # start in the last 15 of a minute.
+    clock = redis.Redis.from_url(settings.REDIS_URL)
+    wait_for("a minute with time left in it", lambda: 60 - clock.time()[0] % 60 > 15, timeout=30)
+    too_many = stream(fleet.gateway, key, chat(QUESTION), max_tokens=64)
+    assert too_many["error"].status() == "StatusCode.INVALID_ARGUMENT"
+    assert too_many["error"].message() == "max_tokens 64 is more than tenant 'thrifty' may ask for (32)"
+    # "Paris" takes 8 tokens of the 30 reserved: the other 22 come back, so a second answer fits
+    # (30 + 30 would not).
+    spent = [stream(fleet.gateway, key, chat(QUESTION), max_tokens=30) for _ in range(2)]
+    assert all(a["error"] is None and a["output_tokens"] < 10 for a in spent), spent
+    # Now 30 more would pass 40: refused until the next minute.
+    over = stream(fleet.gateway, key, chat(QUESTION), max_tokens=30)
+    assert over["error"].status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert over["error"].message().startswith("tenant 'thrifty' is over its 40 output tokens a minute; retry in ")
+    other = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=30)  # another tenant is unaffected
+    assert other["error"] is None
+
+
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:
     olga = world["olga"]
     huge = {"engine": {**PROFILE["engine"], "kv_cache_mib": 1024 * 1024}}
@@ -187,3 +220,41 @@ def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Flee
     # The replica already there counts: weights in bf16, its 512 MiB cache and the runtime allowance.
     held = (world["version"]["generative"]["parameters"] * 2 + (512 + 2560) * 1024**2) / 1024**3
     assert f"smollm2:1 holds {held:.2f} GiB" in detail
+
+
+def test_a_canary_of_a_new_version_under_streaming_load_loses_no_stream(fleet: Fleet, world: dict[str, Any]) -> None:
+    """Version 2 (a second engine beside the first) goes through a canary while clients
+    stream without pause: every stream ends well, on the version it started on, and both
+    versions answered on the way."""
+    olga = world["olga"]
+    stop = threading.Event()
+    outcomes: list[tuple[str, str | None]] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            answer = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=24)
+            outcomes.append((answer["version"], None if answer["error"] is None else str(answer["error"])))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        version = olga.post("versions/", {"model": MODEL, "format": "vllm", "parent": world["version"]["id"],
+                                          "change_kind": "config", "change_note": "same weights, new engine",
+                                          "artifact": SimpleUploadedFile("smollm2.tar", ARTIFACT.read_bytes())},
+                            fmt="multipart")  # fmt: skip
+        deployment = olga.post("deployments/", {"version": version["id"], "strategy": "canary", "steps": [50],
+                                                "step_seconds": 4, "gate": {"min_requests": 3}})  # fmt: skip
+        done = olga.wait_ended(deployment["id"], fleet, timeout=600)
+        assert done["state"] == "live", done
+        served = len(outcomes)
+        wait_for("streams on the promoted version", lambda: len(outcomes) >= served + 2, timeout=120, procs=fleet.procs)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failures = [error for _, error in outcomes if error is not None]
+    assert not failures, failures[:3]
+    versions = {v for v, _ in outcomes}
+    assert versions == {"1", "2"}, versions
+    assert outcomes[-1][0] == "2"

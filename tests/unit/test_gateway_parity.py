@@ -162,6 +162,7 @@ def test_random_admission_histories_are_decided_alike(seed: int) -> None:
 SAMPLE_FIELDS: dict[str, Any] = {
     "model": "digits", "version": "3", "reason": "rule 'eu-only' denies zone us", "tenant": "acme", "daily": 7,
     "rate": 5, "retry_ms": 120, "priority": "batch", "wait_s": 2.0, "what": "ModelInferRequest",
+    "tpm": 4000, "asked": 512, "limit": 256, "why": "max_tokens 'many' is not a positive integer",
 }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ class TenantSerializer(serializers.ModelSerializer):
     class Meta:
         model = Tenant
         fields = ["id", "slug", "name", "classification", "allowed_zones", "priority_class", "rate_limit_rps", "rate_burst",
-                  "daily_quota", "created"]  # fmt: skip
+                  "daily_quota", "tokens_per_minute", "max_tokens", "created"]  # fmt: skip
         read_only_fields = ["id", "created"]
 
 
@@ -27,6 +27,10 @@ class TenantUpdateSerializer(serializers.Serializer):
     rate_limit_rps = serializers.IntegerField(min_value=0, max_value=1_000_000, required=False, help_text="0: no limit")
     rate_burst = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False, help_text="0: one second's worth")
     daily_quota = serializers.IntegerField(min_value=0, max_value=2_000_000_000, required=False, help_text="0: no quota")
+    tokens_per_minute = serializers.IntegerField(min_value=0, max_value=2_000_000_000, required=False,
+                                                 help_text="generative models: output tokens a minute (0: no limit)")  # fmt: skip
+    max_tokens = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False,
+                                          help_text="generative models: the most max_tokens a request may ask (0: no cap)")  # fmt: skip
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -20,7 +20,7 @@ from appliance.accounts.api.serializers import (
     TenantSerializer,
     TenantUpdateSerializer,
 )
-from appliance.accounts.models import ApiKey, ModelGrant, Tenant
+from appliance.accounts.models import LIMIT_FIELDS, ApiKey, ModelGrant, Tenant
 from appliance.accounts.permissions import TenantScopedMixin
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin
 from appliance.core.errors import DomainError
@@ -52,7 +52,7 @@ class TenantViewSet(
         serializer.instance = services.tenant_create(
             slug=data["slug"], name=data.get("name", ""),
             classification=data.get("classification", Classification.INTERNAL), allowed_zones=data.get("allowed_zones", []),
-            **{k: data[k] for k in ("priority_class", "rate_limit_rps", "rate_burst", "daily_quota") if k in data},
+            **{k: data[k] for k in LIMIT_FIELDS if k in data},
         )  # fmt: skip
 
     @extend_schema(request=TenantUpdateSerializer, responses=TenantSerializer)
