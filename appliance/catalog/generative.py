@@ -32,6 +32,7 @@ from appliance.core.api_input import StrictSerializer
 from appliance.core.errors import DomainError
 
 MIB = 1024**2
+MAX_TEMPLATE_BYTES = 64 * 1024
 GIB = 1024**3
 # Bytes per value of the dtypes the engine serves in ("auto": the checkpoint's own).
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -141,6 +142,14 @@ def facts_from_artifact(data: bytes) -> dict[str, Any]:
             tokenizer = _member_json(archive, "tokenizer_config.json") or {}
             members = [m for m in archive.getmembers() if m.isfile() and "/" not in m.name]
             names = {m.name for m in members}
+            template = tokenizer.get("chat_template")
+            if not isinstance(template, str):
+                template = None  # a list of named templates is not read here
+            if "chat_template.jinja" in names and not template:
+                handle = archive.extractfile(archive.getmember("chat_template.jinja"))
+                template = handle.read(MAX_TEMPLATE_BYTES + 1).decode("utf-8", errors="replace") if handle else None
+            if template and len(template) > MAX_TEMPLATE_BYTES:
+                raise GenerativeError(f"the chat template is longer than {MAX_TEMPLATE_BYTES} bytes")
             if "tokenizer.json" not in names and "tokenizer.model" not in names:
                 raise GenerativeError("a vllm-format artifact must hold its tokenizer (tokenizer.json or tokenizer.model)")
             weights = [m for m in members if m.name.endswith(".safetensors")]
@@ -160,9 +169,6 @@ def facts_from_artifact(data: bytes) -> dict[str, Any]:
         max_position = int(config.get("max_position_embeddings") or 0)
     except (KeyError, TypeError, ValueError) as exc:
         raise GenerativeError(f"config.json lacks the attention shape: {exc}") from exc
-    template = tokenizer.get("chat_template")
-    if "chat_template.jinja" in names:
-        template = template or "chat_template.jinja"
     return {
         "architecture": (config.get("architectures") or [""])[0],
         "layers": layers,
@@ -173,6 +179,8 @@ def facts_from_artifact(data: bytes) -> dict[str, Any]:
         "stored_bytes": stored,
         "stored_dtype": str(config.get("torch_dtype") or config.get("dtype") or "float32"),
         "chat_template": bool(template),
+        # What the gateway's OpenAI-compatible chat API renders messages with (gateway/openai_api.py).
+        "template": template or "",
     }
 
 

@@ -26,6 +26,7 @@ VAR = Path(os.environ.get("APPLIANCE_VAR_DIR", ROOT / "var"))
 PY = sys.executable
 API_PORT = int(os.environ.get("APPLIANCE_API_PORT", "8080"))
 GATEWAY = os.environ.get("APPLIANCE_GATEWAY_BIND", "127.0.0.1:8100")
+OPENAI = os.environ.get("APPLIANCE_GATEWAY_OPENAI_BIND", "127.0.0.1:8101")
 NODE = os.environ.get("APPLIANCE_DEMO_NODE", "node-1")
 TRITON_PORTS = [int(p) for p in os.environ.get("APPLIANCE_DEMO_TRITON_PORTS", "8200,8201,8202").split(",")]
 DEMO_MODEL = "digits"
@@ -203,7 +204,7 @@ class Launcher:
         self.spawn("beat", [PY, "-m", "celery", "-A", "appliance", "beat", "-s", str(VAR / "run" / "celerybeat-schedule")])
         http, grpc_port, metrics = TRITON_PORTS
         self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
-        gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY])
+        gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY, "--openai-bind", OPENAI])
         self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
         self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
         deployment = self.deploy_demo()
@@ -214,6 +215,7 @@ class Launcher:
             "api_url": f"http://127.0.0.1:{API_PORT}/api/v1/",
             "schema_url": f"http://127.0.0.1:{API_PORT}/api/schema/",
             "gateway": GATEWAY,
+            "openai_url": f"http://{OPENAI}/v1",
             "model": DEMO_MODEL,
             "model_version": deployment["version_number"],
             "api_key": key,
@@ -237,8 +239,8 @@ class Launcher:
             snippet = LLM_SNIPPET.format(**{**info, "model": DEMO_LLM})
             # The snippet itself, run until it streams an answer (a restarted node reloads the engine first).
             answer = self.wait("the first streamed answer", lambda: _run_snippet(snippet), timeout=900)
-            print(LLM_BANNER.format(version=llm["version_number"], python=PY, snippet=snippet, answer=answer.strip()),
-                  flush=True)  # fmt: skip
+            print(LLM_BANNER.format(version=llm["version_number"], python=PY, snippet=snippet, answer=answer.strip(),
+                                    openai=OPENAI_SNIPPET.format(**{**info, "model": DEMO_LLM})), flush=True)  # fmt: skip
         while all(proc.alive() for proc in self.procs):
             time.sleep(1)
         dead = [proc.name for proc in self.procs if not proc.alive()]
@@ -326,12 +328,22 @@ while True:
     if result.get_response().parameters["triton_final_response"].bool_param: break
 client.stop_stream(); print()'''
 
+OPENAI_SNIPPET = '''from openai import OpenAI
+client = OpenAI(base_url="{openai_url}", api_key="{api_key}")
+for chunk in client.chat.completions.create(model="{model}", stream=True, temperature=0,
+        messages=[{{"role": "user", "content": "What is the capital of France?"}}]):
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()'''
+
 LLM_BANNER = """
 ================ SmolLM2 (version {version}) streams on vLLM through the gateway ================
 first streamed answer: {answer}
 
-Try it (with {python}):
+Try it with tritonclient (with {python}):
 {snippet}
+
+or with the openai client, on the gateway's OpenAI-compatible API:
+{openai}
 """
 
 BANNER = """
@@ -340,6 +352,7 @@ console:                {console_url}   (read-only Django admin: /admin/)
 REST API:               {api_url}   (OpenAPI schema: {schema_url})
 admin credentials:      {admin_credentials}   (operator API token in {out})
 gateway (gRPC):         {gateway}   model '{model}' version {model_version}
+OpenAI-compatible API:  {openai_url}   (the same API keys, as Bearer tokens)
 demo API key (tenant 'demo', shown once): {api_key}
 first inference through the gateway: predicted {predicted}, true label {true_label}
 logs:                   {logs}

@@ -156,6 +156,16 @@ REFUSALS = {
 # The trailing metadata key of a RESOURCE_EXHAUSTED refusal's retry hint (milliseconds).
 RETRY_AFTER_HEADER = "retry-after-ms"
 
+# The OpenAI-compatible HTTP API (gateway/openai_api.py): a refusal's HTTP status, and the
+# error type OpenAI's clients expect for it.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "FAILED_PRECONDITION": 403,
+    "NOT_FOUND": 404, "CANCELLED": 499, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+}  # fmt: skip
+HTTP_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}  # fmt: skip
+EMBEDDINGS_MAX_INPUTS = 32  # the embedder's max batch size
+
 
 def refusal(name: str, **fields: object) -> tuple[str, str]:
     """(status name, text) of a refusal, its fields filled in. Numbers are written as

@@ -672,18 +672,24 @@ class TlsFiles:
 
 async def serve(
     bind: str, *, reuse_port: bool = False, tls: TlsFiles | None = None, metrics_bind: str = "",
-    export_path: Path | None = None, on_started: Any = None,
+    export_path: Path | None = None, on_started: Any = None, openai_bind: str = "",
 ) -> None:
     gateway = Gateway(export_path)
     await gateway.refresh()
     server = grpc.aio.server(
         options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
-    server.add_generic_rpc_handlers([generic_handler(Handlers(gateway))])
+    handlers = Handlers(gateway)
+    server.add_generic_rpc_handlers([generic_handler(handlers)])
     port = server.add_secure_port(bind, tls.credentials()) if tls else server.add_insecure_port(bind)
     if port == 0:
         raise RuntimeError(f"gateway cannot bind {bind}")
     await server.start()
+    http = None
+    if openai_bind:
+        from appliance.gateway import openai_api
+
+        http = await openai_api.start(gateway, handlers, openai_bind, reuse_port=reuse_port)
     if on_started is not None:
         on_started()
     if metrics_bind:
@@ -699,5 +705,7 @@ async def serve(
         refresher.cancel()
         flusher.cancel()
         metrics_flusher.cancel()
+        if http is not None:
+            await http.cleanup()
         await server.stop(grace=5)
         await gateway.close()

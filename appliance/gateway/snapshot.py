@@ -82,6 +82,8 @@ class Snapshot:
     # replica takes a fixed number of streams (admission.set_slots).
     generative: frozenset[str] = frozenset()
     engine_slots: dict[str, int] = field(default_factory=dict)
+    # Their chat templates (the newest version's that has one), for the OpenAI-compatible chat API.
+    chat_templates: dict[str, str] = field(default_factory=dict)
     built_at: float = 0.0  # monotonic time the read began
 
 
@@ -138,7 +140,10 @@ def build_snapshot() -> Snapshot:
             Route(node=replica.node.name, address=address, version=str(version.number), tenant=tenant)
         )
     weights, parked = _traffic()
-    generative = set(ModelVersion.objects.filter(format=ArtifactFormat.VLLM).values_list("model__name", flat=True))
+    generative_versions = list(ModelVersion.objects.filter(format=ArtifactFormat.VLLM).order_by("number")
+                               .values_list("model__name", "generative"))  # fmt: skip
+    generative = {name for name, _ in generative_versions}
+    chat_templates = {name: str(facts["template"]) for name, facts in generative_versions if facts and facts.get("template")}
     permitted, denials = _residency(nodes, set(grants))
     rules = current_rules()
     cache_tenants = frozenset(
@@ -161,6 +166,7 @@ def build_snapshot() -> Snapshot:
         },
         low_headroom=_low_headroom(nodes),
         generative=frozenset(generative),
+        chat_templates=chat_templates,
         engine_slots={name: contract.ENGINE_QUEUE_FACTOR * engine_spec(normalise(profile))["max_num_seqs"]
                       for name, profile in Model.objects.filter(name__in=generative).values_list("name", "serving_profile")},  # fmt: skip
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},

@@ -79,6 +79,7 @@ def test_upload_reads_the_folder_and_fills_the_vllm_backend_signature(api: APICl
         "architecture": "LlamaForCausalLM", "layers": 4, "kv_heads": 2, "head_dim": 64,
         "max_position_embeddings": 4096, "parameters": 1000 * 512 + 24 * 1000 + 1000,
         "stored_bytes": 2 * (1000 * 512 + 24 * 1000 + 1000), "stored_dtype": "bfloat16", "chat_template": True,
+        "template": "{{ messages }}",
     }  # fmt: skip
     assert body["decoupled"] is True and body["max_batch_size"] == 0
     inputs = {t["name"]: t for t in body["signature"]["inputs"]}

@@ -68,6 +68,7 @@ class Fleet:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     gateway: str = ""
+    openai: str = ""  # the gateway's OpenAI-compatible API, http://host:port/v1
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
     agent_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -164,6 +165,9 @@ class Fleet:
         address = f"127.0.0.1:{free_port()}"
         if name == "gateway":
             self.gateway = address
+            openai = f"127.0.0.1:{free_port()}"
+            self.openai = f"http://{openai}/v1"
+            extra = ("--openai-bind", openai, *extra)
         argv = [sys.executable, "manage.py", "run_gateway", "--bind", address, *(["--native"] if native else []), *extra]
         return self.spawn(name, argv), address
 

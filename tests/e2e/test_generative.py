@@ -205,6 +205,70 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     assert other["error"] is None
 
 
+def test_the_stock_openai_client_chats_through_the_gateway(fleet: Fleet, world: dict[str, Any]) -> None:
+    """The same key, as a Bearer token, with the openai package unchanged: chat (whole and
+    streamed), completions, the tenant's models and embeddings from the MiniLM embedder."""
+    import openai
+
+    client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0)
+    messages = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=64)
+    assert "Paris" in whole.choices[0].message.content and whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens > 3 and whole.usage.prompt_tokens > 20
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    # The gRPC stream of the same rendered prompt says the same (the chat template is the model's own).
+    assert whole.choices[0].message.content == stream(fleet.gateway, world["key"], chat(QUESTION))["text"]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=64,
+                                                 stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # token by token
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    completion = client.completions.create(model=MODEL, prompt=chat(QUESTION), temperature=0, max_tokens=64)
+    assert completion.choices[0].text == whole.choices[0].message.content
+    assert [m.id for m in client.models.list()] == [MODEL]  # the tenant's granted models only
+
+
+def test_openai_errors_have_openai_s_shape_and_codes(fleet: Fleet, world: dict[str, Any]) -> None:
+    import openai
+
+    messages = [{"role": "user", "content": QUESTION}]
+    stranger = openai.OpenAI(base_url=fleet.openai, api_key=world["stranger"], max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        stranger.chat.completions.create(model=MODEL, messages=messages)
+    assert missing.value.body["message"] == f"model '{MODEL}' is not available to this API key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=fleet.openai, api_key="ak_00000000_wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=[{"content": "no role"}])
+    assert bad.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=messages, n=3)
+
+
+def test_embeddings_come_from_the_minilm_embedder(fleet: Fleet, world: dict[str, Any]) -> None:
+    import openai
+
+    from triton_models.minilm import build as minilm_build
+
+    olga = world["olga"]
+    olga.post("models/", {"name": "minilm"})
+    embedder = olga.upload("minilm", minilm_build.pack(), note="all-MiniLM-L6-v2")
+    assert olga.deploy(embedder, [NODE], fleet)["state"] == "live"
+    olga.post("grants/", {"tenant": "genco", "model": "minilm"})
+    client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0)
+    wait_for("the grant to reach the gateway", lambda: "minilm" in [m.id for m in client.models.list()], timeout=30)
+    answer = client.embeddings.create(model="minilm", input=["The cat sits on the mat.", "A cat is sitting on a mat.",
+                                                              "Quarterly revenue grew by four percent."])  # fmt: skip
+    vectors = np.array([d.embedding for d in answer.data])
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)  # normalised, as the model serves them
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3  # paraphrases are near, an unrelated line is not
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MODEL, input="hello")  # a generative model has no embeddings
+
+
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:
     olga = world["olga"]
     huge = {"engine": {**PROFILE["engine"], "kv_cache_mib": 1024 * 1024}}

@@ -34,6 +34,8 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--native-metrics-bind", default=env_str("GATEWAY_NATIVE_METRICS_BIND", ""),
                             help="host:port of the native front's Prometheus endpoint; empty: none")  # fmt: skip
+        parser.add_argument("--openai-bind", default=env_str("GATEWAY_OPENAI_BIND", ""),
+                            help="host:port of the OpenAI-compatible HTTP API (empty: off; loopback by default)")  # fmt: skip
         parser.add_argument("--tls-cert", type=Path, default=env_path("GATEWAY_TLS_CERT_FILE"), help="PEM certificate chain")
         parser.add_argument("--tls-key", type=Path, default=env_path("GATEWAY_TLS_KEY_FILE"), help="PEM private key")
         parser.add_argument(
@@ -96,7 +98,8 @@ class Command(BaseCommand):
                 asyncio.run(serve(bind, reuse_port=workers > 1 or native is not None, tls=tls,
                                   metrics_bind=options["metrics_bind"] if parent else "",
                                   export_path=export_path if parent else None,
-                                  on_started=native.start if parent and native else None))  # fmt: skip
+                                  on_started=native.start if parent and native else None,
+                                  openai_bind=options["openai_bind"]))  # fmt: skip
             except KeyboardInterrupt:
                 pass
             finally:
