@@ -37,8 +37,9 @@ class Tenant(Audited):
     daily_quota = models.PositiveIntegerField(default=0)  # requests per UTC day
     # Generative models (gateway/tokens.py): output tokens a minute across every gateway process
     # (0: no limit), and the most a request may ask for in max_tokens (0: no cap).
-    tokens_per_minute = models.PositiveIntegerField(default=0)
-    max_tokens = models.PositiveIntegerField(default=0)
+    # (db_default: rows written by an older release during a rolling upgrade get 0, no limit)
+    tokens_per_minute = models.PositiveIntegerField(default=0, db_default=0)
+    max_tokens = models.PositiveIntegerField(default=0, db_default=0)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
