@@ -28,9 +28,12 @@ import ctypes
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +52,31 @@ _SAMPLING = {
 }  # fmt: skip
 _FLAGS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_num_input_tokens",
           "return_num_output_tokens")  # fmt: skip
+
+
+# The engine's gauges this model republishes (vLLM's Prometheus names -> ours, on Triton's endpoint).
+_WATCH_S = 1.0
+_ENGINE_GAUGES = {
+    "vllm:kv_cache_usage_perc": ("appliance_engine_kv_cache_usage", "Share of the engine's KV cache in use (0-1)"),
+    "vllm:num_requests_running": ("appliance_engine_requests_running", "Sequences the engine is generating"),
+    "vllm:num_requests_waiting": ("appliance_engine_requests_waiting", "Requests waiting in the engine"),
+    "vllm:num_preemptions_total": ("appliance_engine_preemptions", "Sequences the engine preempted (total)"),
+}
+
+
+def _engine_readings(text: str) -> dict[str, float]:
+    """The engine's gauges in its Prometheus text (summed over its label sets)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _ENGINE_GAUGES:
+            try:
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return found
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -87,9 +115,10 @@ class TritonPythonModel:
         if not python or not os.access(python, os.X_OK):
             raise RuntimeError("this node has no vLLM environment (APPLIANCE_VLLM_PYTHON is not an executable)")
         self.version_dir = Path(args["model_repository"]) / args["model_version"]
-        # Unix socket paths are limited to 107 bytes: the socket lives in a short runtime directory.
-        runtime = Path(os.environ.get("APPLIANCE_VLLM_RUNTIME_DIR", "/tmp")) / f"vllm-{os.getpid()}-{id(self):x}"
-        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Unix socket paths are limited to 107 bytes: the socket lives in a short runtime directory,
+        # new, unguessable and private to this user (mkdtemp: mode 0700).
+        self.runtime = Path(tempfile.mkdtemp(prefix="appliance-vllm-", dir=os.environ.get("APPLIANCE_VLLM_RUNTIME_DIR")))
+        runtime = self.runtime
         self.socket_path = str(runtime / "engine.sock")
         argv = json.loads(params.get("engine_argv", "[]"))
         env = dict(os.environ)
@@ -107,6 +136,29 @@ class TritonPythonModel:
                                            env=env, preexec_fn=_die_with_parent)  # fmt: skip
         self._wait_ready()
         self.pool = ThreadPoolExecutor(max_workers=int(params.get("max_streams", "256") or 256))
+        self._watching = threading.Event()
+        self._watch = threading.Thread(target=self._watch_engine, args=(args["model_name"], args["model_version"]),
+                                       name="engine-watch", daemon=True)  # fmt: skip
+        self._watch.start()
+
+    def _watch_engine(self, model: str, version: str) -> None:
+        """The engine's own gauges, once a second, as Triton metrics of this model version (on
+        Triton's metrics endpoint, where the gateway's admission and Prometheus read them)."""
+        labels = {"model": model, "version": version}
+        # The families are kept as long as their metrics: a collected family takes its metrics off the endpoint.
+        self._families = {key: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
+                          for key, (name, text) in _ENGINE_GAUGES.items()}  # fmt: skip
+        gauges = {key: family.Metric(labels=labels) for key, family in self._families.items()}
+        while not self._watching.wait(_WATCH_S):
+            try:
+                conn = _UnixConnection(self.socket_path, timeout=2)
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode("utf-8", errors="replace")
+                conn.close()
+            except OSError:
+                continue
+            for key, value in _engine_readings(text).items():
+                gauges[key].set(value)
 
     def _tail(self) -> str:
         try:
@@ -256,12 +308,12 @@ class TritonPythonModel:
             engine.wait()
 
     def finalize(self) -> None:
+        watching = getattr(self, "_watching", None)
+        if watching is not None:
+            watching.set()
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=False)
         self._stop_engine()
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        shutil.rmtree(self.runtime, ignore_errors=True)
 

@@ -151,6 +151,16 @@ class Admission:
             )
         return limiter
 
+    def engine_pressure(self, address: str, model: str, *, full: bool) -> None:
+        """A generative replica's engine has no room (KV cache nearly full, or a waiting queue as
+        long as what it runs): no new stream while any is in flight there (a limit of one: a
+        stale reading never locks a replica with nothing in flight out); its slots again once
+        it reports room."""
+        if model not in self.slots:
+            return
+        limiter = self.limiter(address, model)
+        limiter.limit = 1.0 if full else float(self.slots[model])
+
     def set_slots(self, slots: dict[str, int]) -> None:
         """The generative models' stream slots per replica, applied to their limiters now."""
         self.slots = dict(slots)

@@ -250,6 +250,12 @@ KEY_TOKENS_MINUTE = "{instance}:tokens:{tenant}:"
 # waiting in the engine as it runs: vLLM admits them as sequences finish); more wait in the
 # gateway's queue, where priorities and deadlines still apply.
 ENGINE_QUEUE_FACTOR = 2
+# Admission from the engine's headroom (gateway/engines.py): a generative replica whose engine
+# reports at least this share of its KV cache in use, or as many requests waiting as it runs at
+# most, takes no new stream until it has room again (read from Triton's metrics every
+# ENGINE_POLL_S; the gateway sheds or queues before the engine preempts).
+KV_HIGH_WATERMARK = 0.9
+ENGINE_POLL_S = 1.0
 DEFAULT_MAX_TOKENS = 16
 # KEYS[1] minute counter prefix; ARGV limit, tokens to reserve. Reserves them in the current
 # minute (Redis's clock) unless that would pass the limit. Returns {allowed (1/0),
@@ -282,6 +288,15 @@ METRICS = {
         "Requests retried after their replica was not there (UNAVAILABLE, or NOT_FOUND from a Triton without the model)",
     ),
     "cache": ("gateway_cache_lookups", "Response-cache lookups"),
+}
+# Streams of generative models, which only the Python plane serves (gateway/metrics.py).
+STREAM_METRICS = {
+    "ttft": ("gateway_time_to_first_token_seconds", "Time from a generative request's arrival to its first token"),
+    "inter_token": ("gateway_inter_token_seconds", "Time between the token chunks of a generative stream"),
+    "output_tokens": ("gateway_output_tokens", "Tokens generated, by tenant, model and version"),
+    "input_tokens": ("gateway_input_tokens", "Prompt tokens of generative requests, by tenant, model and version"),
+    "engine_kv": ("gateway_engine_kv_cache_usage", "KV-cache share in use that a replica's engine last reported"),
+    "engine_full": ("gateway_engine_full", "1 while a replica's engine has no room for a new stream"),
 }
 
 

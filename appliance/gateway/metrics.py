@@ -31,6 +31,13 @@ LIMIT = Gauge(*_M["limit"], ["replica"], multiprocess_mode="all")
 SHED = Counter(*_M["shed"], ["model", "priority", "reason"])
 RETRIED = Counter(*_M["retried"], ["model"])
 CACHE = Counter(*_M["cache"], ["model", "result"])
+_S = contract.STREAM_METRICS
+TTFT = Histogram(*_S["ttft"], ["model", "version"], buckets=LATENCY_BUCKETS)
+INTER_TOKEN = Histogram(*_S["inter_token"], ["model", "version"], buckets=LATENCY_BUCKETS)
+OUTPUT_TOKENS = Counter(*_S["output_tokens"], ["tenant", "model", "version"])
+INPUT_TOKENS = Counter(*_S["input_tokens"], ["tenant", "model", "version"])
+ENGINE_KV = Gauge(*_S["engine_kv"], ["replica", "model"], multiprocess_mode="max")
+ENGINE_FULL = Gauge(*_S["engine_full"], ["replica", "model"], multiprocess_mode="max")
 
 
 def serve_metrics(bind: str) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from appliance.audit.context import audit_context
 from appliance.gateway import contract, metrics
 from appliance.gateway.admission import CLASSES, RANK, Admission, Expired, Shed
 from appliance.gateway.cache import ResponseCache
+from appliance.gateway.engines import EngineWatch
 from appliance.gateway.quota import Quotas, refusal
 from appliance.gateway.semantic import SemanticCache, embed_request, embedding_of, request_text
 from appliance.gateway.snapshot import (
@@ -91,6 +93,7 @@ class Gateway:
         self.semantic = SemanticCache()
         self.quotas = Quotas()
         self.tokens = TokenLimits()
+        self.engines = EngineWatch(self)
         self.stats = Recorder()
         self.tally = metrics.Tally()
         self._woken: dict[str, float] = {}
@@ -291,6 +294,7 @@ class Gateway:
         self.flush_metrics()
         await self.quotas.close()
         await self.tokens.close()
+        await self.engines.close()
         await self.cache.close()
         await self.semantic.close()
         await self.stats.close()
@@ -418,8 +422,10 @@ class Handlers:
 
     async def _reserve(self, budget: Budget, key: KeyEntry, model: str, request: pb.ModelInferRequest,
                        raw: bytes) -> bytes:  # fmt: skip
-        """One request's max_tokens against the tenant's limits; the request as it goes upstream
-        (asking for token counts where the tenant has a per-minute limit, so unused tokens come back)."""
+        """One request's max_tokens against the tenant's limits; the request as it goes upstream,
+        asking for token counts (unused tokens come back; the metrics count them)."""
+        if not (key.tokens_per_minute or key.max_tokens):
+            return asking_for_counts(request)
         try:
             asked = max_tokens_of(request)
             await self.gw.tokens.reserve(budget, tenant=key.tenant_slug, tpm=key.tokens_per_minute, cap=key.max_tokens,
@@ -427,7 +433,7 @@ class Handlers:
         except TokenRefusal as refused:
             self.gw.tally.inc(metrics.SHED, model, key.priority, "tokens")
             raise Refusal.of(refused.name, refused.retry_after_ms, **refused.fields) from None
-        return asking_for_counts(request) if key.tokens_per_minute else raw
+        return asking_for_counts(request)
 
     async def _admit(self, model: str, routes: tuple[Route, ...], rank: int, context: Any, tenant: str = "-") -> Route:
         try:
@@ -549,9 +555,9 @@ class Handlers:
         key = await self.gw.authenticate(context)
         routes = await self.gw.routes_for(key, model, version, _deadline(context))
         await self.gw.admit(key, model)
-        # Generative models: every request of the stream reserves its max_tokens (gateway/tokens.py).
-        budget = Budget(key.tenant_id) if model in self.gw.snapshot.generative and (
-            key.tokens_per_minute or key.max_tokens) else None  # fmt: skip
+        # Generative models: every request asks for its token counts and reserves its max_tokens
+        # against the tenant's limits (gateway/tokens.py).
+        budget = Budget(key.tenant_id) if model in self.gw.snapshot.generative else None
         if budget is not None:
             first_raw = await self._reserve(budget, key, model, first, first_raw)
         try:
@@ -572,9 +578,14 @@ class Handlers:
                     raise Refusal.of("stream_one_version")
                 if budget is not None:
                     raw = await self._reserve(budget, key, model, request, raw)
+                    arrivals.append(time.perf_counter())
                 yield raw if request.model_version else with_version(raw, chosen)
 
         started, ok, first_response, responses = time.perf_counter(), False, None, 0
+        # Token timing, per request of the stream in order: when each arrived, and its last token.
+        arrivals: deque[float] = deque([started])
+        last_token: float | None = None
+        first_ttft: float | None = None  # the stream's first request's time to first token
         try:
             call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
                 upstream(), timeout=_timeout(context)
@@ -583,8 +594,19 @@ class Handlers:
                 if first_response is None:
                     first_response = time.perf_counter() - started
                 responses += 1
-                if budget is not None and budget.reserved:
-                    budget.count(response)
+                if budget is not None:
+                    if budget.count(response):
+                        now = time.perf_counter()
+                        if last_token is None:
+                            self.gw.tally.observe(metrics.TTFT, model, chosen, value=now - arrivals[0])
+                            first_ttft = now - arrivals[0] if first_ttft is None else first_ttft
+                        else:
+                            self.gw.tally.observe(metrics.INTER_TOKEN, model, chosen, value=now - last_token)
+                        last_token = now
+                    if budget.ended:  # that request is done: the next one's clock starts at its arrival
+                        last_token = None
+                        if len(arrivals) > 1:
+                            arrivals.popleft()
                 yield response
             ok = True
         except grpc.aio.AioRpcError as exc:
@@ -593,9 +615,13 @@ class Handlers:
             # A stream's length says nothing about the replica's load: no latency sample.
             self.gw.admission.release(model, route, None)
             if budget is not None:
+                self.gw.tally.inc(metrics.OUTPUT_TOKENS, key.tenant_slug, model, chosen, amount=budget.counted)
+                self.gw.tally.inc(metrics.INPUT_TOKENS, key.tenant_slug, model, chosen, amount=budget.prompt)
                 await self.gw.tokens.settle(budget)
             seconds = time.perf_counter() - started
-            self.gw.stats.record(model, chosen, ok, seconds)
+            # The version's statistics judge rollouts: a generative stream's latency there is its
+            # time to first token (a long answer is not a slow one); other streams, their length.
+            self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
             self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds)
             self.gw.stats.answered(key.tenant_slug, model, ok, seconds)
 
@@ -699,12 +725,14 @@ async def serve(
     refresher = asyncio.create_task(gateway.refresh_forever())
     flusher = asyncio.create_task(gateway.stats.flush_forever())
     metrics_flusher = asyncio.create_task(gateway.flush_metrics_forever())
+    engine_watch = asyncio.create_task(gateway.engines.forever())
     try:
         await server.wait_for_termination()
     finally:
         refresher.cancel()
         flusher.cancel()
         metrics_flusher.cancel()
+        engine_watch.cancel()
         if http is not None:
             await http.cleanup()
         await server.stop(grace=5)

@@ -31,8 +31,9 @@ from appliance.gateway import contract
 log = logging.getLogger(__name__)
 
 SAMPLING = "sampling_parameters"
-COUNT_FLAG = "return_num_output_tokens"
+COUNT_FLAGS = ("return_num_output_tokens", "return_num_input_tokens")
 COUNT = "num_output_tokens"
+INPUT_COUNT = "num_input_tokens"
 
 
 class TokenRefusal(Exception):
@@ -75,32 +76,42 @@ def max_tokens_of(request: pb.ModelInferRequest) -> int:
 
 
 def asking_for_counts(request: pb.ModelInferRequest) -> bytes:
-    """The request with `return_num_output_tokens` set, so its responses carry their counts."""
-    for tensor in request.inputs:
-        if tensor.name == COUNT_FLAG:
-            return bytes(request.SerializeToString())
-    flag = request.inputs.add(name=COUNT_FLAG, datatype="BOOL", shape=[1])
-    if request.raw_input_contents:
-        request.raw_input_contents.append(b"\x01")
-    else:
-        flag.contents.bool_contents.append(True)
+    """The request with `return_num_output_tokens` and `return_num_input_tokens` set, so its
+    responses carry their counts (the client gets them too: extra outputs it may ignore)."""
+    present = {tensor.name for tensor in request.inputs}
+    for name in COUNT_FLAGS:
+        if name in present:
+            continue
+        flag = request.inputs.add(name=name, datatype="BOOL", shape=[1])
+        if request.raw_input_contents:
+            request.raw_input_contents.append(b"\x01")
+        else:
+            flag.contents.bool_contents.append(True)
     return bytes(request.SerializeToString())
 
 
-def tokens_in(raw: bytes) -> int | None:
-    """The output tokens one stream response carries: None when it carries outputs but no
-    count; 0 for one with no outputs (an error, or the empty final response)."""
-    response = pb.ModelStreamInferResponse.FromString(raw)
-    answer = response.infer_response
-    if not answer.outputs:
-        return 0
+def _uint(answer: pb.ModelInferResponse, name: str) -> int | None:
     for index, tensor in enumerate(answer.outputs):
-        if tensor.name != COUNT:
+        if tensor.name != name:
             continue
         if answer.raw_output_contents:
             return int(np.frombuffer(answer.raw_output_contents[index], dtype="<u4").sum())
         return int(sum(tensor.contents.uint_contents))
     return None
+
+
+def counts_in(raw: bytes) -> tuple[int | None, int | None]:
+    """(output tokens, prompt tokens) one stream response carries. Output: None when it carries
+    outputs but no count; 0 for one with no outputs (an error, or the empty final response)."""
+    answer = pb.ModelStreamInferResponse.FromString(raw).infer_response
+    if not answer.outputs:
+        return 0, None
+    return _uint(answer, COUNT), _uint(answer, INPUT_COUNT)
+
+
+def tokens_in(raw: bytes) -> int | None:
+    """The output tokens one stream response carries (counts_in's first)."""
+    return counts_in(raw)[0]
 
 
 @dataclass
@@ -110,15 +121,22 @@ class Budget:
     tenant_id: str
     reserved: int = 0
     counted: int = 0
+    prompt: int = 0  # the prompt tokens the engine reported
     uncounted: bool = False  # a response without a count: the reservation stays charged
     minutes: dict[int, int] = field(default_factory=dict)  # minute -> tokens reserved in it
+    ended: bool = False  # the last response counted closed its request (it carried the prompt's count)
 
-    def count(self, raw: bytes) -> None:
-        found = tokens_in(raw)
+    def count(self, raw: bytes) -> int:
+        """Adds one response's counts; returns its output tokens (0 if it carried none)."""
+        found, prompt = counts_in(raw)
+        self.ended = prompt is not None
+        if prompt is not None:
+            self.prompt += prompt
         if found is None:
             self.uncounted = True
-        else:
-            self.counted += found
+            return 0
+        self.counted += found
+        return found
 
 
 class TokenLimits:

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.e2e]
 
 NODE = "node-llm"
 MODEL = "smollm2"
+EMBEDDER = "gen-embedder"
 ARTIFACT = Path(__file__).resolve().parents[2] / "var" / "build" / "smollm2.tar"
 # Eager mode starts in a third of the time (the benchmarks run the compiled engine).
 PROFILE = {"engine": {"enforce_eager": True, "kv_cache_mib": 512, "max_model_len": 2048, "max_num_seqs": 16}}
@@ -253,13 +254,14 @@ def test_embeddings_come_from_the_minilm_embedder(fleet: Fleet, world: dict[str,
     from triton_models.minilm import build as minilm_build
 
     olga = world["olga"]
-    olga.post("models/", {"name": "minilm"})
-    embedder = olga.upload("minilm", minilm_build.pack(), note="all-MiniLM-L6-v2")
+    # Under a name of its own: the e2e modules share one database (the semantic-cache module has "minilm").
+    olga.post("models/", {"name": EMBEDDER})
+    embedder = olga.upload(EMBEDDER, minilm_build.pack(), note="all-MiniLM-L6-v2", like="minilm")
     assert olga.deploy(embedder, [NODE], fleet)["state"] == "live"
-    olga.post("grants/", {"tenant": "genco", "model": "minilm"})
+    olga.post("grants/", {"tenant": "genco", "model": EMBEDDER})
     client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0)
-    wait_for("the grant to reach the gateway", lambda: "minilm" in [m.id for m in client.models.list()], timeout=30)
-    answer = client.embeddings.create(model="minilm", input=["The cat sits on the mat.", "A cat is sitting on a mat.",
+    wait_for("the grant to reach the gateway", lambda: EMBEDDER in [m.id for m in client.models.list()], timeout=30)
+    answer = client.embeddings.create(model=EMBEDDER, input=["The cat sits on the mat.", "A cat is sitting on a mat.",
                                                               "Quarterly revenue grew by four percent."])  # fmt: skip
     vectors = np.array([d.embedding for d in answer.data])
     assert vectors.shape == (3, 384)
@@ -267,6 +269,64 @@ def test_embeddings_come_from_the_minilm_embedder(fleet: Fleet, world: dict[str,
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3  # paraphrases are near, an unrelated line is not
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model=MODEL, input="hello")  # a generative model has no embeddings
+
+
+def test_the_gateway_counts_tokens_and_times_them_per_model_version_and_tenant(fleet: Fleet,
+                                                                             world: dict[str, Any]) -> None:  # fmt: skip
+    """Prometheus at a second gateway: output and prompt tokens per tenant, model and version
+    add up to what the clients were told; TTFT observed once a request, inter-token gaps once
+    a token chunk after the first."""
+    from tests.e2e.fleet import free_port
+    from tests.e2e.test_lifecycle import _scrape, _total
+
+    port = free_port()
+    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{port}", name="gateway-metrics")
+    client = grpcclient.InferenceServerClient(second)
+    wait_for("the second gateway", lambda: client.is_server_ready(), timeout=30, procs=fleet.procs)
+    answers = [stream(second, world["key"], chat(QUESTION), max_tokens=n) for n in (6, 64)]
+    assert all(a["error"] is None for a in answers), answers
+    labels = {"tenant": "genco", "model": MODEL, "version": "1"}
+    out = sum(a["output_tokens"] for a in answers)
+    wait_for("the metrics flush", lambda: _total(_scrape(port), "gateway_output_tokens_total", **labels) == out,
+             timeout=30, procs=fleet.procs)  # fmt: skip
+    samples = _scrape(port)
+    assert _total(samples, "gateway_input_tokens_total", **labels) == sum(a["input_tokens"] for a in answers)
+    ttft = _total(samples, "gateway_time_to_first_token_seconds_count", model=MODEL, version="1")
+    gaps = _total(samples, "gateway_inter_token_seconds_count", model=MODEL, version="1")
+    # Each answer: its token chunks, then a last response with no tokens and the prompt's count.
+    assert ttft == 2 and gaps == sum(a["responses"] - 2 for a in answers), (ttft, gaps)
+
+
+def test_the_engine_publishes_its_kv_cache_use_and_the_gateway_reads_it(fleet: Fleet, world: dict[str, Any]) -> None:
+    """The runner republishes the engine's gauges on Triton's metrics endpoint; while a long
+    answer is generated its KV-cache use is above zero there, and the gateway's admission reads
+    it (gateway_engine_* at the gateway's own endpoint)."""
+    import urllib.request
+
+    from tests.e2e.fleet import free_port
+    from tests.e2e.test_lifecycle import _scrape
+
+    def engine_kv() -> float:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{fleet.node_ports[NODE]['metrics']}/metrics", timeout=5)
+        for line in page.read().decode().splitlines():
+            if line.startswith('appliance_engine_kv_cache_usage{') and f'model="{MODEL}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return -1.0
+
+    assert engine_kv() >= 0.0, "the gauge is on Triton's endpoint"
+    port = free_port()
+    _, gateway = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{port}", name="gateway-engines")
+    wait_for("the gateway's engine reading", lambda: any(
+        n == "gateway_engine_kv_cache_usage" and ls.get("model") == MODEL for n, ls, _ in _scrape(port)),
+        timeout=30, procs=fleet.procs)  # fmt: skip
+    assert all(v == 0 for n, ls, v in _scrape(port) if n == "gateway_engine_full")  # room: nothing frozen
+    long = threading.Thread(target=stream, args=(gateway, world["key"], chat("Write a long story about a dragon.")),
+                            kwargs={"max_tokens": 400})  # fmt: skip
+    long.start()
+    try:
+        wait_for("KV-cache use while a long answer is generated", lambda: engine_kv() > 0, timeout=60, procs=fleet.procs)
+    finally:
+        long.join()
 
 
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:

@@ -14,7 +14,15 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from appliance.gateway import contract
-from appliance.gateway.tokens import Budget, TokenLimits, TokenRefusal, asking_for_counts, max_tokens_of, tokens_in
+from appliance.gateway.tokens import (
+    Budget,
+    TokenLimits,
+    TokenRefusal,
+    asking_for_counts,
+    counts_in,
+    max_tokens_of,
+    tokens_in,
+)
 
 
 def _request(sampling: object | None, *, raw: bool = True) -> pb.ModelInferRequest:
@@ -44,16 +52,16 @@ def test_max_tokens_is_read_from_the_sampling_parameters(raw: bool) -> None:
 def test_a_request_is_made_to_ask_for_its_token_counts_once(raw: bool) -> None:
     asked = pb.ModelInferRequest.FromString(asking_for_counts(_request({"max_tokens": 5}, raw=raw)))
     names = [t.name for t in asked.inputs]
-    assert names == ["text_input", "sampling_parameters", "return_num_output_tokens"]
+    assert names == ["text_input", "sampling_parameters", "return_num_output_tokens", "return_num_input_tokens"]
     if raw:
-        assert len(asked.raw_input_contents) == 3 and asked.raw_input_contents[2] == b"\x01"
+        assert len(asked.raw_input_contents) == 4 and asked.raw_input_contents[2:] == [b"\x01", b"\x01"]
     else:
-        assert list(asked.inputs[2].contents.bool_contents) == [True]
+        assert [list(t.contents.bool_contents) for t in asked.inputs[2:]] == [[True], [True]]
     again = pb.ModelInferRequest.FromString(asking_for_counts(asked))
     assert [t.name for t in again.inputs] == names
 
 
-def _response(count: int | None, *, text: bool = True) -> bytes:
+def _response(count: int | None, *, text: bool = True, prompt: int | None = None) -> bytes:
     answer = pb.ModelInferResponse(model_name="llm")
     if text:
         answer.outputs.add(name="text_output", datatype="BYTES", shape=[1])
@@ -61,6 +69,9 @@ def _response(count: int | None, *, text: bool = True) -> bytes:
     if count is not None:
         answer.outputs.add(name="num_output_tokens", datatype="UINT32", shape=[1])
         answer.raw_output_contents.append(np.array([count], dtype="<u4").tobytes())
+    if prompt is not None:
+        answer.outputs.add(name="num_input_tokens", datatype="UINT32", shape=[1])
+        answer.raw_output_contents.append(np.array([prompt], dtype="<u4").tobytes())
     return pb.ModelStreamInferResponse(infer_response=answer).SerializeToString()
 
 
@@ -68,10 +79,12 @@ def test_the_counts_of_responses_are_read() -> None:
     assert tokens_in(_response(3)) == 3
     assert tokens_in(_response(None)) is None  # text without a count
     assert tokens_in(_response(None, text=False)) == 0  # the empty final response
+    assert counts_in(_response(0, prompt=42)) == (0, 42)
     budget = Budget("t")
-    for raw in (_response(1), _response(4), _response(None, text=False)):
-        budget.count(raw)
-    assert budget.counted == 5 and not budget.uncounted
+    assert [budget.count(raw) for raw in (_response(1), _response(4), _response(0, prompt=42))] == [1, 4, 0]
+    assert budget.counted == 5 and budget.prompt == 42 and budget.ended and not budget.uncounted
+    budget.count(_response(None))
+    assert budget.uncounted and not budget.ended
 
 
 def test_reservations_are_refused_past_the_limit_and_unused_tokens_come_back() -> None:

@@ -1,0 +1,95 @@
+"""Admission from the engines' headroom: once every ENGINE_POLL_S the gateway reads the
+gauges each generative replica's engine publishes on its node's Triton metrics endpoint
+(catalog/vllm_runner.py: KV-cache share in use, sequences running and waiting, preemptions)
+and tells admission which replicas have no room for a new stream (KV cache at
+KV_HIGH_WATERMARK or more, or as many requests waiting as the engine runs at most). Those
+take no new stream — new ones queue in the gateway under their priorities and deadlines, or
+are shed — until the engine reports room: the gateway sheds before the engine preempts or
+runs out of cache. An endpoint that does not answer leaves the replica as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import defaultdict
+from typing import Any
+
+import aiohttp
+
+from appliance.gateway import contract, metrics
+
+log = logging.getLogger(__name__)
+
+_LINE = re.compile(r'^(appliance_engine_\w+)\{([^}]*)\}\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def readings(text: str) -> dict[tuple[str, str], dict[str, float]]:
+    """{(model, version): {gauge: value}} from a Triton metrics page."""
+    found: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match.group(2)))
+        try:
+            found[(labels.get("model", ""), labels.get("version", ""))][match.group(1)] = float(match.group(3))
+        except ValueError:
+            continue
+    return dict(found)
+
+
+def full(gauges: dict[str, float], max_num_seqs: int) -> bool:
+    """Has this engine no room for a new stream?"""
+    return (gauges.get("appliance_engine_kv_cache_usage", 0.0) >= contract.KV_HIGH_WATERMARK
+            or gauges.get("appliance_engine_requests_waiting", 0.0) >= max_num_seqs)  # fmt: skip
+
+
+class EngineWatch:
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+        self._session: aiohttp.ClientSession | None = None
+
+    async def poll(self) -> None:
+        """One round: every node that serves a generative model."""
+        snapshot = self.gw.snapshot
+        if not snapshot.engine_metrics:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5))
+        for node, address in snapshot.engine_metrics.items():
+            try:
+                async with self._session.get(f"http://{address}/metrics") as response:
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                continue
+            by_model: dict[str, bool] = {}
+            usage: dict[str, float] = {}
+            for (model, _), gauges in readings(text).items():
+                seqs = snapshot.engine_slots.get(model, 0) // contract.ENGINE_QUEUE_FACTOR
+                if not seqs:
+                    continue
+                # Versions of a model on one Triton share its replica's limit: the fuller engine decides.
+                by_model[model] = by_model.get(model, False) or full(gauges, seqs)
+                usage[model] = max(usage.get(model, 0.0), gauges.get("appliance_engine_kv_cache_usage", 0.0))
+            for model, is_full in by_model.items():
+                for route in snapshot.routes.get(model, ()):
+                    if route.node != node:
+                        continue
+                    self.gw.admission.engine_pressure(route.address, model, full=is_full)
+                    metrics.ENGINE_KV.labels(route.address, model).set(usage[model])
+                    metrics.ENGINE_FULL.labels(route.address, model).set(1 if is_full else 0)
+
+    async def forever(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("reading the engines' gauges failed")
+            await asyncio.sleep(contract.ENGINE_POLL_S)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
