@@ -16,10 +16,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework import serializers
 
+from appliance.catalog import generative
 from appliance.catalog.api.serializers import ModelVersionCreateSerializer, ValidationSetCreateSerializer
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.models import Model, ModelVersion
-from appliance.catalog.profile import ProfileError
+from appliance.catalog.profile import ProfileError, normalise
 from appliance.catalog.selectors import GateStatus, gate_statuses
 from appliance.catalog.services import validation_set_upload, version_upload
 from appliance.catalog.tritonconfig import render_config
@@ -53,6 +54,20 @@ def _config(version: ModelVersion) -> str:
         return f"# the serving profile does not fit this version: {exc}"
 
 
+def _generative_line(model: Model, version: ModelVersion | None) -> str:
+    """What a generative version is, and what one replica of it needs with the model's profile."""
+    if version is None or version.format != ArtifactFormat.VLLM or not version.generative:
+        return ""
+    facts = version.generative
+    try:
+        sized = generative.need(facts, generative.engine_spec(normalise(model.serving_profile))).describe()
+    except (serializers.ValidationError, KeyError, ValueError):
+        sized = "unknown (the profile does not validate)"
+    return (f"Generative: {facts['architecture']}, {facts['parameters'] / 1e6:.0f}M parameters, {facts['layers']} layers, "
+            f"{facts['kv_heads']} KV heads of {facts['head_dim']}, context {facts['max_position_embeddings']} tokens, "
+            f"chat template {'yes' if facts.get('chat_template') else 'no'}. One replica needs {sized} on a CPU node.")  # fmt: skip
+
+
 @guarded("model", "read")
 def model(request: HttpRequest, name: str) -> HttpResponse:
     obj = get_object_or_404(_models(request), name=name)
@@ -63,7 +78,7 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
         request, model=obj, versions=versions, chosen=chosen, serving=serving,
         config=_config(chosen) if chosen else "", signature=json.dumps(chosen.signature, indent=2) if chosen else "",
         profile=json.dumps(obj.serving_profile, indent=2, sort_keys=True) if obj.serving_profile else "",
-        deployments=_deployments_of(obj),
+        deployments=_deployments_of(obj), generative=_generative_line(obj, chosen),
         change_kinds=ChangeKind.choices, formats=ArtifactFormat.choices, metrics=METRICS,
     )  # fmt: skip
     ctx["version_rows"] = [(v, None) for v in versions]

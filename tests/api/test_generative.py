@@ -212,3 +212,21 @@ def test_two_generative_replicas_on_one_node_cannot_starve_each_other(api: APICl
     assert response.status_code in (202, 409), response.content  # 409: version 1's rollout is still active
     if response.status_code == 409:
         assert "cannot run" not in json.dumps(response.json())
+
+
+def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs(operator: Any) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(operator)
+    body = {"model": "console-llm", "format": "vllm", "signature": "", "max_batch_size": "0",
+            "artifact": SimpleUploadedFile("llm.tar", folder())}  # fmt: skip
+    created = client.post("/console/models/upload/", body, HTTP_X_REQUESTED_WITH="XMLHttpRequest")
+    assert created.status_code == 201, created.content
+    page = client.get("/console/models/console-llm/").content.decode()
+    assert ("Generative: LlamaForCausalLM, 1M parameters, 4 layers, 2 KV heads of 64, context 4096 tokens, "
+            "chat template yes. One replica needs 3.50 GiB (weights 0.00 GiB + KV cache 1.00 GiB for 524288 tokens "
+            "+ runtime 2.50 GiB) on a CPU node.") in page  # fmt: skip
+    other = dict(body, model="console-py", format="python", artifact=SimpleUploadedFile("m.tar.gz", b"x" * 10))
+    refused = client.post("/console/models/upload/", other, HTTP_X_REQUESTED_WITH="XMLHttpRequest")
+    assert refused.status_code == 400 and "signature" in refused.json()["error"]

@@ -70,6 +70,8 @@ class JSONTextField(serializers.JSONField):
     """Accepts a JSON object, or a string holding one (multipart uploads send strings)."""
 
     def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and not data.strip() and self.allow_null:
+            return None  # an empty form field: left out
         if isinstance(data, str):
             try:
                 data = json.loads(data)
