@@ -91,6 +91,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _descendants(root: int) -> set[int]:
+    """The living descendants of a process (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                raw = stat.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[0] != "Z":
+            parents[int(entry)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
+        found |= frontier
+    return found
+
+
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the engine gets SIGTERM when the stub that started it dies.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
@@ -100,7 +122,13 @@ class _RequestError(Exception):
     """The client's request is wrong (Triton answers INVALID_ARG)."""
 
 
+# A stream's error reaches the client as text only (no status): the client's own mistakes say so first.
+INVALID = "invalid request: "
+
+
 def _error(message: str, invalid: bool) -> Any:
+    if invalid:
+        message = INVALID + message
     code = getattr(pb_utils.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
     if code is None:
         return pb_utils.TritonError(message)
@@ -125,15 +153,22 @@ class TritonPythonModel:
         env.update(json.loads(params.get("engine_env", "{}")))
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                     "DO_NOT_TRACK": "1"})  # fmt: skip
+        if args.get("model_instance_kind") == "GPU":
+            # The GPU Triton gave this instance (the profile's instance_group.gpus), not always GPU 0.
+            env["CUDA_VISIBLE_DEVICES"] = str(args["model_instance_device_id"])
         log_dir = Path(os.environ.get("APPLIANCE_VLLM_LOG_DIR", str(runtime)))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"vllm-{args['model_name']}-v{args['model_version']}.log"
-        command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.version_dir),
-                   "--served-model-name", _SERVED_NAME, "--uds", self.socket_path, "--disable-uvicorn-access-log",
-                   *argv]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           env=env, preexec_fn=_die_with_parent)  # fmt: skip
+        self._command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.version_dir),
+                         "--served-model-name", _SERVED_NAME, "--uds", self.socket_path,
+                         "--disable-uvicorn-access-log", *argv]  # fmt: skip
+        self._env = env
+        self.restarts = 0
+        self.down = ""  # why the engine is not serving right now ("" while it is)
+        # The engine's own processes (engine core, workers), last seen: vLLM's children outlive a
+        # killed server, so a restart or a stop ends them too.
+        self._family: set[int] = set()
+        self._start_engine()
         self._wait_ready()
         self.pool = ThreadPoolExecutor(max_workers=int(params.get("max_streams", "256") or 256))
         self._watching = threading.Event()
@@ -141,15 +176,48 @@ class TritonPythonModel:
                                        name="engine-watch", daemon=True)  # fmt: skip
         self._watch.start()
 
+    def _start_engine(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.engine = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=self._env, preexec_fn=_die_with_parent)  # fmt: skip
+
+    def _revive(self) -> None:
+        """The engine died (killed, out of memory): start it again, as its supervisor. Requests
+        meanwhile are refused saying so; the version stays loaded in Triton."""
+        self.down = f"the vLLM engine exited with {self.engine.returncode} and is restarting; retry shortly"
+        self.restarts += 1
+        self._end_family()
+        pb_utils.Logger.log_warn(f"{self.down} (restart {self.restarts}): {self._tail()[-500:]}")
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
+        self._start_engine()
+        try:
+            self._wait_ready()
+            self.down = ""
+        except RuntimeError as exc:  # it did not come back: the next round tries again
+            pb_utils.Logger.log_error(str(exc))
+
     def _watch_engine(self, model: str, version: str) -> None:
-        """The engine's own gauges, once a second, as Triton metrics of this model version (on
-        Triton's metrics endpoint, where the gateway's admission and Prometheus read them)."""
+        """Keeps the engine running, and republishes its own gauges once a second as Triton
+        metrics of this model version (on Triton's metrics endpoint, where the gateway's
+        admission and Prometheus read them)."""
         labels = {"model": model, "version": version}
         # The families are kept as long as their metrics: a collected family takes its metrics off the endpoint.
         self._families = {key: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
                           for key, (name, text) in _ENGINE_GAUGES.items()}  # fmt: skip
         gauges = {key: family.Metric(labels=labels) for key, family in self._families.items()}
+        restarts = pb_utils.MetricFamily(name="appliance_engine_restarts", description="Times the engine was "
+                                         "started again after it died", kind=pb_utils.MetricFamily.GAUGE)  # fmt: skip
+        restarted = restarts.Metric(labels=labels)
+        self._families["restarts"] = restarts
         while not self._watching.wait(_WATCH_S):
+            if self.engine.poll() is not None and not self._watching.is_set():
+                self._revive()
+                restarted.set(self.restarts)
+                continue
+            self._family = _descendants(self.engine.pid) or self._family
             try:
                 conn = _UnixConnection(self.socket_path, timeout=2)
                 conn.request("GET", "/metrics")
@@ -241,6 +309,9 @@ class TritonPythonModel:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         body = {"model": _SERVED_NAME, "prompt": prompt, "stream": True, "return_token_ids": True,
                 "stream_options": {"include_usage": True}, **sampling}  # fmt: skip
+        if self.down:
+            sender.send(pb_utils.InferenceResponse(error=_error(self.down, False)), flags=final)
+            return
         conn = _UnixConnection(self.socket_path, timeout=None)
         try:
             conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -296,16 +367,32 @@ class TritonPythonModel:
         finally:
             conn.close()
 
+    def _end_family(self) -> None:
+        """Kills what is left of the engine's processes once its server is gone (each checked to
+        still be one of them: a pid may have been reused)."""
+        for pid in self._family:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    mine = b"VLLM::" in (line := cmdline.read()) or self._command[0].encode() in line
+                if mine:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self._family = set()
+
     def _stop_engine(self) -> None:
         engine = getattr(self, "engine", None)
-        if engine is None or engine.poll() is not None:
+        if engine is None:
             return
-        engine.terminate()
-        try:
-            engine.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            engine.kill()
-            engine.wait()
+        if engine.poll() is None:
+            self._family = _descendants(engine.pid) or self._family
+            engine.terminate()
+            try:
+                engine.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                engine.kill()
+                engine.wait()
+        self._end_family()
 
     def finalize(self) -> None:
         watching = getattr(self, "_watching", None)

@@ -217,7 +217,8 @@ class OpenAIApi:
         async for raw in self.handlers.model_stream_infer(one(), _Context(authorization, None)):
             response = pb.ModelStreamInferResponse.FromString(raw)
             if response.error_message:
-                raise ApiError(400 if "refused" in response.error_message else 500, response.error_message)
+                # catalog/vllm_runner.py starts the client's own mistakes with "invalid request: ".
+                raise ApiError(400 if "invalid request: " in response.error_message else 502, response.error_message)
             answer = response.infer_response
             yield {"text": _text(_output(answer, "text_output")), "tokens": _uint(_output(answer, "num_output_tokens")) or 0,
                    "finish": _text(_output(answer, "finish_reason")) or None,
@@ -252,7 +253,10 @@ class OpenAIApi:
             return web.json_response({"id": ident, "object": kind, "created": created, "model": model,
                                       "choices": [choice], "usage": totals()})  # fmt: skip
         # Streamed: the first part is awaited before the response starts, so a refusal is an HTTP error.
-        first = await stream.__anext__()
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            raise ApiError(502, f"model '{model}' answered nothing") from None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"

@@ -550,6 +550,7 @@ class Handlers:
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """One stream, one model, one replica: the first request picks them."""
         first_raw = await requests.__anext__()
+        arrived = time.perf_counter()  # what a client's time to first token counts from (queueing included)
         first = _parse(pb.ModelInferRequest, first_raw, "ModelInferRequest")
         model, version = first.model_name, first.model_version
         key = await self.gw.authenticate(context)
@@ -583,7 +584,7 @@ class Handlers:
 
         started, ok, first_response, responses = time.perf_counter(), False, None, 0
         # Token timing, per request of the stream in order: when each arrived, and its last token.
-        arrivals: deque[float] = deque([started])
+        arrivals: deque[float] = deque([arrived])
         last_token: float | None = None
         first_ttft: float | None = None  # the stream's first request's time to first token
         try:

@@ -382,3 +382,44 @@ def test_a_canary_of_a_new_version_under_streaming_load_loses_no_stream(fleet: F
     versions = {v for v, _ in outcomes}
     assert versions == {"1", "2"}, versions
     assert outcomes[-1][0] == "2"
+
+
+def test_an_engine_that_dies_is_started_again_and_serves(fleet: Fleet, world: dict[str, Any]) -> None:
+    """SIGKILL the serving version's engine (as the kernel's OOM killer would): requests are
+    refused saying the engine is restarting, never hang; the runner starts it again; streams
+    answer again, and no process of the dead engine is left behind."""
+    import os
+    import signal
+
+    from appliance.core.process import living_processes
+
+    workdir = str(fleet.workdir / NODE)
+
+    def engines() -> dict[int, bytes]:
+        found = {}
+        for proc in living_processes():
+            try:
+                cmdline = open(f"/proc/{proc.pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"vllm.entrypoints.openai.api_server" in cmdline and f"{workdir}/models/{MODEL}/".encode() in cmdline:
+                found[proc.pid] = cmdline
+        return found
+
+    # The serving version's engine alone (the canary promoted version 2; version 1's engine stops
+    # when its replica is retired, after the grace period).
+    before = wait_for("one engine of the model", lambda: (found := engines()) and len(found) == 1 and found,
+                      timeout=180, procs=fleet.procs)  # fmt: skip
+    (pid,) = before
+    family = {p.pid for p in living_processes() if p.ppid == pid}  # its engine core
+    os.kill(pid, signal.SIGKILL)
+    first = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=8)
+    assert first["error"] is not None or "Paris" in first["text"]  # refused while down, or already back
+    wait_for("the engine to serve again", lambda: stream(fleet.gateway, world["key"], chat(QUESTION))["error"] is None,
+             timeout=180, procs=fleet.procs)  # fmt: skip
+    after = engines()
+    assert len(after) == 1 and pid not in after
+    answer = stream(fleet.gateway, world["key"], chat(QUESTION))
+    assert "Paris" in answer["text"]
+    wait_for("the dead engine's children to be gone", lambda: not family & {p.pid for p in living_processes()},
+             timeout=30)  # fmt: skip
