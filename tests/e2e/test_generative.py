@@ -204,6 +204,16 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     assert over["error"].message().startswith("tenant 'thrifty' is over its 40 output tokens a minute; retry in ")
     other = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=30)  # another tenant is unaffected
     assert other["error"] is None
+    # The same limits on the OpenAI-compatible API: HTTP 429 with Retry-After, and 400 over the cap.
+    import openai
+
+    client = openai.OpenAI(base_url=fleet.openai, api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=30)
+    assert 1 <= int(limited.value.response.headers["Retry-After"]) <= 60
+    assert limited.value.body["message"].startswith("tenant 'thrifty' is over its 40 output tokens a minute")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=64)
 
 
 def test_the_stock_openai_client_chats_through_the_gateway(fleet: Fleet, world: dict[str, Any]) -> None:
