@@ -24,6 +24,7 @@ from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import Model
 from appliance.catalog.models import ModelVersion as Version
+from appliance.catalog.profile import normalise
 from appliance.catalog.tritonconfig import WARMUP_DIR, render_config
 from appliance.catalog.tritonconfig import warmup_files as _warmup_files
 from appliance.nodes import dispatch
@@ -194,10 +195,17 @@ def fetch_artifact(*, version: Version, into: Path) -> None:
     unpack_into(artifact_read_verified(version.artifact_sha256), version.format, into)
 
 
-def triton_config(*, version: Version, versions: list[int], backends: tuple[str, ...] = ()) -> str:
+def triton_config(*, version: Version, versions: list[int], backends: tuple[str, ...] = (),
+                  gpu_memory_mib: dict[int, int] | None = None) -> str:  # fmt: skip
     """config.pbtxt for the model serving `versions`, from `version` (the newest) and its
-    profile, naming the backend that serves its format among the node's `backends`."""
-    return render_config(version, versions=versions, backends=backends)
+    profile, naming the backend that serves its format among the node's `backends`.
+    `gpu_memory_mib` (GPU index -> memory, from the node's inventory) sizes a generative
+    engine's share of the GPU its profile puts it on, where the node's vLLM runs on CUDA."""
+    device_memory = 0
+    if version.format == ArtifactFormat.VLLM and runtimes.engine_device(backends) == "gpu":
+        index = (normalise(version.model.serving_profile)["instance_group"]["gpus"] or [0])[0]
+        device_memory = (gpu_memory_mib or {}).get(index, 0) * 1024**2
+    return render_config(version, versions=versions, backends=backends, device_memory=device_memory)
 
 
 def runner(*, version: Version, backends: tuple[str, ...]) -> Path | None:

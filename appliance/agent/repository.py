@@ -51,10 +51,11 @@ class ModelRepository:
         os.rename(staging, target)
         return target
 
-    def write_config(self, version: Version, *, versions: list[int]) -> str:
+    def write_config(self, version: Version, *, versions: list[int], gpu_memory_mib: dict[int, int] | None = None) -> str:
         """config.pbtxt from the newest version and the model's serving profile, with
         the warm-up sample files it names (written first: Triton reads them at load)."""
-        text = control.triton_config(version=version, versions=versions, backends=self.backends)
+        text = control.triton_config(version=version, versions=versions, backends=self.backends,
+                                     gpu_memory_mib=gpu_memory_mib)  # fmt: skip
         model_dir = self.model_dir(version.model.name)
         model_dir.mkdir(parents=True, exist_ok=True)
         files = control.warmup_files(version=version)

@@ -51,7 +51,12 @@ def write_model(local: LocalNode, *, model_name: str, versions: list[Version], m
             return
         for version in versions:
             repo.materialise(version)
-        repo.write_config(versions[-1], versions=[v.number for v in versions])
+        try:  # a generative engine on CUDA takes its share of its GPU's memory
+            gpus = local.inventory.gpus() if local.inventory is not None and not mig_uuid else []
+        except Exception:  # noqa: BLE001 - an inventory that cannot be read: a GPU engine's config says so
+            gpus = []
+        repo.write_config(versions[-1], versions=[v.number for v in versions],
+                          gpu_memory_mib={g.index: g.memory_mib for g in gpus})  # fmt: skip
 
 
 def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:

@@ -34,8 +34,9 @@ PYTHON = "python"
 TENSORRT = "tensorrt"
 # Not a Triton backend directory: the node's vLLM environment, served through the Python backend.
 VLLM_ENGINE = vllm_env.VLLM_ENGINE
+VLLM_ENGINE_GPU = vllm_env.VLLM_ENGINE_GPU
 # The Triton backend a capability is served by, where it is not a backend of its own.
-TRITON_BACKEND = {VLLM_ENGINE: PYTHON}
+TRITON_BACKEND = {VLLM_ENGINE: PYTHON, VLLM_ENGINE_GPU: PYTHON}
 
 # What each format can be served by, in order of preference.
 _SERVED_BY: dict[str, tuple[str, ...]] = {
@@ -43,7 +44,7 @@ _SERVED_BY: dict[str, tuple[str, ...]] = {
     ArtifactFormat.TENSORRT_PLAN: (TENSORRT,),
     ArtifactFormat.PYTHON: (PYTHON,),
     ArtifactFormat.ENSEMBLE: ("",),  # Triton's core runs ensembles
-    ArtifactFormat.VLLM: (VLLM_ENGINE,),
+    ArtifactFormat.VLLM: (VLLM_ENGINE, VLLM_ENGINE_GPU),  # not reported: a CPU engine is assumed
 }
 
 
@@ -64,7 +65,9 @@ def backend_refusal(fmt: str, backends: Collection[str]) -> str:
     """Why a node with `backends` cannot serve `fmt`, or ''."""
     if serving_backend(fmt, backends) is not None:
         return ""
-    need = " or ".join("a vLLM environment" if b == VLLM_ENGINE else f"the {b} backend" for b in _SERVED_BY[fmt])
+    if fmt == ArtifactFormat.VLLM:
+        return f"a vllm version needs a vLLM environment on the node; the node's Triton has {', '.join(sorted(backends))}"
+    need = " or ".join(f"the {b} backend" for b in _SERVED_BY[fmt])
     have = ", ".join(sorted(backends))
     return f"a {fmt} version needs {need}; the node's Triton has {have}"
 
@@ -79,3 +82,8 @@ def runner(fmt: str, backends: Collection[str]) -> Path | None:
     if fmt == ArtifactFormat.VLLM:
         return VLLM_RUNNER
     return ONNX_RUNNER if wraps_onnx_in_python(fmt, backends) else None
+
+
+def engine_device(backends: Collection[str]) -> str:
+    """Where a generative version's engine runs on a node with `backends`: "gpu" or "cpu"."""
+    return "gpu" if serving_backend(ArtifactFormat.VLLM, backends) == VLLM_ENGINE_GPU else "cpu"

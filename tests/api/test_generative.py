@@ -161,13 +161,16 @@ def test_the_config_hands_the_runner_the_engine_command_line(api: APIClient) -> 
                     "--no-enable-prefix-caching", "--block-size", "32", "--enforce-eager",
                     "--kv-cache-memory-bytes", str(256 * 1024**2)]  # fmt: skip
     assert json.loads(config.parameters["engine_env"].string_value) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    # On a GPU of 80 GiB the engine's share is its own need, not "0.9 of a GPU".
-    gpu = text_format.Parse(render_config(version, versions=[1], backends=("python", "vllm_engine"),
+    # A node whose vLLM runs on CUDA, GPU of 80 GiB: one instance on GPU 0 (the runner pins the engine
+    # there), and the engine's share is its own need, not "0.9 of a GPU".
+    gpu = text_format.Parse(render_config(version, versions=[1], backends=("python", "vllm_engine_gpu"),
                                           device_memory=80 * GIB), mc.ModelConfig())  # fmt: skip
+    assert [(g.kind, list(g.gpus), g.count) for g in gpu.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, [0], 1)]
     gpu_argv = json.loads(gpu.parameters["engine_argv"].string_value)
     share = float(gpu_argv[gpu_argv.index("--gpu-memory-utilization") + 1])
     need = generative.need(version.generative, generative.engine_spec(version.model.serving_profile), "gpu")
     assert share == pytest.approx(need.total / (80 * GIB), abs=1e-4) and share < 0.05
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in json.loads(gpu.parameters["engine_env"].string_value)
 
 
 def _routable(node: Node, memory: int) -> Node:
@@ -230,3 +233,28 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
     other = dict(body, model="console-py", format="python", artifact=SimpleUploadedFile("m.tar.gz", b"x" * 10))
     refused = client.post("/console/models/upload/", other, HTTP_X_REQUESTED_WITH="XMLHttpRequest")
     assert refused.status_code == 400 and "signature" in refused.json()["error"]
+
+
+def test_on_a_cuda_node_the_engine_is_sized_against_the_gpu_the_profile_names(api: APIClient) -> None:
+    from appliance.nodes.models import Gpu
+
+    _upload(api, "llm", folder())
+    node = _routable(make_node("gpu-a"), 512 * GIB)
+    Node.objects.filter(pk=node.pk).update(backends=["python", "vllm_engine_gpu"])
+    for index, mib in ((0, 2048), (1, 81_559)):
+        Gpu.objects.create(node=node, index=index, uuid=f"GPU-{index}", product="NVIDIA H100", memory_mib=mib)
+    version = ModelVersion.objects.get()
+    response = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["gpu-a"]}, format="json")
+    assert response.status_code == 400  # GPU 0 (the default) has 2 GiB; the engine needs 3
+    assert json.loads(response.content)["detail"] == (
+        "gpu-a cannot run llm:1: llm:1 needs 3.00 GiB (weights 0.00 GiB + KV cache 1.00 GiB for 524288 tokens + "
+        "runtime 2.00 GiB); gpu-a's GPU 0 has 2.00 GiB free for engines of 2.00 GiB"
+    )
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [1]}}}, format="json")
+    assert api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["gpu-a"]},
+                    format="json").status_code == 202  # fmt: skip
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [7]}}},
+              format="json")  # fmt: skip
+    Deployment.objects.all().delete()
+    refused = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["gpu-a"]}, format="json")
+    assert "the serving profile puts the engine on GPU 7; the node has GPUs [0, 1]" in json.loads(refused.content)["detail"]

