@@ -22,6 +22,7 @@ from uuid import UUID
 from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.generative import engine_gpu
 from appliance.catalog.models import Model
 from appliance.catalog.models import ModelVersion as Version
 from appliance.catalog.profile import normalise
@@ -203,7 +204,7 @@ def triton_config(*, version: Version, versions: list[int], backends: tuple[str,
     engine's share of the GPU its profile puts it on, where the node's vLLM runs on CUDA."""
     device_memory = 0
     if version.format == ArtifactFormat.VLLM and runtimes.engine_device(backends) == "gpu":
-        index = (normalise(version.model.serving_profile)["instance_group"]["gpus"] or [0])[0]
+        index = engine_gpu(normalise(version.model.serving_profile))
         device_memory = (gpu_memory_mib or {}).get(index, 0) * 1024**2
     return render_config(version, versions=versions, backends=backends, device_memory=device_memory)
 

@@ -86,6 +86,11 @@ class EngineSerializer(StrictSerializer):
                                              "the time, generates about a third slower)")  # fmt: skip
 
 
+def engine_gpu(profile: dict[str, Any]) -> int:
+    """The GPU a CUDA engine runs on: the first the (normalised) profile's instance group names, else 0."""
+    return int((profile["instance_group"]["gpus"] or [0])[0])
+
+
 def engine_spec(profile: dict[str, Any]) -> dict[str, Any]:
     """The profile's engine section with every default filled in."""
     body = EngineSerializer(data=profile.get("engine") or {})

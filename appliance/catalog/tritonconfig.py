@@ -120,7 +120,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
     group = spec["instance_group"]
     kind, gpus = group["kind"], list(group["gpus"])
     if version.format == ArtifactFormat.VLLM and runtimes.engine_device(backends) == "gpu":
-        kind, gpus = "gpu", gpus or [0]  # one engine, on the GPU the profile names (the runner pins it there)
+        kind, gpus = "gpu", [generative.engine_gpu(spec)]  # one engine, on its GPU (the runner pins it there)
     elif kind == "auto" and runtimes.TRITON_BACKEND.get(backend or "", backend) == runtimes.PYTHON:
         kind = "cpu"
     if version.format != ArtifactFormat.ENSEMBLE:

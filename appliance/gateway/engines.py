@@ -10,7 +10,6 @@ runs out of cache. An endpoint that does not answer leaves the replica as it was
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import defaultdict
@@ -81,14 +80,6 @@ class EngineWatch:
                     self.gw.admission.engine_pressure(route.address, model, full=is_full)
                     metrics.ENGINE_KV.labels(route.address, model).set(usage[model])
                     metrics.ENGINE_FULL.labels(route.address, model).set(1 if is_full else 0)
-
-    async def forever(self) -> None:
-        while True:
-            try:
-                await self.poll()
-            except Exception:
-                log.exception("reading the engines' gauges failed")
-            await asyncio.sleep(contract.ENGINE_POLL_S)
 
     async def close(self) -> None:
         if self._session is not None:

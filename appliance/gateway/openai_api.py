@@ -30,6 +30,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tritonclient.grpc import service_pb2 as pb
 
 from appliance.gateway import contract
+from appliance.gateway.tokens import COUNT, INPUT_COUNT, uint_output
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,6 @@ def _text(raw: bytes | None) -> str:
         out.append(raw[at + 4 : at + 4 + size])
         at += 4 + size
     return b"".join(out).decode("utf-8", errors="replace")
-
-
-def _uint(raw: bytes | None) -> int | None:
-    return None if raw is None else int(np.frombuffer(raw, dtype="<u4").sum())
 
 
 class OpenAIApi:
@@ -220,9 +217,9 @@ class OpenAIApi:
                 # catalog/vllm_runner.py starts the client's own mistakes with "invalid request: ".
                 raise ApiError(400 if "invalid request: " in response.error_message else 502, response.error_message)
             answer = response.infer_response
-            yield {"text": _text(_output(answer, "text_output")), "tokens": _uint(_output(answer, "num_output_tokens")) or 0,
+            yield {"text": _text(_output(answer, "text_output")), "tokens": uint_output(answer, COUNT) or 0,
                    "finish": _text(_output(answer, "finish_reason")) or None,
-                   "prompt_tokens": _uint(_output(answer, "num_input_tokens"))}  # fmt: skip
+                   "prompt_tokens": uint_output(answer, INPUT_COUNT)}  # fmt: skip
 
     async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool) -> web.StreamResponse:
         model, sampling = body["model"], self._sampling(body)

@@ -122,12 +122,7 @@ class Gateway:
         await self.refresh(unless_newer_than=time.monotonic())
 
     async def refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("gateway snapshot refresh failed; keeping the previous one")
-            await asyncio.sleep(settings.GATEWAY_REFRESH_S)
+        await _every(settings.GATEWAY_REFRESH_S, self.refresh, "gateway snapshot refresh failed; keeping the previous one")
 
     # --- request checks ------------------------------------------------------------------
     async def authenticate(self, context: grpc.aio.ServicerContext) -> KeyEntry:
@@ -308,6 +303,16 @@ def _parse(message_type: Any, raw: bytes, what: str) -> Any:
         return message_type.FromString(raw)
     except Exception as exc:  # protobuf raises DecodeError
         raise Refusal.of("not_a_message", what=what) from exc
+
+
+async def _every(seconds: float, action: Any, failed: str) -> None:
+    """`action` now and every `seconds` after; a failed round is logged, the next one runs."""
+    while True:
+        try:
+            await action()
+        except Exception:
+            log.exception(failed)
+        await asyncio.sleep(seconds)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -726,7 +731,8 @@ async def serve(
     refresher = asyncio.create_task(gateway.refresh_forever())
     flusher = asyncio.create_task(gateway.stats.flush_forever())
     metrics_flusher = asyncio.create_task(gateway.flush_metrics_forever())
-    engine_watch = asyncio.create_task(gateway.engines.forever())
+    engine_watch = asyncio.create_task(_every(contract.ENGINE_POLL_S, gateway.engines.poll,
+                                              "reading the engines' gauges failed"))  # fmt: skip
     try:
         await server.wait_for_termination()
     finally:

@@ -90,7 +90,8 @@ def asking_for_counts(request: pb.ModelInferRequest) -> bytes:
     return bytes(request.SerializeToString())
 
 
-def _uint(answer: pb.ModelInferResponse, name: str) -> int | None:
+def uint_output(answer: pb.ModelInferResponse, name: str) -> int | None:
+    """The sum of a UINT32 output of a response (raw or typed contents), None when it is absent."""
     for index, tensor in enumerate(answer.outputs):
         if tensor.name != name:
             continue
@@ -106,7 +107,7 @@ def counts_in(raw: bytes) -> tuple[int | None, int | None]:
     answer = pb.ModelStreamInferResponse.FromString(raw).infer_response
     if not answer.outputs:
         return 0, None
-    return _uint(answer, COUNT), _uint(answer, INPUT_COUNT)
+    return uint_output(answer, COUNT), uint_output(answer, INPUT_COUNT)
 
 
 def tokens_in(raw: bytes) -> int | None:

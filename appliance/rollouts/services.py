@@ -152,7 +152,7 @@ def generative_fit_refusal(version: ModelVersion, node: Node) -> str:
         gpus = list(node.gpus.all())
         if not gpus:
             return "the node's vLLM environment is built for CUDA, but the node reports no GPU"
-        index = (normalise(version.model.serving_profile)["instance_group"]["gpus"] or [0])[0]
+        index = generative.engine_gpu(normalise(version.model.serving_profile))
         chosen = next((g for g in gpus if g.index == index), None)
         if chosen is None:
             return f"the serving profile puts the engine on GPU {index}; the node has GPUs {sorted(g.index for g in gpus)}"
