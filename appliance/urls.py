@@ -8,7 +8,15 @@ import appliance.core.admin_registry  # noqa: F401  (registers the read-only adm
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet, ValidationSetViewSet
-from appliance.nodes.api.views import MigDeviceViewSet, MigPlanView, NodeViewSet, ReconfigurationViewSet
+from appliance.nodes.api.views import (
+    EnrolView,
+    JoinTokenViewSet,
+    MigDeviceViewSet,
+    MigPlanView,
+    NodeSelfView,
+    NodeViewSet,
+    ReconfigurationViewSet,
+)
 from appliance.optimisation.api.views import OptimisationJobViewSet, ProfileSearchViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
@@ -34,6 +42,7 @@ router.register("audit-events", AuditEventViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
 router.register("reconfigurations", ReconfigurationViewSet)
 router.register("mig-devices", MigDeviceViewSet)
+router.register("join-tokens", JoinTokenViewSet)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -42,6 +51,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("api/v1/mig/plan/", MigPlanView.as_view(), name="mig-plan"),
+    # A node's own doors: a join token (enrolment) or the node's credential, never an operator's session.
+    path("api/v1/enrol/", EnrolView.as_view(), name="enrol"),
+    path("api/v1/node-self/", NodeSelfView.as_view(), name="node-self"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz),

@@ -68,7 +68,10 @@ def _crud(read: frozenset[str], write: frozenset[str], *extra: str) -> dict[str,
 
 MATRIX: dict[str, Resource] = {
     # The fleet: shared by every tenant, so no tenant admin's.
-    "node": Resource(_crud(READERS, STAFF, "drain", "maintenance", "undrain", "clear_fault", "reconfigure")),
+    "node": Resource(_crud(READERS, STAFF, "drain", "maintenance", "undrain", "clear_fault", "reconfigure",
+                           "revoke_credential")),
+    # One-time tokens a new server enrols with (the plaintext is shown once, to the staff member who made it).
+    "join_token": Resource({READ: READERS, CREATE: STAFF, "revoke": STAFF}),
     "mig_device": Resource({READ: READERS, CHANGE: STAFF}),  # change: dedicate to a tenant
     "mig_layout": Resource({"plan": READERS}),  # where a layout would place its instances; saves nothing
     "reconfiguration": Resource({READ: READERS}),

@@ -53,17 +53,18 @@ def node_queue(node_name: str) -> str:
 
 def node_register(*, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str,
                   triton_version: str = "", tensorrt_version: str = "", backends: tuple[str, ...] = (),
-                  memory_bytes: int = 0) -> str:  # fmt: skip
+                  memory_bytes: int = 0, credential: str = "") -> str:  # fmt: skip
     """Creates the node or updates its endpoints and what its Triton can serve; returns its id."""
     node = nodes.node_register(name=name, zone=zone, grpc_address=grpc_address, http_address=http_address,
                                metrics_address=metrics_address, triton_version=triton_version,
                                tensorrt_version=tensorrt_version, backends=list(backends),
-                               memory_bytes=memory_bytes)  # fmt: skip
+                               memory_bytes=memory_bytes, credential=credential)  # fmt: skip
     return str(node.pk)
 
 
-def node_heartbeat(*, node_id: str, triton_ready: bool) -> None:
-    nodes.node_heartbeat(node_id=node_id, triton_ready=triton_ready)
+def node_heartbeat(*, node_id: str, triton_ready: bool) -> bool:
+    """False: the node was revoked (or deleted) and must stop serving."""
+    return nodes.node_heartbeat(node_id=node_id, triton_ready=triton_ready)
 
 
 def node_report_inventory(*, node_id: str, gpus: list[GpuInfo]) -> None:

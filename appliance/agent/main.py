@@ -4,6 +4,8 @@ node-local Celery tasks (rollout steps) from the queue named after the node."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
 import time
@@ -37,6 +39,12 @@ class AgentOptions:
     inventory: str = "none"  # none (CPU node), simulated, nvml
     simulate_gpus: tuple[str, ...] = ()
     mig_port_base: int = 0  # ports of the per-MIG-device Tritons, 3 each from here; 0: any free ports
+    # The node's own credential, from enrolment (ansible: /etc/appliance/node-credential); '' for a
+    # node that was not enrolled with a join token.
+    credential_file: Path | None = None
+
+    def credential(self) -> str:
+        return self.credential_file.read_text().strip() if self.credential_file else ""
 
     def open_inventory(self) -> Inventory:
         if self.inventory == "simulated":
@@ -81,7 +89,13 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
                     control.node_report_inventory(node_id=node_id, gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
                 control.node_report_gpu_health(node_id=node_id, readings=inventory.health())
-                control.node_heartbeat(node_id=node_id, triton_ready=ready)
+                if not control.node_heartbeat(node_id=node_id, triton_ready=ready):
+                    # Revoked by an operator (or deleted): stop serving now. The worker's shutdown
+                    # stops Triton; a restart is refused at registration until the node enrols again.
+                    log.error("node %s was revoked or removed from the control plane: stopping", supervisor.node_name)
+                    supervisor.stop()
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
                 if ready:
                     _converge_diverged(local, converged)
             except Exception:
@@ -119,6 +133,7 @@ def run_agent(options: AgentOptions) -> None:
             tensorrt_version=_tensorrt_version(),
             backends=backends,
             memory_bytes=memory_bytes(),
+            credential=options.credential(),
         )
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
@@ -188,4 +203,5 @@ def _record_version(name: str, options: AgentOptions, backends: tuple[str, ...])
                 triton_version=version,
                 tensorrt_version=_tensorrt_version(),
                 backends=backends,
+                credential=options.credential(),
             )

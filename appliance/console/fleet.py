@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,7 +18,7 @@ from appliance.nodes import services as node_services
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState, Health
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import Gpu, Node, Reconfiguration
+from appliance.nodes.models import Gpu, JoinToken, Node, Reconfiguration
 
 MAX_INSTANCES = 7  # no GPU we know has more than seven MIG instances
 GREY = "#9aa5b1"
@@ -78,6 +79,7 @@ NODE_ACTIONS = {
     "maintenance": lambda n: node_services.node_set_admin_state(node=n, admin_state=AdminState.MAINTENANCE),
     "undrain": lambda n: node_services.node_set_admin_state(node=n, admin_state=AdminState.ACTIVE),
     "clear-fault": lambda n: node_services.node_clear_fault(node=n),
+    "revoke-credential": lambda n: node_services.node_revoke_credential(node=n),
 }
 
 
@@ -169,3 +171,37 @@ def reconfiguration(request: HttpRequest, pk: str) -> HttpResponse:
 def reconfiguration_panel(request: HttpRequest, pk: str) -> HttpResponse:
     """The steps so far (htmx, every second until the run ends)."""
     return render(request, "console/_reconfiguration.html", _run_context(request, pk))
+
+
+@guarded("join_token", "read")
+def join_tokens(request: HttpRequest) -> HttpResponse:
+    """One-time tokens for enrolling new servers (the provisioning playbook presents one)."""
+    return render(request, "console/join_tokens.html", context(
+        request, tokens=JoinToken.objects.select_related("used_by")[:50], default_ttl=settings.JOIN_TOKEN_DEFAULT_TTL_S,
+        min_ttl=settings.JOIN_TOKEN_MIN_TTL_S, max_ttl=settings.JOIN_TOKEN_MAX_TTL_S, made=None,
+    ))  # fmt: skip
+
+
+@require_POST
+@guarded("join_token", "create")
+@domain_errors
+def join_token_create(request: HttpRequest) -> HttpResponse:
+    """Makes a token and shows it this once (the page is the only place its plaintext appears)."""
+    try:
+        ttl = int(request.POST.get("ttl_s", settings.JOIN_TOKEN_DEFAULT_TTL_S))
+    except ValueError:
+        ttl = -1  # refused below with the allowed range
+    token, plaintext = node_services.join_token_create(ttl_s=ttl, note=request.POST.get("note", "")[:200],
+                                                       created_by=request.user.get_username())  # fmt: skip
+    return render(request, "console/join_tokens.html", context(
+        request, tokens=JoinToken.objects.select_related("used_by")[:50], default_ttl=settings.JOIN_TOKEN_DEFAULT_TTL_S,
+        min_ttl=settings.JOIN_TOKEN_MIN_TTL_S, max_ttl=settings.JOIN_TOKEN_MAX_TTL_S, made={"token": token, "plaintext": plaintext},
+    ))  # fmt: skip
+
+
+@require_POST
+@guarded("join_token", "revoke")
+@domain_errors
+def join_token_revoke(request: HttpRequest, pk: str) -> HttpResponse:
+    node_services.join_token_revoke(token=get_object_or_404(JoinToken, pk=pk))
+    return done(request, "console:join-tokens")

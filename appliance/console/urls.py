@@ -14,6 +14,9 @@ urlpatterns = [
     path("rollouts-panel/", views.rollouts_panel, name="rollouts-panel"),
     # Fleet
     path("nodes/", fleet.nodes, name="nodes"),
+    path("join-tokens/", fleet.join_tokens, name="join-tokens"),
+    path("join-tokens/new/", fleet.join_token_create, name="join-token-create"),
+    path("join-tokens/<uuid:pk>/revoke/", fleet.join_token_revoke, name="join-token-revoke"),
     path("nodes/<slug:name>/", fleet.node, name="node"),
     path("nodes/<slug:name>/<slug:action>/", fleet.node_action, name="node-action"),
     path("nodes/<slug:name>/gpus/<int:index>/layout/", fleet.mig_editor, name="mig-editor"),

@@ -109,7 +109,8 @@ ERROR_SCHEMA = {
 _ERRORS = {
     "400": ("BadRequest", "The input is malformed, out of range, names something that does not exist, "
             "or the domain refuses it."),  # fmt: skip
-    "401": ("Unauthorized", "No operator token, or an unknown, expired or disabled one."),
+    "401": ("Unauthorized", "No credential, or an unknown, expired, revoked or disabled one (an operator token; "
+            "a join token or a node's own credential where the operation takes one)."),
     "403": ("Forbidden", "The caller's role does not allow this, or the residency policy refuses it."),
     "404": ("NotFound", "Nothing is found at this address."),
     "409": ("Conflict", "The change conflicts with what is there: a duplicate, a record still in use, "
@@ -150,6 +151,8 @@ class AutoSchema(SpectacularAutoSchema):
             yield "415"
         if not all(isinstance(p, permissions.AllowAny) for p in self.view.get_permissions()):
             yield from ("401", "403")
+        # Views that check a secret of their own instead of a role (enrolment, a node's own door).
+        yield from getattr(self.view, "secret_refusals", ())
         if any(p.get("in") == "path" for p in parameters):
             yield "404"
         if self.method not in permissions.SAFE_METHODS and not getattr(self._handler(), "changes_nothing", False):

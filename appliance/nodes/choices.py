@@ -7,6 +7,8 @@ class AdminState(models.TextChoices):
     ACTIVE = "active", "Active"
     DRAINING = "draining", "Draining (no new requests)"
     MAINTENANCE = "maintenance", "Maintenance"
+    # Its credential was revoked: nothing is routed or placed there until it enrols again.
+    REVOKED = "revoked", "Revoked (credential withdrawn)"
 
 
 class Health(models.TextChoices):

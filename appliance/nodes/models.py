@@ -14,6 +14,7 @@ class Node(Audited):
     """A server that runs one node agent and its Triton Inference Server."""
 
     audit_ignore = frozenset({"updated", "last_heartbeat", "triton_ready", "health_checked"})
+    audit_redact = frozenset({"credential_hash"})
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
@@ -43,6 +44,14 @@ class Node(Audited):
     triton_ready = models.BooleanField(default=False)
     # Set when a reconfiguration failed and was rolled back: the node stays degraded until cleared.
     fault = models.CharField(max_length=500, blank=True)
+    # The node's own credential, issued at enrolment with a join token (only its hash is kept);
+    # blank for a node an operator or a legacy agent registered. The machine id the enrolment
+    # came from: a re-run of the playbook on the same server is told apart from a name clash.
+    credential_prefix = models.CharField(max_length=16, blank=True)
+    credential_hash = models.CharField(max_length=64, blank=True)
+    credential_issued = models.DateTimeField(null=True, blank=True)
+    credential_revoked = models.DateTimeField(null=True, blank=True)
+    machine_id = models.CharField(max_length=64, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -190,3 +199,36 @@ class ReconfigurationStep(Audited):
 
     def __str__(self) -> str:
         return f"{self.reconfiguration_id}:{self.name} ({self.state})"
+
+
+class JoinToken(Audited):
+    """A one-time, expiring secret that lets one new server enrol as a node (the playbook
+    hands it to the node's enrolment step). Only its hash is kept; used once, never again."""
+
+    audit_redact = frozenset({"token_hash"})
+    audit_type = "join_token"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="join_tokens")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"join token {self.prefix}…"
+
+    @property
+    def state(self) -> str:
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= timezone.now() else "unused"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -9,14 +11,23 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from appliance.accounts.secrets import hash_secret, make_secret
 from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
 from appliance.nodes import dispatch, workloads
-from appliance.nodes.choices import RECONFIGURATION_STEPS, ReconfigurationState
+from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState, ReconfigurationState
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo
 from appliance.nodes.mig.catalog import gpu_model
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import Gpu, MigDevice, Node, NodeHealthChange, Reconfiguration, ReconfigurationStep
+from appliance.nodes.models import (
+    Gpu,
+    JoinToken,
+    MigDevice,
+    Node,
+    NodeHealthChange,
+    Reconfiguration,
+    ReconfigurationStep,
+)
 
 
 @transaction.atomic
@@ -39,11 +50,18 @@ def node_create(
 @transaction.atomic
 def node_register(
     *, name: str, zone: str, grpc_address: str, http_address: str, metrics_address: str, triton_version: str = "",
-    tensorrt_version: str = "", backends: list[str] | None = None, memory_bytes: int = 0,
+    tensorrt_version: str = "", backends: list[str] | None = None, memory_bytes: int = 0, credential: str = "",
 ) -> Node:
     """Called by a node agent at start: creates the node or updates its endpoints, and
-    the backends its Triton has (None: leave them as they are)."""
+    the backends its Triton has (None: leave them as they are). An enrolled node's agent
+    must present the node's own credential (a revoked one is refused, 401); its zone is
+    the one it enrolled with."""
     node = Node.objects.select_for_update().filter(name=name).first()
+    if credential:
+        if node is None or node.pk != node_authenticate(credential=credential).pk:
+            raise EnrolmentRefused(f"the node credential is not node {name}'s")
+    elif node is not None and node.credential_hash:
+        raise EnrolmentRefused(f"node {name} is enrolled: its agent must present the node's credential")
     if node is None:
         node = Node(name=name, zone=zone)
     node.grpc_address = grpc_address
@@ -61,16 +79,21 @@ def node_register(
     return node
 
 
-def node_heartbeat(*, node_id: UUID | str, triton_ready: bool) -> None:
+def node_heartbeat(*, node_id: UUID | str, triton_ready: bool) -> bool:
     """Records that the agent is alive and what it sees of its Triton. Not audited
-    (it changes every few seconds); health changes are, through node_set_health."""
-    Node.objects.filter(pk=node_id).update(last_heartbeat=timezone.now(), triton_ready=triton_ready)
+    (it changes every few seconds); health changes are, through node_set_health.
+    False: the node is revoked (or gone), and its agent must stop serving."""
+    alive = Node.objects.filter(pk=node_id).exclude(admin_state=AdminState.REVOKED)
+    return alive.update(last_heartbeat=timezone.now(), triton_ready=triton_ready) == 1
 
 
 @transaction.atomic
 def node_set_admin_state(*, node: Node, admin_state: str) -> Node:
     """Drain, maintenance or back to active: an operator's decision, audited."""
     locked = Node.objects.select_for_update().get(pk=node.pk)
+    if locked.admin_state == AdminState.REVOKED:
+        raise ConflictError(f"node {locked.name}'s credential was revoked; it returns only by enrolling again "
+                            "with a join token")  # fmt: skip
     if locked.admin_state != admin_state:
         locked.admin_state = admin_state
         locked.save(update_fields=["admin_state", "updated"])
@@ -306,3 +329,112 @@ def mig_dedication_move(*, node_id: UUID | str, to_uuid: str, tenant_id: str | N
 def reconfiguration_record_moved(*, run: Reconfiguration, moved: dict[str, str]) -> None:
     Reconfiguration.objects.filter(pk=run.pk).update(moved=moved)
     run.moved = moved
+
+
+# --- enrolment: join tokens and node credentials --------------------------------------------------
+
+
+class EnrolmentRefused(DomainError):
+    """A join token or node credential that does not admit the request (401: the secret is wrong)."""
+
+    http_status = 401
+
+
+class JoinTokenSpent(DomainError):
+    """A real join token that can no longer be used (used, expired or revoked): 403, saying which."""
+
+    http_status = 403
+
+
+def join_token_create(*, ttl_s: int, note: str = "", created_by: str = "") -> tuple[JoinToken, str]:
+    """A one-time token valid for ttl_s seconds; the plaintext is returned once, only its hash kept."""
+    if not settings.JOIN_TOKEN_MIN_TTL_S <= ttl_s <= settings.JOIN_TOKEN_MAX_TTL_S:
+        raise DomainError(f"a join token lives {settings.JOIN_TOKEN_MIN_TTL_S} to {settings.JOIN_TOKEN_MAX_TTL_S} s, "
+                          f"not {ttl_s}")  # fmt: skip
+    secret = make_secret("jt")
+    token = JoinToken.objects.create(prefix=secret.prefix, token_hash=secret.digest, note=note, created_by=created_by,
+                                     expires_at=timezone.now() + timedelta(seconds=ttl_s))  # fmt: skip
+    return token, secret.plaintext
+
+
+def join_token_revoke(*, token: JoinToken) -> JoinToken:
+    """Withdraws an unused token (a used one has done its work: revoke the node's credential instead)."""
+    with transaction.atomic():
+        token = JoinToken.objects.select_for_update().get(pk=token.pk)
+        if token.used_at is not None:
+            raise ConflictError(f"{token} was already used by node {token.used_by}; revoke that node's credential")
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save()
+    return token
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    node: Node
+    credential: str  # plaintext, shown once (to the enrolling playbook)
+
+
+def node_enrol(*, token: str, name: str, zone: str, site: str = "", compliance_tags: list[str] | None = None,
+               machine_id: str = "") -> Enrolment:  # fmt: skip
+    """A new server joins with a one-time join token: the node is created with the zone, site
+    and compliance tags its inventory gives, the token is spent, and the node gets a credential
+    of its own. A token that is wrong (401), used, expired or revoked (403, saying which) admits
+    nothing; a name held by an enrolled node is refused (409), so a re-run cannot make a second
+    node (the playbook presents the node's credential instead of a token on re-runs)."""
+    with transaction.atomic():
+        found = JoinToken.objects.select_for_update().filter(token_hash=hash_secret(token)).first()
+        if found is None:
+            raise EnrolmentRefused("the join token is not valid (ask an operator for a new one)")
+        if found.used_at is not None:
+            raise JoinTokenSpent(f"{found} was already used at {found.used_at:%Y-%m-%d %H:%M:%S} UTC "
+                                 f"(by node {found.used_by or 'since deleted'}); a join token enrols one node")  # fmt: skip
+        if found.revoked_at is not None:
+            raise JoinTokenSpent(f"{found} was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        if found.expires_at <= timezone.now():
+            raise JoinTokenSpent(f"{found} expired at {found.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+        node = Node.objects.select_for_update().filter(name=name).first()
+        if node is not None and node.credential_hash and node.credential_revoked is None:
+            raise ConflictError(f"a node named '{name}' is already enrolled; re-provisioning it presents its own "
+                                "credential, and a new server needs a name of its own")  # fmt: skip
+        if node is None:
+            node = Node(name=name)
+        # A node an operator pre-registered (or one whose credential was revoked) takes the enrolment.
+        node.zone, node.site, node.compliance_tags = zone, site, sorted(set(compliance_tags or []))
+        node.machine_id = machine_id
+        secret = make_secret("nc")
+        node.credential_prefix, node.credential_hash = secret.prefix, secret.digest
+        node.credential_issued, node.credential_revoked = timezone.now(), None
+        if node.admin_state == AdminState.REVOKED:
+            node.admin_state = AdminState.ACTIVE
+        node.full_clean()
+        node.save()
+        found.used_at, found.used_by = timezone.now(), node
+        found.save()
+    return Enrolment(node=node, credential=secret.plaintext)
+
+
+def node_authenticate(*, credential: str) -> Node:
+    """The node a credential belongs to; a wrong or revoked one is refused (401)."""
+    node = Node.objects.filter(credential_hash=hash_secret(credential)).first() if credential else None
+    if node is None:
+        raise EnrolmentRefused("the node credential is not valid")
+    if node.credential_revoked is not None:
+        raise EnrolmentRefused(f"node {node.name}'s credential was revoked at "
+                               f"{node.credential_revoked:%Y-%m-%d %H:%M:%S} UTC; enrol it again with a join token")  # fmt: skip
+    return node
+
+
+def node_revoke_credential(*, node: Node) -> Node:
+    """Cuts a node off: its credential stops working, and the node is REVOKED, so the gateway
+    routes nothing to it from its next snapshot (seconds) and no rollout places anything there.
+    It comes back only by enrolling again with a new join token."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        if not node.credential_hash:
+            raise DomainError(f"node {node.name} holds no credential of its own (it was not enrolled)")
+        if node.credential_revoked is None:
+            node.credential_revoked = timezone.now()
+        node.admin_state = AdminState.REVOKED
+        node.save()
+    return node

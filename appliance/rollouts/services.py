@@ -30,6 +30,7 @@ from appliance.catalog.models import ModelVersion
 from appliance.catalog.profile import normalise
 from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes import dispatch
+from appliance.nodes.choices import AdminState
 from appliance.nodes.models import MigDevice, Node
 from appliance.rollouts.choices import ACTIVE_DEPLOYMENT_STATES, DeploymentState, ReplicaState, Strategy
 from appliance.rollouts.models import DEFAULT_GATE, Deployment, Replica
@@ -252,6 +253,9 @@ def deployment_create(
             raise RolloutError(f"MIG device {device.uuid} has no running Triton yet")
     targets = {n.pk: n for n in [*nodes, *(d.gpu.node for d in mig_devices)]}
     for node in targets.values():
+        if node.admin_state == AdminState.REVOKED:
+            raise RolloutError(f"{node.name} is revoked (its credential was withdrawn); it takes nothing until it "
+                               "enrols again")  # fmt: skip
         reason = format_refusal(version, node)
         if reason:
             raise RolloutError(f"{node.name} cannot run {version}: {reason}")

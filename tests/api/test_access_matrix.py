@@ -28,6 +28,7 @@ from appliance.accounts.permissions import RolePermission
 from appliance.accounts.services import api_key_create
 from appliance.audit.models import AuditEvent
 from appliance.console.access import FROM_URL
+from appliance.nodes import services as node_services
 from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
 from appliance.optimisation.models import OptimisationJob, ProfileSearch
 from appliance.policies.models import PolicyRule
@@ -39,13 +40,14 @@ pytestmark = pytest.mark.django_db
 
 ROLES = ("admin", "operator", "auditor", "tenant_admin")
 # Django's own pages and DRF views outside the matrix, each a decision: the schema is public.
-PUBLIC_API = {"schema"}
+# enrol and node-self admit a join token or a node's own credential, never an operator's session.
+PUBLIC_API = {"schema", "enrol", "node-self"}
 PUBLIC_CONSOLE = {"login", "logout"}
 _WRITES = {"create": "create", "update": "change", "partial_update": "change", "destroy": "delete"}
 _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}
 # What each part of the console may be about, so that a page naming the wrong resource shows.
 SECTIONS = {
-    "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"},
+    "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"}, "join-tokens": {"join_token"},
     "reconfigurations": {"reconfiguration"},
     "models": {"model", "version", "deployment", "validation_set", "optimisation_job", "profile_search"},
     "optimisation": {"optimisation_job"},
@@ -151,7 +153,8 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
     rule = PolicyRule.objects.create(position=10, name="ok", effect="allow")
     shared = {"node": node, "mig_device": device, "reconfiguration": run, "policy_rule": rule,
               "audit_event": AuditEvent.objects.order_by("sequence").first(),
-              "validation_set": make_validation_set(mine.model)}  # fmt: skip
+              "validation_set": make_validation_set(mine.model),
+              "join_token": node_services.join_token_create(ttl_s=3600)[0]}  # fmt: skip
     shared["optimisation_job"] = OptimisationJob.objects.create(source=mine, validation_set=shared["validation_set"],
                                                                 kinds=["int8_dynamic"])  # fmt: skip
     shared["profile_search"] = ProfileSearch.objects.create(version=mine, node=node, node_name=node.name,
@@ -272,6 +275,7 @@ def _console_kwargs(page: Page, side: dict[str, Any]) -> dict[str, Any]:
         "optimisation": {"pk": side["optimisation_job"].pk},
         "profile-searches": {"pk": side["profile_search"].pk},
         "reconfigurations": {"pk": side["reconfiguration"].pk},
+        "join-tokens": {"pk": side["join_token"].pk},
         "tenants": {"slug": side["tenant"].slug, "pk": side["api_key"].pk},
         "policies": {"pk": side["policy_rule"].pk},
         "audit": {"fmt": "csv"},

@@ -165,6 +165,11 @@ def _rolling(api: APIClient) -> str:
     return str(api.post("/api/v1/deployments/", body, format="json").json()["id"])
 
 
+def _enrolled_node(api: APIClient) -> None:
+    token = api.post("/api/v1/join-tokens/", {}, format="json").json()["token"]
+    assert APIClient().post("/api/v1/enrol/", {"token": token, "name": "n1"}, format="json").status_code == 201
+
+
 CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "create"): (lambda api: api.post("/api/v1/nodes/", {"name": "n1"}, format="json"), "node.create"),
     ("nodes", "partial_update"): (
@@ -174,6 +179,12 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "maintenance"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/maintenance/"))[1], "node.update"),
     ("nodes", "reconfigure"): (_reconfigure, "reconfiguration.create"),
     ("mig-devices", "partial_update"): (_dedicate, "mig_device.update"),
+    ("join-tokens", "create"): (lambda api: api.post("/api/v1/join-tokens/", {}, format="json"), "join_token.create"),
+    ("join-tokens", "revoke"): (
+        lambda api: api.post(f"/api/v1/join-tokens/{api.post('/api/v1/join-tokens/', {}, format='json').json()['id']}/revoke/"),
+        "join_token.update"),
+    ("nodes", "revoke_credential"): (lambda api: (_enrolled_node(api), api.post("/api/v1/nodes/n1/revoke-credential/"))[1],
+                                     "node.update"),
     ("nodes", "clear_fault"): (
         lambda api: (_faulty_node(), api.post("/api/v1/nodes/n1/clear-fault/"))[1], "node.update"),
     ("nodes", "undrain"): (

@@ -32,16 +32,12 @@ Runs are reproducible: derandomized, with a fixed seed and no example database.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import schemathesis
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections, connections
 from django.test import Client
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -53,6 +49,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from schemathesis.transport.serialization import Binary  # what it generates for `format: binary`
+
+from tests.http_server import http_server
 
 # Examples per operation for the generated phase; the schema's examples and the
 # boundary values of each parameter (the coverage phase) come on top.
@@ -165,40 +163,6 @@ def _seed_rows() -> Seed:
     })  # fmt: skip
 
 
-@contextmanager
-def _http_server() -> Iterator[str]:
-    """Django's WSGI server on a free port, one request at a time, in a thread that uses
-    this thread's database connection (so it sees, and rolls back with, the test's rows)."""
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.core.servers.basehttp import WSGIServer
-    from django.test.testcases import QuietWSGIRequestHandler
-
-    httpd = WSGIServer(("127.0.0.1", 0), QuietWSGIRequestHandler, allow_reuse_address=False)
-    httpd.set_app(WSGIHandler())
-    shared = connections["default"]
-
-    def serve() -> None:
-        connections["default"] = shared
-        httpd.serve_forever(poll_interval=0.05)
-
-    # As Django's test client does: a connection inside a transaction looks "obsolete"
-    # (autocommit off) to the per-request clean-up, which would close it.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    shared.inc_thread_sharing()
-    thread = threading.Thread(target=serve, name="fuzz-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        thread.join()
-        httpd.server_close()
-        shared.dec_thread_sharing()
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-
-
 @pytest.fixture
 def served(db: None, django_user_model: Any) -> Iterator[Seed]:
     """The seed and an administrator's token (every operation is allowed, so answers are
@@ -210,7 +174,7 @@ def served(db: None, django_user_model: Any) -> Iterator[Seed]:
     AccountRole.objects.create(user=admin, role="admin")
     _, token = operator_token_create(user=admin, name="fuzz")
     seed = _seed_rows()
-    with _http_server() as url:
+    with http_server() as url:
         seed.url, seed.headers = url, {"Authorization": f"Bearer {token}"}
         SEED.__dict__.update(seed.__dict__)  # where the generation hooks read it
         yield seed

@@ -1,12 +1,13 @@
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from appliance.accounts.models import Tenant
 from appliance.core.api import slug_list_field
 from appliance.nodes.mig.catalog import GPU_MODELS
-from appliance.nodes.models import Gpu, MigDevice, Node, Reconfiguration, ReconfigurationStep
+from appliance.nodes.models import Gpu, JoinToken, MigDevice, Node, Reconfiguration, ReconfigurationStep
 
 
 class MigDeviceSerializer(serializers.ModelSerializer):
@@ -60,10 +61,16 @@ class NodeSerializer(serializers.ModelSerializer):
             "id", "name", "zone", "site", "compliance_tags", "grpc_address", "http_address", "metrics_address",
             "state", "admin_state", "health", "health_reasons", "health_checked", "fault",
             "triton_version", "tensorrt_version", "backends", "last_heartbeat", "gpus", "created", "updated",
+            "enrolled", "credential_prefix", "credential_issued", "credential_revoked",
         ]  # fmt: skip
         read_only_fields = ["id", "admin_state", "health", "health_reasons", "health_checked", "fault", "triton_version",
                             "tensorrt_version", "backends", "last_heartbeat", "created", "updated",
-                            "metrics_address"]  # fmt: skip
+                            "metrics_address", "credential_prefix", "credential_issued", "credential_revoked"]  # fmt: skip
+
+    enrolled = serializers.SerializerMethodField(help_text="whether the node joined with a join token and holds a credential of its own")
+
+    def get_enrolled(self, node: Node) -> bool:
+        return bool(node.credential_hash)
 
 
 class NodeUpdateSerializer(serializers.Serializer):
@@ -130,3 +137,57 @@ class ReconfigureRequestSerializer(serializers.Serializer):
                                    help_text="profile names for the GPU; empty turns MIG off")  # fmt: skip
     inject_failure_at = serializers.CharField(required=False, allow_blank=True, default="",
                                               help_text="tests and drills only (APPLIANCE_ALLOW_FAULT_INJECTION)")  # fmt: skip
+
+
+class JoinTokenSerializer(serializers.ModelSerializer):
+    state = serializers.CharField(read_only=True, help_text="unused, used, expired or revoked")
+    used_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                                               allow_null=True)  # fmt: skip
+
+    class Meta:
+        model = JoinToken
+        fields = ["id", "prefix", "note", "state", "created", "created_by", "expires_at", "used_at", "used_by", "revoked_at"]
+        read_only_fields = fields
+
+
+class JoinTokenCreateSerializer(serializers.Serializer):
+    ttl_s = serializers.IntegerField(default=settings.JOIN_TOKEN_DEFAULT_TTL_S, min_value=settings.JOIN_TOKEN_MIN_TTL_S,
+                                     max_value=settings.JOIN_TOKEN_MAX_TTL_S,
+                                     help_text="seconds until the token expires unused")  # fmt: skip
+    note = serializers.CharField(max_length=200, required=False, default="", allow_blank=True,
+                                 help_text="which server it is for (shown in the console and the audit trail)")  # fmt: skip
+
+
+class JoinTokenCreatedSerializer(JoinTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="the token itself: shown this once, never stored")
+
+    class Meta(JoinTokenSerializer.Meta):
+        fields = [*JoinTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class EnrolSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200, help_text="the one-time join token an operator made")
+    name = serializers.SlugField(max_length=63, help_text="the node's name (its inventory hostname)")
+    zone = serializers.CharField(max_length=63, default="default")
+    site = serializers.CharField(max_length=63, required=False, default="", allow_blank=True)
+    compliance_tags = slug_list_field(required=False, default=list)
+    machine_id = serializers.RegexField(r"^[0-9a-f]{0,64}$", required=False, default="",
+                                        help_text="/etc/machine-id of the server enrolling")  # fmt: skip
+
+
+class EnrolledSerializer(serializers.Serializer):
+    node = NodeSerializer(read_only=True)
+    credential = serializers.CharField(read_only=True, help_text="the node's own credential: shown this once")
+
+
+class NodeSelfSerializer(serializers.Serializer):
+    """What a node learns of itself with its credential (the playbook's re-runs and the MIG boot unit)."""
+
+    name = serializers.CharField(read_only=True)
+    zone = serializers.CharField(read_only=True)
+    site = serializers.CharField(read_only=True)
+    compliance_tags = serializers.ListField(child=serializers.CharField(), read_only=True)
+    admin_state = serializers.CharField(read_only=True)
+    mig_layouts = serializers.DictField(read_only=True, help_text="GPU index -> the MIG instances it is declared to "
+                                        "hold, [{profile, start}] (restored at boot by mig_boot_layout)")

@@ -11,16 +11,24 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
+from appliance.audit.choices import Origin
+from appliance.audit.context import audit_context
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin, changes_nothing
 from appliance.core.errors import DomainError
 from appliance.nodes import services
 from appliance.nodes.api.serializers import (
+    EnrolledSerializer,
+    EnrolSerializer,
+    JoinTokenCreatedSerializer,
+    JoinTokenCreateSerializer,
+    JoinTokenSerializer,
     MigDeviceDedicateSerializer,
     MigDeviceSerializer,
     MigPlanRequestSerializer,
     MigPlanSerializer,
     NodeHealthChangeSerializer,
     NodeListSerializer,
+    NodeSelfSerializer,
     NodeSerializer,
     NodeUpdateSerializer,
     ReconfigurationSerializer,
@@ -29,7 +37,7 @@ from appliance.nodes.api.serializers import (
 from appliance.nodes.choices import AdminState
 from appliance.nodes.mig.catalog import GPU_MODELS
 from appliance.nodes.mig.planner import plan
-from appliance.nodes.models import MigDevice, Node, Reconfiguration
+from appliance.nodes.models import JoinToken, MigDevice, Node, Reconfiguration
 
 
 class NodeViewSet(
@@ -112,6 +120,14 @@ class NodeViewSet(
         return Response(ReconfigurationSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"], url_path="revoke-credential")
+    def revoke_credential(self, request: Request, name: str | None = None) -> Response:
+        """Cut the node off: its credential stops working, nothing is routed or placed there, and
+        its agent stops serving at its next heartbeat. It returns only by enrolling again."""
+        node = services.node_revoke_credential(node=self.get_object())
+        return Response(NodeSerializer(self.get_queryset().get(pk=node.pk)).data)
+
+    @extend_schema(request=None, responses=NodeSerializer)
     @action(detail=True, methods=["post"], url_path="clear-fault")
     def clear_fault(self, request: Request, name: str | None = None) -> Response:
         """The operator has looked at a failed reconfiguration: the node may be healthy again."""
@@ -166,3 +182,71 @@ class MigPlanView(APIView):
         if not result.ok:
             raise DomainError(result.reason)
         return Response({"placements": [str(p) for p in result.placements]})
+
+
+class JoinTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """One-time, expiring tokens that let a new server enrol as a node (the provisioning playbook
+    presents one). The token is shown once, at creation; only its hash is kept."""
+
+    queryset = JoinToken.objects.select_related("used_by")
+    serializer_class = JoinTokenSerializer
+    resource = "join_token"
+
+    @extend_schema(request=JoinTokenCreateSerializer, responses={201: JoinTokenCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        body = JoinTokenCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        token, plaintext = services.join_token_create(created_by=request.user.get_username(), **body.validated_data)
+        return Response(JoinTokenSerializer(token).data | {"token": plaintext}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=JoinTokenSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        """Withdraw an unused token."""
+        return Response(JoinTokenSerializer(services.join_token_revoke(token=self.get_object())).data)
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+class EnrolView(APIView):
+    """A new server joins: the join token in the body admits it once (no operator session).
+    401: the token is wrong; 403: used, expired or revoked (the detail says which and when);
+    409: a node of that name is already enrolled."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    secret_refusals = ("401", "403")  # the schema declares them (core.api.AutoSchema)
+
+    @extend_schema(request=EnrolSerializer, responses={201: EnrolledSerializer})
+    def post(self, request: Request) -> Response:
+        body = EnrolSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        with audit_context(origin=Origin.API, actor=f"enrolment:{data['name']}", actor_resolver=None):
+            enrolled = services.node_enrol(token=data["token"], name=data["name"], zone=data["zone"], site=data["site"],
+                                           compliance_tags=data["compliance_tags"], machine_id=data["machine_id"])  # fmt: skip
+        return Response({"node": NodeSerializer(enrolled.node).data, "credential": enrolled.credential},
+                        status=status.HTTP_201_CREATED)  # fmt: skip
+
+
+class NodeSelfView(APIView):
+    """A node reads what the control plane holds for it, with its own credential as
+    `Authorization: Bearer` (the playbook's re-runs; the MIG boot unit reads its declared
+    layout here). 401 for a wrong or revoked credential."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    secret_refusals = ("401",)
+
+    @extend_schema(request=None, responses=NodeSelfSerializer)
+    def get(self, request: Request) -> Response:
+        node = services.node_authenticate(credential=_bearer(request))
+        layouts = {str(gpu.index): [{"profile": d.profile, "start": d.start}
+                                    for d in sorted(gpu.mig_devices.all(), key=lambda d: d.start)]
+                   for gpu in node.gpus.prefetch_related("mig_devices") if gpu.mig_enabled}  # fmt: skip
+        return Response(NodeSelfSerializer({"name": node.name, "zone": node.zone, "site": node.site,
+                                            "compliance_tags": node.compliance_tags, "admin_state": node.admin_state,
+                                            "mig_layouts": layouts}).data)  # fmt: skip

@@ -28,6 +28,8 @@ class Command(BaseCommand):
                             help="first port of the per-MIG-device Tritons (3 ports each); 0 takes free ports")
         parser.add_argument("--simulate-gpus", default=env_str("SIMULATE_GPUS", ""),
                             help="comma-separated GPU models for --inventory simulated, e.g. H100-80GB,H100-80GB")
+        parser.add_argument("--credential-file", type=Path, default=env_str("NODE_CREDENTIAL_FILE", "") or None,
+                            help="the node's own credential from enrolment (required once the node is enrolled)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         workdir = options["workdir"] or settings.VAR_DIR / "nodes" / options["name"]
@@ -42,5 +44,6 @@ class Command(BaseCommand):
                 inventory=options["inventory"],
                 simulate_gpus=tuple(m for m in options["simulate_gpus"].split(",") if m),
                 mig_port_base=options["mig_port_base"],
+                credential_file=options["credential_file"],
             )
         )
