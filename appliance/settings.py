@@ -225,6 +225,12 @@ NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 2.0)
 # The share of a CPU node's memory its generative engines may hold together (catalog/generative.py).
 GENERATIVE_MEMORY_FRACTION = env_float("GENERATIVE_MEMORY_FRACTION", 0.5)
 NODE_STALE_AFTER_S = env_float("NODE_STALE_AFTER_S", 10.0)
+# A provisioned node's way to the control plane (ansible/roles/node_agent writes them): its base
+# URL, the node's own credential (from enrolment) and the CA of its TLS certificate. Artifacts a
+# node's store lacks are fetched there (catalog.artifacts.artifact_fetch).
+CONTROL_PLANE_URL = env_str("CONTROL_PLANE_URL", "")
+NODE_CREDENTIAL_FILE = env_str("NODE_CREDENTIAL_FILE", "")
+CA_FILE = env_str("CA_FILE", "")
 # Join tokens (enrolment of a new server): how long an operator may make one live, in seconds.
 JOIN_TOKEN_MIN_TTL_S = 60
 JOIN_TOKEN_MAX_TTL_S = 7 * 24 * 3600

@@ -13,6 +13,7 @@ from appliance.nodes.api.views import (
     JoinTokenViewSet,
     MigDeviceViewSet,
     MigPlanView,
+    NodeArtifactView,
     NodeSelfView,
     NodeViewSet,
     ReconfigurationViewSet,
@@ -54,6 +55,7 @@ urlpatterns = [
     # A node's own doors: a join token (enrolment) or the node's credential, never an operator's session.
     path("api/v1/enrol/", EnrolView.as_view(), name="enrol"),
     path("api/v1/node-self/", NodeSelfView.as_view(), name="node-self"),
+    path("api/v1/node-artifacts/<str:sha256>/", NodeArtifactView.as_view(), name="node-artifact"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", healthz),

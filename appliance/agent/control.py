@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
+
 from appliance.catalog import runtimes
-from appliance.catalog.artifacts import artifact_read_verified, unpack_into
+from appliance.catalog.artifacts import artifact_fetch, artifact_path, artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.generative import engine_gpu
 from appliance.catalog.models import Model
@@ -193,8 +195,16 @@ def sync_model_later(*, node_name: str, model_id: UUID | str, mig_uuid: str = ""
 
 # --- what a version is made of ----------------------------------------------------------------
 def fetch_artifact(*, version: Version, into: Path) -> None:
-    """The version's files, verified against its sha256, unpacked into a new directory."""
-    unpack_into(artifact_read_verified(version.artifact_sha256), version.format, into)
+    """The version's files, verified against its sha256, unpacked into a new directory: from
+    the artifact store this node shares with the control plane, or, on a provisioned node that
+    shares no disk with it, over HTTP with the node's own credential."""
+    sha = version.artifact_sha256
+    if artifact_path(sha).exists() or not settings.CONTROL_PLANE_URL or not settings.NODE_CREDENTIAL_FILE:
+        data = artifact_read_verified(sha)
+    else:
+        credential = Path(settings.NODE_CREDENTIAL_FILE).read_text().strip()
+        data = artifact_fetch(sha, base_url=settings.CONTROL_PLANE_URL, credential=credential, ca_file=settings.CA_FILE)
+    unpack_into(data, version.format, into)
 
 
 def triton_config(*, version: Version, versions: list[int], backends: tuple[str, ...] = (),

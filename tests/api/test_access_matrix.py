@@ -41,7 +41,7 @@ pytestmark = pytest.mark.django_db
 ROLES = ("admin", "operator", "auditor", "tenant_admin")
 # Django's own pages and DRF views outside the matrix, each a decision: the schema is public.
 # enrol and node-self admit a join token or a node's own credential, never an operator's session.
-PUBLIC_API = {"schema", "enrol", "node-self"}
+PUBLIC_API = {"schema", "enrol", "node-self", "node-artifact"}
 PUBLIC_CONSOLE = {"login", "logout"}
 _WRITES = {"create": "create", "update": "change", "partial_update": "change", "destroy": "delete"}
 _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}

@@ -20,7 +20,7 @@ from appliance.nodes.choices import AdminState, Health
 from appliance.nodes.models import JoinToken, Node
 from appliance.nodes.selectors import routable_nodes
 from tests.conftest import assert_audited
-from tests.factories import make_version
+from tests.factories import make_version, python_artifact
 
 pytestmark = pytest.mark.django_db
 
@@ -185,3 +185,22 @@ def test_the_console_makes_a_token_once_and_revokes_a_node(operator: Any) -> Non
     assert "Enrolled" in browser.get("/console/nodes/gpu-07/").content.decode()
     browser.post("/console/nodes/gpu-07/revoke-credential/")
     assert Node.objects.get(name="gpu-07").admin_state == AdminState.REVOKED
+
+
+def test_a_node_fetches_only_the_artifacts_placed_on_it(api: APIClient, django_capture_on_commit_callbacks: Any) -> None:
+    from appliance.catalog.artifacts import artifact_path
+    from appliance.rollouts import services as rollouts
+
+    credential = _enrol(_token(api)["token"]).json()["credential"]
+    node = Node.objects.get(name="gpu-07")
+    placed = make_version("digits")
+    elsewhere = make_version("other", artifact=python_artifact("class TritonPythonModel:\n    other = 1\n"))
+    with django_capture_on_commit_callbacks(execute=False):
+        rollouts.deployment_create(version=placed, nodes=[node])
+    door = APIClient()
+    answer = door.get(f"/api/v1/node-artifacts/{placed.artifact_sha256}/", HTTP_AUTHORIZATION=f"Bearer {credential}")
+    assert answer.status_code == 200
+    assert b"".join(answer.streaming_content) == artifact_path(placed.artifact_sha256).read_bytes()
+    other = door.get(f"/api/v1/node-artifacts/{elsewhere.artifact_sha256}/", HTTP_AUTHORIZATION=f"Bearer {credential}")
+    assert other.status_code == 404
+    assert door.get(f"/api/v1/node-artifacts/{placed.artifact_sha256}/").status_code == 401

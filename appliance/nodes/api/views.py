@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import FileResponse, Http404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -250,3 +252,23 @@ class NodeSelfView(APIView):
         return Response(NodeSelfSerializer({"name": node.name, "zone": node.zone, "site": node.site,
                                             "compliance_tags": node.compliance_tags, "admin_state": node.admin_state,
                                             "mig_layouts": layouts}).data)  # fmt: skip
+
+
+class NodeArtifactView(APIView):
+    """A provisioned node fetches the artifact of a version placed on it (it shares no disk
+    with the control plane), with its own credential as `Authorization: Bearer`. 401 for a
+    wrong or revoked credential; 404 for an artifact no replica of this node needs."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    secret_refusals = ("401",)
+
+    @extend_schema(request=None, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request: Request, sha256: str) -> FileResponse:
+        from appliance.catalog.artifacts import artifact_path
+        from appliance.rollouts.models import Replica
+
+        node = services.node_authenticate(credential=_bearer(request))
+        if not Replica.objects.filter(node=node, deployment__version__artifact_sha256=sha256).exists():
+            raise Http404("no version placed on this node has that artifact")
+        return FileResponse(artifact_path(sha256).open("rb"), content_type="application/octet-stream")
