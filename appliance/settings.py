@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "appliance.rollouts",
     "appliance.agent",
     "appliance.optimisation",
+    "appliance.provisioning",
     "appliance.policies",
     "appliance.gateway",
     "appliance.console",
@@ -211,6 +212,18 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": env_float("ROLLOUT_TICK_S", 1.0)},
     },
 }
+# Provisioning from the control plane (appliance/provisioning/): the site's inventory and variables
+# (files on the control plane; the variables file may be Ansible-Vault-encrypted only with a vault
+# password file in ANSIBLE_VAULT_PASSWORD_FILE), the playbooks of the release, the toolchain.
+ANSIBLE_DIR = BASE_DIR / "ansible"
+ANSIBLE_PLAYBOOK = Path(env_str("ANSIBLE_PLAYBOOK", str(BASE_DIR / "var" / "build" / "ansible" / "bin" / "ansible-playbook")))
+ANSIBLE_INVENTORY = env_str("ANSIBLE_INVENTORY", "")
+ANSIBLE_EXTRA_VARS = env_str("ANSIBLE_EXTRA_VARS", "")
+# A drift check (node.yml --check --diff over every node) this often, in seconds (0: never).
+DRIFT_CHECK_S = env_float("DRIFT_CHECK_S", 6 * 3600.0)
+if DRIFT_CHECK_S > 0:
+    CELERY_BEAT_SCHEDULE["drift-check"] = {"task": "provisioning.drift_check", "schedule": DRIFT_CHECK_S,
+                                           "options": {"expires": DRIFT_CHECK_S}}  # fmt: skip
 
 # The console's time series: minute rows kept this many hours, hourly roll-ups this many days.
 METRICS_MINUTE_KEEP_H = env_int("METRICS_MINUTE_KEEP_H", 48, minimum=7)

@@ -20,6 +20,7 @@ from appliance.nodes.api.views import (
 )
 from appliance.optimisation.api.views import OptimisationJobViewSet, ProfileSearchViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
+from appliance.provisioning.api.views import ProvisioningRunViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
 
 
@@ -44,6 +45,7 @@ router.register("policy-rules", PolicyRuleViewSet)
 router.register("reconfigurations", ReconfigurationViewSet)
 router.register("mig-devices", MigDeviceViewSet)
 router.register("join-tokens", JoinTokenViewSet)
+router.register("provisioning-runs", ProvisioningRunViewSet)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

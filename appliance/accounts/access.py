@@ -72,6 +72,8 @@ MATRIX: dict[str, Resource] = {
                            "revoke_credential")),
     # One-time tokens a new server enrols with (the plaintext is shown once, to the staff member who made it).
     "join_token": Resource({READ: READERS, CREATE: STAFF, "revoke": STAFF}),
+    # Playbook runs (add a node, re-provision, drift check): the operators' work; the runs' logs are readers'.
+    "provisioning_run": Resource({READ: READERS, CREATE: STAFF}),
     "mig_device": Resource({READ: READERS, CHANGE: STAFF}),  # change: dedicate to a tenant
     "mig_layout": Resource({"plan": READERS}),  # where a layout would place its instances; saves nothing
     "reconfiguration": Resource({READ: READERS}),

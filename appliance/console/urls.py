@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from appliance.accounts.forms import ConsoleAuthenticationForm
-from appliance.console import catalog, fleet, optimisation, policies, tenants, views
+from appliance.console import catalog, fleet, optimisation, policies, provisioning, tenants, views
 
 app_name = "console"
 
@@ -15,6 +15,10 @@ urlpatterns = [
     # Fleet
     path("nodes/", fleet.nodes, name="nodes"),
     path("join-tokens/", fleet.join_tokens, name="join-tokens"),
+    path("provisioning/", provisioning.runs, name="provisioning"),
+    path("provisioning/start/", provisioning.run_start, name="provisioning-start"),
+    path("provisioning/<uuid:pk>/", provisioning.run_page, name="provisioning-run"),
+    path("provisioning/<uuid:pk>/panel/", provisioning.run_panel, name="provisioning-run-panel"),
     path("join-tokens/new/", fleet.join_token_create, name="join-token-create"),
     path("join-tokens/<uuid:pk>/revoke/", fleet.join_token_revoke, name="join-token-revoke"),
     path("nodes/<slug:name>/", fleet.node, name="node"),

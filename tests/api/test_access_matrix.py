@@ -32,6 +32,7 @@ from appliance.nodes import services as node_services
 from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
 from appliance.optimisation.models import OptimisationJob, ProfileSearch
 from appliance.policies.models import PolicyRule
+from appliance.provisioning.models import ProvisioningRun
 from appliance.rollouts import services as rollouts
 from tests.conftest import client_for
 from tests.factories import make_node, make_validation_set, make_version
@@ -47,7 +48,7 @@ _WRITES = {"create": "create", "update": "change", "partial_update": "change", "
 _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}
 # What each part of the console may be about, so that a page naming the wrong resource shows.
 SECTIONS = {
-    "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"}, "join-tokens": {"join_token"},
+    "": {"overview"}, "rollouts-panel": {"deployment"}, "nodes": {"node", "mig_layout"}, "join-tokens": {"join_token"}, "provisioning": {"provisioning_run"},
     "reconfigurations": {"reconfiguration"},
     "models": {"model", "version", "deployment", "validation_set", "optimisation_job", "profile_search"},
     "optimisation": {"optimisation_job"},
@@ -154,7 +155,8 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
     shared = {"node": node, "mig_device": device, "reconfiguration": run, "policy_rule": rule,
               "audit_event": AuditEvent.objects.order_by("sequence").first(),
               "validation_set": make_validation_set(mine.model),
-              "join_token": node_services.join_token_create(ttl_s=3600)[0]}  # fmt: skip
+              "join_token": node_services.join_token_create(ttl_s=3600)[0],
+              "provisioning_run": ProvisioningRun.objects.create(kind="drift_check", playbook="node.yml")}  # fmt: skip
     shared["optimisation_job"] = OptimisationJob.objects.create(source=mine, validation_set=shared["validation_set"],
                                                                 kinds=["int8_dynamic"])  # fmt: skip
     shared["profile_search"] = ProfileSearch.objects.create(version=mine, node=node, node_name=node.name,
@@ -276,6 +278,7 @@ def _console_kwargs(page: Page, side: dict[str, Any]) -> dict[str, Any]:
         "profile-searches": {"pk": side["profile_search"].pk},
         "reconfigurations": {"pk": side["reconfiguration"].pk},
         "join-tokens": {"pk": side["join_token"].pk},
+        "provisioning": {"pk": side["provisioning_run"].pk},
         "tenants": {"slug": side["tenant"].slug, "pk": side["api_key"].pk},
         "policies": {"pk": side["policy_rule"].pk},
         "audit": {"fmt": "csv"},

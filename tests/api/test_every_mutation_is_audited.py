@@ -165,6 +165,13 @@ def _rolling(api: APIClient) -> str:
     return str(api.post("/api/v1/deployments/", body, format="json").json()["id"])
 
 
+def _provisioning_run(api: APIClient) -> Any:
+    from django.test import override_settings
+
+    with override_settings(ANSIBLE_INVENTORY="/etc/appliance/inventory.yml"):
+        return api.post("/api/v1/provisioning-runs/", {"kind": "drift_check"}, format="json")
+
+
 def _enrolled_node(api: APIClient) -> None:
     token = api.post("/api/v1/join-tokens/", {}, format="json").json()["token"]
     assert APIClient().post("/api/v1/enrol/", {"token": token, "name": "n1"}, format="json").status_code == 201
@@ -179,6 +186,7 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
     ("nodes", "maintenance"): (lambda api: (make_node("n1"), api.post("/api/v1/nodes/n1/maintenance/"))[1], "node.update"),
     ("nodes", "reconfigure"): (_reconfigure, "reconfiguration.create"),
     ("mig-devices", "partial_update"): (_dedicate, "mig_device.update"),
+    ("provisioning-runs", "create"): (_provisioning_run, "provisioning_run.create"),
     ("join-tokens", "create"): (lambda api: api.post("/api/v1/join-tokens/", {}, format="json"), "join_token.create"),
     ("join-tokens", "revoke"): (
         lambda api: api.post(f"/api/v1/join-tokens/{api.post('/api/v1/join-tokens/', {}, format='json').json()['id']}/revoke/"),

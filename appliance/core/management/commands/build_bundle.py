@@ -18,6 +18,13 @@ RELEASE_PATHS = ("manage.py", "appliance", "triton_models", "requirements.txt", 
 # Each environment's pins, downloaded apart (their numpy pins differ); pip itself comes along,
 # so that a node without python3-venv's ensurepip installs it from its wheel.
 REQUIREMENTS = ("requirements.txt", "requirements-triton.txt")
+# Debian packages a node needs beyond a minimal install, carried in the bundle too: Triton's
+# Python-backend stub links the interpreter's shared library, and it comes with the rest of
+# the interpreter at one version (installed together, offline, by the triton role).
+# The Python the servers run the environments on: Debian 12's (markers such as redis's
+# `python_full_version < "3.11.3"` pick wheels by it, not by the builder's Python).
+TARGET_PYTHON = "3.11.2"
+DEBS = ("libpython3.11", "libpython3.11-stdlib", "libpython3.11-minimal", "python3.11", "python3.11-minimal")
 
 
 def _deterministic(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -68,21 +75,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--out", type=Path, required=True, help="directory to write the bundle into")
         parser.add_argument("--wheelhouse", type=Path, default=None,
-                            help="reuse this directory of wheels (downloaded into it when missing)")  # fmt: skip
+                            help="a cache of wheels, one directory per set of pins (downloaded when missing)")  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         root = Path(settings.BASE_DIR)
         out: Path = options["out"]
         out.mkdir(parents=True, exist_ok=True)
-        wheels: Path = options["wheelhouse"] or out / "wheels"
-        marker = wheels / f".complete-{self._pins_digest(root)}"
+        # One directory of wheels per set of pins (kept between builds when --wheelhouse names a cache).
+        wheels: Path = (options["wheelhouse"] or out / "wheels") / self._pins_digest(root)
+        marker = wheels / ".complete"
         if not marker.exists():
             wheels.mkdir(parents=True, exist_ok=True)
             for requirements in REQUIREMENTS:
                 self._download(wheels, "-r", str(root / requirements))
             self._download(wheels, "pip")
+            self._debs(wheels / "debs")
             marker.write_text("")
         files = [(p.name, p) for p in wheels.glob("*.whl")] + [(r, root / r) for r in REQUIREMENTS]
+        files += [(f"debs/{p.name}", p) for p in (wheels / "debs").glob("*.deb")]
         write_tar(out / "wheelhouse.tar", files, compress=False)
         write_tar(out / "release.tar.gz", release_files(root), compress=True)
         sums = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("wheelhouse.tar", "release.tar.gz")}
@@ -92,12 +102,23 @@ class Command(BaseCommand):
 
     @staticmethod
     def _pins_digest(root: Path) -> str:
-        return hashlib.sha256(b"".join((root / r).read_bytes() for r in REQUIREMENTS)).hexdigest()[:16]
+        pins = b"".join((root / r).read_bytes() for r in REQUIREMENTS) + TARGET_PYTHON.encode()
+        return hashlib.sha256(pins).hexdigest()[:16]
+
+    @staticmethod
+    def _debs(target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for old in target.glob("*.deb"):
+            old.unlink()
+        done = subprocess.run(["apt-get", "download", *DEBS], cwd=target, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CommandError(f"apt-get download {' '.join(DEBS)} failed (build the bundle on Debian 12): "
+                               f"{done.stderr[-2000:]}")  # fmt: skip
 
     @staticmethod
     def _download(wheels: Path, *what: str) -> None:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                   "--only-binary=:all:", "--dest", str(wheels), *what]  # fmt: skip
+                   "--only-binary=:all:", "--python-version", TARGET_PYTHON, "--dest", str(wheels), *what]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise CommandError(f"pip download {' '.join(what)} failed: {done.stderr[-2000:]}")

@@ -1,0 +1,260 @@
+"""The provisioning playbook for real: a booted Debian 12 test host (systemd-nspawn, its own
+network namespace, sshd; tests/provisioning/testhost.py) becomes a CPU serving node in one run
+of ansible/node.yml, installing only from the air-gapped bundle the control plane serves
+(`manage.py build_bundle`): the agent enrols with a one-time join token made through the REST
+API, registers with the zone, site and tags of its inventory, and a model rolled out to it
+answers a stock tritonclient through the gateway. A second run changes nothing; the node comes
+back healthy after the test host reboots; used, expired and wrong tokens are refused; the runs
+are in the audit trail; a revoked node is cut off within seconds.
+
+The control plane is this test's own (worker, beat, gateway of tests/e2e/fleet.py, gunicorn on
+the host's side of the veth); PostgreSQL and RabbitMQ reach the test host through forwarders
+on that address, as a node's firewall would let them. The GPU roles are skipped by the facts
+the play reads (no NVIDIA device on the test host's PCI bus), not by a flag."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from django.conf import settings
+
+from tests.e2e.fleet import Fleet, free_port, wait_for
+from tests.e2e.operator import Operator
+from tests.provisioning.testhost import Forwarder, TestHost, booted
+from triton_models.digits import build as digits_build
+
+pytestmark = [pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "var" / "build" / "ansible" / "bin" / "ansible-playbook"
+NODE = "apl-node1"
+MODEL = "prov-digits"  # the e2e modules share one database: a name of its own
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+if shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None:
+    pytest.skip("needs systemd-nspawn and debootstrap (make test-host-packages)", allow_module_level=True)
+
+
+def _run_playbook(site: dict[str, Any], playbook: str = "node.yml") -> tuple[dict[str, int], str, float]:
+    """ansible-playbook against the test host; the recap of its host, all of the output, seconds."""
+    started = time.monotonic()
+    done = subprocess.run([str(ANSIBLE), "-i", str(site["inventory"]), playbook, "-e", f"@{site['vars']}"],
+                          cwd=ROOT / "ansible", capture_output=True, text=True, timeout=1200,
+                          env={**site["env"], "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"})  # fmt: skip
+    seconds = time.monotonic() - started
+    output = done.stdout + done.stderr
+    recap = {m.group(1): m for m in RECAP.finditer(output)}.get(NODE)
+    assert recap is not None, f"no recap for {NODE} (exit {done.returncode}):\n{output[-6000:]}"
+    counts = {"ok": int(recap.group(2)), "changed": int(recap.group(3)), "unreachable": int(recap.group(4)),
+              "failed": int(recap.group(5))}  # fmt: skip
+    return counts, output, seconds
+
+
+@pytest.fixture(scope="module")
+def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with Fleet.running(tmp_path_factory.mktemp("provisioning"), {}) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="module")
+def host(fleet: Fleet) -> Iterator[TestHost]:
+    with booted([NODE], fleet.workdir / "hosts") as hosts:
+        yield hosts[0]
+
+
+@pytest.fixture(scope="module")
+def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
+    """The control plane as the test host sees it (API, bundle, database, broker on the host's
+    side of its veth), a join token, and the inventory of one CPU node."""
+    db = settings.DATABASES["default"]
+    workdir = fleet.workdir
+    bundle = workdir / "bundle"
+    wheels = Path.home() / ".cache" / "appliance" / "wheelhouse"
+    subprocess.run([sys.executable, "manage.py", "build_bundle", "--out", str(bundle), "--wheelhouse", str(wheels)],
+                   cwd=ROOT, env=fleet.env, check=True, capture_output=True, timeout=1200)  # fmt: skip
+    api_port, bundle_port = free_port(), free_port()
+    env = {**fleet.env, "APPLIANCE_ALLOWED_HOSTS": host.host_side}
+    fleet.env = env
+    api = fleet.spawn("control-plane-http", [str(Path(sys.executable).parent / "gunicorn"), "appliance.wsgi",
+                                             "--bind", f"{host.host_side}:{api_port}", "--workers", "2"])  # fmt: skip
+    fleet.spawn("bundle-http", [sys.executable, "-m", "http.server", str(bundle_port), "--bind", host.host_side,
+                                "--directory", str(bundle)])  # fmt: skip
+    url = f"http://{host.host_side}:{api_port}"
+    wait_for("the control plane's HTTP", lambda: urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200,
+             procs=[api])  # fmt: skip
+    olga = Operator("prov-olga")
+    made = olga.post("join-tokens/", {"note": f"{NODE} in the test rack", "ttl_s": 3600})
+    token_file = workdir / "join-token"
+    token_file.write_text(made["token"] + "\n")
+    inventory = workdir / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {
+        "cpu_nodes": {"hosts": {NODE: {"ansible_host": host.address}}},
+        "nodes": {"children": {"cpu_nodes": {}}},
+    }}}))  # fmt: skip
+    role = fleet.runtime_role
+    variables = workdir / "vars.json"
+    variables.write_text(json.dumps({
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(host.key),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "appliance_control_plane_url": url,
+        "appliance_bundle_url": f"http://{host.host_side}:{bundle_port}",
+        "appliance_join_token_file": str(token_file),
+        "appliance_agent_db_url": f"postgresql://{role}@{host.host_side}:{db['PORT']}/{db['NAME']}",
+        "appliance_agent_broker_url": f"amqp://guest:guest@{host.host_side}:5672//",
+        "appliance_instance": settings.INSTANCE,
+        "appliance_node_zone": "eu-test",
+        "appliance_node_site": "rack-4",
+        "appliance_node_compliance_tags": ["pci-dss"],
+        "appliance_node_address": host.address,
+        # The fleet's quick timings (heartbeat, health) and its artifact-free store: the node fetches artifacts.
+        "appliance_agent_extra_env": {k.removeprefix("APPLIANCE_"): v for k, v in fleet.env.items()
+                                      if k in ("APPLIANCE_NODE_HEARTBEAT_S", "APPLIANCE_HEALTH_PROBE_TIMEOUT_S",
+                                               "APPLIANCE_RETIRE_GRACE_S", "APPLIANCE_NODE_STALE_AFTER_S")}
+                                   | {"REDIS_URL": f"redis://{host.host_side}:6379/0"},
+    }))  # fmt: skip
+    routes = {(host.host_side, port): ("127.0.0.1", port) for port in (int(db["PORT"]), 5672, 6379)}
+    with Forwarder(routes):
+        yield {"url": url, "olga": olga, "token": made, "token_file": token_file, "inventory": inventory,
+               "vars": variables, "env": {**env, "PATH": f"{ANSIBLE.parent}:{env.get('PATH', '')}"}, "times": {}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(site: dict[str, Any]) -> dict[str, Any]:
+    counts, output, seconds = _run_playbook(site)
+    assert counts["failed"] == 0 and counts["unreachable"] == 0, output[-8000:]
+    site["times"]["first run"] = seconds
+    return {"counts": counts, "output": output}
+
+
+def test_the_node_enrols_with_its_zone_site_and_tags(site: dict[str, Any], first_run: dict[str, Any],
+                                                     host: TestHost) -> None:  # fmt: skip
+    from appliance.audit.models import AuditEvent
+    from appliance.nodes.models import JoinToken, Node
+
+    node = Node.objects.get(name=NODE)
+    assert (node.zone, node.site, node.compliance_tags) == ("eu-test", "rack-4", ["pci-dss"])
+    assert node.credential_hash and node.machine_id == host.machine_id
+    assert JoinToken.objects.get(pk=site["token"]["id"]).used_by == node
+    # The GPU roles were skipped by the facts (no NVIDIA device), not by a flag.
+    assert re.search(r"TASK \[nvidia_driver : Install the driver on GPU hosts\].*?skipping", first_run["output"], re.S)
+    events = AuditEvent.objects.filter(target_id=str(node.pk), action="node.create")
+    assert events.count() == 1 and events.get().actor == f"enrolment:{NODE}"
+    # The credential is on the node, readable by root and the agent's group only; nothing secret in the log.
+    mode = host.ssh("stat -c '%a %U %G' /etc/appliance/node-credential").stdout.split()
+    assert mode == ["640", "root", "appliance"]
+    secret = host.ssh("cat /etc/appliance/node-credential").stdout.strip()
+    assert secret.startswith("nc_") and secret not in first_run["output"]
+    assert site["token"]["token"] not in first_run["output"]
+
+
+def test_the_node_serves_a_model_rolled_out_through_the_rest_api(site: dict[str, Any], first_run: dict[str, Any],
+                                                                  fleet: Fleet) -> None:  # fmt: skip
+    from appliance.nodes.models import Node
+
+    olga = site["olga"]
+    wait_for("the provisioned node healthy", lambda: Node.objects.get(name=NODE).health == "healthy", timeout=180,
+             procs=fleet.procs)  # fmt: skip
+    olga.post("models/", {"name": MODEL})
+    weights = digits_build.train()[0]
+    version = olga.upload(MODEL, digits_build.pack(weights), note="digits on a provisioned node", like="digits")
+    assert olga.deploy(version, [NODE], fleet)["state"] == "live"
+    olga.post("tenants/", {"slug": "prov-tenant", "name": "Provisioned"})
+    olga.post("grants/", {"tenant": "prov-tenant", "model": MODEL})
+    key = olga.post("api-keys/", {"tenant": "prov-tenant", "name": "k"})["key"]
+    site["key"] = key
+    _, x_test, _, y_test = digits_build.split()
+    labels = wait_for("an answer through the gateway", lambda: _labels(fleet.gateway, key, x_test[:64]), timeout=60,
+                      procs=fleet.procs)  # fmt: skip
+    assert (labels == y_test[:64]).mean() >= 0.9
+
+
+def _labels(gateway: str, key: str, images: np.ndarray) -> np.ndarray | None:
+    tensor = grpcclient.InferInput("IMAGE", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images.astype(np.float32))
+    try:
+        result = grpcclient.InferenceServerClient(gateway).infer(MODEL, [tensor], headers={"authorization": f"Bearer {key}"})
+    except grpcclient.InferenceServerException as exc:
+        if exc.status() == str(grpc.StatusCode.UNAVAILABLE):
+            return None  # the gateway's snapshot has not caught up with the rollout yet
+        raise
+    return np.asarray(result.as_numpy("LABEL")).reshape(-1)
+
+
+def test_a_second_run_changes_nothing_and_makes_no_second_node(site: dict[str, Any], first_run: dict[str, Any]) -> None:
+    from appliance.nodes.models import Node
+
+    counts, output, seconds = _run_playbook(site)
+    site["times"]["second run"] = seconds
+    assert counts["failed"] == 0 and counts["changed"] == 0, output[-6000:]
+    assert Node.objects.filter(name=NODE).count() == 1
+
+
+def test_the_agent_comes_back_after_the_host_reboots(site: dict[str, Any], host: TestHost, fleet: Fleet) -> None:
+    from appliance.nodes.models import Node
+
+    before = Node.objects.get(name=NODE).last_heartbeat
+    host.reboot()
+    wait_for("a heartbeat after the reboot", lambda: Node.objects.get(name=NODE).last_heartbeat > before, timeout=120)
+    wait_for("the node healthy again", lambda: Node.objects.get(name=NODE).health == "healthy", timeout=180,
+             procs=fleet.procs)  # fmt: skip
+    assert host.ssh("systemctl is-active appliance-agent").stdout.strip() == "active"
+    _, x_test, _, y_test = digits_build.split()
+    labels = wait_for("answers again", lambda: _labels(fleet.gateway, site["key"], x_test[:64]), timeout=120,
+                      procs=fleet.procs)  # fmt: skip
+    assert (labels == y_test[:64]).mean() >= 0.9
+
+
+def test_used_expired_and_wrong_join_tokens_are_refused(site: dict[str, Any], host: TestHost) -> None:
+    """The play, on a server whose credential is gone, presenting the spent token: refused with the
+    control plane's reason, nothing written. Expired and wrong ones, at the same door over HTTP."""
+    from appliance.nodes.models import JoinToken, Node
+
+    host.ssh("mv /etc/appliance/node-credential /root/node-credential.kept")
+    try:
+        counts, output, _ = _run_playbook(site)
+        assert counts["failed"] == 1
+        assert f"join token {site['token']['prefix']}" in output and "was already used at" in output
+    finally:
+        host.ssh("mv /root/node-credential.kept /etc/appliance/node-credential")
+    assert Node.objects.filter(name=NODE).count() == 1
+    stale = site["olga"].post("join-tokens/", {"ttl_s": 60})
+    JoinToken.objects.filter(pk=stale["id"]).update(expires_at=JoinToken.objects.get(pk=stale["id"]).created)
+    for token, code, reason in ((stale["token"], 403, " expired at "), ("jt_00000000_wrong", 401, "is not valid")):
+        body = json.dumps({"token": token, "name": "apl-node2"}).encode()
+        request = urllib.request.Request(f"{site['url']}/api/v1/enrol/", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == code and reason in json.loads(refused.value.read())["detail"]
+    assert not Node.objects.filter(name="apl-node2").exists()
+
+
+def test_a_revoked_node_is_cut_off_within_seconds(site: dict[str, Any], host: TestHost) -> None:
+    from appliance.nodes.models import Node
+
+    revoked_at = time.monotonic()
+    site["olga"].post(f"nodes/{NODE}/revoke-credential/", {})
+    # Its agent learns at its next heartbeat and stops serving; its restarts are refused at registration.
+    wait_for("the agent to stop", lambda: host.ssh("systemctl is-active appliance-agent", check=False).stdout.strip()
+             != "active", timeout=30)  # fmt: skip
+    stopped_after = time.monotonic() - revoked_at
+    assert stopped_after < 15, stopped_after
+    assert Node.objects.get(name=NODE).admin_state == "revoked"
+    journal = host.ssh("journalctl -u appliance-agent --no-pager -n 200", check=False).stdout
+    assert "was revoked or removed from the control plane" in journal
+    print(f"provisioning times: {site['times']}; revoked node stopped serving after {stopped_after:.1f} s")
