@@ -120,8 +120,20 @@ def unpack_into(data: bytes, fmt: str, target: Path) -> None:
         pass  # an ensemble's version directory is empty: its steps are in config.pbtxt
     else:
         check_archive(data)
+        # Written member by member rather than with extractall(filter="data"), which Python
+        # 3.11 has only from 3.11.4 (a Debian 12 node runs 3.11.2): check_archive has let
+        # through regular files and directories only, inside the target; modes are plain.
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            archive.extractall(target, filter="data")
+            for member in archive:
+                path = target / member.name.removeprefix("./")
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                source = archive.extractfile(member)
+                assert source is not None  # a regular file (check_archive)
+                path.write_bytes(source.read())
+                path.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
 def artifact_fetch(sha256: str, *, base_url: str, credential: str, ca_file: str = "") -> bytes:

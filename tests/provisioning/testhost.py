@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CACHE = Path(os.environ.get("APPLIANCE_TESTHOST_CACHE", Path.home() / ".cache" / "appliance"))
@@ -65,7 +65,6 @@ class TestHost:
     key: Path  # the SSH private key Ansible uses
     log: Path
     process: subprocess.Popen[bytes] | None = None
-    machine_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
@@ -94,7 +93,6 @@ class TestHost:
         ssh.mkdir(mode=0o700, exist_ok=True)
         (ssh / "authorized_keys").write_text(key.with_suffix(".key.pub").read_text())
         (root / "etc" / "hostname").write_text(f"{name}\n")
-        (root / "etc" / "machine-id").write_text(f"{host.machine_id}\n")
         (root / "etc" / "systemd" / "network" / "10-host0.network").write_text(
             f"[Match]\nName=host0\n\n[Network]\nAddress={host.address}/24\n")  # fmt: skip
         wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
@@ -178,6 +176,7 @@ class Forwarder:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self.servers: list[asyncio.Server] = []
 
     def __enter__(self) -> Forwarder:
         self.thread.start()
@@ -185,13 +184,23 @@ class Forwarder:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        for server in self.servers:
+            server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        for (host, port), target in self.routes.items():
-            self.loop.run_until_complete(asyncio.start_server(self._handler(target), host, port, reuse_address=True))
+        self.servers = [self.loop.run_until_complete(asyncio.start_server(self._handler(target), host, port, reuse_address=True))
+                        for (host, port), target in self.routes.items()]  # fmt: skip
         self.ready.set()
         self.loop.run_forever()
 
@@ -211,7 +220,13 @@ class Forwarder:
             except OSError:
                 writer.close()
                 return
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            try:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            except asyncio.CancelledError:
+                pass  # the forwarder is closing: both ends are closed below
+            finally:
+                for end in (writer, up_writer):
+                    end.close()
 
         return handle
 
