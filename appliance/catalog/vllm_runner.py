@@ -168,13 +168,31 @@ class TritonPythonModel:
         # The engine's own processes (engine core, workers), last seen: vLLM's children outlive a
         # killed server, so a restart or a stop ends them too.
         self._family: set[int] = set()
-        self._start_engine()
-        self._wait_ready()
+        self._start_ready()
         self.pool = ThreadPoolExecutor(max_workers=int(params.get("max_streams", "256") or 256))
         self._watching = threading.Event()
         self._watch = threading.Thread(target=self._watch_engine, args=(args["model_name"], args["model_version"]),
                                        name="engine-watch", daemon=True)  # fmt: skip
         self._watch.start()
+
+    def _start_ready(self, attempts: int = 2) -> None:
+        """Starts the engine and waits for its health; an engine that exits or hangs while it
+        starts (two starting at once on a loaded machine, as in a canary's reload) gets one more
+        start before the version's load fails with the engine's own last words."""
+        for attempt in range(1, attempts + 1):
+            self._start_engine()
+            try:
+                self._wait_ready()
+                return
+            except RuntimeError as exc:
+                if attempt == attempts:
+                    raise
+                pb_utils.Logger.log_warn(f"{exc}: starting the engine once more")
+                self._stop_engine()
+                try:
+                    os.unlink(self.socket_path)
+                except OSError:
+                    pass
 
     def _start_engine(self) -> None:
         with open(self.log_path, "ab") as log:
