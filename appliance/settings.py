@@ -156,7 +156,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Several models have a field named state with their own choices: each set gets its own name.
     "ENUM_NAME_OVERRIDES": {"Classification": "appliance.policies.choices.Classification",
-                            "JobStateEnum": "appliance.optimisation.choices.JobState"},
+                            "JobStateEnum": "appliance.optimisation.choices.JobState",
+                            "ProvisioningRunKindEnum": "appliance.provisioning.choices.RunKind"},
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -196,8 +196,11 @@ def test_a_node_fetches_only_the_artifacts_placed_on_it(api: APIClient, django_c
     placed = make_version("digits")
     elsewhere = make_version("other", artifact=python_artifact("class TritonPythonModel:\n    other = 1\n"))
     with django_capture_on_commit_callbacks(execute=False):
-        rollouts.deployment_create(version=placed, nodes=[node])
+        deployment = rollouts.deployment_create(version=placed, nodes=[node])
     door = APIClient()
+    pending = door.get(f"/api/v1/node-artifacts/{placed.artifact_sha256}/", HTTP_AUTHORIZATION=f"Bearer {credential}")
+    assert pending.status_code == 404  # not before the node's agent has taken the replica on (claimed it)
+    rollouts.replica_claim(replica_id=deployment.replicas.get().pk)
     answer = door.get(f"/api/v1/node-artifacts/{placed.artifact_sha256}/", HTTP_AUTHORIZATION=f"Bearer {credential}")
     assert answer.status_code == 200
     assert b"".join(answer.streaming_content) == artifact_path(placed.artifact_sha256).read_bytes()

@@ -388,7 +388,10 @@ def test_a_canary_of_a_new_version_under_streaming_load_loses_no_stream(fleet: F
                                           "artifact": SimpleUploadedFile("smollm2.tar", ARTIFACT.read_bytes())},
                             fmt="multipart")  # fmt: skip
         deployment = olga.post("deployments/", {"version": version["id"], "strategy": "canary", "steps": [50],
-                                                "step_seconds": 4, "gate": {"min_requests": 3}})  # fmt: skip
+                                                "step_seconds": 4,
+                                                # This test is about streams, not speed: a new engine's
+                                                # first answers come slower (CI's p95 was 1000 vs 500 ms).
+                                                "gate": {"min_requests": 3, "max_latency_ratio": 20}})  # fmt: skip
         done = olga.wait_ended(deployment["id"], fleet, timeout=600)
         assert done["state"] == "live", (done["state"], done["error"], done["replicas"], done["gate_log"][-2:])
         served = len(outcomes)

@@ -266,9 +266,12 @@ class NodeArtifactView(APIView):
     @extend_schema(request=None, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, sha256: str) -> FileResponse:
         from appliance.catalog.artifacts import artifact_path
-        from appliance.rollouts.models import Replica
+        from appliance.catalog.models import ModelVersion
+        from appliance.nodes import workloads
 
         node = services.node_authenticate(credential=_bearer(request))
-        if not Replica.objects.filter(node=node, deployment__version__artifact_sha256=sha256).exists():
+        placed = {(w.model, w.version) for w in workloads.resident(node_id=node.pk)}
+        with_artifact = ModelVersion.objects.filter(artifact_sha256=sha256).values_list("model__name", "number")
+        if not placed & set(with_artifact):
             raise Http404("no version placed on this node has that artifact")
         return FileResponse(artifact_path(sha256).open("rb"), content_type="application/octet-stream")
