@@ -274,4 +274,7 @@ class NodeArtifactView(APIView):
         with_artifact = ModelVersion.objects.filter(artifact_sha256=sha256).values_list("model__name", "number")
         if not placed & set(with_artifact):
             raise Http404("no version placed on this node has that artifact")
-        return FileResponse(artifact_path(sha256).open("rb"), content_type="application/octet-stream")
+        path = artifact_path(sha256)
+        if not path.exists():  # the store lost it: the node's load fails saying so, not a 500 here
+            raise Http404("the artifact is not in the control plane's store")
+        return FileResponse(path.open("rb"), content_type="application/octet-stream")
