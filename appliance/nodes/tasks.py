@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import tritonclient.grpc as triton_grpc
 from celery import shared_task
 from django.conf import settings
@@ -31,25 +32,37 @@ def _probe_mig(devices: list[tuple[str, str, str]]) -> list[str]:
 
 
 def _probe(address: str, models: list[tuple[str, str]]) -> tuple[str, list[str]]:
-    """('' or why Triton failed, models not ready) — asked from the control plane, not the agent."""
+    """('' or why Triton failed, models not ready) — asked from the control plane, not the agent.
+    A probe that only ran out of time is asked once more before it counts: a Triton busy for a
+    moment (engines starting on a saturated host) is not a dead one, and one failed check takes
+    the node out of routing. A refused connection or a wrong answer counts at once."""
+    error, missing, timed_out = _probe_once(address, models)
+    if timed_out:
+        error, missing, _ = _probe_once(address, models)
+    return error, missing
+
+
+def _probe_once(address: str, models: list[tuple[str, str]]) -> tuple[str, list[str], bool]:
+    """(error, models not ready, whether the error is only that time ran out)."""
     if not address:
-        return "the node has no Triton address", []
+        return "the node has no Triton address", [], False
     timeout = settings.HEALTH_PROBE_TIMEOUT_S
     try:
         client = triton_grpc.InferenceServerClient(address)
         try:
             if not client.is_server_live(client_timeout=timeout):
-                return "not live", []
+                return "not live", [], False
             if not client.is_server_ready(client_timeout=timeout):
-                return "not ready", []
+                return "not ready", [], False
             missing = [f"{m}:{v}" for m, v in models if not client.is_model_ready(m, v, client_timeout=timeout)]
-            return "", missing
+            return "", missing, False
         finally:
             client.close()
     except triton_grpc.InferenceServerException as exc:  # unreachable, timed out, hung: a failed check
-        return (exc.message() or str(exc))[:200], []
+        timed_out = exc.status() == str(grpc.StatusCode.DEADLINE_EXCEEDED)
+        return (exc.message() or str(exc))[:200], [], timed_out
     except Exception as exc:
-        return str(exc)[:200], []
+        return str(exc)[:200], [], False
 
 
 def thresholds() -> Thresholds:
