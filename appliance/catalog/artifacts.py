@@ -140,17 +140,14 @@ def artifact_fetch(sha256: str, *, base_url: str, credential: str, ca_file: str 
     """An artifact this node's store lacks, from the control plane (a provisioned node shares
     no disk with it): GET /api/v1/node-artifacts/<sha256>/ with the node's own credential, checked
     against its sha256, then kept in the node's store so the next load reads it locally."""
-    import ssl
     import urllib.error
-    import urllib.request
+
+    from appliance.core.node_door import node_get
 
     artifact_path(sha256)  # a malformed digest never reaches a URL
-    request = urllib.request.Request(f"{base_url.rstrip('/')}/api/v1/node-artifacts/{sha256}/",
-                                     headers={"Authorization": f"Bearer {credential}"})  # fmt: skip
-    context = ssl.create_default_context(cafile=ca_file or None)
     try:
-        with urllib.request.urlopen(request, timeout=60, context=context) as response:  # noqa: S310 (the control plane's URL)
-            data = response.read(settings.ARTIFACT_MAX_BYTES + 1)
+        data = node_get(base_url, f"/api/v1/node-artifacts/{sha256}/", credential=credential, ca_file=ca_file,
+                        limit=settings.ARTIFACT_MAX_BYTES + 1)  # fmt: skip
     except urllib.error.HTTPError as exc:
         raise ArtifactError(f"the control plane answered {exc.code} for artifact {sha256}") from exc
     except OSError as exc:
@@ -158,7 +155,5 @@ def artifact_fetch(sha256: str, *, base_url: str, credential: str, ca_file: str 
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ArtifactError(f"artifact {sha256} came corrupt from the control plane: its content hashes to {actual}")
-    import io
-
     artifact_put(io.BytesIO(data))
     return data

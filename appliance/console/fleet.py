@@ -173,13 +173,17 @@ def reconfiguration_panel(request: HttpRequest, pk: str) -> HttpResponse:
     return render(request, "console/_reconfiguration.html", _run_context(request, pk))
 
 
+def _join_tokens_page(request: HttpRequest, made: dict[str, Any] | None = None) -> HttpResponse:
+    return render(request, "console/join_tokens.html", context(
+        request, tokens=JoinToken.objects.select_related("used_by")[:50], default_ttl=settings.JOIN_TOKEN_DEFAULT_TTL_S,
+        min_ttl=settings.JOIN_TOKEN_MIN_TTL_S, max_ttl=settings.JOIN_TOKEN_MAX_TTL_S, made=made,
+    ))  # fmt: skip
+
+
 @guarded("join_token", "read")
 def join_tokens(request: HttpRequest) -> HttpResponse:
     """One-time tokens for enrolling new servers (the provisioning playbook presents one)."""
-    return render(request, "console/join_tokens.html", context(
-        request, tokens=JoinToken.objects.select_related("used_by")[:50], default_ttl=settings.JOIN_TOKEN_DEFAULT_TTL_S,
-        min_ttl=settings.JOIN_TOKEN_MIN_TTL_S, max_ttl=settings.JOIN_TOKEN_MAX_TTL_S, made=None,
-    ))  # fmt: skip
+    return _join_tokens_page(request)
 
 
 @require_POST
@@ -193,10 +197,7 @@ def join_token_create(request: HttpRequest) -> HttpResponse:
         ttl = -1  # refused below with the allowed range
     token, plaintext = node_services.join_token_create(ttl_s=ttl, note=request.POST.get("note", "")[:200],
                                                        created_by=request.user.get_username())  # fmt: skip
-    return render(request, "console/join_tokens.html", context(
-        request, tokens=JoinToken.objects.select_related("used_by")[:50], default_ttl=settings.JOIN_TOKEN_DEFAULT_TTL_S,
-        min_ttl=settings.JOIN_TOKEN_MIN_TTL_S, max_ttl=settings.JOIN_TOKEN_MAX_TTL_S, made={"token": token, "plaintext": plaintext},
-    ))  # fmt: skip
+    return _join_tokens_page(request, {"token": token, "plaintext": plaintext})
 
 
 @require_POST

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import json
-import ssl
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from appliance.core.env import env_str
+from appliance.core.node_door import node_get
 from appliance.nodes.inventory.base import InventoryError, open_inventory
 from appliance.nodes.mig.boot import LayoutError, restore
 
@@ -54,8 +53,6 @@ class Command(BaseCommand):
     def _fetch(options: dict[str, Any]) -> dict[str, Any]:
         if not options["control_plane"] or options["credential_file"] is None:
             raise ValueError("APPLIANCE_CONTROL_PLANE_URL and APPLIANCE_NODE_CREDENTIAL_FILE are needed")
-        request = urllib.request.Request(f"{options['control_plane'].rstrip('/')}/api/v1/node-self/", headers={
-            "Authorization": f"Bearer {options['credential_file'].read_text().strip()}"})  # fmt: skip
-        context = ssl.create_default_context(cafile=options["ca_file"] or None)
-        with urllib.request.urlopen(request, timeout=15, context=context) as response:  # noqa: S310 (https/http URL of the control plane)
-            return dict(json.loads(response.read())["mig_layouts"])
+        body = node_get(options["control_plane"], "/api/v1/node-self/", ca_file=options["ca_file"], timeout=15,
+                        credential=options["credential_file"].read_text().strip())  # fmt: skip
+        return dict(json.loads(body)["mig_layouts"])
