@@ -85,10 +85,11 @@ TEMPLATES = [
     }
 ]
 
+# "none": a process with no database (a provisioned node's agent, which speaks to the control plane
+# over HTTP with the node's own credential): any query fails loudly instead of reaching a server.
+_DB_URL = env_str("DB_URL", "postgresql://postgres@127.0.0.1:5432/appliance")
 DATABASES = {
-    "default": database_from_url(
-        env_str("DB_URL", "postgresql://postgres@127.0.0.1:5432/appliance"), base_dir=BASE_DIR
-    )
+    "default": {"ENGINE": "django.db.backends.dummy"} if _DB_URL == "none" else database_from_url(_DB_URL, base_dir=BASE_DIR)
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

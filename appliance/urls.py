@@ -6,6 +6,7 @@ from rest_framework.routers import APIRootView, DefaultRouter
 
 import appliance.core.admin_registry  # noqa: F401  (registers the read-only admin views)
 from appliance.accounts.api.views import ApiKeyViewSet, ModelGrantViewSet, TenantViewSet
+from appliance.agentapi.views import AgentOperationView
 from appliance.audit.api.views import AuditEventViewSet
 from appliance.catalog.api.views import ModelVersionViewSet, ModelViewSet, ValidationSetViewSet
 from appliance.nodes.api.views import (
@@ -57,6 +58,7 @@ urlpatterns = [
     # A node's own doors: a join token (enrolment) or the node's credential, never an operator's session.
     path("api/v1/enrol/", EnrolView.as_view(), name="enrol"),
     path("api/v1/node-self/", NodeSelfView.as_view(), name="node-self"),
+    path("api/v1/agent/<str:op>/", AgentOperationView.as_view(), name="agent-operation"),
     path("api/v1/node-artifacts/<str:sha256>/", NodeArtifactView.as_view(), name="node-artifact"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -70,10 +70,10 @@ def _converge_diverged(local: LocalNode | None, sent: dict[str, float]) -> None:
             continue
         sent[model_id] = now
         log.warning("model %s is live here but not ready in Triton; converging", model_id)
-        control.sync_model_later(node_name=local.name, model_id=model_id)
+        control.sync_model_later(model_id=model_id)
 
 
-def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
+def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
                 local: LocalNode | None = None) -> None:  # fmt: skip
     """Liveness every beat; the GPU inventory whenever it differs from the last report;
     live models Triton lost are converged."""
@@ -86,10 +86,10 @@ def _heartbeats(node_id: str, supervisor: TritonSupervisor, inventory: Inventory
                 ready = supervisor.alive() and triton_ready(supervisor.ports.grpc_address)
                 gpus = inventory.gpus()
                 if [g.as_dict() for g in gpus] != reported:
-                    control.node_report_inventory(node_id=node_id, gpus=gpus)
+                    control.node_report_inventory(gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
-                control.node_report_gpu_health(node_id=node_id, readings=inventory.health())
-                if not control.node_heartbeat(node_id=node_id, triton_ready=ready):
+                control.node_report_gpu_health(readings=inventory.health())
+                if not control.node_heartbeat(triton_ready=ready):
                     # Revoked by an operator (or deleted): stop serving now. The worker's shutdown
                     # stops Triton; a restart is refused at registration until the node enrols again.
                     log.error("node %s was revoked or removed from the control plane: stopping", supervisor.node_name)
@@ -123,6 +123,9 @@ def run_agent(options: AgentOptions) -> None:
         install=install,
         extra_env=engine_environment(options.workdir / "logs"),
     )
+    if settings.CONTROL_PLANE_URL and options.credential_file:
+        # A provisioned node: every request goes over HTTP with the node's own credential.
+        control.connect(url=settings.CONTROL_PLANE_URL, credential=options.credential(), ca_file=settings.CA_FILE)
     with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
         node_id = control.node_register(
             name=options.name,
@@ -147,7 +150,7 @@ def run_agent(options: AgentOptions) -> None:
     supervisor.on_start.append(lambda: _record_version(options.name, options, backends))
     stop = threading.Event()
     supervisor.start()
-    threading.Thread(target=_heartbeats, args=(local.node_id, supervisor, inventory, stop, local), daemon=True).start()
+    threading.Thread(target=_heartbeats, args=(supervisor, inventory, stop, local), daemon=True).start()
     try:
         worker = app.Worker(
             queues=[control.node_queue(options.name)],
@@ -177,8 +180,8 @@ def _start_mig_servers(local: LocalNode) -> None:
             except Exception:
                 log.exception("could not start a Triton for %s", device.uuid)
     with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
-        control.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
-        control.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
+        control.node_report_inventory(gpus=local.inventory.gpus())
+        control.node_set_mig_endpoints(addresses=local.mig_servers.addresses())
 
 
 def _tensorrt_version() -> str:

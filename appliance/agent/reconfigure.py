@@ -42,8 +42,8 @@ def _gpu(local: LocalNode, index: int):  # type: ignore[no-untyped-def]
 
 
 def _report(local: LocalNode) -> None:
-    control.node_report_inventory(node_id=local.node_id, gpus=local.inventory.gpus())
-    control.node_set_mig_endpoints(node_id=local.node_id, addresses=local.mig_servers.addresses())
+    control.node_report_inventory(gpus=local.inventory.gpus())
+    control.node_set_mig_endpoints(addresses=local.mig_servers.addresses())
 
 
 def _pending_requests(metrics_address: str) -> float:
@@ -61,7 +61,7 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
     result = plan(gpu_model(gpu.model), run.layout)
     if not result.ok:
         raise StepFailed(result.reason)
-    moves, problem = control.plan_moves(node_id=local.node_id, gpu_index=run.gpu_index, placements=run.placements)
+    moves, problem = control.plan_moves(gpu_index=run.gpu_index, placements=run.placements)
     if problem:
         raise StepFailed(problem)
     run.moves = moves
@@ -69,8 +69,8 @@ def preflight(local: LocalNode, run: Reconfiguration) -> str:
 
 
 def drain(local: LocalNode, run: Reconfiguration) -> str:
-    if control.node_admin_state(node_id=local.node_id) == AdminState.ACTIVE:
-        control.node_set_admin_state(node_id=local.node_id, admin_state=AdminState.DRAINING)
+    if control.node_admin_state() == AdminState.ACTIVE:
+        control.node_set_admin_state(admin_state=AdminState.DRAINING)
     return f"node was {run.previous_admin_state}; now draining"
 
 
@@ -78,7 +78,7 @@ def wait_inflight(local: LocalNode, run: Reconfiguration) -> str:
     # The gateway re-reads the fleet every GATEWAY_REFRESH_S: let it see the drain first.
     time.sleep(2 * settings.GATEWAY_REFRESH_S)
     mig = [supervisor.ports.metrics_address for _, supervisor in local.mig_servers.servers.values()]
-    addresses = [control.node_metrics_address(node_id=local.node_id), *mig]
+    addresses = [control.node_metrics_address(), *mig]
     if not wait_until(lambda: sum(_pending_requests(a) for a in addresses) == 0,
                       timeout=settings.RECONFIG_DRAIN_TIMEOUT_S, interval=0.2):  # fmt: skip
         raise StepFailed(f"requests still in flight after {settings.RECONFIG_DRAIN_TIMEOUT_S:.0f} s")
@@ -130,7 +130,7 @@ def _move_slices(local: LocalNode, run: Reconfiguration, pairs: list[tuple[str, 
     from appliance.agent.sync import reload_live_models
 
     for source, target, tenant in pairs:
-        control.slice_move(node_id=local.node_id, from_uuid=source, to_uuid=target, tenant_id=tenant)
+        control.slice_move(from_uuid=source, to_uuid=target, tenant_id=tenant)
     for target in {t for _, t, _ in pairs}:
         reload_live_models(local, mig_uuid=target)
 
@@ -157,14 +157,14 @@ def verify(local: LocalNode, run: Reconfiguration) -> str:
         raise StepFailed(f"Triton not ready on {', '.join(down) or 'the main server'}")
     for target in run.moved.values():
         client = local.endpoint(target).client()
-        for version in control.live_versions(node_id=local.node_id, mig_uuid=target):
+        for version in control.live_versions(mig_uuid=target):
             if not client.is_model_ready(version.model.name, str(version.number)):
                 raise StepFailed(f"{version} is not ready on its new slice {target}")
     return "layout, Tritons and moved replicas verified"
 
 
 def undrain(local: LocalNode, run: Reconfiguration) -> str:
-    control.node_set_admin_state(node_id=local.node_id, admin_state=run.previous_admin_state)
+    control.node_set_admin_state(admin_state=run.previous_admin_state)
     return f"node back to {run.previous_admin_state}"
 
 
@@ -195,18 +195,18 @@ def restore(local: LocalNode, run: Reconfiguration, reason: str) -> None:
         # Slices come back at their old places (with new uuids): their replicas and tenants follow.
         by_start = {d.start: d.uuid for d in _gpu(local, run.gpu_index).mig_devices}
         moved = control.reconfiguration_moved(run=run)
-        pairs = []
+        pairs: list[tuple[str, str, str | None]] = []
         for entry in run.previous:
             for source in {entry.get("uuid"), moved.get(entry.get("uuid", ""))} - {None, ""}:
-                pairs.append((source, by_start[entry["start"]], entry.get("tenant")))
+                pairs.append((str(source), by_start[entry["start"]], entry.get("tenant")))
         _move_slices(local, run, pairs)
-        control.node_set_admin_state(node_id=local.node_id, admin_state=run.previous_admin_state)
+        control.node_set_admin_state(admin_state=run.previous_admin_state)
         control.reconfiguration_step_end(step=step, state="succeeded", detail="previous layout restored")
         control.reconfiguration_finish(run=run, succeeded=False, error=reason)
     except Exception as exc:  # keep traffic away from a node we could not put back
         log.exception("restore of %s failed", run.pk)
         control.reconfiguration_step_end(step=step, state="failed", detail=str(exc))
-        control.node_set_admin_state(node_id=local.node_id, admin_state=AdminState.MAINTENANCE)
+        control.node_set_admin_state(admin_state=AdminState.MAINTENANCE)
         control.reconfiguration_finish(run=run, succeeded=False, error=f"{reason}; restore failed too: {exc}")
 
 

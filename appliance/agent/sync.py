@@ -92,9 +92,9 @@ def _load(endpoint: Endpoint, local: LocalNode, *, model_name: str, versions: li
 
 def reload_live_models(local: LocalNode, mig_uuid: str = "") -> None:
     """After a Triton (re)starts it holds nothing (EXPLICIT mode): load what is live on it."""
-    models = {v.model.name: v.model_id for v in control.live_versions(node_id=local.node_id, mig_uuid=mig_uuid)}
+    models = {v.model.name: v.model_id for v in control.live_versions(mig_uuid=mig_uuid)}
     for model_name, model_id in models.items():
-        versions = control.resident_versions(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid, live_only=True)
+        versions = control.resident_versions(model_id=model_id, mig_uuid=mig_uuid, live_only=True)
         try:
             load_model(local, model_name=model_name, versions=versions, mig_uuid=mig_uuid)
         except (LoadError, DomainError) as exc:
@@ -106,7 +106,7 @@ def diverged_models(local: LocalNode, mig_uuid: str = "") -> list[str]:
     """Models with a version recorded live here that this Triton does not hold READY
     (nothing of the model loading right now). Triton can drop a version the database
     still serves: an outside unload, or a reload that went wrong; the agent converges them."""
-    live, loading = control.resident_models(node_id=local.node_id, mig_uuid=mig_uuid)
+    live, loading = control.resident_models(mig_uuid=mig_uuid)
     if not live:
         return []
     index = local.endpoint(mig_uuid).client().get_model_repository_index(client_timeout=settings.HEALTH_PROBE_TIMEOUT_S)

@@ -1,6 +1,7 @@
 """The tasks that run inside a node agent, from the queue named after its node. The
 control plane sends them by name through appliance/nodes/dispatch.py; each takes ids,
-re-reads what it needs through appliance/agent/control.py and is safe to run twice."""
+re-reads what it needs through appliance/agent/control.py and is safe to run twice. The
+control plane answers only for this node's own replicas (a task for another node's is refused)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,11 @@ def replica_apply(replica_id: str) -> None:
     replica = control.replica_claim(replica_id=replica_id)
     if replica is None:
         return
-    if str(replica.node_id) != local.node_id:
-        control.replica_mark_failed(replica=replica, error=f"task reached node {local.name}, not {replica.node.name}")
-        return
-    version = replica.deployment.version
+    version = replica.version
     model = version.model
     where = replica.mig_uuid
     try:
-        wanted = control.resident_versions(node_id=local.node_id, model_id=model.pk, mig_uuid=where)
+        wanted = control.resident_versions(model_id=model.pk, mig_uuid=where)
         sync.load_model(local, model_name=model.name, versions=wanted, mig_uuid=where)
         smoke_infer(local.endpoint(where).client(), version, timeout=30.0)
     except LookupError as exc:
@@ -48,7 +46,7 @@ def replica_apply(replica_id: str) -> None:
         return
     if not control.replica_mark_live(replica=replica):
         # Rolled back while this replica loaded: converge to what should be resident.
-        control.sync_model_later(node_name=local.name, model_id=model.pk, mig_uuid=where)
+        control.sync_model_later(model_id=model.pk, mig_uuid=where)
 
 
 @shared_task(name=control.TASK_MODEL_SYNC)
@@ -58,10 +56,10 @@ def node_model_sync(model_id: str, mig_uuid: str = "") -> None:
     is kept until the gateways have seen it leave: the task comes back then."""
     local = require_local()
     grace = settings.RETIRE_GRACE_S
-    if control.recently_released(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid, within_s=grace):
-        control.sync_model_later(node_name=local.name, model_id=model_id, mig_uuid=mig_uuid, countdown=grace)
+    if control.recently_released(model_id=model_id, mig_uuid=mig_uuid, within_s=grace):
+        control.sync_model_later(model_id=model_id, mig_uuid=mig_uuid, countdown=grace)
         return
-    versions = control.resident_versions(node_id=local.node_id, model_id=model_id, mig_uuid=mig_uuid)
+    versions = control.resident_versions(model_id=model_id, mig_uuid=mig_uuid)
     sync.load_model(local, model_name=control.model_name(model_id=model_id), versions=versions, mig_uuid=mig_uuid)
 
 

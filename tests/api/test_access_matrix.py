@@ -41,8 +41,9 @@ pytestmark = pytest.mark.django_db
 
 ROLES = ("admin", "operator", "auditor", "tenant_admin")
 # Django's own pages and DRF views outside the matrix, each a decision: the schema is public.
-# enrol and node-self admit a join token or a node's own credential, never an operator's session.
-PUBLIC_API = {"schema", "enrol", "node-self", "node-artifact"}
+# enrol, node-self, node-artifact and agent-operation admit a join token or a node's own credential, never an
+# operator's session.
+PUBLIC_API = {"schema", "enrol", "node-self", "node-artifact", "agent-operation"}
 PUBLIC_CONSOLE = {"login", "logout"}
 _WRITES = {"create": "create", "update": "change", "partial_update": "change", "destroy": "delete"}
 _NOT_NAMED = {access.READ, access.CREATE, access.CHANGE, access.DELETE}

@@ -8,8 +8,10 @@ back healthy after the test host reboots; used, expired and wrong tokens are ref
 are in the audit trail; a revoked node is cut off within seconds.
 
 The control plane is this test's own (worker, beat, gateway of tests/e2e/fleet.py, gunicorn on
-the host's side of the veth); PostgreSQL and RabbitMQ reach the test host through forwarders
-on that address, as a node's firewall would let them. The GPU roles are skipped by the facts
+the host's side of the veth); RabbitMQ reaches the test host through a forwarder on that
+address, as a node's firewall would let it. The database does not: the node's agent has no
+database URL and makes every request over the control plane's HTTP agent interface with the
+node's own credential (appliance/agentapi). The GPU roles are skipped by the facts
 the play reads (no NVIDIA device on the test host's PCI bus), not by a flag."""
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ def host(fleet: Fleet) -> Iterator[TestHost]:
 def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
     """The control plane as the test host sees it (API, bundle, database, broker on the host's
     side of its veth), a join token, and the inventory of one CPU node."""
-    db = settings.DATABASES["default"]
     workdir = fleet.workdir
     bundle = workdir / "bundle"
     wheels = Path.home() / ".cache" / "appliance" / "wheelhouse"
@@ -105,7 +106,6 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
         "cpu_nodes": {"hosts": {NODE: {"ansible_host": host.address}}},
         "nodes": {"children": {"cpu_nodes": {}}},
     }}}))  # fmt: skip
-    role = fleet.runtime_role
     variables = workdir / "vars.json"
     variables.write_text(json.dumps({
         "ansible_user": "root",
@@ -114,7 +114,6 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
         "appliance_control_plane_url": url,
         "appliance_bundle_url": f"http://{host.host_side}:{bundle_port}",
         "appliance_join_token_file": str(token_file),
-        "appliance_agent_db_url": f"postgresql://{role}@{host.host_side}:{db['PORT']}/{db['NAME']}",
         "appliance_agent_broker_url": f"amqp://guest:guest@{host.host_side}:5672//",
         "appliance_instance": settings.INSTANCE,
         "appliance_node_zone": "eu-test",
@@ -124,10 +123,10 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
         # The fleet's quick timings (heartbeat, health) and its artifact-free store: the node fetches artifacts.
         "appliance_agent_extra_env": {k.removeprefix("APPLIANCE_"): v for k, v in fleet.env.items()
                                       if k in ("APPLIANCE_NODE_HEARTBEAT_S", "APPLIANCE_HEALTH_PROBE_TIMEOUT_S",
-                                               "APPLIANCE_RETIRE_GRACE_S", "APPLIANCE_NODE_STALE_AFTER_S")}
-                                   | {"REDIS_URL": f"redis://{host.host_side}:6379/0"},
+                                               "APPLIANCE_RETIRE_GRACE_S", "APPLIANCE_NODE_STALE_AFTER_S")},
     }))  # fmt: skip
-    routes = {(host.host_side, port): ("127.0.0.1", port) for port in (int(db["PORT"]), 5672, 6379)}
+    # The node reaches the control plane's API, its bundle and the broker (its queue); not the database.
+    routes = {(host.host_side, 5672): ("127.0.0.1", 5672)}
     with Forwarder(routes):
         yield {"url": url, "olga": olga, "token": made, "token_file": token_file, "inventory": inventory,
                "vars": variables, "env": {**env, "PATH": f"{ANSIBLE.parent}:{env.get('PATH', '')}"}, "times": {}}  # fmt: skip
@@ -160,6 +159,12 @@ def test_the_node_enrols_with_its_zone_site_and_tags(site: dict[str, Any], first
     secret = host.ssh("cat /etc/appliance/node-credential").stdout.strip()
     assert secret.startswith("nc_") and secret not in first_run["output"]
     assert site["token"]["token"] not in first_run["output"]
+    # The node holds no key to the control plane's database, and cannot reach it.
+    assert host.ssh("test -e /etc/appliance/db-url", check=False).returncode == 1
+    assert "APPLIANCE_DB_URL=none" in host.ssh("cat /etc/appliance/agent.env").stdout.splitlines()
+    port = settings.DATABASES["default"].get("PORT") or 5432
+    probe = host.ssh(f"timeout 5 bash -c '</dev/tcp/{host.host_side}/{port}'", check=False)
+    assert probe.returncode != 0, "the database answered the node"
 
 
 def test_the_node_serves_a_model_rolled_out_through_the_rest_api(site: dict[str, Any], first_run: dict[str, Any],
@@ -181,6 +186,11 @@ def test_the_node_serves_a_model_rolled_out_through_the_rest_api(site: dict[str,
     labels = wait_for("an answer through the gateway", lambda: _labels(fleet.gateway, key, x_test[:64]), timeout=60,
                       procs=fleet.procs)  # fmt: skip
     assert (np.array(labels) == y_test[:64]).mean() >= 0.9
+    # The agent's writes (registration, the replica it loaded) reached the control plane over its
+    # HTTP interface and are audited as the agent's.
+    from appliance.audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(actor=f"agent:{NODE}", origin="agent", target_type="replica").exists()
 
 
 def _labels(gateway: str, key: str, images: np.ndarray) -> list[int] | None:

@@ -208,7 +208,7 @@ class JoinTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         return Response(JoinTokenSerializer(services.join_token_revoke(token=self.get_object())).data)
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
     header = request.headers.get("Authorization", "")
     return header[7:].strip() if header[:7].lower() == "bearer " else ""
 
@@ -245,7 +245,7 @@ class NodeSelfView(APIView):
 
     @extend_schema(request=None, responses=NodeSelfSerializer)
     def get(self, request: Request) -> Response:
-        node = services.node_authenticate(credential=_bearer(request))
+        node = services.node_authenticate(credential=bearer(request))
         layouts = {str(gpu.index): [{"profile": d.profile, "start": d.start}
                                     for d in sorted(gpu.mig_devices.all(), key=lambda d: d.start)]
                    for gpu in node.gpus.prefetch_related("mig_devices") if gpu.mig_enabled}  # fmt: skip
@@ -269,7 +269,7 @@ class NodeArtifactView(APIView):
         from appliance.catalog.models import ModelVersion
         from appliance.nodes import workloads
 
-        node = services.node_authenticate(credential=_bearer(request))
+        node = services.node_authenticate(credential=bearer(request))
         placed = {(w.model, w.version) for w in workloads.resident(node_id=node.pk)}
         with_artifact = ModelVersion.objects.filter(artifact_sha256=sha256).values_list("model__name", "number")
         if not placed & set(with_artifact):
