@@ -40,8 +40,13 @@ TASK_RECONFIGURE = dispatch.RECONFIGURE
 
 
 class Refused(DomainError):
-    """The control plane refused the node: its credential is wrong or revoked (401), or the
-    request named something that is not the node's (403)."""
+    """The control plane refused the request: it named something that is not the node's (403)."""
+
+    http_status = 403
+
+
+class CredentialRefused(Refused):
+    """The node's credential is wrong or was revoked (401): the node must stop serving."""
 
     http_status = 401
 
@@ -134,7 +139,9 @@ def _call(op: str, **args: Any) -> Any:
     if status == 200:
         return body["result"]
     detail = str((body or {}).get("detail", "")) if isinstance(body, dict) else str(body)
-    if status in (401, 403):
+    if status == 401:
+        raise CredentialRefused(detail)
+    if status == 403:
         raise Refused(detail)
     if status == 409:
         raise ConflictError(detail)
@@ -197,7 +204,7 @@ def node_heartbeat(*, triton_ready: bool) -> bool:
     """False: the node was revoked (or deleted) and must stop serving."""
     try:
         return bool(_call("heartbeat", triton_ready=triton_ready))
-    except Refused:
+    except CredentialRefused:
         return False
 
 

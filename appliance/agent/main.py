@@ -89,17 +89,21 @@ def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: thread
                     control.node_report_inventory(gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
                 control.node_report_gpu_health(readings=inventory.health())
-                if not control.node_heartbeat(triton_ready=ready):
-                    # Revoked by an operator (or deleted): stop serving now. The worker's shutdown
-                    # stops Triton; a restart is refused at registration until the node enrols again.
-                    log.error("node %s was revoked or removed from the control plane: stopping", supervisor.node_name)
-                    supervisor.stop()
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
-                if ready:
+                alive = control.node_heartbeat(triton_ready=ready)
+                if alive and ready:
                     _converge_diverged(local, converged)
+            except control.CredentialRefused:  # whichever request of the beat saw it first
+                alive = False
             except Exception:
                 log.exception("heartbeat failed")
+                alive = True
+            if not alive:
+                # Revoked by an operator (or deleted): stop serving now. The worker's shutdown
+                # stops Triton; a restart is refused at registration until the node enrols again.
+                log.error("node %s was revoked or removed from the control plane: stopping", supervisor.node_name)
+                supervisor.stop()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             stop.wait(settings.NODE_HEARTBEAT_S)
 
 
