@@ -166,6 +166,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # --- Celery (RabbitMQ by default; see docs/architecture.md for why) ---------------
 INSTANCE = env_str("INSTANCE", "appliance")
 CELERY_BROKER_URL = env_str("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# RabbitMQ's management API with an administrator's credentials (http://user:password@host:15672;
+# APPLIANCE_BROKER_ADMIN_URL_FILE in production): enrolment gives each node a broker user of its
+# own, limited to the node's queue (nodes/broker.py). Unset: no per-node broker users.
+BROKER_ADMIN_URL = env_str("BROKER_ADMIN_URL", "")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "broker"

@@ -116,6 +116,7 @@ def _reload_after_start(local: LocalNode, mig_uuid: str = "") -> None:
 def run_agent(options: AgentOptions) -> None:
     from appliance.celery import app
 
+    app.conf.worker_enable_remote_control = False
     install = TritonInstall.discover()
     backends = (*installed_backends(install.backend_dir), *engine_capabilities())
     repository = ModelRepository(options.workdir / "models", backends=backends)
@@ -164,6 +165,9 @@ def run_agent(options: AgentOptions) -> None:
             loglevel=cast(dict[str, Any], settings.LOGGING)["root"]["level"],
             without_gossip=True,
             without_mingle=True,
+            # A node's broker user may use its own queue only (nodes/broker.py): no remote-control
+            # (pidbox) or event exchanges, which it could neither declare nor read.
+            without_heartbeat=True,
         )
         worker.start()
     finally:

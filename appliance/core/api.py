@@ -116,6 +116,9 @@ _ERRORS = {
     "409": ("Conflict", "The change conflicts with what is there: a duplicate, a record still in use, "
             "or work under way."),  # fmt: skip
     "415": ("UnsupportedMediaType", "The body's content type is not one the operation reads."),
+    "503": ("ServiceUnavailable", "A service the operation needs could not be reached (enrolment: the broker's "
+            "management API, which makes the node's broker user); nothing was changed, and the request may be "
+            "sent again."),
 }
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
@@ -153,6 +156,8 @@ class AutoSchema(SpectacularAutoSchema):
             yield from ("401", "403")
         # Views that check a secret of their own instead of a role (enrolment, a node's own door).
         yield from getattr(self.view, "secret_refusals", ())
+        # Views that depend on another service and say so (enrolment and the broker).
+        yield from getattr(self.view, "unavailable_errors", ())
         if any(p.get("in") == "path" for p in parameters):
             yield "404"
         if self.method not in permissions.SAFE_METHODS and not getattr(self._handler(), "changes_nothing", False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from django.utils import timezone
 from appliance.accounts.secrets import hash_secret, make_secret
 from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
-from appliance.nodes import dispatch, workloads
+from appliance.nodes import broker, dispatch, workloads
 from appliance.nodes.choices import RECONFIGURATION_STEPS, AdminState, ReconfigurationState
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo
 from appliance.nodes.mig.catalog import gpu_model
@@ -28,6 +29,8 @@ from appliance.nodes.models import (
     Reconfiguration,
     ReconfigurationStep,
 )
+
+log = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -148,7 +151,10 @@ def node_update(
 
 @transaction.atomic
 def node_delete(*, node: Node) -> None:
+    name, enrolled = node.name, bool(node.credential_hash)
     node.delete()
+    if enrolled:
+        _withdraw_broker_identity(name)
 
 
 @transaction.atomic
@@ -411,6 +417,8 @@ def node_enrol(*, token: str, name: str, zone: str, site: str = "", compliance_t
         node.save()
         found.used_at, found.used_by = timezone.now(), node
         found.save()
+        if broker.enabled():  # inside the transaction: no broker identity, no enrolment (503, nothing spent)
+            broker.grant(node.name, secret.plaintext)
     return Enrolment(node=node, credential=secret.plaintext)
 
 
@@ -437,4 +445,18 @@ def node_revoke_credential(*, node: Node) -> Node:
             node.credential_revoked = timezone.now()
         node.admin_state = AdminState.REVOKED
         node.save()
+    _withdraw_broker_identity(node.name)
     return node
+
+
+def _withdraw_broker_identity(name: str) -> None:
+    """After the revocation is committed (it never waits on the broker): the node's broker user
+    goes, and its open connections with it. A broker that cannot be reached is logged; the
+    node is cut off anyway (its requests are refused, its agent stops at its next heartbeat,
+    nothing is routed or placed there) and a later revocation or deletion withdraws it again."""
+    if not broker.enabled():
+        return
+    try:
+        broker.withdraw(name)
+    except broker.BrokerUnavailable:
+        log.exception("node %s was revoked, but its broker identity could not be withdrawn", name)

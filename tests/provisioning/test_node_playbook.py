@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from django.conf import settings
+from django.test import override_settings
 
 from tests.e2e.fleet import Fleet, free_port, wait_for
 from tests.e2e.operator import Operator
@@ -88,7 +89,9 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
     subprocess.run([sys.executable, "manage.py", "build_bundle", "--out", str(bundle), "--wheelhouse", str(wheels)],
                    cwd=ROOT, env=fleet.env, check=True, capture_output=True, timeout=1200)  # fmt: skip
     api_port, bundle_port = free_port(), free_port()
-    env = {**fleet.env, "APPLIANCE_ALLOWED_HOSTS": host.host_side}
+    # Enrolment makes the node a broker user of its own through RabbitMQ's management API.
+    env = {**fleet.env, "APPLIANCE_ALLOWED_HOSTS": host.host_side,
+           "APPLIANCE_BROKER_ADMIN_URL": "http://guest:guest@127.0.0.1:15672"}  # fmt: skip
     fleet.env = env
     api = fleet.spawn("control-plane-http", [str(Path(sys.executable).parent / "gunicorn"), "appliance.wsgi",
                                              "--bind", f"{host.host_side}:{api_port}", "--workers", "2"])  # fmt: skip
@@ -114,7 +117,7 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
         "appliance_control_plane_url": url,
         "appliance_bundle_url": f"http://{host.host_side}:{bundle_port}",
         "appliance_join_token_file": str(token_file),
-        "appliance_agent_broker_url": f"amqp://guest:guest@{host.host_side}:5672//",
+        "appliance_broker_address": f"{host.host_side}:5672",
         "appliance_instance": settings.INSTANCE,
         "appliance_node_zone": "eu-test",
         "appliance_node_site": "rack-4",
@@ -127,9 +130,15 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
     }))  # fmt: skip
     # The node reaches the control plane's API, its bundle and the broker (its queue); not the database.
     routes = {(host.host_side, 5672): ("127.0.0.1", 5672)}
-    with Forwarder(routes):
-        yield {"url": url, "olga": olga, "token": made, "token_file": token_file, "inventory": inventory,
-               "vars": variables, "env": {**env, "PATH": f"{ANSIBLE.parent}:{env.get('PATH', '')}"}, "times": {}}  # fmt: skip
+    try:
+        with Forwarder(routes):
+            yield {"url": url, "olga": olga, "token": made, "token_file": token_file, "inventory": inventory,
+                   "vars": variables, "env": {**env, "PATH": f"{ANSIBLE.parent}:{env.get('PATH', '')}"}, "times": {}}  # fmt: skip
+    finally:  # the node's broker user outlives the test database: never leave one behind
+        from appliance.nodes import broker
+
+        with override_settings(BROKER_ADMIN_URL=env["APPLIANCE_BROKER_ADMIN_URL"]):
+            broker.withdraw(NODE)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +168,10 @@ def test_the_node_enrols_with_its_zone_site_and_tags(site: dict[str, Any], first
     secret = host.ssh("cat /etc/appliance/node-credential").stdout.strip()
     assert secret.startswith("nc_") and secret not in first_run["output"]
     assert site["token"]["token"] not in first_run["output"]
+    # The node reads its tasks as its own broker user (its password: the node's credential), not the appliance's.
+    broker_url = host.ssh("cat /etc/appliance/broker-url").stdout.strip()
+    assert broker_url == f"amqp://{settings.INSTANCE}.node.{NODE}:{secret}@{host.host_side}:5672/%2F"
+    assert broker_url not in first_run["output"]
     # The node holds no key to the control plane's database, and cannot reach it.
     assert host.ssh("test -e /etc/appliance/db-url", check=False).returncode == 1
     assert "APPLIANCE_DB_URL=none" in host.ssh("cat /etc/appliance/agent.env").stdout.splitlines()
@@ -298,4 +311,10 @@ def test_a_revoked_node_is_cut_off_within_seconds(site: dict[str, Any], host: Te
     assert Node.objects.get(name=NODE).admin_state == "revoked"
     journal = host.ssh("journalctl -u appliance-agent --no-pager -n 200", check=False).stdout
     assert "was revoked or removed from the control plane" in journal
+    # Its broker user went with its credential.
+    request = urllib.request.Request(f"http://127.0.0.1:15672/api/users/{settings.INSTANCE}.node.{NODE}",
+                                     headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})  # guest:guest  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(request, timeout=10)
+    assert gone.value.code == 404
     print(f"provisioning times: {site['times']}; revoked node stopped serving after {stopped_after:.1f} s")

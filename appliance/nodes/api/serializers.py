@@ -189,5 +189,8 @@ class NodeSelfSerializer(serializers.Serializer):
     site = serializers.CharField(read_only=True)
     compliance_tags = serializers.ListField(child=serializers.CharField(), read_only=True)
     admin_state = serializers.CharField(read_only=True)
+    broker_user = serializers.CharField(read_only=True, help_text="the node's own broker user (its password is the "
+                                        "node's credential; it may use the node's queue only), '' where the control "
+                                        "plane makes none")  # fmt: skip
     mig_layouts = serializers.DictField(read_only=True, help_text="GPU index -> the MIG instances it is declared to "
                                         "hold, [{profile, start}] (restored at boot by mig_boot_layout)")

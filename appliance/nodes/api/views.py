@@ -17,7 +17,7 @@ from appliance.audit.choices import Origin
 from appliance.audit.context import audit_context
 from appliance.core.api import SLUG_LOOKUP, ProtectedDestroyMixin, changes_nothing
 from appliance.core.errors import DomainError
-from appliance.nodes import services
+from appliance.nodes import broker, services
 from appliance.nodes.api.serializers import (
     EnrolledSerializer,
     EnrolSerializer,
@@ -221,6 +221,7 @@ class EnrolView(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     secret_refusals = ("401", "403")  # the schema declares them (core.api.AutoSchema)
+    unavailable_errors = ("503",)  # the broker's management API did not make the node's broker user
 
     @extend_schema(request=EnrolSerializer, responses={201: EnrolledSerializer})
     def post(self, request: Request) -> Response:
@@ -251,6 +252,7 @@ class NodeSelfView(APIView):
                    for gpu in node.gpus.prefetch_related("mig_devices") if gpu.mig_enabled}  # fmt: skip
         return Response(NodeSelfSerializer({"name": node.name, "zone": node.zone, "site": node.site,
                                             "compliance_tags": node.compliance_tags, "admin_state": node.admin_state,
+                                            "broker_user": broker.user_name(node.name) if broker.enabled() else "",
                                             "mig_layouts": layouts}).data)  # fmt: skip
 
 
