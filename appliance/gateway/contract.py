@@ -183,6 +183,9 @@ def number(value: float) -> str:
 # Per model version and second: requests, errors, summed ms, latency buckets (rollout gates).
 KEY_VSTATS = "{instance}:vstats:{model}:{version}:{second}"
 VSTATS_FIELDS = ("n", "err", "ms")  # then b0 … b<len(STATS_BUCKETS_MS)>
+# Generative streams' decoding in the same hash: output tokens after each request's first, and the
+# seconds they took (the tokens/s gate). Only the Python plane writes them: it serves every stream.
+VSTATS_DECODE_FIELDS = ("dtok", "dsec")
 VSTATS_KEEP_S = 3600
 # When a model was last answered (scale to zero).
 KEY_LAST_REQUEST = "{instance}:last-request:{model}"

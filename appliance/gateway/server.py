@@ -592,6 +592,7 @@ class Handlers:
         arrivals: deque[float] = deque([arrived])
         last_token: float | None = None
         first_ttft: float | None = None  # the stream's first request's time to first token
+        decode_tokens, decode_s = 0, 0.0  # tokens after each request's first, and their seconds (tokens/s gate)
         try:
             call = self.gw.channel(route.address).stream_stream(f"/{SERVICE}/ModelStreamInfer")(
                 upstream(), timeout=_timeout(context)
@@ -601,13 +602,14 @@ class Handlers:
                     first_response = time.perf_counter() - started
                 responses += 1
                 if budget is not None:
-                    if budget.count(response):
+                    if tokens := budget.count(response):
                         now = time.perf_counter()
                         if last_token is None:
                             self.gw.tally.observe(metrics.TTFT, model, chosen, value=now - arrivals[0])
                             first_ttft = now - arrivals[0] if first_ttft is None else first_ttft
                         else:
                             self.gw.tally.observe(metrics.INTER_TOKEN, model, chosen, value=now - last_token)
+                            decode_tokens, decode_s = decode_tokens + tokens, decode_s + (now - last_token)
                         last_token = now
                     if budget.ended:  # that request is done: the next one's clock starts at its arrival
                         last_token = None
@@ -628,6 +630,8 @@ class Handlers:
             # The version's statistics judge rollouts: a generative stream's latency there is its
             # time to first token (a long answer is not a slow one); other streams, their length.
             self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
+            if decode_tokens:
+                self.gw.stats.decoded(model, chosen, decode_tokens, decode_s)
             self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds)
             self.gw.stats.answered(key.tenant_slug, model, ok, seconds)
 

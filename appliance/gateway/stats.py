@@ -73,11 +73,18 @@ class Recorder:
     def __init__(self, instance: str | None = None) -> None:
         self.instance = instance or settings.INSTANCE  # the key prefix (tests give their own)
         self._counts: dict[tuple[str, str], list[float]] = defaultdict(_version_row)
+        self._decode: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
         self._traffic: dict[tuple[str, str], list[float]] = defaultdict(_traffic_row)
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
 
     def record(self, model: str, version: str, ok: bool, seconds: float) -> None:
         _count(self._counts[(model, version)], ok, seconds, buckets_at=3)
+
+    def decoded(self, model: str, version: str, tokens: int, seconds: float) -> None:
+        """A generative stream's output tokens after each request's first, and the seconds they took."""
+        row = self._decode[(model, version)]
+        row[0] += tokens
+        row[1] += seconds
 
     def answered(self, tenant: str, model: str, ok: bool, seconds: float) -> None:
         """An inference request answered (or refused) at the gateway, for the metrics pages."""
@@ -100,9 +107,10 @@ class Recorder:
 
     async def flush(self, at: float | None = None) -> None:
         """Adds what was counted since the last flush to the bucket of second `at` (now)."""
-        if not self._counts and not self._traffic:
+        if not self._counts and not self._traffic and not self._decode:
             return
         counts, self._counts = self._counts, defaultdict(_version_row)
+        decode, self._decode = self._decode, defaultdict(lambda: [0.0, 0.0])
         traffic, self._traffic = self._traffic, defaultdict(_traffic_row)
         now = time.time() if at is None else at
         second = int(now)
@@ -128,6 +136,12 @@ class Recorder:
                             pipe.hincrby(key, f"b{index}", int(count))
                     pipe.expire(key, KEEP_S)
                     pipe.set(_last_key(model, self.instance), now, ex=contract.LAST_REQUEST_KEEP_S)
+                for (model, version), (tokens, seconds) in decode.items():
+                    if tokens and seconds:
+                        key = _key(model, version, second, self.instance)
+                        for field, value in zip(contract.VSTATS_DECODE_FIELDS, (tokens, seconds), strict=True):
+                            pipe.hincrbyfloat(key, field, value)
+                        pipe.expire(key, KEEP_S)
                 await pipe.execute()
         except redis.RedisError as exc:
             log.warning("request statistics not stored (%s)", type(exc).__name__)
@@ -150,6 +164,13 @@ class WindowStats:
     errors: int
     mean_ms: float
     buckets: tuple[int, ...] = ()
+    decode_tokens: float = 0.0  # generative streams: output tokens after each request's first …
+    decode_seconds: float = 0.0  # … and the seconds they took
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decoding speed of the window's generative streams (0 where there were none)."""
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -171,8 +192,11 @@ class WindowStats:
         return self.quantile_ms(0.99)
 
     def as_dict(self) -> dict[str, float]:
-        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
-                "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms}  # fmt: skip
+        found = {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
+                 "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms}  # fmt: skip
+        if self.decode_seconds > 0:
+            found["tokens_per_s"] = round(self.tokens_per_s, 2)
+        return found
 
 
 def bucket_quantile(buckets: list[int], total: int, q: float) -> float:
@@ -203,16 +227,19 @@ def window(model: str, version: str, start: float, end: float) -> WindowStats:
     requests = errors = 0
     total_ms = 0.0
     buckets = [0] * (len(BUCKETS_MS) + 1)
+    decode = [0.0, 0.0]
     for row in rows:
         if not row:
             continue
+        for index, field in enumerate(contract.VSTATS_DECODE_FIELDS):
+            decode[index] += float(row.get(field.encode(), 0))
         requests += int(row.get(b"n", 0))
         errors += int(row.get(b"err", 0))
         total_ms += float(row.get(b"ms", 0))
         for index in range(len(buckets)):
             buckets[index] += int(row.get(f"b{index}".encode(), 0))
     return WindowStats(requests=requests, errors=errors, mean_ms=total_ms / requests if requests else 0.0,
-                       buckets=tuple(buckets))  # fmt: skip
+                       buckets=tuple(buckets), decode_tokens=decode[0], decode_seconds=decode[1])  # fmt: skip
 
 
 def last_request(model: str) -> float | None:

@@ -21,6 +21,10 @@ DEFAULT_GATE = {
     "latency_quantile": 0.95,  # the latency compared (p95: a p99 of a few hundred requests is their maximum)
     "max_latency_ratio": 1.5,  # new quantile at most this times the old one …
     "latency_slack_ms": 5.0,  # … or the old one plus this, whichever is larger (sub-ms noise)
+    # Generative versions: decoding speed (output tokens/s after each request's first token, over the
+    # window's streams) at least this times the old one's; 0 turns it off. A version's latency above is
+    # its time to first token, so the two gates judge the two halves of a stream.
+    "min_tokens_per_s_ratio": 0.67,
 }
 
 

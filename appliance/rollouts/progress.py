@@ -78,6 +78,17 @@ def judge(deployment: Deployment, now: float) -> tuple[str, dict[str, Any]]:
                     f"vs old {old_ms:.1f} ms (limit {limit:.1f} ms)"
                 )
                 return "breach", record
+            ratio = gate.get("min_tokens_per_s_ratio", 0.0)  # (deployments made before it have none)
+            if ratio and new.tokens_per_s and old.tokens_per_s:
+                floor = old.tokens_per_s * ratio
+                # Judged at the step's end, or before it when far off, as the latency is.
+                if new.tokens_per_s < floor / 2 or (new.tokens_per_s < floor and now - started >= deployment.step_seconds):
+                    record["failed_gate"] = "tokens_per_s"
+                    record["reason"] = (
+                        f"tokens/s gate failed at {deployment.traffic_percent}%: new version decodes "
+                        f"{new.tokens_per_s:.1f} tokens/s vs old {old.tokens_per_s:.1f} (floor {floor:.1f})"
+                    )
+                    return "breach", record
     if now - started < deployment.step_seconds:
         return "wait", record
     if not enough:

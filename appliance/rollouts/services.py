@@ -86,6 +86,8 @@ def _normalise_gate(gate: dict[str, Any] | None) -> dict[str, Any]:
         merged[name] = value
     if merged["max_latency_ratio"] < 1:
         raise RolloutError("gate max_latency_ratio below 1 would refuse a version as fast as the old one")
+    if merged["min_tokens_per_s_ratio"] > 1:
+        raise RolloutError("gate min_tokens_per_s_ratio above 1 would refuse a version as fast as the old one")
     if not 0.5 <= merged["latency_quantile"] < 1:
         raise RolloutError("gate latency_quantile must be between 0.5 and 1 (e.g. 0.95)")
     return merged

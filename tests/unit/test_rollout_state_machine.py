@@ -4,6 +4,7 @@ progress.advance is called the way the beat tick calls it."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -47,6 +48,19 @@ def _traffic(model: str, version: int, *, ok: int, errors: int = 0, ms: float = 
 
     async def flush() -> None:
         await recorder.flush(at=at)
+        await recorder.close()
+
+    asyncio.run(flush())
+
+
+def _decoding(model: str, version: int, *, streams: int, tokens_per_s: float) -> None:
+    """What the gateway records of generative streams of 64 tokens decoded at this speed."""
+    recorder = Recorder()
+    for _ in range(streams):
+        recorder.decoded(model, str(version), 63, 63 / tokens_per_s)
+
+    async def flush() -> None:
+        await recorder.flush()
         await recorder.close()
 
     asyncio.run(flush())
@@ -172,6 +186,37 @@ def test_slow_version_fails_the_latency_gate(django_capture_on_commit_callbacks:
     assert "p95 75.0 ms vs old 2.0 ms" in new.error
 
 
+def test_a_generative_version_that_decodes_slower_fails_the_tokens_per_s_gate(
+        django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+    node = make_node()
+    model = _model()
+    _serving(model, django_capture_on_commit_callbacks, [node])
+    new = _deploy(make_version(model), [node], django_capture_on_commit_callbacks, strategy=Strategy.CANARY,
+                  steps=[10, 50], step_seconds=5)  # fmt: skip
+    _all_live(new)
+    progress.advance(new.pk)
+
+    def step(new_tokens_per_s: float) -> str:
+        """A step's streams, as fast to the first token on both versions (the latency gate passes)."""
+        _age_step(new, 6)
+        _traffic(model, 1, ok=200, ms=60.0)
+        _traffic(model, 2, ok=30, ms=60.0)
+        _decoding(model, 1, streams=200, tokens_per_s=30.0)
+        _decoding(model, 2, streams=30, tokens_per_s=new_tokens_per_s)
+        return progress.advance(new.pk)
+
+    assert step(27.0) == "step 1", "nearly as fast to decode: the step passes"
+    new.refresh_from_db()
+    assert (new.gate_log[-1]["new"]["tokens_per_s"], new.gate_log[-1]["old"]["tokens_per_s"]) == (27.0, 30.0)
+    # At the next step it decodes at a third of the old speed: rolled back, saying so in numbers.
+    assert step(10.0) == "rolled back"
+    new.refresh_from_db()
+    assert new.gate_log[-1]["failed_gate"] == "tokens_per_s"
+    # (the window may hold the previous step's streams too: the new version's speed is 10 or a mix with 27)
+    found = re.search(r"new version decodes ([\d.]+) tokens/s vs old 30\.0 \(floor 20\.1\)", new.error)
+    assert found is not None and 10.0 <= float(found.group(1)) < 20.1, new.error
+
+
 def test_blue_green_switches_at_once_and_judges_against_the_window_before(django_capture_on_commit_callbacks: Any) -> None:
     node = make_node()
     model = _model()
@@ -269,6 +314,7 @@ def test_a_replica_that_fails_to_load_rolls_the_rollout_back(django_capture_on_c
         ({"strategy": "blue_green", "steps": [10, 100]}, "canary rollouts only"),
         ({"strategy": "canary", "gate": {"p99": 3}}, "unknown gate setting"),
         ({"strategy": "canary", "gate": {"max_latency_ratio": 0.5}}, "below 1"),
+        ({"strategy": "canary", "gate": {"min_tokens_per_s_ratio": 1.5}}, "above 1"),
         ({"strategy": "sideways"}, "is not one of"),
         ({"replicas": 3}, "3 replicas asked"),
     ],
