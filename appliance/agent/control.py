@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.audit.context import current
 from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_fetch, artifact_path, artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
@@ -170,7 +171,7 @@ def _send(op: str, args: dict[str, Any]) -> tuple[int, Any]:
     for attempt in range(_door.attempts):
         try:
             return node_post_json(_door.url, f"/api/v1/agent/{op}/", wire, credential=_door.credential,
-                                  ca_file=_door.ca_file)  # fmt: skip
+                                  ca_file=_door.ca_file, headers={"X-Request-ID": current().correlation_id})  # fmt: skip
         except urllib.error.URLError as exc:
             # Refused: the control plane is restarting and nothing reached it, so the request is
             # safe to send again; anything else may have reached it and is the caller's to handle.

@@ -9,7 +9,7 @@ the client of both).
 
 Each operation acts for the calling node only: a replica, reconfiguration, version or model
 that is not the node's is refused (403), whatever id the request names. Writes go through
-the services, inside the audit context of the agent (`agent:<node>`).
+the services.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.utils import timezone
 
-from appliance.audit.choices import Origin
-from appliance.audit.context import audit_context
 from appliance.catalog import runtimes
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.generative import engine_gpu
@@ -62,7 +60,9 @@ def names() -> list[str]:
 
 def answer(op: str, args: dict[str, Json], *, node: Node | None, credential: str = "") -> tuple[int, dict[str, Json]]:
     """(HTTP status, body) for one request: {"result": …} or {"detail": why}. `node` is the
-    caller (None only for an unenrolled agent's first `register`, in-process)."""
+    caller (None only for an unenrolled agent's first `register`, in-process). Writes are
+    audited in the caller's audit context: over HTTP the node's (agentapi/views.py, with the
+    agent's correlation id), in-process the agent's own (its task's, or `agent:<node>`)."""
     fn = _OPS.get(op)
     if fn is None:
         return 404, {"detail": f"no agent operation {op!r}"}
@@ -76,12 +76,10 @@ def answer(op: str, args: dict[str, Json], *, node: Node | None, credential: str
         return 400, {"detail": f"{op}: {exc}"}
     if node is None and op != "register":
         return 401, {"detail": "the node credential is not valid"}
-    actor = f"agent:{node.name if node is not None else args.get('name', '')}"
     try:
-        with audit_context(origin=Origin.AGENT, actor=actor, actor_resolver=None):
-            if op == "register":
-                return 200, {"result": register(node, credential=credential, **args)}
-            return 200, {"result": fn(node, **args)}
+        if op == "register":
+            return 200, {"result": register(node, credential=credential, **args)}
+        return 200, {"result": fn(node, **args)}
     except NotYours as exc:
         return 403, {"detail": str(exc)}
     except ObjectDoesNotExist as exc:

@@ -12,6 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from appliance.agentapi import ops
+from appliance.audit.choices import Origin
+from appliance.audit.context import audit_context
 from appliance.nodes import services as nodes
 from appliance.nodes.api.views import bearer
 
@@ -34,5 +36,8 @@ class AgentOperationView(APIView):
     def post(self, request: Request, op: str) -> Response:
         credential = bearer(request)
         node = nodes.node_authenticate(credential=credential)  # 401 when wrong or revoked
-        status, body = ops.answer(op, request.data, node=node, credential=credential)
+        # The node is the actor; the agent's X-Request-ID (the correlation id of the task it runs,
+        # taken by the audit middleware) links its writes to the request that caused them.
+        with audit_context(origin=Origin.AGENT, actor=f"agent:{node.name}", actor_resolver=None):
+            status, body = ops.answer(op, request.data, node=node, credential=credential)
         return Response(body, status=status)

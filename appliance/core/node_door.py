@@ -27,13 +27,13 @@ def node_get(base_url: str, path: str, *, credential: str, ca_file: str = "", ti
 
 
 def node_post_json(base_url: str, path: str, body: object, *, credential: str, ca_file: str = "",
-                   timeout: float = 30.0) -> tuple[int, Any]:  # fmt: skip
+                   timeout: float = 30.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
     """(status, decoded JSON answer) of POST base_url + path with a JSON body, whatever the
     status; raises OSError when nothing answered (or the answer is not JSON: ValueError)."""
     request = urllib.request.Request(
         f"{base_url.rstrip('/')}{path}", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json",
-                 "Accept": "application/json"},
+                 "Accept": "application/json", **(headers or {})},
     )  # fmt: skip
     try:
         with _open(request, ca_file=ca_file, timeout=timeout) as response:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from appliance.audit.context import audit_context
 from appliance.audit.models import AuditEvent
 from appliance.core.errors import DomainError
 from appliance.nodes import services
@@ -141,9 +142,12 @@ def test_the_agent_s_client_speaks_it_over_http(django_capture_on_commit_callbac
             assert replica.version.signature == mine.deployment.version.signature
             assert control.resident_versions(model_id=replica.version.model_id) == [replica.version]
             assert control.model_name(model_id=replica.version.model_id) == "digits"
-            with django_capture_on_commit_callbacks(execute=False):
+            with django_capture_on_commit_callbacks(execute=False), audit_context(correlation_id="task-4711"):
                 assert control.replica_mark_live(replica=replica) is True
             assert Replica.objects.get(pk=mine.pk).state == ReplicaState.LIVE
+            # The node is the actor; the correlation id of the task it ran links the write to its cause.
+            live = AuditEvent.objects.filter(target_id=str(mine.pk), action="replica.update").latest("sequence")
+            assert (live.actor, live.origin, live.correlation_id) == ("agent:gpu-07", "agent", "task-4711")
             assert control.node_heartbeat(triton_ready=True) is True
             with pytest.raises(control.Refused):
                 control.replica_claim(replica_id=str(theirs.pk))
