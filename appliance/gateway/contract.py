@@ -193,7 +193,10 @@ LAST_REQUEST_KEEP_S = 7 * 86400
 # Per (tenant, model) and minute, fields "<tenant>|<model>|<name>": the console's charts.
 KEY_TRAFFIC = "{instance}:traffic:{minute}"
 TRAFFIC_FIELD = "{tenant}|{model}|{name}"
-TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec")
+# (otok, dtok, dsec: a generative stream's output tokens, and those after each request's first
+# with the seconds they took; only the Python plane writes them: it serves every stream.)
+TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec",
+                  "otok", "dtok", "dsec")  # fmt: skip
 TRAFFIC_KEEP_S = 3 * 3600
 # Both planes add what they counted to these keys every FLUSH_S.
 FLUSH_S = 0.25

@@ -632,7 +632,9 @@ class Handlers:
             self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
             if decode_tokens:
                 self.gw.stats.decoded(model, chosen, decode_tokens, decode_s)
-            self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds)
+            self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds,
+                                   output_tokens=budget.counted if budget is not None else 0,
+                                   decode_tokens=decode_tokens, decode_seconds=decode_s)  # fmt: skip
             self.gw.stats.answered(key.tenant_slug, model, ok, seconds)
 
 

@@ -98,12 +98,18 @@ class Recorder:
     def cache(self, tenant: str, model: str, hit: bool) -> None:
         self._traffic[(tenant, model)][5 if hit else 6] += 1
 
-    def streamed(self, tenant: str, model: str, first_response_s: float | None, responses: int, seconds: float) -> None:
+    def streamed(self, tenant: str, model: str, first_response_s: float | None, responses: int, seconds: float,
+                 output_tokens: int = 0, decode_tokens: int = 0, decode_seconds: float = 0.0) -> None:  # fmt: skip
+        """A stream ended; a generative one with its output tokens, and those after each
+        request's first with the seconds they took (its decoding speed)."""
         row = self._traffic[(tenant, model)]
         row[7] += 1
         row[8] += (first_response_s or 0.0) * 1000.0
         row[9] += responses
         row[10] += seconds
+        row[11] += output_tokens
+        row[12] += decode_tokens
+        row[13] += decode_seconds
 
     async def flush(self, at: float | None = None) -> None:
         """Adds what was counted since the last flush to the bucket of second `at` (now)."""

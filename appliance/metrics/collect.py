@@ -28,7 +28,8 @@ SETTLE_S = 5
 # How far back a collector that was down catches up (Redis keeps a minute for three hours).
 CATCH_UP_MINUTES = 180
 SUMMED = ("requests", "errors", "latency_ms_sum", "queued", "queue_ms_sum", "cache_hits", "cache_misses",
-          "streams", "first_response_ms_sum", "stream_responses", "stream_seconds_sum")  # fmt: skip
+          "streams", "first_response_ms_sum", "stream_responses", "stream_seconds_sum", "output_tokens",
+          "decode_tokens", "decode_seconds_sum")  # fmt: skip
 _FROM_REDIS = dict(zip(TRAFFIC_FIELDS, SUMMED, strict=True))
 GPU_SUMMED = ("samples", "utilisation_sum", "memory_used_mib_sum", "memory_bandwidth_sum")
 

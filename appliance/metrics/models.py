@@ -33,6 +33,10 @@ class TrafficPoint(models.Model):
     first_response_ms_sum = models.FloatField(default=0)  # over streams: time to the first response
     stream_responses = models.BigIntegerField(default=0)  # responses (tokens) streamed
     stream_seconds_sum = models.FloatField(default=0)
+    # Generative streams: output tokens, and those after each request's first with their seconds.
+    output_tokens = models.BigIntegerField(default=0)
+    decode_tokens = models.BigIntegerField(default=0)
+    decode_seconds_sum = models.FloatField(default=0)
 
     class Meta:
         constraints = [

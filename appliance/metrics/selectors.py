@@ -63,7 +63,8 @@ def traffic_series(*, window: Window, model: str | None = None, tenant: str | No
     rows = merge(qs.only("start", "latency_buckets", *SUMMED), (*SUMMED,))
     seconds = window.step.total_seconds()
     out: dict[str, list[Any]] = {k: [] for k in ("t", "rps", "success", "p50", "p95", "p99", "queue_ms", "ttfr_ms",
-                                                  "tokens_s", "cache_hit")}  # fmt: skip
+                                                  "tokens_s", "output_tokens_s", "decode_tokens_s",
+                                                  "cache_hit")}  # fmt: skip
     empty: dict[str, Any] = dict.fromkeys(SUMMED, 0)
     for start in grid:
         row = rows.get(start) or empty
@@ -78,6 +79,10 @@ def traffic_series(*, window: Window, model: str | None = None, tenant: str | No
         out["ttfr_ms"].append(round(row["first_response_ms_sum"] / row["streams"], 2) if row["streams"] else None)
         out["tokens_s"].append(round(row["stream_responses"] / row["stream_seconds_sum"], 1)
                                if row["stream_seconds_sum"] else None)  # fmt: skip
+        # Generative: tokens generated per second of the window (throughput), and a stream's decoding speed.
+        out["output_tokens_s"].append(round(row["output_tokens"] / seconds, 2) if row["output_tokens"] else None)
+        out["decode_tokens_s"].append(round(row["decode_tokens"] / row["decode_seconds_sum"], 1)
+                                      if row["decode_seconds_sum"] else None)  # fmt: skip
         lookups = row["cache_hits"] + row["cache_misses"]
         out["cache_hit"].append(round(100 * row["cache_hits"] / lookups, 1) if lookups else None)
     return out

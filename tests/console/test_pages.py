@@ -122,6 +122,7 @@ def test_every_new_page_renders_for_an_operator(operator: Any, world: dict[str, 
     assert "&quot;name&quot;: &quot;IMAGE&quot;" in model_page, "the signature is shown (escaped)"
     metrics_page = client.get("/console/metrics/?model=digits").content.decode()
     assert 'id="traffic-series"' in metrics_page and 'data-fields="p50,p95,p99"' in metrics_page
+    assert 'data-fields="output_tokens_s"' in metrics_page and 'data-fields="decode_tokens_s"' in metrics_page
 
 
 def test_an_impossible_audit_time_is_a_400_with_the_reason(operator: Any, world: dict[str, Any]) -> None:

@@ -39,7 +39,8 @@ def _record(at: float) -> None:
         recorder.answered("globex", "digits", ok=True, seconds=0.002)
         recorder.cache("acme", "digits", hit=True)
         recorder.cache("acme", "digits", hit=False)
-        recorder.streamed("globex", "chat", first_response_s=0.05, responses=20, seconds=0.5)
+        recorder.streamed("globex", "chat", first_response_s=0.05, responses=20, seconds=0.5, output_tokens=64,
+                          decode_tokens=63, decode_seconds=0.45)  # fmt: skip
         await recorder.flush(at=at)
         await recorder.close()
 
@@ -58,7 +59,7 @@ def test_gateway_counts_become_minute_rows_then_hour_rows(clean_redis: redis.Red
     assert (row.requests, row.errors, row.queued, row.cache_hits, row.cache_misses) == (100, 10, 100, 1, 1)
     assert sum(row.latency_buckets) == 100
     chat = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="globex", model="chat")
-    assert (chat.streams, chat.stream_responses) == (1, 20)
+    assert (chat.streams, chat.stream_responses, chat.output_tokens, chat.decode_tokens) == (1, 20, 64, 63)
     fleet = TrafficPoint.objects.get(resolution=Resolution.MINUTE, start=minute, tenant="*", model="*")
     assert (fleet.requests, fleet.errors, fleet.streams) == (101, 10, 1), "one row per minute summed over everything"
 
@@ -83,6 +84,8 @@ def test_gateway_counts_become_minute_rows_then_hour_rows(clean_redis: redis.Red
     globex = traffic_series(window=WINDOWS["1h"], tenant="globex", now=now)
     assert globex["rps"][at] == round(1 / 60, 3)  # only its digits request was recorded as answered
     assert globex["ttfr_ms"][at] == 50.0 and globex["tokens_s"][at] == 40.0
+    assert globex["output_tokens_s"][at] == round(64 / 60, 2) and globex["decode_tokens_s"][at] == 140.0
+    assert globex["decode_tokens_s"][at - 1] is None, "no stream there: nothing to draw, not zero"
     week = traffic_series(window=WINDOWS["7d"], model="digits", now=now)
     hour_at = week["t"].index(int(minute.replace(minute=0).timestamp()))  # the last point, or the one before at :00-:02
     assert len(week["t"]) == 7 * 24 + 1 and week["rps"][hour_at] == round(101 / 3600, 3)
