@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from appliance.core.env import SettingError
 
@@ -19,7 +19,8 @@ def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
             "NAME": name,
             "USER": unquote(parsed.username or ""),
             "PASSWORD": unquote(parsed.password or ""),
-            "HOST": parsed.hostname or "127.0.0.1",
+            # ?host=/var/run/postgresql: the Unix socket (peer authentication, as the database owner migrates)
+            "HOST": parse_qs(parsed.query).get("host", [parsed.hostname or "127.0.0.1"])[0],
             "PORT": str(parsed.port or 5432),
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,

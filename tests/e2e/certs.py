@@ -21,7 +21,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
-          *, ca: bool = False, server: bool = False) -> x509.Certificate:  # fmt: skip
+          *, ca: bool = False, server: bool = False, addresses: tuple[str, ...] = ()) -> x509.Certificate:  # fmt: skip
     now = datetime.datetime.now(datetime.UTC)
     issuer_name, issuer_key = issuer if issuer else (subject, key)
     builder = (
@@ -36,7 +36,8 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.E
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                         *(x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses))]),
             critical=False,
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     elif not ca:
@@ -44,8 +45,8 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.E
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_pki(directory: Path) -> dict[str, Path]:
-    """ca.pem, server.pem/server.key (localhost, 127.0.0.1), client.pem/client.key."""
+def make_pki(directory: Path, addresses: tuple[str, ...] = ()) -> dict[str, Path]:
+    """ca.pem, server.pem/server.key (localhost, 127.0.0.1 and `addresses`), client.pem/client.key."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
     ca = _cert("appliance-test-ca", ca_key, None, ca=True)
@@ -55,7 +56,8 @@ def make_pki(directory: Path) -> dict[str, Path]:
         files["ca"] = directory / name
     for role in ("server", "client"):
         key = _key()
-        cert = _cert(f"appliance-test-{role}", key, ("appliance-test-ca", ca_key), server=role == "server")
+        cert = _cert(f"appliance-test-{role}", key, ("appliance-test-ca", ca_key), server=role == "server",
+                     addresses=addresses)  # fmt: skip
         (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (directory / f"{role}.key").write_bytes(_pem_key(key))
         files[role] = directory / f"{role}.pem"

@@ -37,34 +37,21 @@ from django.test import override_settings
 
 from tests.e2e.fleet import Fleet, free_port, wait_for
 from tests.e2e.operator import Operator
-from tests.provisioning.testhost import Forwarder, TestHost, booted
+from tests.provisioning.testhost import ANSIBLE, Forwarder, TestHost, booted, run_playbook
 from triton_models.digits import build as digits_build
 
 pytestmark = [pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE = ROOT / "var" / "build" / "ansible" / "bin" / "ansible-playbook"
 NODE = "apl-node1"
 MODEL = "prov-digits"  # the e2e modules share one database: a name of its own
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 if shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None:
     pytest.skip("needs systemd-nspawn and debootstrap (make test-host-packages)", allow_module_level=True)
 
 
 def _run_playbook(site: dict[str, Any], playbook: str = "node.yml") -> tuple[dict[str, int], str, float]:
-    """ansible-playbook against the test host; the recap of its host, all of the output, seconds."""
-    started = time.monotonic()
-    done = subprocess.run([str(ANSIBLE), "-i", str(site["inventory"]), playbook, "-e", f"@{site['vars']}"],
-                          cwd=ROOT / "ansible", capture_output=True, text=True, timeout=1200,
-                          env={**site["env"], "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"})  # fmt: skip
-    seconds = time.monotonic() - started
-    output = done.stdout + done.stderr
-    recap = {m.group(1): m for m in RECAP.finditer(output)}.get(NODE)
-    assert recap is not None, f"no recap for {NODE} (exit {done.returncode}):\n{output[-6000:]}"
-    counts = {"ok": int(recap.group(2)), "changed": int(recap.group(3)), "unreachable": int(recap.group(4)),
-              "failed": int(recap.group(5))}  # fmt: skip
-    return counts, output, seconds
+    return run_playbook(playbook, inventory=site["inventory"], variables=site["vars"], host=NODE, env=site["env"])
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +98,7 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
     }}}))  # fmt: skip
     variables = workdir / "vars.json"
     variables.write_text(json.dumps({
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(host.key),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        **host.ansible_vars(),
         "appliance_control_plane_url": url,
         "appliance_bundle_url": f"http://{host.host_side}:{bundle_port}",
         "appliance_join_token_file": str(token_file),
@@ -131,7 +116,8 @@ def site(fleet: Fleet, host: TestHost) -> Iterator[dict[str, Any]]:
     # The node reaches the control plane's API, its bundle and the broker (its queue); not the database.
     routes = {(host.host_side, 5672): ("127.0.0.1", 5672)}
     try:
-        with Forwarder(routes):
+        # The operator's API calls this test makes in-process revoke the node there too.
+        with Forwarder(routes), override_settings(BROKER_ADMIN_URL=env["APPLIANCE_BROKER_ADMIN_URL"]):
             yield {"url": url, "olga": olga, "token": made, "token_file": token_file, "inventory": inventory,
                    "vars": variables, "env": {**env, "PATH": f"{ANSIBLE.parent}:{env.get('PATH', '')}"}, "times": {}}  # fmt: skip
     finally:  # the node's broker user outlives the test database: never leave one behind

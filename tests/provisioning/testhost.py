@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,15 +27,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "var" / "build" / "ansible" / "bin" / "ansible-playbook"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 CACHE = Path(os.environ.get("APPLIANCE_TESTHOST_CACHE", Path.home() / ".cache" / "appliance"))
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 # A minimal Debian server: what an operator's installer leaves, plus sshd (how Ansible comes in).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "ca-certificates", "sudo")
 
 
-def rootfs_tarball() -> Path:
-    """The cached root file system (about 80 MB compressed), made once per package list."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:16]
+def rootfs_tarball(mirrored: tuple[str, ...] = ()) -> Path:
+    """The cached root file system (about 80 MB compressed), made once per package list.
+    `mirrored`: packages whose .debs (with what they depend on) lie in the image's apt cache,
+    with the archive's package lists, as a site's local mirror would serve them to a host with
+    no route out (the control plane's PostgreSQL, RabbitMQ, Redis, nginx); not installed."""
+    held = f"{SUITE} {MIRROR} {' '.join(PACKAGES)}" + (f" mirrored: {' '.join(mirrored)}" if mirrored else "")
+    key = hashlib.sha256(held.encode()).hexdigest()[:16]
     tarball = CACHE / f"testhost-{SUITE}-{key}.tar.gz"
     if tarball.exists():
         return tarball
@@ -47,6 +55,13 @@ def rootfs_tarball() -> Path:
         try:
             subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(work), MIRROR],
                            check=True, capture_output=True)  # fmt: skip
+            if mirrored:
+                shutil.copy("/etc/resolv.conf", work / "etc" / "resolv.conf")
+                for command in (["apt-get", "update", "-q"],
+                                ["apt-get", "install", "-y", "-q", "--download-only", *mirrored]):  # fmt: skip
+                    subprocess.run(["chroot", str(work), *command], check=True, capture_output=True,
+                                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+                (work / "etc" / "resolv.conf").unlink()
             partial = tarball.with_suffix(".partial")
             subprocess.run(["tar", "--numeric-owner", "-czf", str(partial), "-C", str(work), "."], check=True)
             partial.rename(tarball)
@@ -81,10 +96,10 @@ class TestHost:
         return f"ve-{self.name}"[:15]
 
     @classmethod
-    def create(cls, name: str, index: int, workdir: Path) -> TestHost:
+    def create(cls, name: str, index: int, workdir: Path, mirrored: tuple[str, ...] = ()) -> TestHost:
         root = workdir / name
         root.mkdir(parents=True)
-        with tarfile.open(rootfs_tarball()) as tar:
+        with tarfile.open(rootfs_tarball(mirrored)) as tar:
             tar.extractall(root, numeric_owner=True, filter="fully_trusted")
         key = workdir / f"{name}.key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -93,6 +108,8 @@ class TestHost:
         ssh.mkdir(mode=0o700, exist_ok=True)
         (ssh / "authorized_keys").write_text(key.with_suffix(".key.pub").read_text())
         (root / "etc" / "hostname").write_text(f"{name}\n")
+        # As Debian's installer writes it: the host's own name resolves (RabbitMQ's node name needs it).
+        (root / "etc" / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n")
         (root / "etc" / "systemd" / "network" / "10-host0.network").write_text(
             f"[Match]\nName=host0\n\n[Network]\nAddress={host.address}/24\n")  # fmt: skip
         wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
@@ -150,6 +167,11 @@ class TestHost:
         if check and done.returncode != 0:
             raise AssertionError(f"{self.name}$ {command}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
         return done
+
+    def ansible_vars(self) -> dict[str, str]:
+        """How Ansible reaches this host (root over SSH with the host's key)."""
+        return {"ansible_user": "root", "ansible_ssh_private_key_file": str(self.key),
+                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}  # fmt: skip
 
     def ssh_options(self) -> list[str]:
         return ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -232,8 +254,9 @@ class Forwarder:
 
 
 @contextlib.contextmanager
-def booted(names: list[str], workdir: Path, first_index: int = 231) -> Iterator[list[TestHost]]:
-    hosts = [TestHost.create(name, first_index + i, workdir) for i, name in enumerate(names)]
+def booted(names: list[str], workdir: Path, first_index: int = 231,
+           mirrored: tuple[str, ...] = ()) -> Iterator[list[TestHost]]:  # fmt: skip
+    hosts = [TestHost.create(name, first_index + i, workdir, mirrored) for i, name in enumerate(names)]
     try:
         for host in hosts:
             host.boot()
@@ -241,3 +264,22 @@ def booted(names: list[str], workdir: Path, first_index: int = 231) -> Iterator[
     finally:
         for host in hosts:
             host.stop()
+
+
+def run_playbook(playbook: str, *, inventory: Path, variables: Path, host: str,
+                 env: dict[str, str] | None = None) -> tuple[dict[str, int], str, float]:  # fmt: skip
+    """ansible-playbook (the project's pinned one) against test hosts: the recap of `host`,
+    all of the output, and the seconds it took."""
+    started = time.monotonic()
+    base = env or {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(Path.home())}
+    done = subprocess.run([str(ANSIBLE), "-i", str(inventory), playbook, "-e", f"@{variables}"],
+                          cwd=ROOT / "ansible", capture_output=True, text=True, timeout=1800,
+                          env={**base, "PATH": f"{ANSIBLE.parent}:{base.get('PATH', '')}", "ANSIBLE_FORCE_COLOR": "0",
+                               "ANSIBLE_NOCOLOR": "1"})  # fmt: skip
+    seconds = time.monotonic() - started
+    output = done.stdout + done.stderr
+    recap = {m.group(1): m for m in RECAP.finditer(output)}.get(host)
+    assert recap is not None, f"no recap for {host} (exit {done.returncode}):\n{output[-6000:]}"
+    counts = {"ok": int(recap.group(2)), "changed": int(recap.group(3)), "unreachable": int(recap.group(4)),
+              "failed": int(recap.group(5))}  # fmt: skip
+    return counts, output, seconds

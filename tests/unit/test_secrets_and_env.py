@@ -31,6 +31,8 @@ def test_env_helpers_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path) -> N
 def test_database_url_parsing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pg = database_from_url("postgresql://app:p%40ss@db.local:6543/fleet", base_dir=tmp_path)
     assert (pg["NAME"], pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"]) == ("fleet", "app", "p@ss", "db.local", "6543")
+    socket = database_from_url("postgresql:///fleet?host=/var/run/postgresql", base_dir=tmp_path)
+    assert (socket["NAME"], socket["USER"], socket["HOST"]) == ("fleet", "", "/var/run/postgresql")  # peer auth
     lite = database_from_url("sqlite:///var/x.sqlite3", base_dir=tmp_path)
     assert lite["NAME"] == str(tmp_path / "var" / "x.sqlite3")
     with pytest.raises(SettingError):
