@@ -146,7 +146,8 @@ def test_the_agent_s_client_speaks_it_over_http(django_capture_on_commit_callbac
                 assert control.replica_mark_live(replica=replica) is True
             assert Replica.objects.get(pk=mine.pk).state == ReplicaState.LIVE
             # The node is the actor; the correlation id of the task it ran links the write to its cause.
-            live = AuditEvent.objects.filter(target_id=str(mine.pk), action="replica.update").latest("sequence")
+            (live,) = [e for e in AuditEvent.objects.filter(target_id=str(mine.pk), action="replica.update")
+                       if e.changes.get("state", [None, None])[1] == "live"]  # fmt: skip
             assert (live.actor, live.origin, live.correlation_id) == ("agent:gpu-07", "agent", "task-4711")
             assert control.node_heartbeat(triton_ready=True) is True
             with pytest.raises(control.Refused):
