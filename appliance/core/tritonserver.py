@@ -81,7 +81,13 @@ class TritonPorts:
     http: int
     grpc: int
     metrics: int
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where Triton binds (and the agent itself calls it)
+    # Where the control plane and the gateways reach it, where that differs (a NAT, a routed network):
+    # what the agent registers; '' is `host`.
+    advertise: str = ""
+
+    def advertised(self) -> TritonPorts:
+        return TritonPorts(http=self.http, grpc=self.grpc, metrics=self.metrics, host=self.advertise or self.host)
 
     @property
     def grpc_address(self) -> str:

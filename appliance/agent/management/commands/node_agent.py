@@ -18,6 +18,8 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True, help="node name (also names its Celery queue)")
         parser.add_argument("--zone", default="default")
         parser.add_argument("--host", default="127.0.0.1", help="address Triton binds to (loopback by default)")
+        parser.add_argument("--advertise-host", default="",
+                            help="address the control plane and gateways reach Triton at, where it is not --host")
         parser.add_argument("--http-port", type=int, default=8200)
         parser.add_argument("--grpc-port", type=int, default=8201)
         parser.add_argument("--metrics-port", type=int, default=8202)
@@ -38,7 +40,8 @@ class Command(BaseCommand):
                 name=options["name"],
                 zone=options["zone"],
                 ports=TritonPorts(
-                    http=options["http_port"], grpc=options["grpc_port"], metrics=options["metrics_port"], host=options["host"]
+                    http=options["http_port"], grpc=options["grpc_port"], metrics=options["metrics_port"], host=options["host"],
+                    advertise=options["advertise_host"],
                 ),
                 workdir=Path(workdir),
                 inventory=options["inventory"],
