@@ -88,6 +88,8 @@ def answer(op: str, args: dict[str, Json], *, node: Node | None, credential: str
         return exc.http_status, {"detail": str(exc)}
     except (ValidationError, ValueError, KeyError) as exc:
         return 400, {"detail": f"{op}: {exc}"}
+    except (TypeError, AttributeError) as exc:  # values of the wrong shape (a list for a dict, a bad field name)
+        return 400, {"detail": f"{op}: the arguments do not have the operation's shape ({exc})"}
 
 
 def _own(node: Node, owner_id: object, what: str) -> None:

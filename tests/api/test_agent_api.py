@@ -106,6 +106,9 @@ def test_bad_requests_are_refused_with_a_clear_status_and_change_nothing() -> No
     missing = _call("replica_claim", {"replica_id": "00000000-0000-0000-0000-000000000000"}, credential)
     assert missing.status_code == 404
     assert _call("set_admin_state", {"admin_state": "exploded"}, credential).status_code == 400
+    for gpus in ([{"bogus": 1}], "not a list", [["a list"]]):
+        shaped = _call("report_inventory", {"gpus": gpus}, credential)
+        assert shaped.status_code == 400 and "report_inventory" in shaped.json()["detail"], (gpus, shaped.content)
     assert Node.objects.get(pk=node.pk).last_heartbeat is None and Node.objects.get(pk=node.pk).admin_state == "active"
     assert _call("heartbeat", {"triton_ready": True}, credential).json() == {"result": True}
 
