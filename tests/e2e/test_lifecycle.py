@@ -421,6 +421,13 @@ def test_a_replica_killed_under_load_costs_no_failed_request(fleet: Fleet, world
         except grpcclient.InferenceServerException:
             return set()  # Triton not listening yet
 
+    from appliance.nodes.models import Node
+
+    # Both nodes routable first: the other parameter's kill may have taken one out of routing until the
+    # next health sweep, and a gateway that starts then routes everything to the one this test kills.
+    wait_for("both nodes healthy", lambda: set(Node.objects.filter(name__in=NODES, health="healthy")
+                                             .values_list("name", flat=True)) == set(NODES),
+             timeout=60, procs=fleet.procs)  # fmt: skip
     serving = {node: ready_on(node) for node in NODES}
     assert all(serving.values()), f"the model must be live on both nodes: {serving}"
 
