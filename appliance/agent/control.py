@@ -131,10 +131,6 @@ def connect(*, url: str = "", credential: str = "", ca_file: str = "") -> None:
     _door = _Door(url=url, credential=credential, ca_file=ca_file)
 
 
-def remote() -> bool:
-    return bool(_door.url)
-
-
 def _call(op: str, **args: Any) -> Any:
     status, body = _send(op, args)
     if status == 200:

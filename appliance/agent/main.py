@@ -131,18 +131,7 @@ def run_agent(options: AgentOptions) -> None:
     if settings.CONTROL_PLANE_URL and options.credential_file:
         # A provisioned node: every request goes over HTTP with the node's own credential.
         control.connect(url=settings.CONTROL_PLANE_URL, credential=options.credential(), ca_file=settings.CA_FILE)
-    with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
-        node_id = control.node_register(
-            name=options.name,
-            zone=options.zone,
-            grpc_address=options.ports.advertised().grpc_address,
-            http_address=options.ports.advertised().http_address,
-            metrics_address=options.ports.advertised().metrics_address,
-            tensorrt_version=_tensorrt_version(),
-            backends=backends,
-            memory_bytes=memory_bytes(),
-            credential=options.credential(),
-        )
+    node_id = _register(options, backends, memory_bytes=memory_bytes())
     inventory = options.open_inventory()
     mig_servers = MigServers(node_name=options.name, workdir=options.workdir, host=options.ports.host,
                              port_base=options.mig_port_base, inventory=inventory)  # fmt: skip
@@ -152,7 +141,7 @@ def run_agent(options: AgentOptions) -> None:
     mig_servers.after_start = lambda uuid: _reload_after_start(local, uuid)
     _start_mig_servers(local)
     supervisor.on_start.append(lambda: _reload_after_start(local))
-    supervisor.on_start.append(lambda: _record_version(options.name, options, backends))
+    supervisor.on_start.append(lambda: _record_version(options, backends))
     stop = threading.Event()
     supervisor.start()
     threading.Thread(target=_heartbeats, args=(supervisor, inventory, stop, local), daemon=True).start()
@@ -201,18 +190,18 @@ def _tensorrt_version() -> str:
     return str(getattr(tensorrt, "__version__", ""))
 
 
-def _record_version(name: str, options: AgentOptions, backends: tuple[str, ...]) -> None:
+def _register(options: AgentOptions, backends: tuple[str, ...], **extra: Any) -> str:
+    """Registers the node with the addresses the control plane reaches its Triton at; its id."""
+    advertised = options.ports.advertised()
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{options.name}"):
+        return control.node_register(
+            name=options.name, zone=options.zone, grpc_address=advertised.grpc_address,
+            http_address=advertised.http_address, metrics_address=advertised.metrics_address,
+            tensorrt_version=_tensorrt_version(), backends=backends, credential=options.credential(), **extra,
+        )  # fmt: skip
+
+
+def _record_version(options: AgentOptions, backends: tuple[str, ...]) -> None:
     version = _triton_version(options.ports.grpc_address)
     if version:
-        with audit_context(origin=Origin.AGENT, actor=f"agent:{name}"):
-            control.node_register(
-                name=name,
-                zone=options.zone,
-                grpc_address=options.ports.advertised().grpc_address,
-                http_address=options.ports.advertised().http_address,
-                metrics_address=options.ports.advertised().metrics_address,
-                triton_version=version,
-                tensorrt_version=_tensorrt_version(),
-                backends=backends,
-                credential=options.credential(),
-            )
+        _register(options, backends, triton_version=version)
