@@ -190,6 +190,10 @@ OPTIMISE_QUEUE = f"{INSTANCE}.optimise"
 OPTIMISE_CALIBRATION_ROWS = env_int("OPTIMISE_CALIBRATION_ROWS", 256, minimum=1)
 OPTIMISE_SPEED_REQUESTS = env_int("OPTIMISE_SPEED_REQUESTS", 400, minimum=20)
 OPTIMISE_MIXED_MAX_STEPS = env_int("OPTIMISE_MIXED_MAX_STEPS", 8, minimum=0)
+# How long a gate run waits for a generative version's vLLM engine to start (compiled: minutes on a small CPU).
+GATE_ENGINE_START_TIMEOUT_S = env_int("GATE_ENGINE_START_TIMEOUT_S", 900, minimum=10)
+# A profile search's default budget: no profile starts after it (a search may ask for its own).
+PROFILE_SEARCH_TIME_LIMIT_S = env_int("PROFILE_SEARCH_TIME_LIMIT_S", 3600, minimum=60)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

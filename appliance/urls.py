@@ -19,7 +19,7 @@ from appliance.nodes.api.views import (
     NodeViewSet,
     ReconfigurationViewSet,
 )
-from appliance.optimisation.api.views import OptimisationJobViewSet, ProfileSearchViewSet
+from appliance.optimisation.api.views import GateRunViewSet, OptimisationJobViewSet, ProfileSearchViewSet
 from appliance.policies.api.views import PolicyRuleViewSet
 from appliance.provisioning.api.views import ProvisioningRunViewSet
 from appliance.rollouts.api.views import DeploymentViewSet
@@ -36,6 +36,7 @@ router.register("models", ModelViewSet)
 router.register("versions", ModelVersionViewSet)
 router.register("validation-sets", ValidationSetViewSet)
 router.register("optimisation-jobs", OptimisationJobViewSet)
+router.register("gate-runs", GateRunViewSet)
 router.register("profile-searches", ProfileSearchViewSet)
 router.register("deployments", DeploymentViewSet)
 router.register("tenants", TenantViewSet)

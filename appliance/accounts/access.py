@@ -90,10 +90,12 @@ MATRIX: dict[str, Resource] = {
     # it as an override would (an admin's). Not a tenant admin's: the gate is the operators' check.
     "validation_set": Resource({READ: READERS, CREATE: STAFF, DELETE: ADMINS}),
     # Optimisation jobs make candidate versions (never deploy them): the operators' work.
-    "optimisation_job": Resource({READ: READERS, CREATE: STAFF}),
+    "optimisation_job": Resource({READ: READERS, CREATE: STAFF, "cancel": STAFF}),
     # Profile searches measure a version on the optimiser's Triton; applying one changes the model's serving
     # profile (as a model change would: staff).
-    "profile_search": Resource({READ: READERS, CREATE: STAFF, "apply": STAFF}),
+    "profile_search": Resource({READ: READERS, CREATE: STAFF, "apply": STAFF, "cancel": STAFF}),
+    # Gate runs measure a version against its parent and record its gate results (they judge; never deploy).
+    "gate_run": Resource({READ: READERS, CREATE: STAFF, "cancel": STAFF}),
     # Tenants: limits and grants are the operators'; the keys are also the tenant admin's.
     "tenant": Resource(_crud(READERS | {TENANT_ADMIN}, STAFF), tenant_path="pk"),
     "grant": Resource({READ: READERS | {TENANT_ADMIN}, CREATE: STAFF, DELETE: STAFF}, tenant_path="tenant"),

@@ -23,6 +23,7 @@ from appliance.optimisation.validation_data import (
     METRICS,
     ValidationSetError,
     check_against_signature,
+    metric_refusal,
     parse_validation_set,
 )
 
@@ -164,6 +165,9 @@ def validation_set_upload(
     parsed = parse_validation_set(artifact_read_verified(sha256), metric=metric)
     newest = model.versions.order_by("-number").first()
     if newest is not None:
+        problem = metric_refusal(metric, newest.format)
+        if problem:
+            raise ValidationSetError(problem)
         check_against_signature(parsed, newest.signature)
     locked = Model.objects.select_for_update().get(pk=model.pk)
     if locked.validation_sets.filter(name=name).exists():

@@ -1,9 +1,11 @@
 """The accuracy gate: is a candidate close enough to its parent to be offered?
 
 The gate is relative: each gated value of the candidate must be at least the parent's
-value less `max_relative_drop` of it, both measured by `metrics.measure` on the same
-validation set. Relative rather than absolute, so that one setting means the same for
-a classifier at 0.80 accuracy and one at 0.99.
+value less `max_relative_drop` of it, both measured by `metrics.measure` (or, for a
+generative model, `textgen.measure`) on the same validation set. Relative rather than
+absolute, so that one setting means the same for a classifier at 0.80 accuracy and one
+at 0.99. Perplexity is the one value where lower is better: there the candidate may be
+at most `max_relative_drop` of the parent's value above it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from appliance.optimisation.validation_data import METRICS
 GATED: dict[str, tuple[str, ...]] = {
     "top1_accuracy": ("top1_accuracy",),
     "embedding_agreement": ("min_cosine", "retrieval_top1_agreement"),
+    "exact_match": ("exact_match",),
+    "perplexity": ("perplexity",),
 }
 assert set(GATED) == set(METRICS)
+# Gated values where a smaller number is the better model.
+LOWER_IS_BETTER = frozenset({"perplexity"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,11 @@ class Check:
     baseline: float
     threshold: float
     passed: bool
+    higher_is_better: bool = True
+
+    def relation(self) -> str:
+        """How the measured value failed its threshold, in a word: '<' or '>'."""
+        return "<" if self.higher_is_better else ">"
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,10 @@ class Verdict:
     def reason(self) -> str:
         """One line per failing check; empty when the candidate passed."""
         return "\n".join(
-            f"{c.name} {c.measured:.3f} < {c.threshold:.3f} required "
-            f"(parent {c.baseline:.3f}, max relative drop {self.max_relative_drop:.1%})"
+            f"{c.name} {c.measured:.3f} {c.relation()} {c.threshold:.3f} "
+            f"{'required' if c.higher_is_better else 'allowed'} "
+            f"(parent {c.baseline:.3f}, max relative {'drop' if c.higher_is_better else 'rise'} "
+            f"{self.max_relative_drop:.1%})"
             for c in self.checks
             if not c.passed
         )
@@ -57,7 +70,7 @@ class Verdict:
             "max_relative_drop": self.max_relative_drop,
             "checks": [
                 {"name": c.name, "measured": c.measured, "baseline": c.baseline, "threshold": c.threshold,
-                 "passed": c.passed}
+                 "passed": c.passed, "higher_is_better": c.higher_is_better}
                 for c in self.checks
             ],
         }  # fmt: skip
@@ -71,7 +84,9 @@ def verdict(
     threshold = parent - |parent| x max_relative_drop, which is parent x (1 - drop) for the
     values gated here (all in [0, 1] in practice; the absolute value keeps a negative
     min_cosine from getting a threshold above the parent itself). A check passes when
-    measured >= threshold, compared exactly, with no epsilon: the values are fractions of
+    measured >= threshold; for perplexity (LOWER_IS_BETTER) the threshold is
+    parent + |parent| x max_relative_drop and it passes when measured <= threshold.
+    Compared exactly, with no epsilon: the values are fractions of
     rows or cosines computed the same way for parent and candidate, so a candidate that
     reproduces its parent reproduces its numbers, and an epsilon would only widen the drop
     the operator allowed. NaN never passes.
@@ -86,6 +101,11 @@ def verdict(
             if name not in values:
                 raise ValueError(f"the {side}'s values lack {name!r}, which {metric} gates on")
         baseline, measured = float(parent[name]), float(candidate[name])
-        threshold = baseline - abs(baseline) * max_relative_drop
-        checks.append(Check(name, measured, baseline, threshold, passed=measured >= threshold))
+        if name in LOWER_IS_BETTER:
+            threshold = baseline + abs(baseline) * max_relative_drop
+            checks.append(Check(name, measured, baseline, threshold, passed=measured <= threshold,
+                                higher_is_better=False))  # fmt: skip
+        else:
+            threshold = baseline - abs(baseline) * max_relative_drop
+            checks.append(Check(name, measured, baseline, threshold, passed=measured >= threshold))
     return Verdict(all(c.passed for c in checks), tuple(checks), max_relative_drop)

@@ -21,15 +21,13 @@ from typing import Any
 import onnxruntime
 from django.conf import settings
 
-from appliance.audit.choices import Origin
-from appliance.audit.context import audit_context
 from appliance.catalog.artifacts import artifact_read_verified
 from appliance.catalog.choices import ArtifactFormat, ChangeKind
 from appliance.catalog.services import gate_record, version_upload
 from appliance.optimisation import gate, host, metrics, onnxrun, quantise
 from appliance.optimisation.choices import CandidateKind
 from appliance.optimisation.models import OptimisationCandidate, OptimisationJob
-from appliance.optimisation.services import candidate_record, job_claim, job_fail, job_finish, job_progress
+from appliance.optimisation.services import candidate_record, job_finish, job_progress, run_tracked
 from appliance.optimisation.validation_data import ValidationData, parse_validation_set
 
 log = logging.getLogger(__name__)
@@ -46,17 +44,7 @@ def _load(sha256: str, metric: str) -> ValidationData:
 
 
 def run_job(job_id: str) -> str:
-    with audit_context(origin=Origin.TASK, actor="optimiser"):
-        job = job_claim(job_id=job_id, measured_on=measured_on())
-        if job is None:
-            return "not pending"
-        try:
-            _run(job)
-        except Exception as exc:
-            log.exception("optimisation job %s failed", job_id)
-            job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
-            return "failed"
-    return "succeeded"
+    return run_tracked(OptimisationJob, job_id, measured_on(), _run)
 
 
 def _run(job: OptimisationJob) -> None:

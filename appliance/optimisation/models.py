@@ -33,6 +33,7 @@ class OptimisationJob(Audited):
                                     related_name="+")  # fmt: skip
     recommendation = models.TextField(blank=True)
     requested_by = models.CharField(max_length=150, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -90,6 +91,9 @@ class ProfileSearch(Audited):
     objective_p99_ms = models.FloatField(help_text="the latency objective: p99 in ms at `concurrency`")
     concurrency = models.PositiveIntegerField()
     requests = models.PositiveIntegerField(help_text="measured requests per profile (after a warm-up)")
+    # The whole search's budget: no profile is started past it; those measured by then are judged.
+    time_limit_s = models.PositiveIntegerField(default=3600, help_text="no profile is started after this many "
+                                               "seconds; the recommendation is made from those measured")  # fmt: skip
     # The model's own validation set whose inputs the requests carry (none: the version's samples, or zeros).
     input_set = models.ForeignKey("catalog.ValidationSet", null=True, blank=True, on_delete=models.PROTECT,
                                   related_name="+")  # fmt: skip
@@ -109,6 +113,7 @@ class ProfileSearch(Audited):
     # The recommended profile's throughput over the no-batching baseline's (same run, same machine).
     speed_up = models.FloatField(null=True, blank=True)
     requested_by = models.CharField(max_length=150, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True)
     applied_by = models.CharField(max_length=150, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
@@ -155,3 +160,41 @@ class ProfileSearchResult(Audited):
     def __str__(self) -> str:
         return (f"batch {self.max_batch_size}, {self.instance_count} instance(s), delay {self.max_queue_delay_us} µs "
                 f"({'meets' if self.met_objective else 'misses'} the objective)")  # fmt: skip
+
+
+class GateRun(Audited):
+    """One run of the accuracy gate on a version that no optimisation job made (an uploaded
+    child: a fine-tune, an externally quantised model, a generative model's new weights):
+    the version and its parent measured in the same run on each validation set of the
+    model, one catalog.GateResult per set (optimisation/gaterun.py)."""
+
+    audit_type = "gate_run"
+    audit_ignore = frozenset({"progress"})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey("catalog.ModelVersion", on_delete=models.PROTECT, related_name="gate_runs")
+    # The sets judged, as they were when the run was asked for: [{"id", "name", "metric"}].
+    sets = models.JSONField()
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    step = models.CharField(max_length=200, blank=True)
+    progress = models.JSONField(default=list, blank=True)  # [{"time", "message"}], as OptimisationJob's
+    error = models.TextField(blank=True)
+    measured_on = models.CharField(max_length=500, blank=True)
+    # Per set once measured: [{"set", "metric", "passed", "reason", "values", "baseline_values"}].
+    outcome = models.JSONField(default=list, blank=True)
+    passed = models.BooleanField(null=True, blank=True)  # every set passed (None until the run ends well)
+    requested_by = models.CharField(max_length=150, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["version"], condition=models.Q(state__in=ACTIVE_JOB_STATES),
+                                    name="one_active_gate_run_per_version"),
+        ]  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"gate run of {self.version_id} ({self.state})"

@@ -4,6 +4,7 @@ and must not hold up rollouts on the control queue)."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from celery import shared_task
@@ -12,7 +13,7 @@ from appliance.catalog.artifacts import artifact_read_verified
 from appliance.optimisation import profiles, services
 from appliance.optimisation.choices import JobState
 from appliance.optimisation.models import ProfileSearch
-from appliance.optimisation.services import TASK_PROFILE_SEARCH, TASK_RUN
+from appliance.optimisation.services import TASK_GATE_RUN, TASK_PROFILE_SEARCH, TASK_RUN
 from appliance.optimisation.validation_data import check_against_signature, parse_validation_set
 
 log = logging.getLogger(__name__)
@@ -25,26 +26,21 @@ def run(job_id: str) -> str:
     return run_job(job_id)
 
 
+@shared_task(name=TASK_GATE_RUN)
+def gate_run(run_id: str) -> str:
+    from appliance.optimisation.gaterun import run_gate
+
+    return run_gate(run_id)
+
+
 @shared_task(name=TASK_PROFILE_SEARCH)
 def profile_search(search_id: str) -> str:
     """One profile search (optimisation/profiles.py): claims the row, measures each profile
     of the grid on a private Triton (gone after, however the search ends), records a result
     per profile as it goes and the recommendation at the end."""
-    from appliance.audit.choices import Origin
-    from appliance.audit.context import audit_context
-
-    with audit_context(origin=Origin.TASK, actor="optimiser"):
-        search = services.profile_search_claim(search_id=search_id, measured_on=profiles.host_description())
-        _sweep()
-        if search is None:
-            return "not pending"
-        try:
-            _search(search)
-        except Exception as exc:
-            log.exception("profile search %s failed", search_id)
-            services.profile_search_fail(search_id=search_id, error=f"{type(exc).__name__}: {exc}")
-            return "failed"
-    return "succeeded"
+    result = services.run_tracked(ProfileSearch, search_id, profiles.host_description(), _search)
+    _sweep()
+    return result
 
 
 def _sweep() -> None:
@@ -84,8 +80,16 @@ def _search(search: ProfileSearch) -> None:
     say(f"starting a private Triton with {version} ({len(candidates)} profiles; inputs: {source})")
     outcomes: list[profiles.Outcome] = []
     results = []
+    started = time.monotonic()
+    cut = ""
     with profiles.Bench(version=version, workdir=profiles.scratch_root() / str(search.pk)) as bench:
         for position, candidate in enumerate(candidates):
+            elapsed = time.monotonic() - started
+            if elapsed >= search.time_limit_s and outcomes:
+                cut = (f" The search's time limit of {search.time_limit_s} s was reached after {position} of "
+                       f"{len(candidates)} profiles ({elapsed:.0f} s): the rest were not measured.")  # fmt: skip
+                say(cut.strip())
+                break
             say(f"{position + 1}/{len(candidates)}: {candidate.label()}")
             outcome = bench.measure(candidate, profiles.serving_profile(candidate, search.base_profile), rows,
                                     concurrency=search.concurrency, requests=search.requests)  # fmt: skip
@@ -94,4 +98,4 @@ def _search(search: ProfileSearch) -> None:
     best, speed_up, why = profiles.recommend(outcomes, objective_p99_ms=search.objective_p99_ms,
                                              concurrency=search.concurrency)  # fmt: skip
     services.profile_search_finish(search_id=search.pk, recommended=None if best is None else results[best],
-                                   recommendation=why, speed_up=speed_up)  # fmt: skip
+                                   recommendation=why + cut, speed_up=speed_up)  # fmt: skip

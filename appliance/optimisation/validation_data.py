@@ -8,6 +8,13 @@ holding, for N rows:
   for `top1_accuracy` integer class labels of shape [N]; for `embedding_agreement`
   reference embeddings of shape [N, D], normally the FP32 parent's own outputs.
 
+Generative (vllm) models are judged on text: `input.text_input` holds the N prompts
+exactly as a client sends them (chat template applied) and `expected.text_output` the
+N reference answers, both NumPy string arrays of shape [N] (`np.array([...])`, dtype
+`<U…`: stored without pickling). `exact_match` is the share of rows whose greedy answer
+is the reference (normally the parent's own greedy answers); `perplexity` is the
+model's perplexity on the reference answers given their prompts (lower is better).
+
 The archive is read without unpickling anything: each array's header (dtype and
 shape) is checked before its data is decompressed, so an object array is refused
 unread and a small compressed file cannot expand into a huge one unnoticed.
@@ -28,15 +35,20 @@ import numpy as np
 
 from appliance.core.errors import DomainError
 
-METRICS = ("top1_accuracy", "embedding_agreement")
+# Metrics of tensor models (ONNX) and of generative models (text in, text out).
+TENSOR_METRICS = ("top1_accuracy", "embedding_agreement")
+GENERATIVE_METRICS = ("exact_match", "perplexity")
+METRICS = TENSOR_METRICS + GENERATIVE_METRICS
+# The tensors of a generative validation set (Triton's vLLM backend's names).
+TEXT_INPUT, TEXT_OUTPUT = "text_input", "text_output"
 MAX_ROWS = 100_000
 # What the arrays may take once decompressed; well above 100,000 rows of a 512x512 image
 # in FP16 would be refused, which is the point: a validation set is for judging, not training.
 MAX_BYTES = 2 * 1024**3
 
 _INPUT, _EXPECTED = "input.", "expected."
-# Numeric kinds only: booleans, signed and unsigned integers, floats. Objects would need
-# unpickling, and strings, structured, complex and datetime arrays map to no tensor we serve.
+# Numeric kinds only, and Unicode strings for the generative metrics' text: objects would
+# need unpickling, and structured, complex and datetime arrays map to no tensor we serve.
 _KIND_REFUSALS = {
     "O": "holds Python objects (it would need unpickling)",
     "U": "holds strings",
@@ -72,15 +84,32 @@ def parse_validation_set(data: bytes, *, metric: str) -> ValidationData:
         raise ValidationSetError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     archive = _open_archive(data)
     with archive:
-        headers = {name: _header(archive, member) for member, name in _members(archive)}
+        headers = {name: _header(archive, member, text=metric in GENERATIVE_METRICS) for member, name in _members(archive)}
         _check_names(headers)
         rows = _check_rows(headers)
-        _check_expected_header(headers, metric)
+        if metric in GENERATIVE_METRICS:
+            _check_text_headers(headers)
+        else:
+            _check_expected_header(headers, metric)
         arrays = {name: _read(archive, name) for name in headers}
     inputs = {name[len(_INPUT) :]: array for name, array in arrays.items() if name.startswith(_INPUT)}
     expected = {name[len(_EXPECTED) :]: array for name, array in arrays.items() if name.startswith(_EXPECTED)}
-    _check_expected_values(expected, metric)
+    if metric in GENERATIVE_METRICS:
+        _check_texts(inputs[TEXT_INPUT], expected[TEXT_OUTPUT], metric)
+    else:
+        _check_expected_values(expected, metric)
     return ValidationData(inputs=inputs, expected=expected, rows=rows)
+
+
+def metric_refusal(metric: str, fmt: str) -> str:
+    """Why `metric` cannot judge versions of format `fmt` ('' when it can): text metrics are for
+    generative (vllm) models, and a generative model is judged on text."""
+    if fmt == "vllm" and metric not in GENERATIVE_METRICS:
+        return (f"{metric} judges tensor outputs; a generative (vllm) model is judged on text: "
+                f"{' or '.join(GENERATIVE_METRICS)}")  # fmt: skip
+    if fmt != "vllm" and metric in GENERATIVE_METRICS:
+        return f"{metric} judges generative (vllm) models; this model's versions are {fmt}"
+    return ""
 
 
 def check_against_signature(data: ValidationData, signature: dict[str, Any]) -> None:
@@ -88,14 +117,16 @@ def check_against_signature(data: ValidationData, signature: dict[str, Any]) -> 
     its datatype and its dims after the rows (-1 matches any size), no input is extra, and
     each expected array names an output. Run before any inference, so that a mismatch is
     reported in the set's terms rather than as an ONNX Runtime error halfway through."""
-    wanted = {entry["name"]: entry for entry in signature.get("inputs", [])}
+    entries = {entry["name"]: entry for entry in signature.get("inputs", [])}
+    # An optional input (a generative model's sampling parameters, flags) may be left out.
+    wanted = {name: entry for name, entry in entries.items() if name in data.inputs or not entry.get("optional")}
     missing = sorted(set(wanted) - set(data.inputs))
     if missing:
         raise ValidationSetError(f"the model's input(s) {', '.join(missing)} have no array: add input.{missing[0]}")
-    extra = sorted(set(data.inputs) - set(wanted))
+    extra = sorted(set(data.inputs) - set(entries))
     if extra:
         raise ValidationSetError(
-            f"input.{extra[0]} names no input of the model (its inputs: {', '.join(sorted(wanted))})"
+            f"input.{extra[0]} names no input of the model (its inputs: {', '.join(sorted(entries))})"
         )
     for name, entry in wanted.items():
         _check_tensor(f"input.{name}", data.inputs[name], entry)
@@ -109,6 +140,13 @@ def check_against_signature(data: ValidationData, signature: dict[str, Any]) -> 
 
 def _check_tensor(label: str, array: np.ndarray, entry: dict[str, Any]) -> None:
     datatype = entry["datatype"]
+    if datatype == "BYTES":
+        # Text, one string per row: a generative set's prompts (dims [1]: one string per request).
+        if array.dtype.kind != "U" or array.ndim != 1 or list(entry["dims"]) not in ([1], [-1]):
+            raise ValidationSetError(f"{label} must be one string per row (shape [rows]) for the model's input "
+                                     f"{entry['name']} of dims {list(entry['dims'])}; it is {array.dtype} with "
+                                     f"shape {tuple(array.shape)}")  # fmt: skip
+        return
     dtype = _TRITON_TO_NUMPY.get(datatype)
     if dtype is None:
         raise ValidationSetError(f"the model's input {entry['name']} is {datatype}, which a validation set cannot hold")
@@ -151,16 +189,18 @@ def _members(archive: zipfile.ZipFile) -> list[tuple[str, str]]:
     return members
 
 
-def _header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+def _header(archive: zipfile.ZipFile, member: str, *, text: bool) -> tuple[tuple[int, ...], np.dtype[Any]]:
     name = member[: -len(".npy")]
     try:
         with archive.open(member) as stream:
             shape, dtype = _read_header(stream)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
         raise ValidationSetError(f"array {name!r} is not a readable NumPy array: {error}") from error
-    refusal = _KIND_REFUSALS.get(dtype.kind)
-    if refusal or dtype.kind not in "biuf":
-        raise ValidationSetError(f"array {name!r} {refusal or f'has dtype {dtype}'}; only numeric arrays are accepted")
+    if text and dtype.kind == "U":
+        pass  # Unicode strings are plain fixed-width data (no pickling): a generative set's text
+    elif (refusal := _KIND_REFUSALS.get(dtype.kind)) or dtype.kind not in "biuf":
+        accepted = "numeric arrays and, for text, Unicode string arrays" if text else "numeric arrays"
+        raise ValidationSetError(f"array {name!r} {refusal or f'has dtype {dtype}'}; only {accepted} are accepted")
     if not shape:
         raise ValidationSetError(f"array {name!r} is a scalar; its first dimension must be the rows")
     return shape, dtype
@@ -230,6 +270,32 @@ def _check_expected_header(headers: dict[str, tuple[tuple[int, ...], np.dtype[An
             raise ValidationSetError(
                 "embedding_agreement needs at least 2 rows: retrieval agreement compares each row with the others"
             )
+
+
+def _check_text_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> None:
+    """A generative set: the prompts and the reference answers, one string per row each."""
+    wanted = {_INPUT + TEXT_INPUT, _EXPECTED + TEXT_OUTPUT}
+    if set(headers) != wanted:
+        raise ValidationSetError(
+            f"a generative validation set holds exactly {_INPUT}{TEXT_INPUT} (the prompts) and "
+            f"{_EXPECTED}{TEXT_OUTPUT} (the reference answers); this one holds {', '.join(sorted(headers))}"
+        )
+    for name in sorted(wanted):
+        shape, dtype = headers[name]
+        if dtype.kind != "U" or len(shape) != 1:
+            raise ValidationSetError(f"{name} must be a string array of shape [rows] (np.array of str); "
+                                     f"it is {dtype} with shape {shape}")  # fmt: skip
+
+
+def _check_texts(prompts: np.ndarray, answers: np.ndarray, metric: str) -> None:
+    for row, prompt in enumerate(prompts):
+        if not str(prompt).strip():
+            raise ValidationSetError(f"{_INPUT}{TEXT_INPUT} row {row} is empty: every row needs a prompt")
+    if metric == "perplexity":
+        for row, answer in enumerate(answers):
+            if not str(answer):
+                raise ValidationSetError(f"{_EXPECTED}{TEXT_OUTPUT} row {row} is empty: perplexity is measured on "
+                                         "the reference answer's tokens, and it has none")  # fmt: skip
 
 
 def _read(archive: zipfile.ZipFile, name: str) -> np.ndarray:

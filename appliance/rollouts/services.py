@@ -286,6 +286,7 @@ def accuracy_gate_failures(version: ModelVersion) -> list[str]:
     the gate never ran there. Not gated ([]): a version without a parent (the
     reference the others are measured against) and one that has served before."""
     from appliance.catalog.selectors import gate_status
+    from appliance.optimisation.gate import LOWER_IS_BETTER
 
     if version.parent_id is None:
         return []
@@ -295,8 +296,9 @@ def accuracy_gate_failures(version: ModelVersion) -> list[str]:
     for validation_set, result in gate_status(version):
         if result is not None and result.passed:
             continue
+        side = "above" if validation_set.metric in LOWER_IS_BETTER else "below"
         where = (f"validation set '{validation_set.name}' ({validation_set.metric}, "
-                 f"at most {validation_set.max_relative_drop * 100:g} % below the parent)")  # fmt: skip
+                 f"at most {validation_set.max_relative_drop * 100:g} % {side} the parent)")  # fmt: skip
         if result is None:
             failures.append(f"{where}: the gate was never run on this version")
             continue
@@ -304,8 +306,10 @@ def accuracy_gate_failures(version: ModelVersion) -> list[str]:
         if not failed:
             failures.append(f"{where}: the gate failed on {result.measured_on} without measuring")
         for check in failed:
-            failures.append(f"{where}: {check.get('name')} measured {_number(check.get('measured'))} < threshold "
-                            f"{_number(check.get('threshold'))} (parent {_number(check.get('baseline'))}; "
+            # Perplexity fails above its threshold (lower is better); every other gated value below it.
+            relation = "<" if check.get("higher_is_better", True) else ">"
+            failures.append(f"{where}: {check.get('name')} measured {_number(check.get('measured'))} {relation} "
+                            f"threshold {_number(check.get('threshold'))} (parent {_number(check.get('baseline'))}; "
                             f"on {result.measured_on})")  # fmt: skip
     return failures
 

@@ -30,7 +30,7 @@ from appliance.audit.models import AuditEvent
 from appliance.console.access import FROM_URL
 from appliance.nodes import services as node_services
 from appliance.nodes.models import Gpu, MigDevice, Reconfiguration
-from appliance.optimisation.models import OptimisationJob, ProfileSearch
+from appliance.optimisation.models import GateRun, OptimisationJob, ProfileSearch
 from appliance.policies.models import PolicyRule
 from appliance.provisioning.models import ProvisioningRun
 from appliance.rollouts import services as rollouts
@@ -163,6 +163,7 @@ def world(acme: Any, globex: Any, django_capture_on_commit_callbacks: Any) -> di
     shared["profile_search"] = ProfileSearch.objects.create(version=mine, node=node, node_name=node.name,
                                                             objective_p99_ms=100.0, concurrency=32, requests=1000,
                                                             grid={}, base_profile={})  # fmt: skip
+    shared["gate_run"] = GateRun.objects.create(version=mine, sets=[])
     return {
         "mine": shared | {"tenant": acme, "model": mine.model, "version": mine, "deployment": deployments[0],
                           "api_key": keys[0], "grant": grants[0]},

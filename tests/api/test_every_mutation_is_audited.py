@@ -131,6 +131,25 @@ def _optimisation_job(api: APIClient) -> Any:
     return api.post("/api/v1/optimisation-jobs/", {"version": str(source.pk), "validation_set": holdout}, format="json")
 
 
+def _gate_run(api: APIClient) -> Any:
+    """A run asked for an ONNX child of an ONNX version (its task is not run here)."""
+    import io
+
+    from appliance.catalog.services import version_upload
+    from tests.factories import manifest
+
+    _validation_set(api)
+    spec = manifest("digits")
+    parent = version_upload(model="digits", fmt="onnx", artifact=io.BytesIO(b"an ONNX file"), signature=spec["signature"])
+    child = version_upload(model="digits", fmt="onnx", artifact=io.BytesIO(b"its child"), signature=spec["signature"],
+                           parent=parent)  # fmt: skip
+    return api.post("/api/v1/gate-runs/", {"version": str(child.pk)}, format="json")
+
+
+def _cancel(prefix: str, start: Callable[[APIClient], Any]) -> Callable[[APIClient], Any]:
+    return lambda api: api.post(f"/api/v1/{prefix}/{start(api).json()['id']}/cancel/")
+
+
 def _profile_search(api: APIClient) -> Any:
     import io
 
@@ -211,6 +230,10 @@ CASES: dict[tuple[str, str], tuple[Callable[[APIClient], Any], str]] = {
         lambda api: api.delete(f"/api/v1/validation-sets/{_validation_set(api).json()['id']}/"), "validation_set.delete"),
     ("optimisation-jobs", "create"): (_optimisation_job, "optimisation_job.create"),
     ("profile-searches", "create"): (_profile_search, "profile_search.create"),
+    ("optimisation-jobs", "cancel"): (_cancel("optimisation-jobs", _optimisation_job), "optimisation_job.update"),
+    ("profile-searches", "cancel"): (_cancel("profile-searches", _profile_search), "profile_search.update"),
+    ("gate-runs", "create"): (_gate_run, "gate_run.create"),
+    ("gate-runs", "cancel"): (_cancel("gate-runs", _gate_run), "gate_run.update"),
     # Applying changes the model's serving profile: that is the row that matters (the search's own is updated too).
     ("profile-searches", "apply"): (_profile_search_apply, "model.update"),
     ("deployments", "create"): (

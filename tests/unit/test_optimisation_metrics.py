@@ -14,13 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from appliance.catalog.generative import SIGNATURE as GENERATIVE_SIGNATURE
 from appliance.optimisation import metrics
 from appliance.optimisation.gate import verdict
 from appliance.optimisation.validation_data import (
     ValidationSetError,
     check_against_signature,
+    metric_refusal,
     parse_validation_set,
 )
+from triton_models.smollm2 import validation as smollm2_sets
 
 
 def npz(**arrays: Any) -> bytes:
@@ -277,6 +280,7 @@ def test_embeddings_are_gated_on_min_cosine_and_retrieval_but_not_the_mean() -> 
     assert result.reason() == "min_cosine 0.958 < 0.990 required (parent 1.000, max relative drop 1.0%)"
     assert json.loads(json.dumps(result.as_dict()))["checks"][0] == {
         "name": "min_cosine", "measured": 0.958, "baseline": 1.0, "threshold": 0.99, "passed": False,
+        "higher_is_better": True,
     }  # fmt: skip
 
 
@@ -307,3 +311,88 @@ def test_a_negative_parent_value_keeps_the_parent_passing() -> None:
     parent = {"min_cosine": -0.5, "retrieval_top1_agreement": 1.0}
     assert verdict("embedding_agreement", parent, parent, 0.1).passed
     assert verdict("embedding_agreement", parent, parent, 0.1).checks[0].threshold == pytest.approx(-0.55)
+
+
+
+# --- generative sets and their gate (text in, text out) ------------------------------------
+
+
+def text_set(prompts: Any = ("Q1", "Q2", "Q3"), answers: Any = ("A1", "A2", "A3"), **extra: Any) -> dict[str, Any]:
+    return {"input.text_input": np.array(prompts), "expected.text_output": np.array(answers), **extra}
+
+
+def test_a_generative_set_holds_prompts_and_reference_answers_as_strings() -> None:
+    for metric in ("exact_match", "perplexity"):
+        data = parse_validation_set(smollm2_sets.perplexity_set(), metric=metric)
+        check_against_signature(data, GENERATIVE_SIGNATURE)  # the optional inputs may be left out
+
+        assert data.rows == len(smollm2_sets.FACTS)
+        assert data.inputs["text_input"][0].startswith("<|im_start|>system") and data.inputs["text_input"].dtype.kind == "U"
+        assert str(data.expected["text_output"][0]) == "The capital of France is Paris."
+    # An empty answer is one an exact match can expect (the parent said nothing); perplexity has no token to judge.
+    assert parse_validation_set(npz(**text_set(answers=("A1", "", "A3"))), metric="exact_match").rows == 3
+
+
+BAD_TEXT_SETS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("numbers for text", {"input.text_input": np.zeros(3)}, "exact_match",
+     "input.text_input must be a string array of shape [rows] (np.array of str); it is float64"),
+    ("2-D prompts", {"input.text_input": np.array([["a", "b"]] * 3)}, "perplexity", "must be a string array of shape [rows]"),
+    ("another tensor", {"input.stream": np.ones(3, bool)}, "exact_match",
+     "holds exactly input.text_input (the prompts) and expected.text_output (the reference answers); this one holds "
+     "expected.text_output, input.stream, input.text_input"),
+    ("no answers", {"expected.text_output": None, "expected.answer": np.array(["a"] * 3)}, "exact_match",
+     "holds exactly input.text_input"),
+    ("pickled prompts", {"input.text_input": np.array(["a", 1, None], dtype=object)}, "exact_match",
+     "'input.text_input' holds Python objects (it would need unpickling); only numeric arrays and, for text, Unicode"),
+    ("byte strings", {"input.text_input": np.array([b"a"] * 3)}, "exact_match", "'input.text_input' holds byte strings"),
+    ("empty prompt", {"input.text_input": np.array(["Q1", "  ", "Q3"])}, "exact_match",
+     "input.text_input row 1 is empty: every row needs a prompt"),
+    ("empty answer", {"expected.text_output": np.array(["A1", "A2", ""])}, "perplexity",
+     "expected.text_output row 2 is empty: perplexity is measured on the reference answer's tokens"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changes", "metric", "message"), [case[1:] for case in BAD_TEXT_SETS],
+                         ids=[case[0] for case in BAD_TEXT_SETS])  # fmt: skip
+def test_a_bad_generative_set_is_refused_with_its_reason(changes: dict[str, Any], metric: str, message: str) -> None:
+    arrays = {k: v for k, v in {**text_set(), **changes}.items() if v is not None}
+    with pytest.raises(ValidationSetError) as refused:
+        parse_validation_set(npz(**arrays), metric=metric)
+
+    assert message in str(refused.value)
+
+
+def test_a_metric_applies_to_its_kind_of_model_only() -> None:
+    assert metric_refusal("perplexity", "vllm") == "" and metric_refusal("top1_accuracy", "onnx") == ""
+    assert metric_refusal("top1_accuracy", "vllm") == ("top1_accuracy judges tensor outputs; a generative (vllm) model "
+                                                       "is judged on text: exact_match or perplexity")  # fmt: skip
+    assert metric_refusal("exact_match", "onnx") == "exact_match judges generative (vllm) models; this model's versions are onnx"
+    # A tensor set against a generative signature is refused by the signature too, in the set's terms.
+    data = parse_validation_set(npz(**{"input.text_input": np.zeros((3, 1), np.uint8), "expected.text_output": np.arange(3)}),
+                                metric="top1_accuracy")  # fmt: skip
+    with pytest.raises(ValidationSetError, match=re.escape("input.text_input must be one string per row (shape [rows])")):
+        check_against_signature(data, GENERATIVE_SIGNATURE)
+
+
+def test_perplexity_is_gated_from_above() -> None:
+    parent = {"perplexity": 10.0, "answer_tokens": 40.0}
+    at = verdict("perplexity", {"perplexity": 10.1, "answer_tokens": 40.0}, parent, 0.01)
+    worse = verdict("perplexity", {"perplexity": 12.0, "answer_tokens": 40.0}, parent, 0.01)
+    better = verdict("perplexity", {"perplexity": 3.0, "answer_tokens": 40.0}, parent, 0.01)
+
+    assert at.checks[0].threshold == pytest.approx(10.1) and at.checks[0].higher_is_better is False
+    assert verdict("perplexity", {"perplexity": at.checks[0].threshold}, parent, 0.01).passed  # inclusive
+    assert not worse.passed and better.passed
+    assert [c.name for c in worse.checks] == ["perplexity"]  # the token count is reported, not gated
+    assert worse.reason() == "perplexity 12.000 > 10.100 allowed (parent 10.000, max relative rise 1.0%)"
+    assert worse.as_dict()["checks"][0]["higher_is_better"] is False
+    for broken in (math.inf, math.nan):
+        assert not verdict("perplexity", {"perplexity": broken}, parent, 0.5).passed
+
+
+def test_exact_match_is_gated_like_accuracy() -> None:
+    parent = {"exact_match": 0.75}
+    assert verdict("exact_match", {"exact_match": 0.75}, parent, 0.0).passed
+    failed = verdict("exact_match", {"exact_match": 0.5}, parent, 0.1)
+    assert not failed.passed
+    assert failed.reason() == "exact_match 0.500 < 0.675 required (parent 0.750, max relative drop 10.0%)"

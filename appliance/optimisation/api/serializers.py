@@ -9,7 +9,13 @@ from appliance.catalog.models import ModelVersion, ValidationSet
 from appliance.nodes.models import Node
 from appliance.optimisation import profiles
 from appliance.optimisation.choices import DEFAULT_KINDS, CandidateKind
-from appliance.optimisation.models import OptimisationCandidate, OptimisationJob, ProfileSearch, ProfileSearchResult
+from appliance.optimisation.models import (
+    GateRun,
+    OptimisationCandidate,
+    OptimisationJob,
+    ProfileSearch,
+    ProfileSearchResult,
+)
 
 _KINDS = [k for k in CandidateKind.values if k != CandidateKind.REFERENCE]
 
@@ -39,8 +45,8 @@ class OptimisationJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = OptimisationJob
         fields = ["id", "model", "source", "validation_set", "calibration_set", "kinds", "state", "step", "progress",
-                  "error", "measured_on", "recommended", "recommendation", "requested_by", "created", "started",
-                  "finished", "candidates"]  # fmt: skip
+                  "error", "measured_on", "recommended", "recommendation", "requested_by", "cancelled_by", "created",
+                  "started", "finished", "candidates"]  # fmt: skip
         read_only_fields = fields
 
 
@@ -80,9 +86,9 @@ class ProfileSearchSerializer(serializers.ModelSerializer):
     class Meta:
         model = ProfileSearch
         fields = ["id", "model", "version", "version_number", "node", "objective_p99_ms", "concurrency", "requests",
-                  "input_set", "grid", "pruned", "base_profile", "state", "step", "progress", "error", "measured_on",
-                  "recommended", "recommendation", "speed_up", "requested_by", "created", "started", "finished",
-                  "applied", "applied_by", "results"]  # fmt: skip
+                  "time_limit_s", "input_set", "grid", "pruned", "base_profile", "state", "step", "progress", "error",
+                  "measured_on", "recommended", "recommendation", "speed_up", "requested_by", "cancelled_by", "created",
+                  "started", "finished", "applied", "applied_by", "results"]  # fmt: skip
         read_only_fields = fields
 
 
@@ -111,6 +117,10 @@ class ProfileSearchCreateSerializer(serializers.Serializer):
     requests = serializers.IntegerField(min_value=profiles.REQUESTS_RANGE[0], max_value=profiles.REQUESTS_RANGE[1],
                                         default=profiles.DEFAULT_REQUESTS,
                                         help_text="measured requests per profile, after a warm-up")  # fmt: skip
+    time_limit_s = serializers.IntegerField(min_value=60, max_value=86400, required=False,
+                                            help_text="no profile is started after this many seconds; the "
+                                            "recommendation is made from the profiles measured by then (default: "
+                                            "APPLIANCE_PROFILE_SEARCH_TIME_LIMIT_S, 3600)")  # fmt: skip
     input_set = serializers.PrimaryKeyRelatedField(
         queryset=ValidationSet.objects.all(), required=False, allow_null=True,
         help_text="a validation set of the model whose inputs the requests carry (default: the version's stored "
@@ -123,3 +133,27 @@ class ProfileSearchCreateSerializer(serializers.Serializer):
         if not math.isfinite(value):
             raise serializers.ValidationError("a finite number of milliseconds")
         return value
+
+
+class GateRunSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="version.model.name", read_only=True)
+    version: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(read_only=True)
+    version_number = serializers.IntegerField(source="version.number", read_only=True)
+    # The version it is judged against ("parent" is a name DRF's fields already use).
+    parent_version = serializers.UUIDField(source="version.parent_id", read_only=True)
+
+    class Meta:
+        model = GateRun
+        fields = ["id", "model", "version", "version_number", "parent_version", "sets", "state", "step", "progress", "error",
+                  "measured_on", "outcome", "passed", "requested_by", "cancelled_by", "created", "started",
+                  "finished"]  # fmt: skip
+        read_only_fields = fields
+
+
+class GateRunCreateSerializer(serializers.Serializer):
+    version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.select_related("model", "parent"),
+                                                 help_text="the version to judge against its parent")  # fmt: skip
+    validation_sets = serializers.ListField(
+        child=serializers.SlugField(max_length=63), required=False, min_length=1, max_length=50,
+        help_text="names of the model's validation sets to judge on (default: every one)",
+    )  # fmt: skip
