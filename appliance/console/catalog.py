@@ -87,6 +87,10 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
         ctx.update(validation_sets=obj.validation_sets.order_by("name"),
                    version_rows=[(v, _gate_summary(v, statuses[v.pk])) for v in versions],
                    chosen_gate=_gate_details(statuses[chosen.pk]) if chosen and chosen.parent_id else None)  # fmt: skip
+    if ctx["may"]["gate_run"]["read"]:
+        from appliance.optimisation.models import GateRun
+
+        ctx["gate_runs"] = GateRun.objects.filter(version__model=obj).select_related("version")[:10]
     if ctx["may"]["optimisation_job"]["read"]:
         from appliance.console.optimisation import KIND_CHOICES
         from appliance.optimisation.models import OptimisationJob

@@ -1,24 +1,94 @@
 """Console pages of optimisation jobs: start one from a model's page, then watch it (its
 progress live, then the candidates' table, a chart and the recommendation). Profile
-searches alike: started from the model's page, watched live, and applied from their page."""
+searches alike: started from the model's page, watched live, and applied from their page.
+Gate runs alike: started from a version's gate table on the model's page. Each of the
+three can be cancelled from its page while it has not ended."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from appliance.catalog.models import Model
 from appliance.console.access import context, domain_errors, done, guarded, scoped
 from appliance.nodes.models import Node
-from appliance.optimisation import profiles
-from appliance.optimisation.choices import DEFAULT_KINDS, CandidateKind, JobState
-from appliance.optimisation.models import OptimisationJob, ProfileSearch
+from appliance.optimisation import profiles, services
+from appliance.optimisation.choices import DEFAULT_KINDS, ENDED_JOB_STATES, CandidateKind
+from appliance.optimisation.models import GateRun, OptimisationJob, ProfileSearch
 from appliance.optimisation.services import optimisation_job_create, profile_search_apply, profile_search_create
 
 KIND_CHOICES = [(k.value, k.label) for k in DEFAULT_KINDS]
+
+
+def _cancelling(request: HttpRequest, row: services.Tracked, resource: str, url: str) -> dict[str, Any]:
+    """What a page's panel needs to stop polling once the row ended, and to offer cancelling it."""
+    from appliance.accounts.access import permits
+    from appliance.accounts.roles import role_of
+
+    return {"ended": row.state in ENDED_JOB_STATES, "cancel_url": reverse(url, args=[row.pk]),
+            "may_cancel": permits(role_of(request.user), resource, "cancel")}  # fmt: skip
+
+
+def _cancel_view(resource: str, model: services.TrackedType, page: str) -> Callable[..., HttpResponseBase]:
+    """The console's Cancel button of one kind of row (`services.cancel`: audited; 409 once ended)."""
+
+    @require_POST
+    @guarded(resource, "cancel")
+    @domain_errors
+    def cancel(request: HttpRequest, pk: str) -> HttpResponse:
+        row = model.objects.filter(pk=pk).first()
+        if row is None:
+            raise Http404(f"no such {model._meta.verbose_name}")
+        services.cancel(row=row, cancelled_by=request.user.get_username())
+        return done(request, page, row.pk)
+
+    return cancel
+
+
+optimisation_job_cancel = _cancel_view("optimisation_job", OptimisationJob, "console:optimisation-job")
+profile_search_cancel = _cancel_view("profile_search", ProfileSearch, "console:profile-search")
+gate_run_cancel = _cancel_view("gate_run", GateRun, "console:gate-run")
+
+
+# --- Gate runs --------------------------------------------------------------------------------
+
+
+@require_POST
+@guarded("gate_run", "create")
+@domain_errors
+def gate_run_start(request: HttpRequest, name: str) -> HttpResponse:
+    model = get_object_or_404(scoped(request, Model.objects.all(), "model"), name=name)
+    try:
+        number = int(request.POST.get("version", ""))
+    except ValueError:
+        return _bad_request("version: a version number")
+    version = model.versions.select_related("parent").filter(number=number).first()
+    if version is None:
+        return _bad_request("name one of the model's versions")
+    run = services.gate_run_create(version=version, requested_by=request.user.get_username())
+    return redirect("console:gate-run", pk=run.pk)
+
+
+def _run_context(request: HttpRequest, pk: str) -> dict[str, Any]:
+    run = get_object_or_404(GateRun.objects.select_related("version__model", "version__parent"), pk=pk)
+    return context(request, run=run, progress=list(reversed(run.progress[-12:])),
+                   **_cancelling(request, run, "gate_run", "console:gate-run-cancel"))  # fmt: skip
+
+
+@guarded("gate_run", "read")
+def gate_run_page(request: HttpRequest, pk: str) -> HttpResponse:
+    return render(request, "console/gate_run.html", _run_context(request, pk))
+
+
+@guarded("gate_run", "read")
+def gate_run_panel(request: HttpRequest, pk: str) -> HttpResponse:
+    """The run so far (htmx, every 2 s until it ends)."""
+    return render(request, "console/_gate_run.html", _run_context(request, pk))
 
 
 @require_POST
@@ -52,8 +122,8 @@ def _job_context(request: HttpRequest, pk: str) -> dict[str, Any]:
         "size_ratio": c.size_bytes / reference.size_bytes if reference and reference.size_bytes else None,
         "bar": round(100 * c.throughput / top, 1),
     } for c in candidates]  # fmt: skip
-    ended = job.state in (JobState.SUCCEEDED, JobState.FAILED)
-    return context(request, job=job, rows=rows, ended=ended, progress=list(reversed(job.progress[-12:])))
+    return context(request, job=job, rows=rows, progress=list(reversed(job.progress[-12:])),
+                   **_cancelling(request, job, "optimisation_job", "console:optimisation-job-cancel"))  # fmt: skip
 
 
 @guarded("optimisation_job", "read")
@@ -113,8 +183,8 @@ def _search_context(request: HttpRequest, pk: str) -> dict[str, Any]:
         "speed_up": r.throughput / baseline.throughput if r.throughput and baseline and baseline.throughput else None,
         "bar": round(100 * (r.throughput or 0.0) / top, 1),
     } for r in results]  # fmt: skip
-    ended = search.state in (JobState.SUCCEEDED, JobState.FAILED)
-    return context(request, search=search, rows=rows, ended=ended, progress=list(reversed(search.progress[-12:])))
+    return context(request, search=search, rows=rows, progress=list(reversed(search.progress[-12:])),
+                   **_cancelling(request, search, "profile_search", "console:profile-search-cancel"))  # fmt: skip
 
 
 @guarded("profile_search", "read")

@@ -333,6 +333,15 @@ def request_rows(version: ModelVersion, set_inputs: Mapping[str, np.ndarray] | N
 # --- The private Triton and the load ----------------------------------------------------------
 
 
+def time_limit_cut(*, elapsed_s: float, limit_s: float, measured: int, total: int) -> str:
+    """Why a search starts no more profiles ('' to go on): its time limit passed. The first
+    profile (no batching, the baseline of every speed-up) is always measured."""
+    if measured == 0 or elapsed_s < limit_s:
+        return ""
+    return (f"The search's time limit of {limit_s:g} s was reached after {measured} of {total} profiles "
+            f"({elapsed_s:.0f} s): the rest were not measured.")  # fmt: skip
+
+
 def scratch_root() -> Path:
     return settings.VAR_DIR / "profile-searches"
 

@@ -84,11 +84,10 @@ def _search(search: ProfileSearch) -> None:
     cut = ""
     with profiles.Bench(version=version, workdir=profiles.scratch_root() / str(search.pk)) as bench:
         for position, candidate in enumerate(candidates):
-            elapsed = time.monotonic() - started
-            if elapsed >= search.time_limit_s and outcomes:
-                cut = (f" The search's time limit of {search.time_limit_s} s was reached after {position} of "
-                       f"{len(candidates)} profiles ({elapsed:.0f} s): the rest were not measured.")  # fmt: skip
-                say(cut.strip())
+            cut = profiles.time_limit_cut(elapsed_s=time.monotonic() - started, limit_s=search.time_limit_s,
+                                          measured=position, total=len(candidates))  # fmt: skip
+            if cut:
+                say(cut)
                 break
             say(f"{position + 1}/{len(candidates)}: {candidate.label()}")
             outcome = bench.measure(candidate, profiles.serving_profile(candidate, search.base_profile), rows,
@@ -98,4 +97,4 @@ def _search(search: ProfileSearch) -> None:
     best, speed_up, why = profiles.recommend(outcomes, objective_p99_ms=search.objective_p99_ms,
                                              concurrency=search.concurrency)  # fmt: skip
     services.profile_search_finish(search_id=search.pk, recommended=None if best is None else results[best],
-                                   recommendation=why + cut, speed_up=speed_up)  # fmt: skip
+                                   recommendation=f"{why} {cut}".strip(), speed_up=speed_up)  # fmt: skip

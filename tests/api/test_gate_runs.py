@@ -170,3 +170,40 @@ def test_cancelling_stops_a_run_at_its_next_step_and_an_ended_one_is_not_cancell
                                          kinds=["fp16"], state=JobState.SUCCEEDED)  # fmt: skip
     refused = api.post(f"/api/v1/optimisation-jobs/{job.pk}/cancel/")
     assert refused.status_code == 409 and "already ended (succeeded)" in refused.json()["detail"]
+
+
+def test_the_console_starts_a_run_shows_it_live_and_cancels_it(weights: dict, operator: Any, auditor: Any) -> None:
+    from django.test import Client
+
+    reference = _onnx(digits_onnx.graph(weights))
+    _onnx(digits_onnx.graph(weights), parent=reference)
+    make_validation_set("digits", "holdout", content=digits_onnx.validation_set())
+    console = Client()
+    console.force_login(operator)
+    page = console.get("/console/models/digits/?version=2").content.decode()
+    assert 'id="gate-run-form"' in page and "Run the gate on version 2" in page
+    assert 'id="gate-run-form"' not in console.get("/console/models/digits/?version=1").content.decode()  # the reference
+    assert console.post("/console/models/digits/gate-run/", {"version": "x"}).status_code == 400
+    refused = console.post("/console/models/digits/gate-run/", {"version": "1"})
+    assert refused.status_code == 400 and b"digits:1 has no parent" in refused.content
+
+    started = console.post("/console/models/digits/gate-run/", {"version": "2"})
+    run = GateRun.objects.get()
+    assert started.status_code == 302 and started["Location"] == f"/console/gate-runs/{run.pk}/"
+    pending = console.get(f"/console/gate-runs/{run.pk}/").content.decode()
+    assert "hx-trigger" in pending and 'id="cancel"' in pending and "<b>holdout</b> (top1_accuracy)" in pending
+    watcher = Client()
+    watcher.force_login(auditor)
+    assert 'id="cancel"' not in watcher.get(f"/console/gate-runs/{run.pk}/").content.decode()
+    assert watcher.post(f"/console/gate-runs/{run.pk}/cancel/").status_code == 403
+
+    assert console.post(f"/console/gate-runs/{run.pk}/cancel/").status_code == 302
+    panel = console.get(f"/console/gate-runs/{run.pk}/panel/").content.decode()
+    assert "hx-trigger" not in panel and 'id="cancel"' not in panel and "cancelled by olivia" in panel
+    assert f"/console/gate-runs/{run.pk}/" in console.get("/console/models/digits/").content.decode()
+
+    # A run that ended: its outcome, with the verdict.
+    finished = services.gate_run_create(version=run.version)
+    assert run_gate(str(finished.pk)) == "succeeded"
+    done = console.get(f"/console/gate-runs/{finished.pk}/").content.decode()
+    assert 'id="verdict"' in done and "passes: it may roll out" in done and 'id="outcome"' in done

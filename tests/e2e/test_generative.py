@@ -11,8 +11,10 @@ mode) is paid once for the module.
 
 from __future__ import annotations
 
+import io
 import json
 import queue
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.e2e.fleet import Fleet, wait_for
 from tests.e2e.operator import Operator
+from triton_models.smollm2 import validation as smollm2_sets
+from triton_models.smollm2.validation import chat
 
 pytestmark = [pytest.mark.e2e]
 
@@ -36,12 +40,6 @@ ARTIFACT = Path(__file__).resolve().parents[2] / "var" / "build" / "smollm2.tar"
 # Eager mode starts in a third of the time (the benchmarks run the compiled engine).
 PROFILE = {"engine": {"enforce_eager": True, "kv_cache_mib": 512, "max_model_len": 2048, "max_num_seqs": 16}}
 QUESTION = "What is the capital of France? Answer in one sentence."
-
-
-def chat(question: str) -> str:
-    """The model's chat template applied (what an OpenAI-style front does for a client)."""
-    return ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
 
 
 def request(prompt: str, *, stream: bool, max_tokens: int = 64) -> list[grpcclient.InferInput]:
@@ -109,6 +107,7 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # (CI saw streams refused "no live replica" during the promotion's reload): 5 s here.
     with Fleet.running(tmp_path_factory.mktemp("generative"), {NODE: ()},
                        env={"APPLIANCE_HEALTH_PROBE_TIMEOUT_S": "5"}) as fleet:  # fmt: skip
+        fleet.start_optimiser()  # gate runs (the last test)
         yield fleet
 
 
@@ -458,3 +457,72 @@ def test_an_engine_that_dies_is_started_again_and_serves(fleet: Fleet, world: di
     assert "Paris" in answer["text"]
     wait_for("the dead engine's children to be gone", lambda: not family & {p.pid for p in living_processes()},
              timeout=30)  # fmt: skip
+
+
+
+def _with_rope_theta(artifact: bytes, theta: float) -> bytes:
+    """The same weights with config.json's RoPE base changed: a conversion gone subtly wrong
+    (the model still loads and talks, but sees positions differently)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(artifact)) as source, tarfile.open(fileobj=out, mode="w") as target:
+        for member in source:
+            data = source.extractfile(member) if member.isfile() else None
+            if member.name.removeprefix("./") == "config.json":
+                assert data is not None
+                config = json.loads(data.read())
+                config["rope_parameters"]["rope_theta"] = theta
+                body = json.dumps(config).encode()
+                member.size = len(body)
+                target.addfile(member, io.BytesIO(body))
+            else:
+                target.addfile(member, data)
+    return out.getvalue()
+
+
+def test_a_generative_child_is_judged_on_text_and_a_broken_one_cannot_roll_out(fleet: Fleet,
+                                                                              world: dict[str, Any]) -> None:  # fmt: skip
+    """Two validation sets for the LLM: reference answers to factual questions (perplexity)
+    and the serving version's own greedy answers to them (exact match). A child whose
+    config.json has the wrong RoPE base is measured against its parent by a gate run on the
+    optimiser's worker, each on its own vLLM engine: it fails both with the numbers, and its
+    deployment is refused (409) naming them. The run's engines are gone afterwards. (Last in
+    the module: with validation sets, the canary's version 2 would need a gate run too.)"""
+    olga = world["olga"]
+    answers = [stream(fleet.gateway, world["key"], chat(question), max_tokens=24) for question, _ in smollm2_sets.FACTS]
+    assert all(a["error"] is None for a in answers), [a["error"] for a in answers]
+    for name, metric, content in (("facts", "perplexity", smollm2_sets.perplexity_set()),
+                                  ("own-answers", "exact_match", smollm2_sets.exact_match_set([a["text"] for a in answers]))):
+        olga.post("validation-sets/", {"model": MODEL, "name": name, "metric": metric, "max_relative_drop": 0.01,
+                                       "content": SimpleUploadedFile(f"{name}.npz", content)}, fmt="multipart")  # fmt: skip
+    broken = olga.post("versions/", {"model": MODEL, "format": "vllm", "parent": world["version"]["id"],
+                                     "change_kind": "re_export",
+                                     "change_note": "config.json with rope_theta 1000",
+                                     "artifact": SimpleUploadedFile("smollm2.tar", _with_rope_theta(ARTIFACT.read_bytes(),
+                                                                                                    1000.0))},
+                       fmt="multipart")  # fmt: skip
+
+    run = olga.post("gate-runs/", {"version": broken["id"]})
+    assert [s["name"] for s in run["sets"]] == ["facts", "own-answers"]
+    done = wait_for("the gate run", lambda: (r := olga.get(f"gate-runs/{run['id']}/"))["state"]
+                    in ("succeeded", "failed", "cancelled") and r, timeout=600, procs=fleet.procs)  # fmt: skip
+    assert done["state"] == "succeeded", done["error"]
+    assert done["passed"] is False and "vLLM" in done["measured_on"]
+    lines = {line["set"]: line for line in done["outcome"]}
+    facts, own = lines["facts"], lines["own-answers"]
+    # The parent finds the reference answers likely, and reproduces its own answers one at a time.
+    assert 1.0 < facts["baseline_values"]["perplexity"] < 10, facts
+    assert facts["values"]["answer_tokens"] == facts["baseline_values"]["answer_tokens"] > len(smollm2_sets.FACTS)
+    assert own["baseline_values"]["exact_match"] >= 0.75, own
+    # The broken child does neither.
+    assert facts["values"]["perplexity"] > facts["baseline_values"]["perplexity"] * 1.01 and not facts["passed"]
+    assert own["values"]["exact_match"] < own["baseline_values"]["exact_match"] * 0.99 and not own["passed"]
+
+    refused = olga.client.post("/api/v1/deployments/", {"version": broken["id"], "nodes": [NODE]}, format="json")
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert f"perplexity measured {facts['values']['perplexity']:.6g} > threshold" in detail
+    assert "exact_match measured" in detail and "at most 1 % above the parent" in detail
+    # The engines the run started are gone (their sockets lived in appliance-gate-* directories).
+    from appliance.core.process import living_processes
+
+    assert [p.pid for p in living_processes() if b"appliance-gate-" in p.cmdline()] == []

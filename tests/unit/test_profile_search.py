@@ -237,3 +237,10 @@ def test_sweep_removes_the_processes_and_directories_of_the_searches_named(tmp_p
         for process in (dead, alive):
             process.kill()
             process.wait()
+
+
+def test_a_search_starts_no_profile_past_its_time_limit_but_always_measures_the_first() -> None:
+    assert profiles.time_limit_cut(elapsed_s=5000, limit_s=60, measured=0, total=10) == ""  # the baseline
+    assert profiles.time_limit_cut(elapsed_s=59.9, limit_s=60, measured=3, total=10) == ""
+    assert profiles.time_limit_cut(elapsed_s=61.4, limit_s=60, measured=3, total=10) == (
+        "The search's time limit of 60 s was reached after 3 of 10 profiles (61 s): the rest were not measured.")
