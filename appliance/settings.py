@@ -158,7 +158,9 @@ SPECTACULAR_SETTINGS = {
     # Several models have a field named state with their own choices: each set gets its own name.
     "ENUM_NAME_OVERRIDES": {"Classification": "appliance.policies.choices.Classification",
                             "JobStateEnum": "appliance.optimisation.choices.JobState",
-                            "ProvisioningRunKindEnum": "appliance.provisioning.choices.RunKind"},
+                            "ProvisioningRunKindEnum": "appliance.provisioning.choices.RunKind",
+                            # Provisioning runs and MIG reconfigurations (the same four states; jobs add cancelled).
+                            "RunStateEnum": "appliance.provisioning.choices.RunState"},
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -51,12 +51,22 @@ def write_model(local: LocalNode, *, model_name: str, versions: list[Version], m
             return
         for version in versions:
             repo.materialise(version)
-        try:  # a generative engine on CUDA takes its share of its GPU's memory
-            gpus = local.inventory.gpus() if local.inventory is not None and not mig_uuid else []
-        except Exception:  # noqa: BLE001 - an inventory that cannot be read: a GPU engine's config says so
-            gpus = []
         repo.write_config(versions[-1], versions=[v.number for v in versions],
-                          gpu_memory_mib={g.index: g.memory_mib for g in gpus})  # fmt: skip
+                          gpu_memory_mib=device_memory_mib(local, mig_uuid))  # fmt: skip
+
+
+def device_memory_mib(local: LocalNode, mig_uuid: str = "") -> dict[int, int]:
+    """The memory of each device a Triton of this node sees, by its index there (a generative
+    engine on CUDA takes its share of it): the node's GPUs for the main Triton; for a MIG
+    slice's Triton, that slice alone, as device 0 (CUDA_VISIBLE_DEVICES names only it)."""
+    try:
+        gpus = local.inventory.gpus() if local.inventory is not None else []
+    except Exception:  # noqa: BLE001 - an inventory that cannot be read: a GPU engine's config says so
+        return {}
+    if not mig_uuid:
+        return {g.index: g.memory_mib for g in gpus}
+    found = [d.memory_mib for g in gpus for d in g.mig_devices if d.uuid == mig_uuid]
+    return {0: found[0]} if found else {}
 
 
 def load_model(local: LocalNode, *, model_name: str, versions: list[Version], mig_uuid: str = "") -> None:

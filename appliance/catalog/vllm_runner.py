@@ -64,6 +64,18 @@ _ENGINE_GAUGES = {
 }
 
 
+def visible_device(visible: str, device_id: int) -> str:
+    """What the engine's CUDA_VISIBLE_DEVICES must be for Triton's device `device_id`. Triton
+    numbers the devices it sees: where its own CUDA_VISIBLE_DEVICES names some (a MIG slice's
+    Triton sees only its slice, `MIG-<uuid>`), device N is the N-th of those, not GPU N."""
+    names = [name.strip() for name in visible.split(",") if name.strip()]
+    if not names:
+        return str(device_id)
+    if device_id >= len(names):
+        raise RuntimeError(f"Triton gave device {device_id}, but it sees only {len(names)} ({visible})")
+    return names[device_id]
+
+
 def _engine_readings(text: str) -> dict[str, float]:
     """The engine's gauges in its Prometheus text (summed over its label sets)."""
     found: dict[str, float] = {}
@@ -155,7 +167,8 @@ class TritonPythonModel:
                     "DO_NOT_TRACK": "1"})  # fmt: skip
         if args.get("model_instance_kind") == "GPU":
             # The GPU Triton gave this instance (the profile's instance_group.gpus), not always GPU 0.
-            env["CUDA_VISIBLE_DEVICES"] = str(args["model_instance_device_id"])
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(env.get("CUDA_VISIBLE_DEVICES", ""),
+                                                         int(args["model_instance_device_id"]))  # fmt: skip
         log_dir = Path(os.environ.get("APPLIANCE_VLLM_LOG_DIR", str(runtime)))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"vllm-{args['model_name']}-v{args['model_version']}.log"

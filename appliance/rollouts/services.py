@@ -124,13 +124,13 @@ def place(*, version: ModelVersion, count: int, exclude: Sequence[object] = ()) 
     return chosen
 
 
-def format_refusal(version: ModelVersion, node: Node) -> str:
-    """Why this node cannot run this version's format, or ''."""
+def format_refusal(version: ModelVersion, node: Node, mig_device: MigDevice | None = None) -> str:
+    """Why this node (or this MIG slice of it) cannot run this version's format, or ''."""
     from appliance.catalog.runtimes import backend_refusal
 
     missing = backend_refusal(version.format, node.backends)
     if not missing and version.format == ArtifactFormat.VLLM:
-        return generative_fit_refusal(version, node)
+        return generative_fit_refusal(version, node, mig_device)
     if missing or version.format != ArtifactFormat.TENSORRT_PLAN:
         return missing
     from appliance.nodes.mig.catalog import GPU_MODELS
@@ -145,17 +145,30 @@ def format_refusal(version: ModelVersion, node: Node) -> str:
     return ""
 
 
-def generative_fit_refusal(version: ModelVersion, node: Node) -> str:
+def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDevice | None = None) -> str:
     """Why a replica of this generative version cannot fit beside the generative replicas the
-    node already holds, in numbers, or '' (catalog/generative.py sizes them)."""
+    place already holds, in numbers, or '' (catalog/generative.py sizes them). The place is
+    the node's memory (a CPU build of vLLM), the GPU the serving profile names (vLLM for CUDA),
+    or a MIG slice, whose Triton sees that slice as its only device and whose memory is all an
+    engine there may take."""
     from appliance.catalog.runtimes import engine_device
 
     device = engine_device(node.backends)
-    if device == "gpu":
+    index = generative.engine_gpu(normalise(version.model.serving_profile))
+    if mig_device is not None:
+        if device != "gpu":
+            return f"a MIG slice runs engines with vLLM for CUDA; {node.name}'s vLLM environment is the CPU build"
+        if index != 0:
+            return (f"the serving profile puts the engine on GPU {index}; the Triton of a MIG slice sees one "
+                    "device, 0")  # fmt: skip
+        if not mig_device.memory_mib:
+            return f"MIG device {mig_device.uuid} has not reported its memory, so a generative replica cannot be sized there"
+        capacity = mig_device.memory_mib * generative.MIB
+        place = f"MIG device {mig_device.profile} ({mig_device.uuid}) of {node.name}'s GPU {mig_device.gpu.index}"
+    elif device == "gpu":
         gpus = list(node.gpus.all())
         if not gpus:
             return "the node's vLLM environment is built for CUDA, but the node reports no GPU"
-        index = generative.engine_gpu(normalise(version.model.serving_profile))
         chosen = next((g for g in gpus if g.index == index), None)
         if chosen is None:
             return f"the serving profile puts the engine on GPU {index}; the node has GPUs {sorted(g.index for g in gpus)}"
@@ -169,10 +182,13 @@ def generative_fit_refusal(version: ModelVersion, node: Node) -> str:
     sized = generative.need(version.generative or {}, generative.engine_spec(normalise(version.model.serving_profile)),
                             device)  # fmt: skip
     others: list[tuple[str, int]] = []
+    # The engines that share the place: a slice's own, or the node's outside its MIG slices.
     resident = (Replica.objects.filter(node=node, state__in=[ReplicaState.LIVE, ReplicaState.LOADING],
-                                       deployment__version__format=ArtifactFormat.VLLM)
+                                       deployment__version__format=ArtifactFormat.VLLM,
+                                       mig_uuid=mig_device.uuid if mig_device is not None else "")
                 .exclude(deployment__version=version).select_related("deployment__version__model"))  # fmt: skip
-    for other in {r.deployment.version_id: r.deployment.version for r in resident}.values():
+    held_by = {r.deployment.version_id: r.deployment.version for r in resident}.values()
+    for other in sorted(held_by, key=lambda v: (v.model.name, v.number)):  # the refusal reads the same each time
         held = generative.need(other.generative or {}, generative.engine_spec(normalise(other.model.serving_profile)),
                                device)  # fmt: skip
         others.append((str(other), held.total))
@@ -258,9 +274,14 @@ def deployment_create(
         if node.admin_state == AdminState.REVOKED:
             raise RolloutError(f"{node.name} is revoked (its credential was withdrawn); it takes nothing until it "
                                "enrols again")  # fmt: skip
+    for node in nodes:
         reason = format_refusal(version, node)
         if reason:
             raise RolloutError(f"{node.name} cannot run {version}: {reason}")
+    for device in mig_devices:
+        reason = format_refusal(version, device.gpu.node, device)
+        if reason:
+            raise RolloutError(f"MIG device {device.uuid} of {device.gpu.node.name} cannot run {version}: {reason}")
     if version.format == ArtifactFormat.ENSEMBLE:
         _check_composing(version, nodes, mig_devices)
     placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")

@@ -258,3 +258,54 @@ def test_on_a_cuda_node_the_engine_is_sized_against_the_gpu_the_profile_names(ap
     Deployment.objects.all().delete()
     refused = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["gpu-a"]}, format="json")
     assert "the serving profile puts the engine on GPU 7; the node has GPUs [0, 1]" in json.loads(refused.content)["detail"]
+
+
+def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engines(api: APIClient) -> None:
+    """A MIG slice's Triton sees the slice as its only device: the engine's share is of the
+    slice's memory, the engines already on that slice count, and those elsewhere on the node
+    do not. A CPU build of vLLM cannot use a slice; a profile naming another GPU is refused."""
+    from appliance.nodes.models import Gpu, MigDevice
+
+    _upload(api, "llm", folder())
+    node = _routable(make_node("gpu-m"), 512 * GIB)
+    gpu = Gpu.objects.create(node=node, index=0, uuid="GPU-0", product="NVIDIA H100", memory_mib=81_559,
+                             model="H100-SXM5-80GB", mig_enabled=True)  # fmt: skip
+    small = MigDevice.objects.create(gpu=gpu, uuid="MIG-small", profile="1g.10gb", start=0, size=1, gpu_instance_id=9,
+                                     memory_mib=2_048, grpc_address="127.0.0.1:1")  # fmt: skip
+    large = MigDevice.objects.create(gpu=gpu, uuid="MIG-large", profile="3g.40gb", start=4, size=4, gpu_instance_id=2,
+                                     memory_mib=7_168, grpc_address="127.0.0.1:2")  # fmt: skip
+    version = ModelVersion.objects.get()
+
+    def deploy(*devices: MigDevice) -> Any:
+        return api.post("/api/v1/deployments/", {"version": str(version.pk), "mig_devices": [d.uuid for d in devices]},
+                        format="json")  # fmt: skip
+
+    refused = deploy(small)  # a CPU build of vLLM on the node
+    assert refused.status_code == 400 and json.loads(refused.content)["detail"] == (
+        "MIG device MIG-small of gpu-m cannot run llm:1: a MIG slice runs engines with vLLM for CUDA; gpu-m's vLLM "
+        "environment is the CPU build")  # fmt: skip
+    Node.objects.filter(pk=node.pk).update(backends=["python", "vllm_engine_gpu"])
+    refused = deploy(small)
+    assert refused.status_code == 400 and json.loads(refused.content)["detail"] == (
+        "MIG device MIG-small of gpu-m cannot run llm:1: llm:1 needs 3.00 GiB (weights 0.00 GiB + KV cache 1.00 GiB "
+        "for 524288 tokens + runtime 2.00 GiB); MIG device 1g.10gb (MIG-small) of gpu-m's GPU 0 has 2.00 GiB free "
+        "for engines of 2.00 GiB")  # fmt: skip
+    placed = deploy(large)
+    assert placed.status_code == 202, placed.content
+    Replica.objects.filter(mig_uuid="MIG-large").update(state=ReplicaState.LIVE)
+    # A second version on the same slice: 3 + 3 GiB of 7 fit; a third does not, naming what the others hold.
+    second = ModelVersion.objects.get(pk=_upload(api, "llm", folder()).json()["id"])
+    third = ModelVersion.objects.get(pk=_upload(api, "llm", folder()).json()["id"])
+    Deployment.objects.all().delete()
+    for v in (version, second):
+        deployment = Deployment.objects.create(version=v, state="live")
+        Replica.objects.create(deployment=deployment, node=node, mig_uuid="MIG-large", state=ReplicaState.LIVE)
+    refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-large"]}, format="json")
+    assert refused.status_code == 400 and json.loads(refused.content)["detail"].endswith(
+        "MIG device 3g.40gb (MIG-large) of gpu-m's GPU 0 has 1.00 GiB free for engines of 7.00 GiB "
+        "(llm:1 holds 3.00 GiB; llm:2 holds 3.00 GiB)")  # fmt: skip
+    # Engines on a slice do not count against the node's other places (here the CPU build's memory is not used).
+    api.patch("/api/v1/models/llm/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [1]}}}, format="json")
+    refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-small"]}, format="json")
+    assert "the serving profile puts the engine on GPU 1; the Triton of a MIG slice sees one device, 0" in (
+        json.loads(refused.content)["detail"])

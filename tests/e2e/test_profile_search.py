@@ -105,3 +105,28 @@ def test_the_search_triton_and_scratch_directory_go_when_measuring_fails(fleet: 
             raise RuntimeError("measuring failed")
     assert seen["pids"], "the bench ran a Triton"
     assert not _search_processes("failing-bench") and not workdir.exists()
+
+
+def test_a_running_search_cancelled_stops_at_its_next_profile_and_leaves_nothing(fleet: Fleet) -> None:
+    """Cancel over the REST API while the worker measures: it stops before the next profile,
+    stays cancelled (not failed, never succeeded), records no recommendation, and its Triton
+    and scratch directory go as on any other end."""
+    olga = Operator("olga-profiles")
+    version = ModelVersion.objects.filter(model__name=MODEL).first()
+    assert version is not None, "runs after the search above uploaded the version"
+    grid = {"max_batch_size": [1, 4, 16], "instance_count": [1, 2], "max_queue_delay_us": [0]}
+    search = olga.post("profile-searches/", {"version": str(version.pk), "node": "cpu-search", "objective_p99_ms": 2000,
+                                             "concurrency": 16, "requests": 2000, "grid": grid})  # fmt: skip
+    wait_for("the search to measure its first profile", lambda: any(
+        p["message"].startswith("1/") for p in olga.get(f"profile-searches/{search['id']}/")["progress"]),
+        timeout=120, procs=fleet.procs)  # fmt: skip
+    assert _search_processes(search["id"]), "the search runs its Triton"
+    cancelled = olga.post(f"profile-searches/{search['id']}/cancel/", {})
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled_by"] == "olga-profiles"
+
+    wait_for("the search's Triton to go", lambda: not _search_processes(search["id"])
+             and not (settings.VAR_DIR / "profile-searches" / search["id"]).exists(), timeout=120, procs=fleet.procs)  # fmt: skip
+    done = olga.get(f"profile-searches/{search['id']}/")
+    assert done["state"] == "cancelled" and done["recommended"] is None and done["recommendation"] == ""
+    assert len(done["results"]) < 6, "it stopped before measuring every profile"
+    assert not any(p["message"].startswith("6/") for p in done["progress"])

@@ -106,3 +106,27 @@ def test_an_engine_that_dies_twice_fails_the_load_with_its_last_words(runner: An
     with pytest.raises(RuntimeError, match="exited with 3.*out of memory while allocating the KV cache"):
         _model(runner)
     assert (runner.tmp / "starts").read_text() == "2"  # two starts, no more
+
+
+def test_the_engine_runs_on_the_device_triton_gave_among_those_triton_sees(runner: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Triton numbers the devices it sees: the Triton of a MIG slice sees only that slice (its
+    CUDA_VISIBLE_DEVICES is the slice's MIG uuid), so its device 0 is the slice, not GPU 0."""
+    visible = runner.module.visible_device
+    assert visible("", 1) == "1"  # a Triton that sees every GPU: device N is GPU N
+    assert visible("MIG-4f2c", 0) == "MIG-4f2c"
+    assert visible("2,3", 1) == "3"
+    with pytest.raises(RuntimeError, match=r"Triton gave device 1, but it sees only 1 \(MIG-4f2c\)"):
+        visible("MIG-4f2c", 1)
+
+    monkeypatch.setenv("FAKE_ENGINE_FAILS", "0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-4f2c")
+    model = runner.module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"parameters": {}}), "model_repository": str(runner.tmp),
+                      "model_version": "1", "model_name": "smol", "model_instance_kind": "GPU",
+                      "model_instance_device_id": "0"})  # fmt: skip
+    try:
+        assert model._env["CUDA_VISIBLE_DEVICES"] == "MIG-4f2c"
+        assert (runner.tmp / "starts").read_text() == "1" and model.engine.poll() is None
+    finally:
+        model.finalize()
