@@ -111,7 +111,7 @@ def test_a_running_search_cancelled_stops_at_its_next_profile_and_leaves_nothing
     """Cancel over the REST API while the worker measures: it stops before the next profile,
     stays cancelled (not failed, never succeeded), records no recommendation, and its Triton
     and scratch directory go as on any other end."""
-    olga = Operator("olga-profiles")
+    olga = Operator("olga-cancels")
     version = ModelVersion.objects.filter(model__name=MODEL).first()
     assert version is not None, "runs after the search above uploaded the version"
     grid = {"max_batch_size": [1, 4, 16], "instance_count": [1, 2], "max_queue_delay_us": [0]}
@@ -122,7 +122,7 @@ def test_a_running_search_cancelled_stops_at_its_next_profile_and_leaves_nothing
         timeout=120, procs=fleet.procs)  # fmt: skip
     assert _search_processes(search["id"]), "the search runs its Triton"
     cancelled = olga.post(f"profile-searches/{search['id']}/cancel/", {})
-    assert cancelled["state"] == "cancelled" and cancelled["cancelled_by"] == "olga-profiles"
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled_by"] == "olga-cancels"
 
     wait_for("the search's Triton to go", lambda: not _search_processes(search["id"])
              and not (settings.VAR_DIR / "profile-searches" / search["id"]).exists(), timeout=120, procs=fleet.procs)  # fmt: skip
