@@ -159,15 +159,15 @@ def validation_set_upload(
         raise ValidationSetError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     if not (isinstance(max_relative_drop, int | float) and math.isfinite(max_relative_drop) and 0 <= max_relative_drop < 1):
         raise ValidationSetError(f"max_relative_drop is a fraction at least 0 and below 1 (0.01 is 1 %); got {max_relative_drop}")
+    newest = model.versions.order_by("-number").first()
+    problem = metric_refusal(metric, newest.format) if newest is not None else ""
+    if problem:
+        raise ValidationSetError(problem)
     sha256, size = artifact_put(content)
     if size == 0:
         raise ValidationSetError("the validation set file is empty")
     parsed = parse_validation_set(artifact_read_verified(sha256), metric=metric)
-    newest = model.versions.order_by("-number").first()
     if newest is not None:
-        problem = metric_refusal(metric, newest.format)
-        if problem:
-            raise ValidationSetError(problem)
         check_against_signature(parsed, newest.signature)
     locked = Model.objects.select_for_update().get(pk=model.pk)
     if locked.validation_sets.filter(name=name).exists():

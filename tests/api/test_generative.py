@@ -309,3 +309,31 @@ def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engi
     refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-small"]}, format="json")
     assert "the serving profile puts the engine on GPU 1; the Triton of a MIG slice sees one device, 0" in (
         json.loads(refused.content)["detail"])
+
+
+def test_a_generative_model_takes_text_validation_sets_and_only_those(api: APIClient) -> None:
+    """Prompts and reference answers as string arrays, for exact_match or perplexity; a tensor
+    metric on a generative model (or a text metric on a tensor model) is refused saying why."""
+    from triton_models.smollm2 import validation as smollm2_sets
+
+    _upload(api, "llm", folder())
+
+    def add(model: str, name: str, metric: str, content: bytes) -> Any:
+        return api.post("/api/v1/validation-sets/", {"model": model, "name": name, "metric": metric,
+                        "content": SimpleUploadedFile(f"{name}.npz", content)}, format="multipart")  # fmt: skip
+
+    created = add("llm", "facts", "perplexity", smollm2_sets.perplexity_set())
+    assert created.status_code == 201, created.content
+    assert (created.json()["metric"], created.json()["rows"]) == ("perplexity", len(smollm2_sets.FACTS))
+    answers = [answer for _, answer in smollm2_sets.FACTS]
+    assert add("llm", "own", "exact_match", smollm2_sets.exact_match_set(answers)).status_code == 201
+    refused = add("llm", "labels", "top1_accuracy", smollm2_sets.perplexity_set())
+    assert refused.status_code == 400 and refused.json()["detail"] == (
+        "top1_accuracy judges tensor outputs; a generative (vllm) model is judged on text: exact_match or perplexity")
+    from tests.factories import make_version, validation_npz
+
+    make_version("digits")
+    refused = add("digits", "text", "perplexity", validation_npz())
+    assert refused.status_code == 400
+    assert "perplexity judges generative (vllm) models; this model's versions are python" in json.dumps(refused.json())
+    assert sorted(Model.objects.get(name="llm").validation_sets.values_list("name", flat=True)) == ["facts", "own"]
