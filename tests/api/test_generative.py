@@ -304,11 +304,16 @@ def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engi
     assert refused.status_code == 400 and json.loads(refused.content)["detail"].endswith(
         "MIG device 3g.40gb (MIG-large) of gpu-m's GPU 0 has 1.00 GiB free for engines of 7.00 GiB "
         "(llm:1 holds 3.00 GiB; llm:2 holds 3.00 GiB)")  # fmt: skip
-    # Engines on a slice do not count against the node's other places (here the CPU build's memory is not used).
+    # The engines on MIG-large hold nothing of MIG-small: its refusal names no other engine.
+    refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-small"]}, format="json")
+    assert json.loads(refused.content)["detail"].endswith(
+        "MIG device 1g.10gb (MIG-small) of gpu-m's GPU 0 has 2.00 GiB free for engines of 2.00 GiB")
+    # A profile naming another GPU than 0 cannot use a slice.
     api.patch("/api/v1/models/llm/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [1]}}}, format="json")
     refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-small"]}, format="json")
-    assert "the serving profile puts the engine on GPU 1; the Triton of a MIG slice sees one device, 0" in (
-        json.loads(refused.content)["detail"])
+    assert json.loads(refused.content)["detail"] == (
+        "MIG device MIG-small of gpu-m cannot run llm:3: the serving profile puts the engine on GPU 1; the Triton of "
+        "a MIG slice sees one device, 0")  # fmt: skip
 
 
 def test_a_generative_model_takes_text_validation_sets_and_only_those(api: APIClient) -> None:

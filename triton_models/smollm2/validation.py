@@ -53,10 +53,10 @@ def archive(prompts: Sequence[str], answers: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
-def perplexity_set() -> bytes:
-    return archive([chat(q) for q, _ in FACTS], [a for _, a in FACTS])
+def perplexity_set(facts: Sequence[tuple[str, str]] = FACTS) -> bytes:
+    return archive([chat(q) for q, _ in facts], [a for _, a in facts])
 
 
-def exact_match_set(answers: Sequence[str]) -> bytes:
-    """The questions of FACTS with the parent's own greedy answers to them (in that order)."""
-    return archive([chat(q) for q, _ in FACTS], answers)
+def exact_match_set(answers: Sequence[str], facts: Sequence[tuple[str, str]] = FACTS) -> bytes:
+    """The questions of `facts` with the parent's own greedy answers to them (in that order)."""
+    return archive([chat(q) for q, _ in facts], answers)
