@@ -17,12 +17,9 @@ measuring times.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -42,22 +39,6 @@ from triton_models.smollm2 import validation as sets  # noqa: E402
 ARTIFACT = Path(__file__).resolve().parents[1] / "var" / "build" / "smollm2.tar"
 
 
-def with_rope_theta(artifact: bytes, theta: float) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(artifact)) as source, tarfile.open(fileobj=out, mode="w") as target:
-        for member in source:
-            data = source.extractfile(member) if member.isfile() else None
-            if member.name.removeprefix("./") == "config.json" and data is not None:
-                config = json.loads(data.read())
-                config["rope_parameters"]["rope_theta"] = theta
-                body = json.dumps(config).encode()
-                member.size = len(body)
-                target.addfile(member, io.BytesIO(body))
-            else:
-                target.addfile(member, data)
-    return out.getvalue()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--thetas", default="99000,50000,1000", help="RoPE bases of the candidates")
@@ -73,7 +54,7 @@ def main() -> None:
     parent: dict[str, dict[str, float]] = {}
     own_set = None
     candidates = [("parent (rope_theta 100000)", parent_bytes)]
-    candidates += [(f"rope_theta {float(t):g}", with_rope_theta(parent_bytes, float(t))) for t in args.thetas.split(",")]
+    candidates += [(f"rope_theta {float(t):g}", sets.with_rope_theta(parent_bytes, float(t))) for t in args.thetas.split(",")]
     for label, artifact in candidates:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch, textgen.Engine(

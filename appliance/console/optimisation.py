@@ -25,12 +25,14 @@ from appliance.optimisation.services import optimisation_job_create, profile_sea
 KIND_CHOICES = [(k.value, k.label) for k in DEFAULT_KINDS]
 
 
-def _cancelling(request: HttpRequest, row: services.Tracked, resource: str, url: str) -> dict[str, Any]:
-    """What a page's panel needs to stop polling once the row ended, and to offer cancelling it."""
+def _tracked(request: HttpRequest, row: services.Tracked, resource: str, url: str) -> dict[str, Any]:
+    """What the live panel of a job, search or gate run needs: its latest progress lines first,
+    whether it ended (the panel stops polling), and whether and where to cancel it."""
     from appliance.accounts.access import permits
     from appliance.accounts.roles import role_of
 
-    return {"ended": row.state in ENDED_JOB_STATES, "cancel_url": reverse(url, args=[row.pk]),
+    return {"ended": row.state in ENDED_JOB_STATES, "progress": list(reversed(row.progress[-12:])),
+            "cancel_url": reverse(url, args=[row.pk]),
             "may_cancel": permits(role_of(request.user), resource, "cancel")}  # fmt: skip
 
 
@@ -76,8 +78,7 @@ def gate_run_start(request: HttpRequest, name: str) -> HttpResponse:
 
 def _run_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     run = get_object_or_404(GateRun.objects.select_related("version__model", "version__parent"), pk=pk)
-    return context(request, run=run, progress=list(reversed(run.progress[-12:])),
-                   **_cancelling(request, run, "gate_run", "console:gate-run-cancel"))  # fmt: skip
+    return context(request, run=run, **_tracked(request, run, "gate_run", "console:gate-run-cancel"))
 
 
 @guarded("gate_run", "read")
@@ -122,8 +123,8 @@ def _job_context(request: HttpRequest, pk: str) -> dict[str, Any]:
         "size_ratio": c.size_bytes / reference.size_bytes if reference and reference.size_bytes else None,
         "bar": round(100 * c.throughput / top, 1),
     } for c in candidates]  # fmt: skip
-    return context(request, job=job, rows=rows, progress=list(reversed(job.progress[-12:])),
-                   **_cancelling(request, job, "optimisation_job", "console:optimisation-job-cancel"))  # fmt: skip
+    return context(request, job=job, rows=rows,
+                   **_tracked(request, job, "optimisation_job", "console:optimisation-job-cancel"))
 
 
 @guarded("optimisation_job", "read")
@@ -183,8 +184,8 @@ def _search_context(request: HttpRequest, pk: str) -> dict[str, Any]:
         "speed_up": r.throughput / baseline.throughput if r.throughput and baseline and baseline.throughput else None,
         "bar": round(100 * (r.throughput or 0.0) / top, 1),
     } for r in results]  # fmt: skip
-    return context(request, search=search, rows=rows, progress=list(reversed(search.progress[-12:])),
-                   **_cancelling(request, search, "profile_search", "console:profile-search-cancel"))  # fmt: skip
+    return context(request, search=search, rows=rows,
+                   **_tracked(request, search, "profile_search", "console:profile-search-cancel"))
 
 
 @guarded("profile_search", "read")

@@ -181,6 +181,13 @@ class ProcessTree:
                                               start_new_session=True)  # fmt: skip
         return self.popen
 
+    def start_ready(self, ready: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
+        """Starts the tree and waits until `ready()` holds or the child exits; whether it is ready
+        (a private server: the profile search's Triton, a gate run's vLLM engine)."""
+        self.start()
+        wait_until(lambda: not self.alive() or ready(), timeout=timeout, interval=interval)
+        return bool(ready())
+
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None

@@ -491,10 +491,7 @@ class Bench:
             server = self.server(ports)
             self.tree = ProcessTree(name="tritonserver of a profile search", argv=server.command(),
                                     env=server.environment(), log_path=self.workdir / "triton.log")  # fmt: skip
-            self.tree.start()
-            tree = self.tree
-            wait_until(lambda: not tree.alive() or triton_ready(self.address), timeout=60)
-            if not triton_ready(self.address):
+            if not self.tree.start_ready(lambda: triton_ready(self.address), timeout=60):
                 raise SearchError(f"the search's tritonserver did not start: {self.log_tail()}")
         except BaseException:
             self.close()

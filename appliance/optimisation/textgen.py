@@ -37,7 +37,7 @@ from typing import Any
 from appliance.catalog.artifacts import unpack_into
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.generative import engine_command
-from appliance.core.process import ProcessTree, wait_until
+from appliance.core.process import ProcessTree
 from appliance.core.vllm_env import engine_build, engine_python
 from appliance.optimisation.validation_data import TEXT_INPUT, TEXT_OUTPUT, ValidationData
 
@@ -115,11 +115,9 @@ class Engine:
                        "--served-model-name", SERVED_NAME, "--uds", self.socket_path, "--disable-uvicorn-access-log",
                        *argv]  # fmt: skip
             self.tree = ProcessTree(name="vLLM engine of a gate run", argv=command, env=env, log_path=self.log_path)
-            self.tree.start()
-            tree = self.tree
-            wait_until(lambda: not tree.alive() or self._healthy(), timeout=self.start_timeout_s, interval=0.5)
-            if not self._healthy():
-                raise EngineError(f"the vLLM engine did not start (exit status {tree.returncode}): {self.log_tail()}")
+            if not self.tree.start_ready(self._healthy, timeout=self.start_timeout_s, interval=0.5):
+                raise EngineError(f"the vLLM engine did not start (exit status {self.tree.returncode}): "
+                                  f"{self.log_tail()}")  # fmt: skip
         except BaseException:
             self.close()
             raise

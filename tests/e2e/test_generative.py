@@ -11,10 +11,8 @@ mode) is paid once for the module.
 
 from __future__ import annotations
 
-import io
 import json
 import queue
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -460,25 +458,6 @@ def test_an_engine_that_dies_is_started_again_and_serves(fleet: Fleet, world: di
 
 
 
-def _with_rope_theta(artifact: bytes, theta: float) -> bytes:
-    """The same weights with config.json's RoPE base changed: a conversion gone subtly wrong
-    (the model still loads and talks, but sees positions differently)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(artifact)) as source, tarfile.open(fileobj=out, mode="w") as target:
-        for member in source:
-            data = source.extractfile(member) if member.isfile() else None
-            if member.name.removeprefix("./") == "config.json":
-                assert data is not None
-                config = json.loads(data.read())
-                config["rope_parameters"]["rope_theta"] = theta
-                body = json.dumps(config).encode()
-                member.size = len(body)
-                target.addfile(member, io.BytesIO(body))
-            else:
-                target.addfile(member, data)
-    return out.getvalue()
-
-
 def test_a_generative_child_is_judged_on_text_and_a_broken_one_cannot_roll_out(fleet: Fleet,
                                                                               world: dict[str, Any]) -> None:  # fmt: skip
     """Two validation sets for the LLM: reference answers to factual questions (perplexity)
@@ -499,7 +478,7 @@ def test_a_generative_child_is_judged_on_text_and_a_broken_one_cannot_roll_out(f
     broken = olga.post("versions/", {"model": MODEL, "format": "vllm", "parent": world["version"]["id"],
                                      "change_kind": "re_export",
                                      "change_note": "config.json with rope_theta 1000",
-                                     "artifact": SimpleUploadedFile("smollm2.tar", _with_rope_theta(ARTIFACT.read_bytes(),
+                                     "artifact": SimpleUploadedFile("smollm2.tar", smollm2_sets.with_rope_theta(ARTIFACT.read_bytes(),
                                                                                                     1000.0))},
                        fmt="multipart")  # fmt: skip
 

@@ -9,11 +9,16 @@ takes them (appliance/optimisation/validation_data.py):
   much less likely than its parent.
 - `exact_match`: each question with the parent's own greedy answer (given by the caller,
   who asked the parent), which a child must reproduce.
+
+`with_rope_theta` makes a child that should fail them (the end-to-end test and
+bench/generative_gate.py use it).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import tarfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,3 +65,21 @@ def perplexity_set(facts: Sequence[tuple[str, str]] = FACTS) -> bytes:
 def exact_match_set(answers: Sequence[str], facts: Sequence[tuple[str, str]] = FACTS) -> bytes:
     """The questions of `facts` with the parent's own greedy answers to them (in that order)."""
     return archive([chat(q) for q, _ in facts], answers)
+
+
+def with_rope_theta(artifact: bytes, theta: float) -> bytes:
+    """The artifact with config.json's RoPE base changed: a conversion gone subtly wrong (the
+    model still loads and answers, but sees positions differently). Same weights, same order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(artifact)) as source, tarfile.open(fileobj=out, mode="w") as target:
+        for member in source:
+            data = source.extractfile(member) if member.isfile() else None
+            if member.name.removeprefix("./") == "config.json" and data is not None:
+                config = json.loads(data.read())
+                config["rope_parameters"]["rope_theta"] = theta
+                body = json.dumps(config).encode()
+                member.size = len(body)
+                target.addfile(member, io.BytesIO(body))
+            else:
+                target.addfile(member, data)
+    return out.getvalue()
