@@ -25,6 +25,7 @@ from appliance.audit.context import current
 from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_fetch, artifact_path, artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.generative import EngineReading
 from appliance.catalog.tritonconfig import WARMUP_DIR
 from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes import dispatch
@@ -211,6 +212,10 @@ def node_report_inventory(*, gpus: list[GpuInfo]) -> None:
 
 def node_report_gpu_health(*, readings: list[GpuHealth]) -> None:
     _call("report_gpu_health", readings=[asdict(r) for r in readings])
+
+
+def node_report_engines(*, readings: list[EngineReading]) -> None:
+    _call("report_engines", readings=[asdict(r) for r in readings])
 
 
 def node_set_mig_endpoints(*, addresses: dict[str, str]) -> None:

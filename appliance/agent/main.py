@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from appliance.agent import control, sync
+from appliance.agent.engine_meter import EngineMeter, read_page
 from appliance.agent.mig_servers import MigServers
 from appliance.agent.repository import ModelRepository
 from appliance.agent.runtime import LocalNode, set_local
@@ -73,12 +74,24 @@ def _converge_diverged(local: LocalNode | None, sent: dict[str, float]) -> None:
         control.sync_model_later(model_id=model_id)
 
 
+def _report_engines(supervisor: TritonSupervisor, local: LocalNode | None, meter: EngineMeter) -> None:
+    """The generative engines of every Triton of the node (its main one and its MIG slices')."""
+    addresses = [supervisor.ports.metrics_address]
+    if local is not None and local.mig_servers is not None:
+        addresses += [server.ports.metrics_address for _, server in list(local.mig_servers.servers.values())]
+    pages = [(address, page) for address in addresses if (page := read_page(address)) is not None]
+    readings = meter.readings(pages)
+    if readings:
+        control.node_report_engines(readings=readings)
+
+
 def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
                 local: LocalNode | None = None) -> None:  # fmt: skip
     """Liveness every beat; the GPU inventory whenever it differs from the last report;
     live models Triton lost are converged."""
     reported: list[dict[str, Any]] = []
     converged: dict[str, float] = {}
+    meter = EngineMeter()
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.is_set():
             try:
@@ -89,6 +102,7 @@ def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: thread
                     control.node_report_inventory(gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
                 control.node_report_gpu_health(readings=inventory.health())
+                _report_engines(supervisor, local, meter)
                 alive = control.node_heartbeat(triton_ready=ready)
                 if alive and ready:
                     _converge_diverged(local, converged)

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from appliance.catalog import runtimes
 from appliance.catalog.choices import ArtifactFormat
-from appliance.catalog.generative import engine_gpu
+from appliance.catalog.generative import EngineReading, engine_gpu
 from appliance.catalog.models import ModelVersion
 from appliance.catalog.profile import normalise
 from appliance.catalog.tritonconfig import render_config
@@ -164,6 +164,13 @@ def report_inventory(node: Node, *, gpus: list[dict[str, Json]]) -> None:
 @operation
 def report_gpu_health(node: Node, *, readings: list[dict[str, Json]]) -> None:
     nodes.node_report_gpu_health(node_id=node.pk, readings=[GpuHealth(**r) for r in readings])
+
+
+@operation
+def report_engines(node: Node, *, readings: list[dict[str, Json]]) -> None:
+    if not isinstance(readings, list) or len(readings) > 1000:
+        raise ValueError("readings: a list of at most 1000 engine readings")
+    nodes.node_report_engines(node_id=node.pk, readings=[EngineReading.from_json(r) for r in readings])
 
 
 @operation

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -24,7 +25,8 @@ from appliance.audit.chain import link_pending, verify
 from appliance.audit.export import export_lines
 from appliance.audit.models import AuditEvent
 from appliance.audit.selectors import moment
-from appliance.catalog.models import Model
+from appliance.catalog.choices import ArtifactFormat
+from appliance.catalog.models import Model, ModelVersion
 from appliance.console.access import FROM_URL, actor_of, context, domain_errors, guarded, scoped, tenant_scope
 from appliance.metrics import selectors as metrics
 from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES
@@ -127,6 +129,23 @@ def deployment_action(request: HttpRequest, pk: str, action: str) -> HttpRespons
     return redirect("console:deployment", pk=result.pk)
 
 
+def _engine_charts(engines: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The engine charts of a generative model, one line per version (data-fields/labels of console.js)."""
+    if not engines:
+        return []
+    versions = engines["versions"]
+
+    def chart(title: str, measures: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        pairs = [(f"{field}_v{v}", f"v{v} {label}".strip()) for v in versions for field, label in measures]
+        return {"title": title, "fields": ",".join(f for f, _ in pairs), "labels": ",".join(lbl for _, lbl in pairs)}
+
+    return [
+        chart("Engine KV cache in use (%; mean and highest read-out)", (("kv", "mean"), ("kv_max", "highest"))),
+        chart("Engine sequences running and requests waiting", (("running", "running"), ("waiting", "waiting"))),
+        chart("Engine preemptions per minute (sequences evicted from the KV cache)", (("preemptions", ""),)),
+    ]
+
+
 @guarded("metrics", "read")
 def metrics_page(request: HttpRequest) -> HttpResponse:
     """Charts per model or per tenant over a window, from the time series (metrics app)."""
@@ -151,8 +170,11 @@ def metrics_page(request: HttpRequest) -> HttpResponse:
             deployment__version__model__in=ModelGrant.objects.filter(tenant__slug=tenant).values("model_id"))  # fmt: skip
         nodes = sorted(set(live.values_list("node__name", flat=True)))
     gpu = metrics.gpu_series(window=window, nodes=nodes) if scope is None or nodes else None
+    generative = bool(model) and ModelVersion.objects.filter(model__name=model, format=ArtifactFormat.VLLM).exists()
+    engines = metrics.engine_series(window=window, model=model) if generative else None
     ctx.update(window=window, windows=metrics.WINDOWS.values(), model=model, tenant=tenant, models=models,
-               tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes, gpu_empty=nodes == [])  # fmt: skip
+               tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes, gpu_empty=nodes == [], engines=engines,
+               engine_charts=_engine_charts(engines))  # fmt: skip
     return render(request, "console/metrics.html", ctx)
 
 

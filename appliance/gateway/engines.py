@@ -11,39 +11,19 @@ runs out of cache. An endpoint that does not answer leaves the replica as it was
 from __future__ import annotations
 
 import logging
-import re
-from collections import defaultdict
 from typing import Any
 
 import aiohttp
 
+from appliance.catalog.generative import KV_USAGE, WAITING, engine_readings
 from appliance.gateway import contract, metrics
 
 log = logging.getLogger(__name__)
 
-_LINE = re.compile(r'^(appliance_engine_\w+)\{([^}]*)\}\s+(\S+)')
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def readings(text: str) -> dict[tuple[str, str], dict[str, float]]:
-    """{(model, version): {gauge: value}} from a Triton metrics page."""
-    found: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for line in text.splitlines():
-        match = _LINE.match(line)
-        if not match:
-            continue
-        labels = dict(_LABEL.findall(match.group(2)))
-        try:
-            found[(labels.get("model", ""), labels.get("version", ""))][match.group(1)] = float(match.group(3))
-        except ValueError:
-            continue
-    return dict(found)
-
-
 def full(gauges: dict[str, float], max_num_seqs: int) -> bool:
     """Has this engine no room for a new stream?"""
-    return (gauges.get("appliance_engine_kv_cache_usage", 0.0) >= contract.KV_HIGH_WATERMARK
-            or gauges.get("appliance_engine_requests_waiting", 0.0) >= max_num_seqs)  # fmt: skip
+    return (gauges.get(KV_USAGE, 0.0) >= contract.KV_HIGH_WATERMARK
+            or gauges.get(WAITING, 0.0) >= max_num_seqs)  # fmt: skip
 
 
 class EngineWatch:
@@ -66,13 +46,13 @@ class EngineWatch:
                 continue
             by_model: dict[str, bool] = {}
             usage: dict[str, float] = {}
-            for (model, _), gauges in readings(text).items():
+            for (model, _), gauges in engine_readings(text).items():
                 seqs = snapshot.engine_slots.get(model, 0) // contract.ENGINE_QUEUE_FACTOR
                 if not seqs:
                     continue
                 # Versions of a model on one Triton share its replica's limit: the fuller engine decides.
                 by_model[model] = by_model.get(model, False) or full(gauges, seqs)
-                usage[model] = max(usage.get(model, 0.0), gauges.get("appliance_engine_kv_cache_usage", 0.0))
+                usage[model] = max(usage.get(model, 0.0), gauges.get(KV_USAGE, 0.0))
             for model, is_full in by_model.items():
                 for route in snapshot.routes.get(model, ()):
                     if route.node != node:

@@ -1,5 +1,5 @@
 """Moving measurements into the time series: finished minutes of gateway traffic
-from Redis into PostgreSQL, GPU read-outs as they arrive, hourly roll-ups and
+from Redis into PostgreSQL, GPU and engine read-outs as they arrive, hourly roll-ups and
 retention. Run by Celery beat (`metrics.collect`); every step is idempotent (a
 minute's row is set from Redis's totals, an hour's row recomputed from its
 minutes), so a repeated or overlapping run changes nothing."""
@@ -16,10 +16,12 @@ import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from appliance.catalog.generative import EngineReading
 from appliance.gateway.stats import BUCKETS_MS, TRAFFIC_FIELDS, traffic_key
-from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
+from appliance.metrics.models import EnginePoint, GpuPoint, Resolution, TrafficPoint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ SUMMED = ("requests", "errors", "latency_ms_sum", "queued", "queue_ms_sum", "cac
           "decode_tokens", "decode_seconds_sum")  # fmt: skip
 _FROM_REDIS = dict(zip(TRAFFIC_FIELDS, SUMMED, strict=True))
 GPU_SUMMED = ("samples", "utilisation_sum", "memory_used_mib_sum", "memory_bandwidth_sum")
+ENGINE_SUMMED = ("samples", "kv_usage_sum", "running_sum", "waiting_sum", "preemptions")
 
 
 def _collected_key() -> str:
@@ -142,6 +145,24 @@ def record_gpu(*, node: str, readings: Iterable[Any], totals: dict[int, int], at
             )  # fmt: skip
 
 
+def record_engines(*, node: str, readings: Iterable[EngineReading], at: datetime | None = None) -> None:
+    """Adds one read-out per model version's engine to its current minute (every node heartbeat)."""
+    start = _minute(at or timezone.now())
+    for r in readings:
+        values = {"kv_usage_sum": r.kv_cache_usage, "running_sum": r.running, "waiting_sum": r.waiting,
+                  "preemptions": r.preemptions}  # fmt: skip
+        key = {"resolution": Resolution.MINUTE, "start": start, "node": node, "model": r.model, "version": r.version}
+        updated = EnginePoint.objects.filter(**key).update(samples=F("samples") + 1,
+                                                           kv_usage_max=Greatest("kv_usage_max", r.kv_cache_usage),
+                                                           **{k: F(k) + v for k, v in values.items()})  # fmt: skip
+        if not updated:
+            EnginePoint.objects.bulk_create(
+                [EnginePoint(**key, samples=1, kv_usage_max=r.kv_cache_usage, **values)], update_conflicts=True,
+                unique_fields=["resolution", "start", "node", "model", "version"],
+                update_fields=["samples", "kv_usage_max", *values],
+            )  # fmt: skip
+
+
 def roll_up(hours: Iterable[datetime]) -> None:
     """(Re)computes the hour rows of these hours from their minute rows."""
     for hour in sorted(set(hours)):
@@ -161,8 +182,21 @@ def roll_up(hours: Iterable[datetime]) -> None:
                                                              gpu_index=g.gpu_index, memory_total_mib=g.memory_total_mib)  # fmt: skip
             for name in GPU_SUMMED:
                 setattr(gpu_row, name, getattr(gpu_row, name) + getattr(g, name))
+        engines: dict[tuple[str, str, int], EnginePoint] = {}
+        for e in EnginePoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
+            engine_row = engines.get((e.node, e.model, e.version))
+            if engine_row is None:
+                engine_row = engines[(e.node, e.model, e.version)] = EnginePoint(
+                    resolution=Resolution.HOUR, start=hour, node=e.node, model=e.model, version=e.version)
+            for name in ENGINE_SUMMED:
+                setattr(engine_row, name, getattr(engine_row, name) + getattr(e, name))
+            engine_row.kv_usage_max = max(engine_row.kv_usage_max, e.kv_usage_max)
         with transaction.atomic():
             _upsert_traffic(list(traffic.values()))
+            if engines:
+                EnginePoint.objects.bulk_create(list(engines.values()), update_conflicts=True,
+                                                unique_fields=["resolution", "start", "node", "model", "version"],
+                                                update_fields=[*ENGINE_SUMMED, "kv_usage_max"])  # fmt: skip
             if gpus:
                 GpuPoint.objects.bulk_create(list(gpus.values()), update_conflicts=True,
                                              unique_fields=["resolution", "start", "node", "gpu_index"],
@@ -174,7 +208,7 @@ def prune(now: datetime | None = None) -> int:
     minute_floor = now - timedelta(hours=settings.METRICS_MINUTE_KEEP_H)
     hour_floor = now - timedelta(days=settings.METRICS_HOUR_KEEP_D)
     removed = 0
-    for model in (TrafficPoint, GpuPoint):
+    for model in (TrafficPoint, GpuPoint, EnginePoint):
         removed += model.objects.filter(resolution=Resolution.MINUTE, start__lt=minute_floor).delete()[0]
         removed += model.objects.filter(resolution=Resolution.HOUR, start__lt=hour_floor).delete()[0]
     return removed

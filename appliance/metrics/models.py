@@ -1,5 +1,6 @@
-"""Time series the console draws: what the gateway measured per (tenant, model) and
-what the node agents read from each GPU, kept per minute and rolled up per hour so
+"""Time series the console draws: what the gateway measured per (tenant, model), what
+the node agents read from each GPU and from each generative engine (KV cache, queue,
+preemptions), kept per minute and rolled up per hour so
 that a week still draws from a few hundred rows. Measurements, not operator
 actions: they are not audited."""
 
@@ -67,3 +68,28 @@ class GpuPoint(models.Model):
             models.UniqueConstraint(fields=["resolution", "start", "node", "gpu_index"], name="gpu_point_unique"),
         ]
         indexes = [models.Index(fields=["resolution", "node", "start"], name="gpu_by_node")]
+
+
+class EnginePoint(models.Model):
+    """One generative engine's read-outs over one minute or hour: a model version's engines
+    on one node (on a node's MIG slices, each slice's engine is one more sample), as the
+    node agent read them off its Tritons' metrics endpoints at each heartbeat."""
+
+    resolution = models.CharField(max_length=6, choices=Resolution.choices)
+    start = models.DateTimeField()
+    node = models.CharField(max_length=63)
+    model = models.CharField(max_length=128)
+    version = models.PositiveIntegerField()
+    samples = models.IntegerField(default=0)
+    kv_usage_sum = models.FloatField(default=0)  # share of the KV cache in use (0-1), summed over samples
+    kv_usage_max = models.FloatField(default=0)
+    running_sum = models.FloatField(default=0)  # sequences generating
+    waiting_sum = models.FloatField(default=0)  # requests waiting in the engine
+    preemptions = models.BigIntegerField(default=0)  # sequences preempted in the minute (hour)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resolution", "start", "node", "model", "version"],
+                                    name="engine_point_unique"),
+        ]
+        indexes = [models.Index(fields=["resolution", "model", "start"], name="engine_by_model")]

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Avg, F, Sum
+from django.db.models import Avg, F, Max, Sum
 from django.utils import timezone
 
 from appliance.gateway.stats import bucket_quantile
 from appliance.metrics.collect import ALL, SUMMED, merge
-from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
+from appliance.metrics.models import EnginePoint, GpuPoint, Resolution, TrafficPoint
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,35 @@ def gpu_series(*, window: Window, nodes: list[str] | None = None, now: datetime 
         out["utilisation"].append(round(row["utilisation"], 1) if row else None)
         out["bandwidth"].append(round(row["bandwidth"], 1) if row else None)
         out["memory_gib"].append(round(row["memory"] / 1024, 2) if row else None)
+    return out
+
+
+def engine_series(*, window: Window, model: str, now: datetime | None = None) -> dict[str, Any]:
+    """A generative model's engines per version: KV cache in use (mean and highest, %),
+    sequences running and requests waiting (summed over the version's engines), and
+    preemptions per minute. Columns `<measure>_v<N>` for each version N in `versions`."""
+    now = now or timezone.now()
+    grid = _grid(window, now)
+    qs = EnginePoint.objects.filter(resolution=window.resolution, start__gte=grid[0], model=model, samples__gt=0)
+    # Each engine's own mean first (sum / samples), then across the nodes that serve the version.
+    rows = {
+        (row["start"], row["version"]): row
+        for row in qs.values("start", "version").annotate(
+            kv=Avg(F("kv_usage_sum") / F("samples")), kv_max=Max("kv_usage_max"),
+            running=Sum(F("running_sum") / F("samples")), waiting=Sum(F("waiting_sum") / F("samples")),
+            preemptions=Sum("preemptions"),
+        )
+    }  # fmt: skip
+    versions = sorted({version for _, version in rows})
+    minutes = window.step.total_seconds() / 60
+    out: dict[str, Any] = {"t": [int(start.timestamp()) for start in grid], "versions": versions}
+    for version in versions:
+        cells = [rows.get((start, version)) for start in grid]
+        out[f"kv_v{version}"] = [round(100 * c["kv"], 1) if c else None for c in cells]
+        out[f"kv_max_v{version}"] = [round(100 * c["kv_max"], 1) if c else None for c in cells]
+        out[f"running_v{version}"] = [round(c["running"], 2) if c else None for c in cells]
+        out[f"waiting_v{version}"] = [round(c["waiting"], 2) if c else None for c in cells]
+        out[f"preemptions_v{version}"] = [round(c["preemptions"] / minutes, 2) if c else None for c in cells]
     return out
 
 

@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from appliance.accounts.secrets import hash_secret, make_secret
+from appliance.catalog.generative import EngineReading
 from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
 from appliance.nodes import broker, dispatch, workloads
@@ -140,6 +141,17 @@ def node_report_gpu_health(*, node_id: UUID | str, readings: list[GpuHealth]) ->
         totals = dict(Gpu.objects.filter(node_id=node_id).values_list("index", "memory_mib"))
         if name:
             record_gpu(node=name, readings=readings, totals=totals, at=now)
+
+
+def node_report_engines(*, node_id: UUID | str, readings: list[EngineReading]) -> None:
+    """The node's generative engines as its agent read them, each heartbeat (measurements:
+    not audited)."""
+    if readings:
+        from appliance.metrics.collect import record_engines
+
+        name = Node.objects.filter(pk=node_id).values_list("name", flat=True).first()
+        if name:
+            record_engines(node=name, readings=readings)
 
 
 @transaction.atomic

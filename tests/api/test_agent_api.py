@@ -15,7 +15,9 @@ from django.test import Client
 
 from appliance.audit.context import audit_context
 from appliance.audit.models import AuditEvent
+from appliance.catalog.generative import EngineReading
 from appliance.core.errors import DomainError
+from appliance.metrics.models import EnginePoint
 from appliance.nodes import services
 from appliance.nodes.choices import AdminState
 from appliance.nodes.models import Node
@@ -109,6 +111,15 @@ def test_bad_requests_are_refused_with_a_clear_status_and_change_nothing() -> No
     for gpus in ([{"bogus": 1}], "not a list", [["a list"]]):
         shaped = _call("report_inventory", {"gpus": gpus}, credential)
         assert shaped.status_code == 400 and "report_inventory" in shaped.json()["detail"], (gpus, shaped.content)
+    good = {"model": "chat", "version": 1, "kv_cache_usage": 0.5, "running": 2, "waiting": 0, "preemptions": 0}
+    for readings, why in (([{**good, "kv_cache_usage": 1.5}], "kv_cache_usage"), ([{**good, "version": "1"}], "version"),
+                          ([{**good, "preemptions": -1}], "preemptions"), ([{**good, "preemptions": 0.5}], "preemptions"),
+                          ([{**good, "waiting": True}], "waiting"), ([{**good, "model": ""}], "model"),
+                          ([{**good, "node": "gpu-08"}], "exactly"), ([good, ["a list"]], "exactly"),
+                          ("not a list", "list")):  # fmt: skip
+        refused = _call("report_engines", {"readings": readings}, credential)
+        assert refused.status_code == 400 and why in refused.json()["detail"], (readings, refused.content)
+    assert not EnginePoint.objects.exists(), "a refused report records nothing, not even its good readings"
     assert Node.objects.get(pk=node.pk).last_heartbeat is None and Node.objects.get(pk=node.pk).admin_state == "active"
     assert _call("heartbeat", {"triton_ready": True}, credential).json() == {"result": True}
 
@@ -153,6 +164,11 @@ def test_the_agent_s_client_speaks_it_over_http(django_capture_on_commit_callbac
                        if e.changes.get("state", [None, None])[1] == "live"]  # fmt: skip
             assert (live.actor, live.origin, live.correlation_id) == ("agent:gpu-07", "agent", "task-4711")
             assert control.node_heartbeat(triton_ready=True) is True
+            control.node_report_engines(readings=[EngineReading(model="chat", version=2, kv_cache_usage=0.25,
+                                                                running=3, waiting=1, preemptions=4)])  # fmt: skip
+            engine = EnginePoint.objects.get()
+            assert (engine.node, engine.model, engine.version, engine.samples, engine.kv_usage_max, engine.preemptions) \
+                == ("gpu-07", "chat", 2, 1, 0.25, 4), "filed under the calling node, whatever a reading says"
             with pytest.raises(control.Refused):
                 control.replica_claim(replica_id=str(theirs.pk))
             with pytest.raises(DomainError):

@@ -234,6 +234,18 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
     refused = client.post("/console/models/upload/", other, HTTP_X_REQUESTED_WITH="XMLHttpRequest")
     assert refused.status_code == 400 and "signature" in refused.json()["error"]
 
+    # Its engines' charts on the metrics page, one line per version, once a node agent has read them.
+    quiet = client.get("/console/metrics/?model=console-llm&window=1h").content.decode()
+    assert "No engine of console-llm reported in this window." in quiet and 'id="engine-series"' not in quiet
+    from appliance.metrics.collect import record_engines
+
+    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.42, 3, 1, 2)])
+    charts = client.get("/console/metrics/?model=console-llm&window=1h").content.decode()
+    assert 'id="engine-series"' in charts and 'data-fields="kv_v1,kv_max_v1"' in charts
+    assert 'data-fields="preemptions_v1"' in charts and 'data-labels="v1 running,v1 waiting"' in charts
+    assert '"kv_v1": [' in charts and "42.0" in charts
+    assert "Engines of" not in client.get("/console/metrics/?window=1h").content.decode(), "only for a generative model"
+
 
 def test_on_a_cuda_node_the_engine_is_sized_against_the_gpu_the_profile_names(api: APIClient) -> None:
     from appliance.nodes.models import Gpu

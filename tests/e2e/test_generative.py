@@ -313,8 +313,9 @@ def test_the_gateway_counts_tokens_and_times_them_per_model_version_and_tenant(f
 
 def test_the_engine_publishes_its_kv_cache_use_and_the_gateway_reads_it(fleet: Fleet, world: dict[str, Any]) -> None:
     """The runner republishes the engine's gauges on Triton's metrics endpoint; while a long
-    answer is generated its KV-cache use is above zero there, and the gateway's admission reads
-    it (gateway_engine_* at the gateway's own endpoint)."""
+    answer is generated its KV-cache use is above zero there, the gateway's admission reads
+    it (gateway_engine_* at the gateway's own endpoint), and the node agent's heartbeat files
+    it in the console's time series (metrics.EnginePoint, per node, model and version)."""
     import urllib.request
 
     from tests.e2e.fleet import free_port
@@ -348,6 +349,13 @@ def test_the_engine_publishes_its_kv_cache_use_and_the_gateway_reads_it(fleet: F
     finally:
         long.join()
     assert answers[0]["error"] is None and answers[0]["output_tokens"] > 100, answers[0]
+    from appliance.metrics.models import EnginePoint
+
+    number = world["version"]["number"]
+    point = wait_for("the node agent's read-out of the busy engine in the time series", lambda: EnginePoint.objects.filter(
+        resolution="minute", node=NODE, model=MODEL, version=number, kv_usage_max__gt=0, running_sum__gt=0).first(),
+        timeout=30, procs=fleet.procs)  # fmt: skip
+    assert point.samples >= 1 and 0 < point.kv_usage_max <= 1 and point.kv_usage_sum <= point.samples
 
 
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from appliance.catalog.generative import engine_readings as readings
 from appliance.gateway import contract
 from appliance.gateway.admission import Admission
-from appliance.gateway.engines import full, readings
+from appliance.gateway.engines import full
 
 PAGE = """# HELP appliance_engine_kv_cache_usage Share of the engine's KV cache in use (0-1)
 # TYPE appliance_engine_kv_cache_usage gauge

@@ -1,6 +1,7 @@
 """The console's time series: what the gateway counts reaches PostgreSQL per minute
 through real Redis, rolls up per hour without changing any total, and reads back
-as the charts' columns (rates, success, quantiles from summed buckets)."""
+as the charts' columns (rates, success, quantiles from summed buckets); the node
+agents' GPU and generative-engine read-outs likewise."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from appliance.agent.engine_meter import EngineMeter
+from appliance.catalog.generative import EngineReading
 from appliance.gateway.stats import Recorder, traffic_key
 from appliance.metrics import collect as collector
-from appliance.metrics.models import GpuPoint, Resolution, TrafficPoint
-from appliance.metrics.selectors import WINDOWS, gpu_series, top, traffic_series
+from appliance.metrics.models import EnginePoint, GpuPoint, Resolution, TrafficPoint
+from appliance.metrics.selectors import WINDOWS, engine_series, gpu_series, top, traffic_series
 from appliance.nodes.inventory.base import GpuHealth
 
 pytestmark = pytest.mark.django_db
@@ -106,6 +109,55 @@ def test_gpu_read_outs_are_averaged_per_gpu_then_across_gpus() -> None:
     assert series["utilisation"][at_index] == 50.0  # (20 + 80) / 2, not (10 + 30 + 80) / 3
     assert series["memory_gib"][at_index] == 3.0
     assert gpu_series(window=WINDOWS["1h"], nodes=["other"], now=at)["utilisation"][-1] is None
+
+
+def _page(kv: float, preempted: float, version: str = "3", running: float = 2) -> str:
+    labels = f'{{model="chat",version="{version}"}}'
+    return (f"appliance_engine_kv_cache_usage{labels} {kv}\nappliance_engine_requests_running{labels} {running}\n"
+            f"appliance_engine_requests_waiting{labels} 1\nappliance_engine_preemptions{labels} {preempted}\n"
+            'nv_inference_count{model="chat",version="3"} 99\n')  # fmt: skip
+
+
+def test_the_agent_reports_preemptions_since_its_last_reading() -> None:
+    meter = EngineMeter()
+    first = meter.readings([("n:8002", _page(0.5, 7))])
+    assert [(r.model, r.version, r.kv_cache_usage, r.running, r.waiting, r.preemptions) for r in first] == [
+        ("chat", 3, 0.5, 2.0, 1.0, 0)], "the engine's total before the agent looked is its baseline, not new"
+    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.6, 10))])] == [3]
+    assert meter.readings([]) == [], "a Triton that did not answer: no reading, and its baseline is kept"
+    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.6, 12))])] == [2]
+    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.1, 1))])] == [1], "the engine started again"
+    # Two Tritons of the node (a MIG slice's and the main one) each keep their own total.
+    both = meter.readings([("n:8002", _page(0.1, 1)), ("n:9002", _page(0.9, 5))])
+    assert [(r.kv_cache_usage, r.preemptions) for r in both] == [(0.1, 0), (0.9, 0)]
+    assert meter.readings([("n:8002", 'appliance_engine_kv_cache_usage{model="",version="x"} 0.5')]) == []
+
+
+def test_engine_read_outs_become_per_version_series() -> None:
+    at = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=2)
+    for node, kv, preempted in (("n1", 0.2, 0), ("n1", 0.6, 3), ("n2", 0.9, 1)):
+        collector.record_engines(node=node, readings=[EngineReading("chat", 3, kv, 4, 2, preempted)], at=at)
+    collector.record_engines(node="n1", readings=[EngineReading("chat", 4, 0.05, 1, 0, 0)], at=at)
+    collector.record_engines(node="n1", readings=[EngineReading("other", 1, 0.99, 1, 0, 9)], at=at)
+    n1 = EnginePoint.objects.get(resolution=Resolution.MINUTE, node="n1", model="chat", version=3)
+    assert (n1.samples, round(n1.kv_usage_sum, 6), n1.kv_usage_max, n1.preemptions) == (2, 0.8, 0.6, 3)
+
+    series = engine_series(window=WINDOWS["1h"], model="chat", now=at + timedelta(seconds=30))
+    i = series["t"].index(int(at.timestamp()))
+    assert series["versions"] == [3, 4]
+    assert series["kv_v3"][i] == 65.0, "each engine's mean first ((0.2+0.6)/2 on n1, 0.9 on n2), then across nodes"
+    assert series["kv_max_v3"][i] == 90.0 and series["kv_v4"][i] == 5.0
+    assert series["running_v3"][i] == 8.0 and series["waiting_v3"][i] == 4.0, "summed over the version's engines"
+    assert series["preemptions_v3"][i] == 4.0 and series["preemptions_v4"][i] == 0.0
+    assert series["kv_v3"][i - 1] is None, "no read-out there: nothing to draw, not zero"
+
+    collector.roll_up([at.replace(minute=0)])
+    hour = EnginePoint.objects.get(resolution=Resolution.HOUR, node="n1", model="chat", version=3)
+    assert (hour.samples, hour.kv_usage_max, hour.preemptions) == (2, 0.6, 3)
+    week = engine_series(window=WINDOWS["7d"], model="chat", now=at + timedelta(seconds=30))
+    j = week["t"].index(int(at.replace(minute=0).timestamp()))
+    assert week["kv_max_v3"][j] == 90.0 and week["preemptions_v3"][j] == round(4 / 60, 2), "per minute of the hour"
+    assert engine_series(window=WINDOWS["1h"], model="nothing", now=at)["versions"] == []
 
 
 def test_old_rows_are_pruned_by_resolution() -> None:
