@@ -304,14 +304,21 @@ def engine_refusal(facts: dict[str, Any], engine: dict[str, Any]) -> str:
     return ""
 
 
-def fit_refusal(*, subject: str, sized: Need, place: str, capacity: int, others: list[tuple[str, int]]) -> str:
-    """Why `subject` needing `sized` cannot join `others` in `capacity` bytes at `place`, or ''."""
-    taken = sum(b for _, b in others)
+def fit_refusal(*, subject: str, sized: Need, place: str, capacity: int, others: list[tuple[str, int]],
+                reloaded: frozenset[str] = frozenset()) -> str:  # fmt: skip
+    """Why `subject` needing `sized` cannot join `others` in `capacity` bytes at `place`, or ''.
+    The `reloaded` among the others count twice: versions of the subject's own model, which
+    Triton starts again beside themselves while it loads the new one (it initialises every
+    version of a model whose directory changed, then retires the old instances)."""
+    taken = sum(b * (2 if label in reloaded else 1) for label, b in others)
     if sized.total + taken <= capacity:
         return ""
-    held = "; ".join(f"{label} holds {_gib(b)}" for label, b in others)
-    return (f"{subject} needs {sized.describe()}; {place} has {_gib(capacity - taken)} free for engines of "
-            f"{_gib(capacity)}" + (f" ({held})" if held else ""))  # fmt: skip
+    held = "; ".join(f"{label} holds {_gib(b)}" + (", twice while it is started again" if label in reloaded else "")
+                     for label, b in others)  # fmt: skip
+    why = (f"; Triton starts a model's other versions again while it loads a new one, so "
+           f"{', '.join(sorted(reloaded))} {'counts' if len(reloaded) == 1 else 'count'} twice") if reloaded else ""  # fmt: skip
+    return (f"{subject} needs {sized.describe()}; {place} has {_gib(max(capacity - taken, 0))} free for engines of "
+            f"{_gib(capacity)}" + (f" ({held})" if held else "") + why)  # fmt: skip
 
 
 # --- the engine's command line -----------------------------------------------------------------
