@@ -74,15 +74,26 @@ def _converge_diverged(local: LocalNode | None, sent: dict[str, float]) -> None:
         control.sync_model_later(model_id=model_id)
 
 
-def _report_engines(supervisor: TritonSupervisor, local: LocalNode | None, meter: EngineMeter) -> None:
-    """The generative engines of every Triton of the node (its main one and its MIG slices')."""
-    addresses = [supervisor.ports.metrics_address]
-    if local is not None and local.mig_servers is not None:
-        addresses += [server.ports.metrics_address for _, server in list(local.mig_servers.servers.values())]
-    pages = [(address, page) for address in addresses if (page := read_page(address)) is not None]
-    readings = meter.readings(pages)
-    if readings:
-        control.node_report_engines(readings=readings)
+def _engine_reports(supervisor: TritonSupervisor, local: LocalNode, stop: threading.Event) -> None:
+    """Every heartbeat period, the generative engines of every Triton of the node (its main one
+    and its MIG slices') for the console's charts. A thread of its own: a Triton slow to answer
+    its metrics delays these readings, never the heartbeat."""
+    meter = EngineMeter()
+    with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
+        while not stop.wait(settings.NODE_HEARTBEAT_S):
+            try:
+                addresses = [supervisor.ports.metrics_address]
+                if local.mig_servers is not None:
+                    addresses += [server.ports.metrics_address for _, server in list(local.mig_servers.servers.values())]
+                pages = [(address, page) for address in addresses if (page := read_page(address)) is not None]
+                readings = meter.readings(pages)
+                if readings:
+                    close_old_connections()
+                    control.node_report_engines(readings=readings)
+            except control.CredentialRefused:
+                return  # revoked: the heartbeat stops the agent
+            except Exception:
+                log.exception("engine read-outs not reported this time")
 
 
 def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: threading.Event,
@@ -91,7 +102,6 @@ def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: thread
     live models Triton lost are converged."""
     reported: list[dict[str, Any]] = []
     converged: dict[str, float] = {}
-    meter = EngineMeter()
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.is_set():
             try:
@@ -102,7 +112,6 @@ def _heartbeats(supervisor: TritonSupervisor, inventory: Inventory, stop: thread
                     control.node_report_inventory(gpus=gpus)
                     reported = [g.as_dict() for g in gpus]
                 control.node_report_gpu_health(readings=inventory.health())
-                _report_engines(supervisor, local, meter)
                 alive = control.node_heartbeat(triton_ready=ready)
                 if alive and ready:
                     _converge_diverged(local, converged)
@@ -159,6 +168,7 @@ def run_agent(options: AgentOptions) -> None:
     stop = threading.Event()
     supervisor.start()
     threading.Thread(target=_heartbeats, args=(supervisor, inventory, stop, local), daemon=True).start()
+    threading.Thread(target=_engine_reports, args=(supervisor, local, stop), daemon=True, name="engine-reports").start()
     try:
         worker = app.Worker(
             queues=[control.node_queue(options.name)],
