@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Max, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
@@ -28,7 +28,9 @@ from appliance.audit.selectors import moment
 from appliance.catalog.choices import ArtifactFormat
 from appliance.catalog.models import Model, ModelVersion
 from appliance.console.access import FROM_URL, actor_of, context, domain_errors, guarded, scoped, tenant_scope
+from appliance.gateway.contract import KV_HIGH_WATERMARK
 from appliance.metrics import selectors as metrics
+from appliance.metrics.models import EnginePoint
 from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES
 from appliance.nodes.models import Gpu, Node, Reconfiguration
 from appliance.rollouts import services
@@ -52,10 +54,34 @@ def _alerts() -> list[dict[str, str]]:
     for g in Gpu.objects.exclude(readout_error="").select_related("node")[:20]:
         alerts.append({"level": "bad", "what": f"GPU {g.index} of {g.node.name}", "why": g.readout_error,
                        "url": f"nodes/{g.node.name}/"})  # fmt: skip
+    alerts += _engine_alerts()
     since = timezone.now() - timedelta(days=1)
     for d in Deployment.objects.filter(state__in=["failed", "rolled_back"], updated__gte=since).select_related("version__model")[:20]:
         alerts.append({"level": "warn", "what": f"rollout of {d.version}", "why": d.error or d.get_state_display(),
                        "url": f"deployments/{d.pk}/"})  # fmt: skip
+    return alerts
+
+
+ENGINE_ALERT_MINUTES = 15
+
+
+def _engine_alerts() -> list[dict[str, str]]:
+    """Generative engines that preempted sequences, or whose KV cache reached the gateway's
+    watermark (it then sheds new streams), in the last ENGINE_ALERT_MINUTES: the KV cache is
+    too small for the load the engine gets."""
+    since = timezone.now() - timedelta(minutes=ENGINE_ALERT_MINUTES)
+    rows = (EnginePoint.objects.filter(resolution="minute", start__gte=since)
+            .values("node", "model", "version").annotate(preempted=Sum("preemptions"), highest=Max("kv_usage_max"))
+            .filter(Q(preempted__gt=0) | Q(highest__gte=KV_HIGH_WATERMARK)).order_by("model", "version", "node")[:20])  # fmt: skip
+    alerts = []
+    for r in rows:
+        seen = [f"preempted {r['preempted']} sequences"] if r["preempted"] else []
+        if r["highest"] >= KV_HIGH_WATERMARK:
+            seen.append(f"its KV cache reached {100 * r['highest']:.0f}% (the gateway held new streams back)")
+        alerts.append({"level": "warn", "what": f"engine of {r['model']}:{r['version']} on {r['node']}",
+                       "why": f"{' and '.join(seen)} in the last {ENGINE_ALERT_MINUTES} minutes: its KV cache is small "
+                              "for its load (raise the serving profile's kv_cache_mib or lower max_num_seqs)",
+                       "url": f"metrics/?model={r['model']}&window=1h"})  # fmt: skip
     return alerts
 
 

@@ -5,6 +5,7 @@ generated config (catalog/generative.py). The engine itself runs in tests/e2e/te
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import struct
@@ -253,12 +254,22 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
     assert "No engine of console-llm reported in this window." in quiet and 'id="engine-series"' not in quiet
     from appliance.metrics.collect import record_engines
 
-    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.42, 3, 1, 2)])
+    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.42, 3, 1, 0)])
     charts = client.get("/console/metrics/?model=console-llm&window=1h").content.decode()
     assert 'id="engine-series"' in charts and 'data-fields="kv_v1,kv_max_v1"' in charts
     assert 'data-fields="preemptions_v1"' in charts and 'data-labels="v1 running,v1 waiting"' in charts
     assert '"kv_v1": [' in charts and "42.0" in charts
     assert "Engines of" not in client.get("/console/metrics/?window=1h").content.decode(), "only for a generative model"
+
+    # An engine that preempted, or whose cache reached the gateway's watermark, is an alert on the overview.
+    assert "engine of console-llm" not in client.get("/console/").content.decode(), "42 % and no preemption: no alert"
+    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.95, 16, 4, 0)])
+    record_engines(node="n2", readings=[generative.EngineReading("console-llm", 1, 0.5, 8, 0, 3)])
+    overview = html.unescape(client.get("/console/").content.decode())
+    assert ("engine of console-llm:1 on n1</a>: its KV cache reached 95% (the gateway held new streams back) in the "
+            "last 15 minutes: its KV cache is small for its load") in overview  # fmt: skip
+    assert "engine of console-llm:1 on n2</a>: preempted 3 sequences in the last 15 minutes" in overview
+    assert 'href="metrics/?model=console-llm&window=1h"' in overview
 
 
 def test_on_a_cuda_node_the_engine_is_sized_against_the_gpu_the_profile_names(api: APIClient) -> None:
