@@ -1,17 +1,21 @@
-"""The node's generative engines, read for the control plane's charts: at each heartbeat
-the agent reads the gauges every engine publishes on its Triton's metrics endpoint (the
-node's main Triton and each MIG slice's; catalog/vllm_runner.py republishes vLLM's own)
-and reports one reading per model version. Preemptions are a counter since the engine
-started: the report carries those since the agent's last reading (an engine that started
+"""The node's generative engines, read for the control plane's charts: every heartbeat
+period the agent reads the gauges each engine publishes on its Triton's metrics endpoint
+(the node's main Triton and each MIG slice's; catalog/vllm_runner.py republishes vLLM's
+own) and reports one reading per engine: its device ("" for the main Triton, the MIG
+slice's uuid), model and version. Preemptions are a counter since the engine started:
+the report carries those since the last report that was taken (an engine that started
 again counts from zero)."""
 
 from __future__ import annotations
 
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 
 from appliance.catalog.generative import KV_USAGE, PREEMPTIONS, RUNNING, WAITING, EngineReading, engine_readings
+
+_MAX_VERSION = 2**31 - 1
 
 
 def read_page(address: str, timeout: float = 1.0) -> str | None:
@@ -23,31 +27,43 @@ def read_page(address: str, timeout: float = 1.0) -> str | None:
         return None
 
 
+def _number(value: float | None) -> float:
+    """A gauge as a reading takes it: finite and not negative (a NaN or a glitch reads 0)."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else 0.0
+
+
 class EngineMeter:
     def __init__(self) -> None:
-        self._preempted: dict[tuple[str, str, str], float] = {}  # (Triton, model, version) -> last total
+        self._taken: dict[tuple[str, str, str], float] = {}  # (device, model, version) -> total last reported
+        self._pending: dict[tuple[str, str, str], float] = {}
+        self._read: set[str] = set()
 
     def readings(self, pages: Iterable[tuple[str, str]]) -> list[EngineReading]:
-        """One reading per model version per Triton, from (Triton address, metrics page) pairs."""
+        """One reading per engine, from (device, metrics page) pairs of the Tritons that answered.
+        Call commit() once the control plane took them; until then the next readings count
+        preemptions from the same baselines."""
         out: list[EngineReading] = []
-        seen: set[tuple[str, str, str]] = set()
-        read: set[str] = set()
-        for address, text in pages:
-            read.add(address)
+        self._pending, self._read = {}, set()
+        for device, text in pages:
+            self._read.add(device)
             for (model, version), gauges in engine_readings(text).items():
-                if not model or not version.isdigit() or KV_USAGE not in gauges:
+                number = int(version) if version.isascii() and version.isdecimal() else 0
+                if not model or not 1 <= number <= _MAX_VERSION or KV_USAGE not in gauges:
                     continue
-                key = (address, model, version)
-                seen.add(key)
-                total = gauges.get(PREEMPTIONS, 0.0)
-                last = self._preempted.get(key)
-                self._preempted[key] = total
+                key = (device, model, version)
+                total = _number(gauges.get(PREEMPTIONS))
+                last = self._taken.get(key)
+                self._pending[key] = total
                 # First sight: the baseline. A total that went down: the engine started again.
                 delta = 0.0 if last is None else total - last if total >= last else total
-                out.append(EngineReading(model=model, version=int(version),
-                                         kv_cache_usage=min(max(gauges[KV_USAGE], 0.0), 1.0),
-                                         running=max(gauges.get(RUNNING, 0.0), 0.0),
-                                         waiting=max(gauges.get(WAITING, 0.0), 0.0), preemptions=int(delta)))  # fmt: skip
-        for gone in {key for key in self._preempted if key[0] in read} - seen:  # unloaded: forget its total
-            del self._preempted[gone]
+                out.append(EngineReading(device=device, model=model, version=number,
+                                         kv_cache_usage=min(_number(gauges[KV_USAGE]), 1.0),
+                                         running=_number(gauges.get(RUNNING)), waiting=_number(gauges.get(WAITING)),
+                                         preemptions=int(delta)))  # fmt: skip
         return out
+
+    def commit(self) -> None:
+        """The last readings were taken: their totals are the new baselines; an engine gone from
+        a Triton that answered is forgotten (unloaded, or the version was retired)."""
+        kept = {key: total for key, total in self._taken.items() if key[0] not in self._read}
+        self._taken = {**kept, **self._pending}

@@ -82,14 +82,16 @@ def _engine_reports(supervisor: TritonSupervisor, local: LocalNode, stop: thread
     with audit_context(origin=Origin.AGENT, actor=f"agent:{supervisor.node_name}"):
         while not stop.wait(settings.NODE_HEARTBEAT_S):
             try:
-                addresses = [supervisor.ports.metrics_address]
+                tritons = [("", supervisor.ports.metrics_address)]
                 if local.mig_servers is not None:
-                    addresses += [server.ports.metrics_address for _, server in list(local.mig_servers.servers.values())]
-                pages = [(address, page) for address in addresses if (page := read_page(address)) is not None]
+                    tritons += [(uuid, server.ports.metrics_address)
+                                for uuid, (_, server) in list(local.mig_servers.servers.items())]  # fmt: skip
+                pages = [(device, page) for device, address in tritons if (page := read_page(address)) is not None]
                 readings = meter.readings(pages)
                 if readings:
                     close_old_connections()
                     control.node_report_engines(readings=readings)
+                meter.commit()
             except control.CredentialRefused:
                 return  # revoked: the heartbeat stops the agent
             except Exception:

@@ -93,9 +93,11 @@ def engine_readings(text: str) -> dict[tuple[str, str], dict[str, float]]:
 
 @dataclass(frozen=True)
 class EngineReading:
-    """A model version's engine as its node agent read it once: the gauges above, and the
-    sequences it preempted since the agent's last reading (not the engine's running total)."""
+    """One engine as its node agent read it once: the gauges above, and the sequences it
+    preempted since the agent's last report (not the engine's running total). `device` is
+    "" for the node's main Triton and the MIG slice's uuid for a slice's."""
 
+    device: str
     model: str
     version: int
     kv_cache_usage: float
@@ -108,10 +110,12 @@ class EngineReading:
         """One reading as an agent sends it; ValueError says what is wrong."""
         if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
             raise ValueError(f"a reading has exactly {', '.join(f.name for f in fields(cls))}")
-        model, version = data["model"], data["version"]
-        if not isinstance(model, str) or not 1 <= len(model) <= 128:
-            raise ValueError("model: a model name of 1-128 characters")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        device, model, version = data["device"], data["model"], data["version"]
+        if not isinstance(device, str) or len(device) > 64 or not (device.isprintable() and device.isascii()):
+            raise ValueError("device: '' or a MIG device's uuid (printable ASCII, at most 64 characters)")
+        if not isinstance(model, str) or not 1 <= len(model) <= 128 or not model.isprintable():
+            raise ValueError("model: a model name of 1-128 printable characters")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
             raise ValueError(f"version: a version number from 1, not {version!r}")
         numbers = {}
         for name in ("kv_cache_usage", "running", "waiting", "preemptions"):
@@ -123,7 +127,7 @@ class EngineReading:
             raise ValueError(f"kv_cache_usage: a share of the cache from 0 to 1, not {numbers['kv_cache_usage']}")
         if not isinstance(numbers["preemptions"], int):
             raise ValueError("preemptions: a whole number")
-        return cls(model=model, version=version, **numbers)
+        return cls(device=device, model=model, version=version, **numbers)
 
 
 class GenerativeError(DomainError):
@@ -304,21 +308,24 @@ def engine_refusal(facts: dict[str, Any], engine: dict[str, Any]) -> str:
     return ""
 
 
-def fit_refusal(*, subject: str, sized: Need, place: str, capacity: int, others: list[tuple[str, int]],
-                reloaded: frozenset[str] = frozenset()) -> str:  # fmt: skip
-    """Why `subject` needing `sized` cannot join `others` in `capacity` bytes at `place`, or ''.
-    The `reloaded` among the others count twice: versions of the subject's own model, which
-    Triton starts again beside themselves while it loads the new one (it initialises every
-    version of a model whose directory changed, then retires the old instances)."""
-    taken = sum(b * (2 if label in reloaded else 1) for label, b in others)
+def fit_refusal(*, subject: str, sized: Need, place: str, capacity: int, others: list[tuple[str, int]]) -> str:
+    """Why `subject` needing `sized` cannot join `others` in `capacity` bytes at `place`, or ''."""
+    taken = sum(b for _, b in others)
     if sized.total + taken <= capacity:
         return ""
-    held = "; ".join(f"{label} holds {_gib(b)}" + (", twice while it is started again" if label in reloaded else "")
-                     for label, b in others)  # fmt: skip
-    why = (f"; Triton starts a model's other versions again while it loads a new one, so "
-           f"{', '.join(sorted(reloaded))} {'counts' if len(reloaded) == 1 else 'count'} twice") if reloaded else ""  # fmt: skip
+    held = "; ".join(f"{label} holds {_gib(b)}" for label, b in others)
     return (f"{subject} needs {sized.describe()}; {place} has {_gib(max(capacity - taken, 0))} free for engines of "
-            f"{_gib(capacity)}" + (f" ({held})" if held else "") + why)  # fmt: skip
+            f"{_gib(capacity)}" + (f" ({held})" if held else ""))  # fmt: skip
+
+
+def reload_allowance(model: str, new: int, resident: int) -> tuple[str, int]:
+    """What a model's reload holds beside its engines when a version is added or retired (an
+    `others` entry of fit_refusal). Triton starts every version of a model again when one is
+    added or removed (measured with 2.51) and retires the old instances once the new set is
+    ready: adding the new version starts the resident ones a second time (`resident` more),
+    and retiring the old ones after a promotion starts the new one a second time (`new` more)."""
+    return (f"{model}'s reload (Triton starts a model's versions again while it adds or retires one)",
+            max(new, resident))
 
 
 # --- the engine's command line -----------------------------------------------------------------

@@ -151,14 +151,15 @@ def record_engines(*, node: str, readings: Iterable[EngineReading], at: datetime
     for r in readings:
         values = {"kv_usage_sum": r.kv_cache_usage, "running_sum": r.running, "waiting_sum": r.waiting,
                   "preemptions": r.preemptions}  # fmt: skip
-        key = {"resolution": Resolution.MINUTE, "start": start, "node": node, "model": r.model, "version": r.version}
+        key = {"resolution": Resolution.MINUTE, "start": start, "node": node, "device": r.device, "model": r.model,
+               "version": r.version}  # fmt: skip
         updated = EnginePoint.objects.filter(**key).update(samples=F("samples") + 1,
                                                            kv_usage_max=Greatest("kv_usage_max", r.kv_cache_usage),
                                                            **{k: F(k) + v for k, v in values.items()})  # fmt: skip
         if not updated:
             EnginePoint.objects.bulk_create(
                 [EnginePoint(**key, samples=1, kv_usage_max=r.kv_cache_usage, **values)], update_conflicts=True,
-                unique_fields=["resolution", "start", "node", "model", "version"],
+                unique_fields=["resolution", "start", "node", "device", "model", "version"],
                 update_fields=["samples", "kv_usage_max", *values],
             )  # fmt: skip
 
@@ -182,12 +183,13 @@ def roll_up(hours: Iterable[datetime]) -> None:
                                                              gpu_index=g.gpu_index, memory_total_mib=g.memory_total_mib)  # fmt: skip
             for name in GPU_SUMMED:
                 setattr(gpu_row, name, getattr(gpu_row, name) + getattr(g, name))
-        engines: dict[tuple[str, str, int], EnginePoint] = {}
+        engines: dict[tuple[str, str, str, int], EnginePoint] = {}
         for e in EnginePoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
-            engine_row = engines.get((e.node, e.model, e.version))
+            engine_row = engines.get((e.node, e.device, e.model, e.version))
             if engine_row is None:
-                engine_row = engines[(e.node, e.model, e.version)] = EnginePoint(
-                    resolution=Resolution.HOUR, start=hour, node=e.node, model=e.model, version=e.version)
+                engine_row = engines[(e.node, e.device, e.model, e.version)] = EnginePoint(
+                    resolution=Resolution.HOUR, start=hour, node=e.node, device=e.device, model=e.model,
+                    version=e.version)  # fmt: skip
             for name in ENGINE_SUMMED:
                 setattr(engine_row, name, getattr(engine_row, name) + getattr(e, name))
             engine_row.kv_usage_max = max(engine_row.kv_usage_max, e.kv_usage_max)
@@ -195,7 +197,8 @@ def roll_up(hours: Iterable[datetime]) -> None:
             _upsert_traffic(list(traffic.values()))
             if engines:
                 EnginePoint.objects.bulk_create(list(engines.values()), update_conflicts=True,
-                                                unique_fields=["resolution", "start", "node", "model", "version"],
+                                                unique_fields=["resolution", "start", "node", "device", "model",
+                                                               "version"],
                                                 update_fields=[*ENGINE_SUMMED, "kv_usage_max"])  # fmt: skip
             if gpus:
                 GpuPoint.objects.bulk_create(list(gpus.values()), update_conflicts=True,

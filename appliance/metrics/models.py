@@ -71,13 +71,13 @@ class GpuPoint(models.Model):
 
 
 class EnginePoint(models.Model):
-    """One generative engine's read-outs over one minute or hour: a model version's engines
-    on one node (on a node's MIG slices, each slice's engine is one more sample), as the
-    node agent read them off its Tritons' metrics endpoints at each heartbeat."""
+    """One generative engine's read-outs over one minute or hour, as its node agent read them
+    off its Triton's metrics endpoint every heartbeat period."""
 
     resolution = models.CharField(max_length=6, choices=Resolution.choices)
     start = models.DateTimeField()
     node = models.CharField(max_length=63)
+    device = models.CharField(max_length=64, blank=True, default="")  # "" the node's Triton; a MIG slice's uuid
     model = models.CharField(max_length=128)
     version = models.PositiveIntegerField()
     samples = models.IntegerField(default=0)
@@ -89,7 +89,7 @@ class EnginePoint(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["resolution", "start", "node", "model", "version"],
+            models.UniqueConstraint(fields=["resolution", "start", "node", "device", "model", "version"],
                                     name="engine_point_unique"),
         ]
         indexes = [models.Index(fields=["resolution", "model", "start"], name="engine_by_model")]

@@ -122,7 +122,7 @@ def engine_series(*, window: Window, model: str, now: datetime | None = None) ->
     now = now or timezone.now()
     grid = _grid(window, now)
     qs = EnginePoint.objects.filter(resolution=window.resolution, start__gte=grid[0], model=model, samples__gt=0)
-    # Each engine's own mean first (sum / samples), then across the nodes that serve the version.
+    # Each engine's own mean first (sum / samples), then across the engines (nodes, MIG slices) of the version.
     rows = {
         (row["start"], row["version"]): row
         for row in qs.values("start", "version").annotate(

@@ -143,6 +143,7 @@ def node_report_gpu_health(*, node_id: UUID | str, readings: list[GpuHealth]) ->
             record_gpu(node=name, readings=readings, totals=totals, at=now)
 
 
+@transaction.atomic
 def node_report_engines(*, node_id: UUID | str, readings: list[EngineReading]) -> None:
     """The node's generative engines as its agent read them, each heartbeat (measurements:
     not audited)."""

@@ -150,8 +150,8 @@ def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDev
     place already holds, in numbers, or '' (catalog/generative.py sizes them). The place is
     the node's memory (a CPU build of vLLM), the GPU the serving profile names (vLLM for CUDA),
     or a MIG slice, whose Triton sees that slice as its only device and whose memory is all an
-    engine there may take. The version's own model's other versions there count twice: Triton
-    starts them again beside themselves while it loads the new one."""
+    engine there may take. Where the version's own model already runs, its reload counts too
+    (generative.reload_allowance)."""
     from appliance.catalog.runtimes import engine_device
 
     device = engine_device(node.backends)
@@ -183,7 +183,7 @@ def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDev
     sized = generative.need(version.generative or {}, generative.engine_spec(normalise(version.model.serving_profile)),
                             device)  # fmt: skip
     others: list[tuple[str, int]] = []
-    reloaded: set[str] = set()
+    same_model = 0  # what the version's own model's other versions hold there
     # The engines that share the place: a slice's own, or the node's outside its MIG slices.
     resident = (Replica.objects.filter(node=node, state__in=[ReplicaState.LIVE, ReplicaState.LOADING],
                                        deployment__version__format=ArtifactFormat.VLLM,
@@ -195,9 +195,10 @@ def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDev
                                device)  # fmt: skip
         others.append((str(other), held.total))
         if other.model_id == version.model_id:
-            reloaded.add(str(other))
-    return generative.fit_refusal(subject=str(version), sized=sized, place=place, capacity=capacity, others=others,
-                                  reloaded=frozenset(reloaded))  # fmt: skip
+            same_model += held.total
+    if same_model:
+        others.append(generative.reload_allowance(version.model.name, sized.total, same_model))
+    return generative.fit_refusal(subject=str(version), sized=sized, place=place, capacity=capacity, others=others)
 
 
 def _check_composing(version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> None:

@@ -111,11 +111,14 @@ def test_bad_requests_are_refused_with_a_clear_status_and_change_nothing() -> No
     for gpus in ([{"bogus": 1}], "not a list", [["a list"]]):
         shaped = _call("report_inventory", {"gpus": gpus}, credential)
         assert shaped.status_code == 400 and "report_inventory" in shaped.json()["detail"], (gpus, shaped.content)
-    good = {"model": "chat", "version": 1, "kv_cache_usage": 0.5, "running": 2, "waiting": 0, "preemptions": 0}
+    good = {"device": "", "model": "chat", "version": 1, "kv_cache_usage": 0.5, "running": 2, "waiting": 0,
+            "preemptions": 0}  # fmt: skip
     for readings, why in (([{**good, "kv_cache_usage": 1.5}], "kv_cache_usage"), ([{**good, "version": "1"}], "version"),
                           ([{**good, "preemptions": -1}], "preemptions"), ([{**good, "preemptions": 0.5}], "preemptions"),
                           ([{**good, "waiting": True}], "waiting"), ([{**good, "model": ""}], "model"),
                           ([{**good, "node": "gpu-08"}], "exactly"), ([good, ["a list"]], "exactly"),
+                          ([{**good, "version": 2**31}], "version"), ([{**good, "model": "chat\x00"}], "model"),
+                          ([{**good, "device": "MIG-" + "x" * 61}], "device"), ([{**good, "running": 1e300}], "running"),
                           ("not a list", "list")):  # fmt: skip
         refused = _call("report_engines", {"readings": readings}, credential)
         assert refused.status_code == 400 and why in refused.json()["detail"], (readings, refused.content)
@@ -164,11 +167,12 @@ def test_the_agent_s_client_speaks_it_over_http(django_capture_on_commit_callbac
                        if e.changes.get("state", [None, None])[1] == "live"]  # fmt: skip
             assert (live.actor, live.origin, live.correlation_id) == ("agent:gpu-07", "agent", "task-4711")
             assert control.node_heartbeat(triton_ready=True) is True
-            control.node_report_engines(readings=[EngineReading(model="chat", version=2, kv_cache_usage=0.25,
-                                                                running=3, waiting=1, preemptions=4)])  # fmt: skip
+            control.node_report_engines(readings=[EngineReading(device="MIG-1", model="chat", version=2,
+                                                                kv_cache_usage=0.25, running=3, waiting=1,
+                                                                preemptions=4)])  # fmt: skip
             engine = EnginePoint.objects.get()
-            assert (engine.node, engine.model, engine.version, engine.samples, engine.kv_usage_max, engine.preemptions) \
-                == ("gpu-07", "chat", 2, 1, 0.25, 4), "filed under the calling node, whatever a reading says"
+            assert (engine.node, engine.device, engine.model, engine.version, engine.samples, engine.kv_usage_max,
+                    engine.preemptions) == ("gpu-07", "MIG-1", "chat", 2, 1, 0.25, 4), "filed under the calling node"
             with pytest.raises(control.Refused):
                 control.replica_claim(replica_id=str(theirs.pk))
             with pytest.raises(DomainError):

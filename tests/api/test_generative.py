@@ -204,14 +204,14 @@ def test_two_generative_replicas_on_one_node_cannot_starve_each_other(api: APICl
     need = "needs 3.50 GiB (weights 0.00 GiB + KV cache 1.00 GiB for 524288 tokens + runtime 2.50 GiB)"
     # Version 2 beside version 1 (a canary): 3.5 + 3.5 GiB would fit in 7.5, but Triton starts version 1
     # again beside itself while it loads version 2 (measured: it initialises every version of a model
-    # whose directory changed), so version 1 counts twice: refused, saying so.
+    # whose directory changed), and version 2 again when version 1 is retired: refused, saying so.
     second = _upload(api, "llm", folder()).json()
     response = api.post("/api/v1/deployments/", {"version": second["id"], "nodes": ["node-a"]}, format="json")
     assert response.status_code == 400
     assert json.loads(response.content)["detail"] == (
         f"node-a cannot run llm:2: llm:2 {need}; node-a (50% of its memory) has 0.50 GiB free for engines of "
-        "7.50 GiB (llm:1 holds 3.50 GiB, twice while it is started again); Triton starts a model's other versions "
-        "again while it loads a new one, so llm:1 counts twice"
+        "7.50 GiB (llm:1 holds 3.50 GiB; llm's reload (Triton starts a model's versions again while it adds or "
+        "retires one) holds 3.50 GiB)"
     )  # fmt: skip
     assert Deployment.objects.count() == 1
     # Another model's engine is not started again: 3.5 + 3.5 GiB of 7.5 fit.
@@ -254,7 +254,7 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
     assert "No engine of console-llm reported in this window." in quiet and 'id="engine-series"' not in quiet
     from appliance.metrics.collect import record_engines
 
-    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.42, 3, 1, 0)])
+    record_engines(node="n1", readings=[generative.EngineReading("", "console-llm", 1, 0.42, 3, 1, 0)])
     charts = client.get("/console/metrics/?model=console-llm&window=1h").content.decode()
     assert 'id="engine-series"' in charts and 'data-fields="kv_v1,kv_max_v1"' in charts
     assert 'data-fields="preemptions_v1"' in charts and 'data-labels="v1 running,v1 waiting"' in charts
@@ -263,8 +263,8 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
 
     # An engine that preempted, or whose cache reached the gateway's watermark, is an alert on the overview.
     assert "engine of console-llm" not in client.get("/console/").content.decode(), "42 % and no preemption: no alert"
-    record_engines(node="n1", readings=[generative.EngineReading("console-llm", 1, 0.95, 16, 4, 0)])
-    record_engines(node="n2", readings=[generative.EngineReading("console-llm", 1, 0.5, 8, 0, 3)])
+    record_engines(node="n1", readings=[generative.EngineReading("", "console-llm", 1, 0.95, 16, 4, 0)])
+    record_engines(node="n2", readings=[generative.EngineReading("", "console-llm", 1, 0.5, 8, 0, 3)])
     overview = html.unescape(client.get("/console/").content.decode())
     assert ("engine of console-llm:1 on n1</a>: its KV cache reached 95% (the gateway held new streams back) in the "
             "last 15 minutes: its KV cache is small for its load") in overview  # fmt: skip
@@ -330,8 +330,8 @@ def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engi
     placed = deploy(large)
     assert placed.status_code == 202, placed.content
     Replica.objects.filter(mig_uuid="MIG-large").update(state=ReplicaState.LIVE)
-    # Two versions on the same slice (placed as a rollout would not: their reload needs 12 GiB); a third
-    # is refused, naming what the others hold and that they count twice while it loads.
+    # Two versions on the same slice (placed as a rollout would not: with a third, their reload needs more
+    # than the slice); a third is refused, naming what the others and the reload hold.
     second = ModelVersion.objects.get(pk=_upload(api, "llm", folder()).json()["id"])
     third = ModelVersion.objects.get(pk=_upload(api, "llm", folder()).json()["id"])
     Deployment.objects.all().delete()
@@ -341,8 +341,8 @@ def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engi
     refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-large"]}, format="json")
     assert refused.status_code == 400 and json.loads(refused.content)["detail"].endswith(
         "MIG device 3g.40gb (MIG-large) of gpu-m's GPU 0 has 0.00 GiB free for engines of 7.00 GiB "
-        "(llm:1 holds 3.00 GiB, twice while it is started again; llm:2 holds 3.00 GiB, twice while it is started "
-        "again); Triton starts a model's other versions again while it loads a new one, so llm:1, llm:2 count twice")  # fmt: skip
+        "(llm:1 holds 3.00 GiB; llm:2 holds 3.00 GiB; llm's reload (Triton starts a model's versions again while it "
+        "adds or retires one) holds 6.00 GiB)")  # fmt: skip
     # The engines on MIG-large hold nothing of MIG-small: its refusal names no other engine.
     refused = api.post("/api/v1/deployments/", {"version": str(third.pk), "mig_devices": ["MIG-small"]}, format="json")
     assert json.loads(refused.content)["detail"].endswith(
@@ -381,3 +381,10 @@ def test_a_generative_model_takes_text_validation_sets_and_only_those(api: APICl
     assert refused.status_code == 400
     assert "perplexity judges generative (vllm) models; this model's versions are python" in json.dumps(refused.json())
     assert sorted(Model.objects.get(name="llm").validation_sets.values_list("name", flat=True)) == ["facts", "own"]
+
+
+def test_a_model_s_reload_holds_the_larger_of_its_new_and_its_resident_versions() -> None:
+    """Adding a version starts the resident ones again; retiring them after a promotion starts
+    the new one again: placement keeps room for whichever is larger."""
+    assert generative.reload_allowance("llm", 5 * GIB, 3 * GIB)[1] == 5 * GIB
+    assert generative.reload_allowance("llm", 3 * GIB, 5 * GIB)[1] == 5 * GIB

@@ -118,36 +118,51 @@ def _page(kv: float, preempted: float, version: str = "3", running: float = 2) -
             'nv_inference_count{model="chat",version="3"} 99\n')  # fmt: skip
 
 
-def test_the_agent_reports_preemptions_since_its_last_reading() -> None:
+def test_the_agent_reports_preemptions_since_its_last_report_that_was_taken() -> None:
     meter = EngineMeter()
-    first = meter.readings([("n:8002", _page(0.5, 7))])
-    assert [(r.model, r.version, r.kv_cache_usage, r.running, r.waiting, r.preemptions) for r in first] == [
-        ("chat", 3, 0.5, 2.0, 1.0, 0)], "the engine's total before the agent looked is its baseline, not new"
-    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.6, 10))])] == [3]
-    assert meter.readings([]) == [], "a Triton that did not answer: no reading, and its baseline is kept"
-    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.6, 12))])] == [2]
-    assert [r.preemptions for r in meter.readings([("n:8002", _page(0.1, 1))])] == [1], "the engine started again"
-    # Two Tritons of the node (a MIG slice's and the main one) each keep their own total.
-    both = meter.readings([("n:8002", _page(0.1, 1)), ("n:9002", _page(0.9, 5))])
-    assert [(r.kv_cache_usage, r.preemptions) for r in both] == [(0.1, 0), (0.9, 0)]
-    assert meter.readings([("n:8002", 'appliance_engine_kv_cache_usage{model="",version="x"} 0.5')]) == []
+
+    def report(*pages: tuple[str, str]) -> list[tuple[str, float, float, float, float, int]]:
+        taken = [(r.device, r.kv_cache_usage, r.running, r.waiting, r.preemptions) for r in meter.readings(pages)]
+        meter.commit()
+        return taken  # type: ignore[return-value]
+
+    assert report(("", _page(0.5, 7))) == [("", 0.5, 2.0, 1.0, 0)], \
+        "the engine's total before the agent looked is its baseline, not new"  # fmt: skip
+    assert [r[-1] for r in report(("", _page(0.6, 10)))] == [3]
+    assert report() == [], "a Triton that did not answer: no reading, and its baseline is kept"
+    meter.readings([("", _page(0.6, 11))])  # a report the control plane did not take (no commit) ...
+    assert [r[-1] for r in report(("", _page(0.6, 12)))] == [2], "... loses nothing: counted from the last taken"
+    assert [r[-1] for r in report(("", _page(0.1, 1)))] == [1], "the engine started again"
+    # Each engine of the node (the main Triton's, a MIG slice's) is a reading with its own total.
+    assert report(("", _page(0.1, 1)), ("MIG-a", _page(0.9, 5))) == [("", 0.1, 2.0, 1.0, 0), ("MIG-a", 0.9, 2.0, 1.0, 0)]
+    # A version gone from a Triton that answered is forgotten: if it comes back, its total is a baseline again.
+    assert report(("", "nothing here"), ("MIG-a", _page(0.9, 6))) == [("MIG-a", 0.9, 2.0, 1.0, 1)]
+    assert [r[-1] for r in report(("", _page(0.1, 4)))] == [0]
+    # What the control plane would refuse is never sent: a NaN reads 0, an odd version label is skipped.
+    odd = ('appliance_engine_kv_cache_usage{model="chat",version="\u00b2"} 0.5\n'
+           'appliance_engine_kv_cache_usage{model="chat",version="0"} 0.5\n'
+           'appliance_engine_kv_cache_usage{model="",version="3"} 0.5\n')  # fmt: skip
+    assert report(("", odd)) == []
+    assert report(("", _page(float("nan"), 4, running=float("inf")))) == [("", 0.0, 0.0, 1.0, 0)]
 
 
 def test_engine_read_outs_become_per_version_series() -> None:
     at = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=2)
     for node, kv, preempted in (("n1", 0.2, 0), ("n1", 0.6, 3), ("n2", 0.9, 1)):
-        collector.record_engines(node=node, readings=[EngineReading("chat", 3, kv, 4, 2, preempted)], at=at)
-    collector.record_engines(node="n1", readings=[EngineReading("chat", 4, 0.05, 1, 0, 0)], at=at)
-    collector.record_engines(node="n1", readings=[EngineReading("other", 1, 0.99, 1, 0, 9)], at=at)
+        collector.record_engines(node=node, readings=[EngineReading("", "chat", 3, kv, 4, 2, preempted)], at=at)
+    # n2 runs version 3 on a MIG slice as well: another engine, not another sample of the first.
+    collector.record_engines(node="n2", readings=[EngineReading("MIG-a", "chat", 3, 0.5, 4, 2, 0)], at=at)
+    collector.record_engines(node="n1", readings=[EngineReading("", "chat", 4, 0.05, 1, 0, 0)], at=at)
+    collector.record_engines(node="n1", readings=[EngineReading("", "other", 1, 0.99, 1, 0, 9)], at=at)
     n1 = EnginePoint.objects.get(resolution=Resolution.MINUTE, node="n1", model="chat", version=3)
     assert (n1.samples, round(n1.kv_usage_sum, 6), n1.kv_usage_max, n1.preemptions) == (2, 0.8, 0.6, 3)
 
     series = engine_series(window=WINDOWS["1h"], model="chat", now=at + timedelta(seconds=30))
     i = series["t"].index(int(at.timestamp()))
     assert series["versions"] == [3, 4]
-    assert series["kv_v3"][i] == 65.0, "each engine's mean first ((0.2+0.6)/2 on n1, 0.9 on n2), then across nodes"
+    assert series["kv_v3"][i] == 60.0, "each engine's mean first (0.4 on n1, 0.9 and 0.5 on n2), then across engines"
     assert series["kv_max_v3"][i] == 90.0 and series["kv_v4"][i] == 5.0
-    assert series["running_v3"][i] == 8.0 and series["waiting_v3"][i] == 4.0, "summed over the version's engines"
+    assert series["running_v3"][i] == 12.0 and series["waiting_v3"][i] == 6.0, "summed over the version's 3 engines"
     assert series["preemptions_v3"][i] == 4.0 and series["preemptions_v4"][i] == 0.0
     assert series["kv_v3"][i - 1] is None, "no read-out there: nothing to draw, not zero"
 
@@ -165,5 +180,7 @@ def test_old_rows_are_pruned_by_resolution() -> None:
     old_minute = now - timedelta(hours=settings.METRICS_MINUTE_KEEP_H + 1)
     for resolution in (Resolution.MINUTE, Resolution.HOUR):
         TrafficPoint.objects.create(resolution=resolution, start=old_minute, tenant="t", model="m", latency_buckets=[])
-    assert collector.prune(now) == 1
+        EnginePoint.objects.create(resolution=resolution, start=old_minute, node="n", model="m", version=1, samples=1)
+    assert collector.prune(now) == 2
     assert TrafficPoint.objects.filter(resolution=Resolution.HOUR).count() == 1
+    assert list(EnginePoint.objects.values_list("resolution", flat=True)) == [Resolution.HOUR]
