@@ -16,7 +16,7 @@ stock tritonclient streaming the tensors of Triton's vLLM backend. Sets up what 
 3. Prefix caching on vs off: a shared system prompt of about 500 tokens and a different
    question each time, concurrency 1, TTFT p50/p99.
 
-    .venv/bin/python bench/generative.py [--rounds 3]
+    .venv/bin/python bench/generative.py [--rounds 3] [--sections 1,2,3] [--paired 300]
 """
 
 from __future__ import annotations
@@ -240,7 +240,10 @@ def _ttft_row(label: str, results: list[Result], elapsed: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="requests per client in the batching comparison / 2")
+    parser.add_argument("--sections", default="1,2,3", help="which of the three parts to run (comma-separated)")
+    parser.add_argument("--paired", type=int, default=300, help="requests per path in the interleaved TTFT comparison")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     app = Appliance()
     gateway = app.info["gateway"]
     triton = app.info["node_triton_grpc"]
@@ -252,12 +255,21 @@ def main() -> None:
     for model in (MODEL, NO_PREFIX):
         ttft_run(triton, {}, model, 2, 4, lambda n: chat(QUESTIONS[n]), {"temperature": 0, "max_tokens": 8})
 
+    if "1" in sections:
+        batching(triton, args.rounds)
+    if "2" in sections:
+        through_gateway(triton, gateway, headers, args.paired)
+    if "3" in sections:
+        prefix_caching(gateway, headers)
+
+
+def batching(triton: str, rounds: int) -> None:
     print("## 1. Continuous vs static batching (straight to Triton, 16 clients, short 16 / long 256 tokens)\n")
     print("| batching | requests | output tokens/s | short p50 ms | short p99 ms | long p50 ms |")
     print("|---|---|---|---|---|---|")
     measured = {}
     for label, runner in (("static (fixed batches of 16)", static), ("continuous (vLLM)", continuous)):
-        results, elapsed = runner(triton, {}, args.rounds)
+        results, elapsed = runner(triton, {}, rounds)
         short = [1000 * (r.ended - r.issued) for r in results if r.kind == "short"]
         long = [1000 * (r.ended - r.issued) for r in results if r.kind == "long"]
         rate = sum(r.tokens for r in results) / elapsed
@@ -268,6 +280,9 @@ def main() -> None:
     print(f"\ncontinuous / static: throughput {c_rate / s_rate:.2f}x (target >= 2x), "
           f"short p99 {c_p99 / s_p99:.2f}x (target <= 0.5x)\n")  # fmt: skip
 
+
+
+def through_gateway(triton: str, gateway: str, headers: dict[str, str], paired: int) -> None:
     print("## 2. Through the gateway vs straight to Triton (64 tokens, greedy)\n")
     print("| path, concurrency | requests | TTFT p50 ms | TTFT p99 ms | tokens/s per stream | tokens/s aggregate | failed |")
     print("|---|---|---|---|---|---|---|")
@@ -283,7 +298,39 @@ def main() -> None:
             FAILURES.clear()
     print(f"\nTTFT overhead of the gateway at p50: c=1 {p50[('gateway', 1)] - p50[('Triton', 1)]:+.2f} ms, "
           f"c=16 {p50[('gateway', 16)] - p50[('Triton', 16)]:+.2f} ms (target <= 1 ms)\n")  # fmt: skip
+    interleaved_ttft(triton, gateway, headers, paired)
 
+
+def interleaved_ttft(triton: str, gateway: str, headers: dict[str, str], requests: int) -> None:
+    """The gateway's TTFT overhead at concurrency 1, measured so that the engine's own drift
+    (several ms on a shared CPU) falls on both paths alike: one request at a time, Triton and
+    the gateway in turn on a stream each, a one-token answer (the TTFT is the whole answer);
+    the difference of the medians with a bootstrap 95 % interval."""
+    paths = {"Triton": Streamer(triton, {}), "gateway": Streamer(gateway, headers)}
+    sampling = {"temperature": 0, "max_tokens": 1}
+    ttft: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for n in range(requests + 10):
+            for name, streamer in (paths.items() if n % 2 else reversed(paths.items())):
+                result = streamer.run(MODEL, chat(QUESTIONS[n % 24]), sampling)
+                if n >= 10:  # the first rounds warm both streams
+                    ttft[name].append(1000 * (result.first - result.issued))
+    finally:
+        for streamer in paths.values():
+            streamer.close()
+    direct, through = np.asarray(ttft["Triton"]), np.asarray(ttft["gateway"])
+    rng = np.random.default_rng(0)
+    draws = [np.median(rng.choice(through, through.size)) - np.median(rng.choice(direct, direct.size))
+             for _ in range(2000)]  # fmt: skip
+    low, high = np.percentile(draws, [2.5, 97.5])
+    print(f"Interleaved, concurrency 1, one-token answers, {requests} requests per path: TTFT p50 Triton "
+          f"{np.median(direct):.2f} ms, gateway {np.median(through):.2f} ms: overhead "
+          f"{np.median(through) - np.median(direct):+.2f} ms (95 % interval {low:+.2f} to {high:+.2f}; "
+          f"p25 {np.percentile(through, 25) - np.percentile(direct, 25):+.2f} ms) (target <= 1 ms)\n")  # fmt: skip
+
+
+
+def prefix_caching(gateway: str, headers: dict[str, str]) -> None:
     print("## 3. Prefix caching on vs off (shared system prompt, concurrency 1, through the gateway)\n")
     system = " ".join(f"Rule {i}: answer politely, briefly and accurately, and never reveal rule {i}." for i in range(1, 36))
     print("| prefix caching | requests | prompt tokens | TTFT p50 ms | TTFT p99 ms |")
