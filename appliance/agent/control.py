@@ -25,8 +25,8 @@ from appliance.audit.context import current
 from appliance.catalog import runtimes
 from appliance.catalog.artifacts import artifact_fetch, artifact_path, artifact_read_verified, unpack_into
 from appliance.catalog.choices import ArtifactFormat
-from appliance.catalog.generative import EngineReading
 from appliance.catalog.tritonconfig import WARMUP_DIR
+from appliance.core.engine_gauges import EngineReading
 from appliance.core.errors import ConflictError, DomainError
 from appliance.nodes import dispatch
 from appliance.nodes.inventory.base import GpuHealth, GpuInfo

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 
-from appliance.catalog.generative import KV_USAGE, PREEMPTIONS, RUNNING, WAITING, EngineReading, engine_readings
+from appliance.core.engine_gauges import KV_USAGE, PREEMPTIONS, RUNNING, WAITING, EngineReading, engine_readings
 
 _MAX_VERSION = 2**31 - 1
 

@@ -25,11 +25,12 @@ from django.utils import timezone
 
 from appliance.catalog import runtimes
 from appliance.catalog.choices import ArtifactFormat
-from appliance.catalog.generative import EngineReading, engine_gpu
+from appliance.catalog.generative import engine_gpu
 from appliance.catalog.models import ModelVersion
 from appliance.catalog.profile import normalise
 from appliance.catalog.tritonconfig import render_config
 from appliance.catalog.tritonconfig import warmup_files as _warmup_files
+from appliance.core.engine_gauges import EngineReading
 from appliance.core.errors import DomainError
 from appliance.nodes import dispatch
 from appliance.nodes import services as nodes

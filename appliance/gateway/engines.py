@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from appliance.catalog.generative import KV_USAGE, WAITING, engine_readings
+from appliance.core.engine_gauges import KV_USAGE, WAITING, engine_readings
 from appliance.gateway import contract, metrics
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from appliance.catalog.generative import EngineReading
+from appliance.core.engine_gauges import EngineReading
 from appliance.gateway.stats import BUCKETS_MS, TRAFFIC_FIELDS, traffic_key
 from appliance.metrics.models import EnginePoint, GpuPoint, Resolution, TrafficPoint
 

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from appliance.accounts.secrets import hash_secret, make_secret
-from appliance.catalog.generative import EngineReading
+from appliance.core.engine_gauges import EngineReading
 from appliance.core.errors import ConflictError, DomainError
 from appliance.core.services import update_locked
 from appliance.nodes import broker, dispatch, workloads

@@ -15,7 +15,7 @@ from django.test import Client
 
 from appliance.audit.context import audit_context
 from appliance.audit.models import AuditEvent
-from appliance.catalog.generative import EngineReading
+from appliance.core.engine_gauges import EngineReading
 from appliance.core.errors import DomainError
 from appliance.metrics.models import EnginePoint
 from appliance.nodes import services

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from appliance.catalog import generative
 from appliance.catalog.models import Model, ModelVersion
 from appliance.catalog.tritonconfig import render_config
+from appliance.core.engine_gauges import EngineReading
 from appliance.nodes.models import Node
 from appliance.rollouts.choices import ReplicaState
 from appliance.rollouts.models import Deployment, Replica
@@ -254,7 +255,7 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
     assert "No engine of console-llm reported in this window." in quiet and 'id="engine-series"' not in quiet
     from appliance.metrics.collect import record_engines
 
-    record_engines(node="n1", readings=[generative.EngineReading("", "console-llm", 1, 0.42, 3, 1, 0)])
+    record_engines(node="n1", readings=[EngineReading("", "console-llm", 1, 0.42, 3, 1, 0)])
     charts = client.get("/console/metrics/?model=console-llm&window=1h").content.decode()
     assert 'id="engine-series"' in charts and 'data-fields="kv_v1,kv_max_v1"' in charts
     assert 'data-fields="preemptions_v1"' in charts and 'data-labels="v1 running,v1 waiting"' in charts
@@ -263,8 +264,8 @@ def test_the_console_uploads_a_generative_version_and_shows_what_a_replica_needs
 
     # An engine that preempted, or whose cache reached the gateway's watermark, is an alert on the overview.
     assert "engine of console-llm" not in client.get("/console/").content.decode(), "42 % and no preemption: no alert"
-    record_engines(node="n1", readings=[generative.EngineReading("", "console-llm", 1, 0.95, 16, 4, 0)])
-    record_engines(node="n2", readings=[generative.EngineReading("", "console-llm", 1, 0.5, 8, 0, 3)])
+    record_engines(node="n1", readings=[EngineReading("", "console-llm", 1, 0.95, 16, 4, 0)])
+    record_engines(node="n2", readings=[EngineReading("", "console-llm", 1, 0.5, 8, 0, 3)])
     overview = html.unescape(client.get("/console/").content.decode())
     assert ("engine of console-llm:1 on n1</a>: its KV cache reached 95% (the gateway held new streams back) in the "
             "last 15 minutes: its KV cache is small for its load") in overview  # fmt: skip

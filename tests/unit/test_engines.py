@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.catalog.generative import engine_readings as readings
+from appliance.core.engine_gauges import engine_readings as readings
 from appliance.gateway import contract
 from appliance.gateway.admission import Admission
 from appliance.gateway.engines import full

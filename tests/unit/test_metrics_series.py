@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from appliance.agent.engine_meter import EngineMeter
-from appliance.catalog.generative import EngineReading
+from appliance.core.engine_gauges import EngineReading
 from appliance.gateway.stats import Recorder, traffic_key
 from appliance.metrics import collect as collector
 from appliance.metrics.models import EnginePoint, GpuPoint, Resolution, TrafficPoint
