@@ -85,13 +85,18 @@ def sweep() -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
         probes = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe(n.grpc_address, live.get(str(n.pk), [])), nodes), strict=True))
         mig_problems = dict(zip([n.pk for n in nodes], pool.map(lambda n: _probe_mig(mig[n.pk]), nodes), strict=True))
+    # The heartbeats as of now, read after the probes: probing a fleet can take seconds (a node
+    # that does not answer costs its timeout), and a heartbeat read before them would look that
+    # much older than it is — every node "silent" because another one is slow to answer.
+    heartbeats = dict(Node.objects.values_list("pk", "last_heartbeat"))
     now = timezone.now()
     limits = thresholds()
     result = {}
     for node in nodes:
         probe_error, not_ready = probes[node.pk]
         facts = NodeFacts(
-            name=node.name, now=now, last_heartbeat=node.last_heartbeat, agent_triton_ready=node.triton_ready,
+            name=node.name, now=now, last_heartbeat=heartbeats.get(node.pk, node.last_heartbeat),
+            agent_triton_ready=node.triton_ready,
             probe_error=probe_error, models_not_ready=not_ready, mig_problems=mig_problems[node.pk],
             gpus=[GpuFacts(g.index, g.temperature_c, g.ecc_corrected, g.ecc_uncorrected, g.xid_events,
                            g.throttle_reasons, g.remapped_rows_pending, g.remap_failed, g.readout_error, g.readout_time,

@@ -86,3 +86,50 @@ def test_a_refusal_counts_at_once(probe_timeout: float) -> None:
     for address in _serve(triton):
         error, _ = _probe(address, [])
     assert error == "shutting down" and triton.calls == 1  # no second try for a refusal
+
+
+def test_a_slow_node_does_not_make_the_others_look_silent(probe_timeout: float, settings: Any,
+                                                          db_unblocked: None) -> None:  # fmt: skip
+    """A sweep probes every node first, and a Triton that hangs costs two timeouts; a heartbeat
+    read before the probes would look that much older than it is. Here a node whose agent beats
+    throughout stays healthy while another node's Triton hangs (CI saw every node of a fleet
+    "silent for 10 s" because of a dead node's hung port)."""
+    from django.db import connection
+
+    from appliance.nodes.models import Node
+    from appliance.nodes.services import node_heartbeat
+    from appliance.nodes.tasks import sweep
+    from tests.factories import make_node
+
+    settings.NODE_STALE_AFTER_S = 0.3  # the hung probe below costs 2 x 0.2 s
+    fine, hung = SlowTriton(slow=0, delay=0), SlowTriton(slow=99, delay=1.0)
+    for fine_address in _serve(fine):
+        for hung_address in _serve(hung):
+            # Committed rows (the heartbeat thread has a connection of its own), removed at the end.
+            alive, stuck = make_node(f"sweep-alive-{fine_address[-5:]}"), make_node(f"sweep-stuck-{hung_address[-5:]}")
+            Node.objects.filter(pk=alive.pk).update(grpc_address=fine_address)
+            Node.objects.filter(pk=stuck.pk).update(grpc_address=hung_address)
+            stop = threading.Event()
+
+            def beat() -> None:  # the agent's heartbeat, every 50 ms
+                try:
+                    while not stop.wait(0.05):
+                        node_heartbeat(node_id=alive.pk, triton_ready=True)
+                finally:
+                    connection.close()
+
+            node_heartbeat(node_id=alive.pk, triton_ready=True)
+            beating = threading.Thread(target=beat)
+            beating.start()
+            try:
+                started = time.monotonic()
+                health = sweep()
+                took = time.monotonic() - started
+            finally:
+                stop.set()
+                beating.join()
+                reasons = Node.objects.get(pk=alive.pk).health_reasons
+                Node.objects.filter(pk__in=[alive.pk, stuck.pk]).delete()
+    assert took >= 2 * probe_timeout, "the hung Triton was asked twice"
+    assert health[stuck.name] == "unhealthy"
+    assert health[alive.name] == "healthy", reasons
