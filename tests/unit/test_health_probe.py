@@ -111,10 +111,10 @@ def test_a_slow_node_does_not_make_the_others_look_silent(probe_timeout: float, 
             Node.objects.filter(pk=stuck.pk).update(grpc_address=hung_address)
             stop = threading.Event()
 
-            def beat() -> None:  # the agent's heartbeat, every 50 ms
+            def beat(node_id: Any = alive.pk, stop: threading.Event = stop) -> None:  # the agent's, every 50 ms
                 try:
                     while not stop.wait(0.05):
-                        node_heartbeat(node_id=alive.pk, triton_ready=True)
+                        node_heartbeat(node_id=node_id, triton_ready=True)
                 finally:
                     connection.close()
 
