@@ -30,7 +30,7 @@ from appliance.catalog.models import Model, ModelVersion
 from appliance.console.access import FROM_URL, actor_of, context, domain_errors, guarded, scoped, tenant_scope
 from appliance.gateway.contract import KV_HIGH_WATERMARK
 from appliance.metrics import selectors as metrics
-from appliance.metrics.models import EnginePoint
+from appliance.metrics.models import EnginePoint, Resolution
 from appliance.nodes.choices import ACTIVE_RECONFIGURATION_STATES
 from appliance.nodes.models import Gpu, Node, Reconfiguration
 from appliance.rollouts import services
@@ -70,7 +70,7 @@ def _engine_alerts() -> list[dict[str, str]]:
     watermark (it then sheds new streams), in the last ENGINE_ALERT_MINUTES: the KV cache is
     too small for the load the engine gets."""
     since = timezone.now() - timedelta(minutes=ENGINE_ALERT_MINUTES)
-    rows = (EnginePoint.objects.filter(resolution="minute", start__gte=since)
+    rows = (EnginePoint.objects.filter(resolution=Resolution.MINUTE, start__gte=since)
             .values("node", "model", "version").annotate(preempted=Sum("preemptions"), highest=Max("kv_usage_max"))
             .filter(Q(preempted__gt=0) | Q(highest__gte=KV_HIGH_WATERMARK)).order_by("model", "version", "node")[:20])  # fmt: skip
     alerts = []

@@ -127,6 +127,19 @@ def collect_traffic(now: datetime | None = None) -> list[datetime]:
     return [m for m, fields in zip(minutes, hashes, strict=True) if fields]
 
 
+def _add_sample(model: Any, key: dict[str, Any], sums: dict[str, float], *, maxima: dict[str, float] | None = None,
+                made_with: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Adds one read-out to the minute row `key` names (its unique fields): one more sample,
+    `sums` added, `maxima` kept if higher; a new row also takes `made_with`."""
+    maxima = maxima or {}
+    updates = {"samples": F("samples") + 1, **{k: F(k) + v for k, v in sums.items()},
+               **{k: Greatest(k, v) for k, v in maxima.items()}}  # fmt: skip
+    if not model.objects.filter(**key).update(**updates):
+        model.objects.bulk_create([model(**key, samples=1, **(made_with or {}), **sums, **maxima)],
+                                  update_conflicts=True, unique_fields=list(key),
+                                  update_fields=["samples", *sums, *maxima])  # fmt: skip
+
+
 def record_gpu(*, node: str, readings: Iterable[Any], totals: dict[int, int], at: datetime | None = None) -> None:
     """Adds one read-out per GPU to its current minute (called at every node heartbeat)."""
     start = _minute(at or timezone.now())
@@ -135,33 +148,38 @@ def record_gpu(*, node: str, readings: Iterable[Any], totals: dict[int, int], at
             continue
         values = {"utilisation_sum": reading.utilisation_pct or 0, "memory_used_mib_sum": reading.memory_used_mib or 0,
                   "memory_bandwidth_sum": reading.memory_bandwidth_pct or 0}  # fmt: skip
-        match = GpuPoint.objects.filter(resolution=Resolution.MINUTE, start=start, node=node, gpu_index=reading.index)
-        if not match.update(samples=F("samples") + 1, **{k: F(k) + v for k, v in values.items()}):
-            GpuPoint.objects.bulk_create(
-                [GpuPoint(resolution=Resolution.MINUTE, start=start, node=node, gpu_index=reading.index, samples=1,
-                          memory_total_mib=totals.get(reading.index, 0), **values)],
-                update_conflicts=True, unique_fields=["resolution", "start", "node", "gpu_index"],
-                update_fields=["samples", *values],
-            )  # fmt: skip
+        _add_sample(GpuPoint, {"resolution": Resolution.MINUTE, "start": start, "node": node, "gpu_index": reading.index},
+                    values, made_with={"memory_total_mib": totals.get(reading.index, 0)})  # fmt: skip
 
 
 def record_engines(*, node: str, readings: Iterable[EngineReading], at: datetime | None = None) -> None:
-    """Adds one read-out per model version's engine to its current minute (every node heartbeat)."""
+    """Adds one read-out per engine to its current minute (every heartbeat period)."""
     start = _minute(at or timezone.now())
     for r in readings:
-        values = {"kv_usage_sum": r.kv_cache_usage, "running_sum": r.running, "waiting_sum": r.waiting,
-                  "preemptions": r.preemptions}  # fmt: skip
         key = {"resolution": Resolution.MINUTE, "start": start, "node": node, "device": r.device, "model": r.model,
                "version": r.version}  # fmt: skip
-        updated = EnginePoint.objects.filter(**key).update(samples=F("samples") + 1,
-                                                           kv_usage_max=Greatest("kv_usage_max", r.kv_cache_usage),
-                                                           **{k: F(k) + v for k, v in values.items()})  # fmt: skip
-        if not updated:
-            EnginePoint.objects.bulk_create(
-                [EnginePoint(**key, samples=1, kv_usage_max=r.kv_cache_usage, **values)], update_conflicts=True,
-                unique_fields=["resolution", "start", "node", "device", "model", "version"],
-                update_fields=["samples", "kv_usage_max", *values],
-            )  # fmt: skip
+        _add_sample(EnginePoint, key, {"kv_usage_sum": r.kv_cache_usage, "running_sum": r.running,
+                                       "waiting_sum": r.waiting, "preemptions": r.preemptions},
+                    maxima={"kv_usage_max": r.kv_cache_usage})  # fmt: skip
+
+
+def _hour_rows(model: Any, hour: datetime, keys: tuple[str, ...], summed: tuple[str, ...], *,
+               maxed: tuple[str, ...] = (), kept: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """(Re)writes one hour's rows of a read-out series from its minute rows: per `keys`, the
+    `summed` fields added up, the `maxed` ones the highest, the `kept` ones the first minute's."""
+    rows: dict[tuple[Any, ...], Any] = {}
+    for m in model.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=hour + timedelta(hours=1)):
+        key = tuple(getattr(m, name) for name in keys)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = model(resolution=Resolution.HOUR, start=hour, **{n: getattr(m, n) for n in (*keys, *kept)})
+        for name in summed:
+            setattr(row, name, getattr(row, name) + getattr(m, name))
+        for name in maxed:
+            setattr(row, name, max(getattr(row, name), getattr(m, name)))
+    if rows:
+        model.objects.bulk_create(list(rows.values()), update_conflicts=True, unique_fields=["resolution", "start", *keys],
+                                  update_fields=[*summed, *maxed, *kept])  # fmt: skip
 
 
 def roll_up(hours: Iterable[datetime]) -> None:
@@ -175,35 +193,10 @@ def roll_up(hours: Iterable[datetime]) -> None:
                 row = traffic[(p.tenant, p.model)] = TrafficPoint(resolution=Resolution.HOUR, start=hour, tenant=p.tenant,
                                                                   model=p.model, latency_buckets=[0] * (len(BUCKETS_MS) + 1))  # fmt: skip
             _add(row, p)
-        gpus: dict[tuple[str, int], GpuPoint] = {}
-        for g in GpuPoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
-            gpu_row = gpus.get((g.node, g.gpu_index))
-            if gpu_row is None:
-                gpu_row = gpus[(g.node, g.gpu_index)] = GpuPoint(resolution=Resolution.HOUR, start=hour, node=g.node,
-                                                             gpu_index=g.gpu_index, memory_total_mib=g.memory_total_mib)  # fmt: skip
-            for name in GPU_SUMMED:
-                setattr(gpu_row, name, getattr(gpu_row, name) + getattr(g, name))
-        engines: dict[tuple[str, str, str, int], EnginePoint] = {}
-        for e in EnginePoint.objects.filter(resolution=Resolution.MINUTE, start__gte=hour, start__lt=end):
-            engine_row = engines.get((e.node, e.device, e.model, e.version))
-            if engine_row is None:
-                engine_row = engines[(e.node, e.device, e.model, e.version)] = EnginePoint(
-                    resolution=Resolution.HOUR, start=hour, node=e.node, device=e.device, model=e.model,
-                    version=e.version)  # fmt: skip
-            for name in ENGINE_SUMMED:
-                setattr(engine_row, name, getattr(engine_row, name) + getattr(e, name))
-            engine_row.kv_usage_max = max(engine_row.kv_usage_max, e.kv_usage_max)
         with transaction.atomic():
             _upsert_traffic(list(traffic.values()))
-            if engines:
-                EnginePoint.objects.bulk_create(list(engines.values()), update_conflicts=True,
-                                                unique_fields=["resolution", "start", "node", "device", "model",
-                                                               "version"],
-                                                update_fields=[*ENGINE_SUMMED, "kv_usage_max"])  # fmt: skip
-            if gpus:
-                GpuPoint.objects.bulk_create(list(gpus.values()), update_conflicts=True,
-                                             unique_fields=["resolution", "start", "node", "gpu_index"],
-                                             update_fields=[*GPU_SUMMED, "memory_total_mib"])  # fmt: skip
+            _hour_rows(GpuPoint, hour, ("node", "gpu_index"), GPU_SUMMED, kept=("memory_total_mib",))
+            _hour_rows(EnginePoint, hour, ("node", "device", "model", "version"), ENGINE_SUMMED, maxed=("kv_usage_max",))
 
 
 def prune(now: datetime | None = None) -> int:
