@@ -69,6 +69,8 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
     gateway: str = ""
     openai: str = ""  # the gateway's OpenAI-compatible API, http://host:port/v1
+    gateway_pid: int = 0  # the main gateway's run_gateway process (it exports the native front's snapshot)
+    native_metrics: int = 0  # the main gateway's native front's metrics port
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
     agent_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -168,8 +170,33 @@ class Fleet:
             openai = f"127.0.0.1:{free_port()}"
             self.openai = f"http://{openai}/v1"
             extra = ("--openai-bind", openai, *extra)
+            if native:
+                self.native_metrics = free_port()
+                extra = ("--native-metrics-bind", f"127.0.0.1:{self.native_metrics}", *extra)
         argv = [sys.executable, "manage.py", "run_gateway", "--bind", address, *(["--native"] if native else []), *extra]
-        return self.spawn(name, argv), address
+        proc = self.spawn(name, argv)
+        if name == "gateway":
+            self.gateway_pid = proc.popen.pid
+        return proc, address
+
+    def native_routes(self, model: str) -> set[str] | None:
+        """The nodes the main gateway's native front routes `model` to, read from the newest
+        snapshot the Python gateway exported once the front's metrics say it answers from that
+        document (or a later one); None while the front has not loaded it yet."""
+        import json
+        import urllib.request
+
+        path = Path(self.env["APPLIANCE_VAR_DIR"]) / "run" / f"gateway-snapshot-{self.gateway_pid}.json"
+        written = path.stat().st_mtime
+        document = json.loads(path.read_text())
+        if path.stat().st_mtime != written:
+            return None  # exported again while it was read
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.native_metrics}/metrics", timeout=5).read().decode()
+        loaded = next(float(line.split()[1]) for line in text.splitlines()
+                      if line.startswith("gateway_native_snapshot_written_seconds "))  # fmt: skip
+        if loaded < written - 1e-6:
+            return None
+        return {route["node"] for route in document["routes"].get(model, [])}
 
     def restart_agent(self, name: str) -> Proc:
         """Starts the node's agent again (same ports, directory and options) after it died."""

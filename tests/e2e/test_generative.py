@@ -109,21 +109,28 @@ def fleet(db_unblocked: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield fleet
 
 
-@pytest.fixture(scope="module")
-def world(fleet: Fleet) -> dict[str, Any]:
-    olga = Operator("gen-olga")
-    olga.post("models/", {"name": MODEL, "serving_profile": PROFILE})
+def roll_out_smollm2(fleet: Fleet, olga: Operator, *, profile: dict[str, Any], node: str, tenant: str,
+                     timeout: float = 600) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """SmolLM2 registered with `profile`, uploaded and deployed live on `node` through the REST
+    API, granted to a new `tenant`: (the version, a key of that tenant)."""
+    olga.post("models/", {"name": MODEL, "serving_profile": profile})
     version = olga.post("versions/", {"model": MODEL, "format": "vllm", "change_note": "SmolLM2-135M-Instruct",
                                       "artifact": SimpleUploadedFile("smollm2.tar", ARTIFACT.read_bytes())},
                         fmt="multipart")  # fmt: skip
-    done = olga.wait_ended(olga.post("deployments/", {"version": version["id"], "nodes": [NODE]})["id"], fleet, timeout=600)
+    done = olga.wait_ended(olga.post("deployments/", {"version": version["id"], "nodes": [node]})["id"], fleet, timeout=timeout)
     assert done["state"] == "live", done
-    olga.post("tenants/", {"slug": "genco", "name": "GenCo"})
-    olga.post("grants/", {"tenant": "genco", "model": MODEL})
+    olga.post("tenants/", {"slug": tenant, "name": tenant.capitalize()})
+    olga.post("grants/", {"tenant": tenant, "model": MODEL})
+    return version, olga.post("api-keys/", {"tenant": tenant, "name": "chat"})["key"]
+
+
+@pytest.fixture(scope="module")
+def world(fleet: Fleet) -> dict[str, Any]:
+    olga = Operator("gen-olga")
+    version, key = roll_out_smollm2(fleet, olga, profile=PROFILE, node=NODE, tenant="genco")
     olga.post("tenants/", {"slug": "other", "name": "Other"})
     return {
-        "olga": olga, "version": version,
-        "key": olga.post("api-keys/", {"tenant": "genco", "name": "chat"})["key"],
+        "olga": olga, "version": version, "key": key,
         "stranger": olga.post("api-keys/", {"tenant": "other", "name": "none"})["key"],
     }  # fmt: skip
 

@@ -206,7 +206,7 @@ bool Counters::flush(RedisLink& link, double now) {
 }
 
 std::string Counters::exposition(const std::map<std::string, std::pair<int, double>>& replicas, bool snapshot_ok,
-                                 uint64_t snapshot_refusals) {
+                                 uint64_t snapshot_refusals, double snapshot_written) {
   std::lock_guard<std::mutex> lock(mu_);
   std::ostringstream out;
   out.precision(17);
@@ -252,6 +252,10 @@ std::string Counters::exposition(const std::map<std::string, std::pair<int, doub
   head("gateway_native_snapshot_refused_total", "Snapshot documents the front could not read or did not know the version of",
        "counter");
   out << "gateway_native_snapshot_refused_total " << snapshot_refusals << "\n";
+  head("gateway_native_snapshot_written_seconds",
+       "When the snapshot the front answers from was written (unix time; its age is how far the front's view lags)",
+       "gauge");
+  out << "gateway_native_snapshot_written_seconds " << snapshot_written << "\n";
   return out.str();
 }
 

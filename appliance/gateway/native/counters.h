@@ -57,9 +57,9 @@ class Counters {
   void set_instance(const std::string& instance);
 
   // The Prometheus text exposition; in flight and limits come from admission, the snapshot's
-  // state from the snapshot file (1: answering from a loaded view).
+  // state from the snapshot file (1: answering from a loaded view; when that view was written).
   std::string exposition(const std::map<std::string, std::pair<int, double>>& replicas, bool snapshot_ok,
-                         uint64_t snapshot_refusals);
+                         uint64_t snapshot_refusals, double snapshot_written);
 
  private:
   std::mutex mu_;

@@ -69,7 +69,8 @@ void serve_metrics(const std::string& bind, gw::Front* front, gw::Counters* coun
         if (n <= 0) break;
         request.append(buffer, n);
       }
-      std::string body = counters->exposition(front->replicas(), snapshots->current() != nullptr, snapshots->refusals());
+      std::string body = counters->exposition(front->replicas(), snapshots->current() != nullptr, snapshots->refusals(),
+                                             snapshots->loaded_written());
       std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                          "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
       std::string reply = head + body;

@@ -230,7 +230,7 @@ int main() {
       out["flushed"] = counters.flush(link, op.at("now").get<double>());
       if (link.context) redisFree(link.context);
     } else if (kind == "exposition") {
-      out["text"] = counters.exposition(admission.replicas(), true, 0);
+      out["text"] = counters.exposition(admission.replicas(), true, 0, 0);
     } else {
       out["error"] = "unknown op " + kind;
     }

@@ -74,6 +74,8 @@ class SnapshotFile {
 
   std::string refused_reason() const;  // why the newest document was refused; "" when serving
   uint64_t refusals() const { return refusals_.load(); }
+  // When the document the front answers from was written (unix seconds; 0 before the first).
+  double loaded_written() const { return loaded_written_.load(); }
 
  private:
   std::string path_;

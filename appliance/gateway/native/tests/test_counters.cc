@@ -12,7 +12,7 @@ TEST(Exposition, NamesTheContractsMetricsAndTheSnapshotState) {
   Counters counters;
   counters.answered("acme", "digits", "OK", 0.004);
   counters.shed("digits", 2, "quota");
-  std::string text = counters.exposition({{"a:1", {3, 12.5}}}, false, 4);
+  std::string text = counters.exposition({{"a:1", {3, 12.5}}}, false, 4, 1764547200.25);
   EXPECT_NE(text.find("gateway_requests_total{plane=\"native\",tenant=\"acme\",model=\"digits\",status=\"OK\"} 1"),
             std::string::npos);
   EXPECT_NE(text.find("gateway_request_seconds_bucket{plane=\"native\",model=\"digits\",le=\"0.005\"} 1"),
@@ -23,6 +23,7 @@ TEST(Exposition, NamesTheContractsMetricsAndTheSnapshotState) {
   EXPECT_NE(text.find("gateway_inflight{plane=\"native\",replica=\"a:1\"} 3"), std::string::npos);
   EXPECT_NE(text.find("gateway_native_snapshot_ok 0"), std::string::npos);
   EXPECT_NE(text.find("gateway_native_snapshot_refused_total 4"), std::string::npos);
+  EXPECT_NE(text.find("gateway_native_snapshot_written_seconds 1764547200.25\n"), std::string::npos);
 }
 
 TEST(Refusals, CarryTheContractsStatusAndText) {

@@ -101,11 +101,13 @@ TEST_F(SnapshotFileTest, StalenessCountsFromTheLastDocumentActuallyLoaded) {
   write(document(contract::kSnapshotVersion), 2000.0);
   ASSERT_EQ(file.poll(), SnapshotFile::Poll::kLoaded);
   const Snapshot& s = *file.current();
+  EXPECT_DOUBLE_EQ(file.loaded_written(), 2000.0);
   now = 2004.0;
   EXPECT_FALSE(file.stale(s));
   // The file keeps changing but never loads again: the loaded view still ages.
   write("{", 2005.0);
   file.poll();
+  EXPECT_DOUBLE_EQ(file.loaded_written(), 2000.0) << "what the metrics report is the view in use";
   now = 2006.0;
   EXPECT_TRUE(file.stale(s));
 }
