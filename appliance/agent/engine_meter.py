@@ -34,33 +34,44 @@ def _number(value: float | None) -> float:
 
 class EngineMeter:
     def __init__(self) -> None:
-        self._taken: dict[tuple[str, str, str], float] = {}  # (device, model, version) -> total last reported
-        self._pending: dict[tuple[str, str, str], float] = {}
+        # (device, model, version, engine) -> preemption total last reported
+        self._taken: dict[tuple[str, str, str, str], float] = {}
+        self._pending: dict[tuple[str, str, str, str], float] = {}
         self._read: set[str] = set()
 
     def readings(self, pages: Iterable[tuple[str, str]]) -> list[EngineReading]:
         """One reading per engine, from (device, metrics page) pairs of the Tritons that answered.
         Call commit() once the control plane took them; until then the next readings count
-        preemptions from the same baselines."""
-        out: list[EngineReading] = []
+        preemptions from the same baselines. While Triton reloads a model, a version runs two
+        instances, each with its engine: they make one reading (the fuller cache, the sequences
+        of both, the preemptions of each counted from its own baseline)."""
         self._pending, self._read = {}, set()
+        merged: dict[tuple[str, str, int], EngineReading] = {}
         for device, text in pages:
             self._read.add(device)
-            for (model, version), gauges in engine_readings(text).items():
+            for (model, version, engine), gauges in engine_readings(text).items():
                 number = int(version) if version.isascii() and version.isdecimal() else 0
                 if not model or not 1 <= number <= _MAX_VERSION or KV_USAGE not in gauges:
                     continue
-                key = (device, model, version)
+                key = (device, model, version, engine)
                 total = _number(gauges.get(PREEMPTIONS))
                 last = self._taken.get(key)
                 self._pending[key] = total
                 # First sight: the baseline. A total that went down: the engine started again.
                 delta = 0.0 if last is None else total - last if total >= last else total
-                out.append(EngineReading(device=device, model=model, version=number,
-                                         kv_cache_usage=min(_number(gauges[KV_USAGE]), 1.0),
-                                         running=_number(gauges.get(RUNNING)), waiting=_number(gauges.get(WAITING)),
-                                         preemptions=int(delta)))  # fmt: skip
-        return out
+                reading = EngineReading(device=device, model=model, version=number,
+                                        kv_cache_usage=min(_number(gauges[KV_USAGE]), 1.0),
+                                        running=_number(gauges.get(RUNNING)), waiting=_number(gauges.get(WAITING)),
+                                        preemptions=int(delta))  # fmt: skip
+                other = merged.get((device, model, number))
+                if other is not None:
+                    reading = EngineReading(device=device, model=model, version=number,
+                                            kv_cache_usage=max(other.kv_cache_usage, reading.kv_cache_usage),
+                                            running=other.running + reading.running,
+                                            waiting=other.waiting + reading.waiting,
+                                            preemptions=other.preemptions + reading.preemptions)  # fmt: skip
+                merged[(device, model, number)] = reading
+        return list(merged.values())
 
     def commit(self) -> None:
         """The last readings were taken: their totals are the new baselines; an engine gone from

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,11 @@ class TritonPythonModel:
         """Keeps the engine running, and republishes its own gauges once a second as Triton
         metrics of this model version (on Triton's metrics endpoint, where the gateway's
         admission and Prometheus read them)."""
-        labels = {"model": model, "version": version}
+        # `engine` tells this instance's engine from another of the same version: while Triton
+        # reloads a model (a version added or retired) the old and new instances of a version run
+        # side by side, and with the same labels they would share one gauge, each overwriting the
+        # other's preemption total (the agent would count every drop as a restart).
+        labels = {"model": model, "version": version, "engine": uuid.uuid4().hex[:12]}
         # The families are kept as long as their metrics: a collected family takes its metrics off the endpoint.
         self._families = {key: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
                           for key, (name, text) in _ENGINE_GAUGES.items()}  # fmt: skip

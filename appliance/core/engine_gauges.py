@@ -19,18 +19,21 @@ _GAUGE_LINE = re.compile(r'^(appliance_engine_\w+)\{([^}]*)\}\s+(\S+)')
 _GAUGE_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def engine_readings(text: str) -> dict[tuple[str, str], dict[str, float]]:
-    """{(model, version): {gauge: value}} from a Triton metrics page."""
-    found: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+def engine_readings(text: str) -> dict[tuple[str, str, str], dict[str, float]]:
+    """{(model, version, engine): {gauge: value}} from a Triton metrics page. `engine` names one
+    instance's engine (the runner's label; "" if none): while Triton reloads a model, two
+    instances of one version run at once, each with its own engine and gauges."""
+    found: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for line in text.splitlines():
         match = _GAUGE_LINE.match(line)
         if not match:
             continue
         labels = dict(_GAUGE_LABEL.findall(match.group(2)))
         try:
-            found[(labels.get("model", ""), labels.get("version", ""))][match.group(1)] = float(match.group(3))
+            value = float(match.group(3))
         except ValueError:
             continue
+        found[(labels.get("model", ""), labels.get("version", ""), labels.get("engine", ""))][match.group(1)] = value
     return dict(found)
 
 

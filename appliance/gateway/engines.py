@@ -46,11 +46,12 @@ class EngineWatch:
                 continue
             by_model: dict[str, bool] = {}
             usage: dict[str, float] = {}
-            for (model, _), gauges in engine_readings(text).items():
+            for (model, _, _), gauges in engine_readings(text).items():
                 seqs = snapshot.engine_slots.get(model, 0) // contract.ENGINE_QUEUE_FACTOR
                 if not seqs:
                     continue
-                # Versions of a model on one Triton share its replica's limit: the fuller engine decides.
+                # Versions (and a reload's two instances) of a model on one Triton share its replica's
+                # limit: the fuller engine decides.
                 by_model[model] = by_model.get(model, False) or full(gauges, seqs)
                 usage[model] = max(usage.get(model, 0.0), gauges.get(KV_USAGE, 0.0))
             for model, is_full in by_model.items():

@@ -49,9 +49,19 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.retry_after_ms = status, message, code, param, retry_after_ms
 
-    def response(self) -> web.Response:
+    @classmethod
+    def of(cls, refusal: Any) -> ApiError:
+        """The gateway's refusal (server.Refusal) as OpenAI's error: its HTTP status and retry hint."""
+        retry = dict(refusal.trailers).get(contract.RETRY_AFTER_HEADER)
+        return cls(contract.HTTP_STATUS.get(refusal.code.name, 500), refusal.message, code=refusal.code.name.lower(),
+                   retry_after_ms=int(retry) if retry else None)  # fmt: skip
+
+    def body(self) -> dict[str, Any]:
         kind = contract.HTTP_ERROR_TYPES.get(self.status, "api_error")
-        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        body = self.body()
         headers = {}
         if self.retry_after_ms is not None:
             headers["Retry-After"] = str(max(1, -(-self.retry_after_ms // 1000)))
@@ -124,9 +134,7 @@ class OpenAIApi:
         except ApiError as error:
             return error.response()
         except Refusal as refusal:
-            retry = dict(refusal.trailers).get(contract.RETRY_AFTER_HEADER)
-            return ApiError(contract.HTTP_STATUS.get(refusal.code.name, 500), refusal.message,
-                            code=refusal.code.name.lower(), retry_after_ms=int(retry) if retry else None).response()  # fmt: skip
+            return ApiError.of(refusal).response()
         except web.HTTPException:
             raise
         except Exception:
@@ -178,7 +186,10 @@ class OpenAIApi:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise ApiError(400, "each message needs a role and content", param="messages")
             if isinstance(message.get("content"), list):  # content parts: the text ones
-                message["content"] = "".join(p.get("text", "") for p in message["content"] if isinstance(p, dict))
+                texts = [p.get("text", "") for p in message["content"] if isinstance(p, dict)]
+                if not all(isinstance(text, str) for text in texts):
+                    raise ApiError(400, "a content part's text must be a string", param="messages")
+                message["content"] = "".join(texts)
             if not isinstance(message.get("content"), str):
                 raise ApiError(400, "each message needs a role and content", param="messages")
         template = self.gw.snapshot.chat_templates.get(model)
@@ -222,6 +233,8 @@ class OpenAIApi:
                    "prompt_tokens": uint_output(answer, INPUT_COUNT)}  # fmt: skip
 
     async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool) -> web.StreamResponse:
+        from appliance.gateway.server import Refusal
+
         model, sampling = body["model"], self._sampling(body)
         created, ident = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
@@ -281,8 +294,10 @@ class OpenAIApi:
                 tail = {"id": ident, "object": chunk_kind, "created": created, "model": model, "choices": [],
                         "usage": totals()}  # fmt: skip
                 await response.write(f"data: {json.dumps(tail)}\n\n".encode())
-        except ApiError as error:  # after the headers: OpenAI's in-stream error event
-            await response.write(f"data: {json.dumps({'error': {'message': error.message}})}\n\n".encode())
+        except (ApiError, Refusal) as failure:  # after the headers: OpenAI's in-stream error event
+            # (a refusal mid-answer: the deadline passed, the replica went away)
+            error = failure if isinstance(failure, ApiError) else ApiError.of(failure)
+            await response.write(f"data: {json.dumps(error.body())}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

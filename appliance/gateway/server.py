@@ -554,7 +554,9 @@ class Handlers:
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """One stream, one model, one replica: the first request picks them."""
-        first_raw = await requests.__anext__()
+        first_raw = await anext(requests, None)
+        if first_raw is None:
+            return  # the client closed the stream without a request: nothing to answer (as Triton does)
         arrived = time.perf_counter()  # what a client's time to first token counts from (queueing included)
         first = _parse(pb.ModelInferRequest, first_raw, "ModelInferRequest")
         model, version = first.model_name, first.model_version
@@ -576,16 +578,25 @@ class Handlers:
             raise
         chosen = version or route.version
 
+        # A later request of the stream refused (upstream() below). grpc answers a request iterator
+        # that raises by cancelling the call to Triton, so the response loop sees a cancellation,
+        # and answers the client with this refusal instead.
+        refused: list[Refusal] = []
+
         async def upstream() -> AsyncIterator[bytes]:
             yield first_raw if version else with_version(first_raw, chosen)
-            async for raw in requests:
-                request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
-                if request.model_name != model or (request.model_version and request.model_version != chosen):
-                    raise Refusal.of("stream_one_version")
-                if budget is not None:
-                    raw = await self._reserve(budget, key, model, request, raw)
-                    arrivals.append(time.perf_counter())
-                yield raw if request.model_version else with_version(raw, chosen)
+            try:
+                async for raw in requests:
+                    request = _parse(pb.ModelInferRequest, raw, "ModelInferRequest")
+                    if request.model_name != model or (request.model_version and request.model_version != chosen):
+                        raise Refusal.of("stream_one_version")
+                    if budget is not None:
+                        raw = await self._reserve(budget, key, model, request, raw)
+                        arrivals.append(time.perf_counter())
+                    yield raw if request.model_version else with_version(raw, chosen)
+            except Refusal as refusal:
+                refused.append(refusal)
+                raise
 
         started, ok, first_response, responses = time.perf_counter(), False, None, 0
         # Token timing, per request of the stream in order: when each arrived, and its last token.
@@ -617,7 +628,13 @@ class Handlers:
                             arrivals.popleft()
                 yield response
             ok = True
+        except asyncio.CancelledError:
+            if refused:
+                raise refused[0] from None
+            raise
         except grpc.aio.AioRpcError as exc:
+            if refused:
+                raise refused[0] from None
             raise Refusal(exc.code(), exc.details() or contract.refusal("upstream_error")[1]) from exc
         finally:
             # A stream's length says nothing about the replica's load: no latency sample.
@@ -629,7 +646,8 @@ class Handlers:
             seconds = time.perf_counter() - started
             # The version's statistics judge rollouts: a generative stream's latency there is its
             # time to first token (a long answer is not a slow one); other streams, their length.
-            self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
+            if not refused:  # the client's refusal is not the version's failure (rollout gates read these)
+                self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
             if decode_tokens:
                 self.gw.stats.decoded(model, chosen, decode_tokens, decode_s)
             self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds,
@@ -653,8 +671,6 @@ def _guard_stream(handler: Any) -> Any:
         try:
             async for item in handler(requests, context):
                 yield item
-        except StopAsyncIteration:
-            return
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message, trailing_metadata=refusal.trailers)
 

@@ -140,10 +140,20 @@ class Budget:
         return found
 
 
+# Gives unused tokens back to a minute's counter only while the counter exists. A stream that
+# outlives its reservation's minute by the counter's lifetime finds it expired; DECRBY would
+# make it again, negative and without an expiry (the Python plane alone settles: not contract).
+GIVE_BACK_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECRBY', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 class TokenLimits:
     def __init__(self) -> None:
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._script = self._redis.register_script(contract.TOKENS_SCRIPT)
+        self._give_back = self._redis.register_script(GIVE_BACK_SCRIPT)
         self.instance = settings.INSTANCE
 
     def _prefix(self, tenant_id: str) -> str:
@@ -177,7 +187,7 @@ class TokenLimits:
                 back = min(unused, reserved)
                 if back <= 0:
                     break
-                await self._redis.decrby(self._prefix(budget.tenant_id) + str(minute), back)
+                await self._give_back(keys=[self._prefix(budget.tenant_id) + str(minute)], args=[back])
                 unused -= back
         except redis.RedisError as exc:
             log.warning("token store unavailable (%s); %d unused tokens not given back", type(exc).__name__, unused)

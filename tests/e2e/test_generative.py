@@ -186,22 +186,28 @@ def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[s
     assert error is not None and "unknown keys ['temprature']" in error.message()
 
 
-def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet: Fleet, world: dict[str, Any]) -> None:
-    """40 output tokens a minute, at most 32 a request: asking for more than 32 is refused
-    outright; each request reserves its max_tokens and gets back what it did not generate."""
+def _limited_tenant(fleet: Fleet, olga: Operator, slug: str, **limits: int) -> str:
+    """A tenant granted the model with these token limits: its key, once the gateway knows it,
+    and at the start of a minute with time left in it (the budget is per minute of Redis's
+    clock, and what follows takes a few seconds: it must not start in the last 15)."""
     import redis
     from django.conf import settings
 
-    olga = world["olga"]
-    olga.post("tenants/", {"slug": "thrifty", "name": "Thrifty", "tokens_per_minute": 40, "max_tokens": 32})
-    olga.post("grants/", {"tenant": "thrifty", "model": MODEL})
-    key = olga.post("api-keys/", {"tenant": "thrifty", "name": "chat"})["key"]
+    olga.post("tenants/", {"slug": slug, "name": slug.capitalize(), **limits})
+    olga.post("grants/", {"tenant": slug, "model": MODEL})
+    key = olga.post("api-keys/", {"tenant": slug, "name": "chat"})["key"]
     wait_for("the gateway to know the key", lambda: stream(fleet.gateway, key, chat(QUESTION), max_tokens=1)["error"]
              is None, timeout=30, procs=fleet.procs)  # fmt: skip
-    # The budget is per minute of Redis's clock: what follows takes a few seconds, so it must not
-    # start in the last 15 of a minute.
     clock = redis.Redis.from_url(settings.REDIS_URL)
     wait_for("a minute with time left in it", lambda: 60 - clock.time()[0] % 60 > 15, timeout=30)
+    return str(key)
+
+
+def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet: Fleet, world: dict[str, Any]) -> None:
+    """40 output tokens a minute, at most 32 a request: asking for more than 32 is refused
+    outright; each request reserves its max_tokens and gets back what it did not generate."""
+    olga = world["olga"]
+    key = _limited_tenant(fleet, olga, "thrifty", tokens_per_minute=40, max_tokens=32)
     too_many = stream(fleet.gateway, key, chat(QUESTION), max_tokens=64)
     assert too_many["error"].status() == "StatusCode.INVALID_ARGUMENT"
     assert too_many["error"].message() == "max_tokens 64 is more than tenant 'thrifty' may ask for (32)"
@@ -225,6 +231,48 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     assert limited.value.body["message"].startswith("tenant 'thrifty' is over its 40 output tokens a minute")
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=64)
+
+
+def test_a_later_request_of_a_stream_over_the_limit_ends_the_stream_with_the_refusal(fleet: Fleet,
+                                                                                     world: dict[str, Any]) -> None:  # fmt: skip
+    """A stream's requests reserve their max_tokens until the stream ends: on one stream, a
+    second request of 30 with 30 still reserved passes a limit of 40 and is refused, the
+    client told why (not left waiting), and the first answer was delivered whole."""
+    key = _limited_tenant(fleet, world["olga"], "sipper", tokens_per_minute=40)
+    events: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    client.start_stream(callback=lambda result, error: events.put((result, error)),
+                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    try:
+        client.async_stream_infer(MODEL, request(chat(QUESTION), stream=True, max_tokens=30),
+                                  enable_empty_final_response=True)  # fmt: skip
+        text = []
+        while True:
+            result, error = events.get(timeout=60)
+            assert error is None, error
+            if (piece := result.as_numpy("text_output")) is not None:
+                text.append(b"".join(piece.reshape(-1)).decode())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        assert "Paris" in "".join(text)
+        client.async_stream_infer(MODEL, request(chat(QUESTION), stream=True, max_tokens=30),
+                                  enable_empty_final_response=True)  # fmt: skip
+        _, error = events.get(timeout=60)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert error is not None and error.status() == "StatusCode.RESOURCE_EXHAUSTED", error
+    assert error.message().startswith("tenant 'sipper' is over its 40 output tokens a minute; retry in ")
+
+
+def test_an_empty_stream_ends_cleanly(fleet: Fleet, world: dict[str, Any]) -> None:
+    """A client that opens ModelStreamInfer and closes it without a request gets OK and nothing."""
+    channel = grpc.insecure_channel(fleet.gateway)
+    call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    try:
+        assert list(call(iter(()), metadata=[("authorization", f"Bearer {world['key']}")], timeout=30)) == []
+    finally:
+        channel.close()
 
 
 def test_the_stock_openai_client_chats_through_the_gateway(fleet: Fleet, world: dict[str, Any]) -> None:
@@ -265,6 +313,9 @@ def test_openai_errors_have_openai_s_shape_and_codes(fleet: Fleet, world: dict[s
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model=MODEL, messages=[{"content": "no role"}])
     assert bad.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as parts:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}])
+    assert parts.value.body["message"] == "a content part's text must be a string"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=messages, n=3)
 

@@ -21,11 +21,15 @@ appliance_engine_requests_running{model="llm",version="2"} not-a-number
 """
 
 
-def test_the_engine_gauges_are_read_per_model_version() -> None:
+def test_the_engine_gauges_are_read_per_model_version_and_engine() -> None:
     assert readings(PAGE) == {
-        ("llm", "1"): {"appliance_engine_kv_cache_usage": 0.25, "appliance_engine_requests_waiting": 3.0},
-        ("llm", "2"): {"appliance_engine_kv_cache_usage": 0.93},
+        ("llm", "1", ""): {"appliance_engine_kv_cache_usage": 0.25, "appliance_engine_requests_waiting": 3.0},
+        ("llm", "2", ""): {"appliance_engine_kv_cache_usage": 0.93},
     }
+    reload = ('appliance_engine_kv_cache_usage{model="llm",version="1",engine="a1"} 0.25\n'
+              'appliance_engine_kv_cache_usage{model="llm",version="1",engine="b2"} 0.5\n')  # fmt: skip
+    assert readings(reload) == {("llm", "1", "a1"): {"appliance_engine_kv_cache_usage": 0.25},
+                                ("llm", "1", "b2"): {"appliance_engine_kv_cache_usage": 0.5}}  # fmt: skip
 
 
 def test_an_engine_is_full_at_the_watermark_or_with_a_long_waiting_queue() -> None:

@@ -111,8 +111,8 @@ def test_gpu_read_outs_are_averaged_per_gpu_then_across_gpus() -> None:
     assert gpu_series(window=WINDOWS["1h"], nodes=["other"], now=at)["utilisation"][-1] is None
 
 
-def _page(kv: float, preempted: float, version: str = "3", running: float = 2) -> str:
-    labels = f'{{model="chat",version="{version}"}}'
+def _page(kv: float, preempted: float, version: str = "3", running: float = 2, engine: str = "") -> str:
+    labels = f'{{model="chat",version="{version}"' + (f',engine="{engine}"' if engine else "") + "}"
     return (f"appliance_engine_kv_cache_usage{labels} {kv}\nappliance_engine_requests_running{labels} {running}\n"
             f"appliance_engine_requests_waiting{labels} 1\nappliance_engine_preemptions{labels} {preempted}\n"
             'nv_inference_count{model="chat",version="3"} 99\n')  # fmt: skip
@@ -144,6 +144,24 @@ def test_the_agent_reports_preemptions_since_its_last_report_that_was_taken() ->
            'appliance_engine_kv_cache_usage{model="",version="3"} 0.5\n')  # fmt: skip
     assert report(("", odd)) == []
     assert report(("", _page(float("nan"), 4, running=float("inf")))) == [("", 0.0, 0.0, 1.0, 0)]
+
+
+def test_a_reload_s_two_instances_of_a_version_make_one_reading_without_false_preemptions() -> None:
+    """Triton reloads a model when a version is added or retired, and runs the old and new
+    instances of a version side by side meanwhile, each with its engine and gauges."""
+    meter = EngineMeter()
+
+    def report(*pages: tuple[str, str]) -> list[tuple[float, float, int]]:
+        taken = [(r.kv_cache_usage, r.running, r.preemptions) for r in meter.readings(pages)]
+        meter.commit()
+        return taken
+
+    assert report(("", _page(0.5, 500, engine="old"))) == [(0.5, 2.0, 0)]
+    both = _page(0.5, 501, engine="old") + _page(0.2, 3, running=1, engine="new")
+    assert report(("", both)) == [(0.5, 3.0, 1)], "the fuller cache, both engines' sequences, the old one's 1 new"
+    both = _page(0.4, 501, engine="old") + _page(0.7, 5, running=1, engine="new")
+    assert report(("", both)) == [(0.7, 3.0, 2)], "the new engine's total counts from its own first sight"
+    assert report(("", _page(0.7, 6, running=1, engine="new"))) == [(0.7, 1.0, 1)], "the old instance retired"
 
 
 def test_engine_read_outs_become_per_version_series() -> None:

@@ -119,6 +119,26 @@ def test_reservations_are_refused_past_the_limit_and_unused_tokens_come_back() -
     asyncio.run(_in_one_minute(scenario))
 
 
+def test_a_minute_that_expired_is_not_made_again_when_a_long_stream_settles() -> None:
+    async def scenario() -> None:
+        limits = TokenLimits()
+        tenant = str(uuid.uuid4())
+        try:
+            budget = Budget(tenant)
+            await limits.reserve(budget, tenant="acme", tpm=100, cap=0, asked=60)
+            (minute,) = budget.minutes
+            key = limits._prefix(tenant) + str(minute)
+            assert 0 < await limits._redis.ttl(key)
+            await limits._redis.delete(key)  # the counter's lifetime ran out while the stream ran
+            budget.counted = 5
+            await limits.settle(budget)
+            assert await limits._redis.exists(key) == 0, "no negative counter without an expiry"
+        finally:
+            await limits.close()
+
+    asyncio.run(_in_one_minute(scenario))
+
+
 def test_two_gateway_processes_share_one_budget_atomically() -> None:
     async def scenario() -> None:
         a, b = TokenLimits(), TokenLimits()
