@@ -384,7 +384,7 @@ class TritonPythonModel:
                                                        finish=choice.get("finish_reason")))  # fmt: skip
                     else:
                         pieces.append(delta)
-                if flags["stream"] and request.is_cancelled():
+                if request.is_cancelled():  # the client went away: closing the connection aborts the sequence
                     break
             if flags["stream"]:
                 # The last response carries the prompt's token count (and no text).

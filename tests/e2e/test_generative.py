@@ -416,6 +416,37 @@ def test_the_engine_publishes_its_kv_cache_use_and_the_gateway_reads_it(fleet: F
     assert point.samples >= 1 and 0 < point.kv_usage_max <= 1 and point.kv_usage_sum <= point.samples
 
 
+def test_a_client_that_goes_away_frees_its_sequence_in_the_engine(fleet: Fleet, world: dict[str, Any]) -> None:
+    """A client that cancels its stream mid-answer: the gateway cancels its call to Triton, the
+    runner sees it at the next chunk and closes its request to the engine, which drops the
+    sequence (its KV-cache blocks freed) instead of generating the rest of 1,500 tokens (about
+    50 s here) for nobody."""
+    import urllib.request
+
+    from appliance.core.engine_gauges import RUNNING, engine_readings
+
+    def running() -> float:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{fleet.node_ports[NODE]['metrics']}/metrics", timeout=5)
+        return sum(g.get(RUNNING, 0.0) for (model, _, _), g in engine_readings(page.read().decode()).items() if model == MODEL)
+
+    inputs = request(chat("Write a very long story about a dragon."), stream=True, max_tokens=1500)
+    sampling = json.dumps({"temperature": 0, "max_tokens": 1500, "ignore_eos": True}).encode()
+    inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
+    events: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    client.start_stream(callback=lambda result, error: events.put((result, error)),
+                        headers={"authorization": f"Bearer {world['key']}"})  # fmt: skip
+    try:
+        client.async_stream_infer(MODEL, inputs)
+        _, error = events.get(timeout=60)
+        assert error is None, error
+        wait_for("the engine generating the answer", lambda: running() >= 1, timeout=30, procs=fleet.procs)
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    wait_for("the engine to drop the cancelled sequence", lambda: running() == 0, timeout=15, procs=fleet.procs)
+
+
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:
     olga = world["olga"]
     huge = {"engine": {**PROFILE["engine"], "kv_cache_mib": 1024 * 1024}}
