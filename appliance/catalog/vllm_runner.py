@@ -161,9 +161,13 @@ class TritonPythonModel:
         self.runtime = Path(tempfile.mkdtemp(prefix="appliance-vllm-", dir=os.environ.get("APPLIANCE_VLLM_RUNTIME_DIR")))
         runtime = self.runtime
         self.socket_path = str(runtime / "engine.sock")
-        argv = json.loads(params.get("engine_argv", "[]"))
+        # The config is the model's: each version's own command line, by its number.
+        argvs, envs = json.loads(params.get("engine_argv", "{}")), json.loads(params.get("engine_env", "{}"))
+        if args["model_version"] not in argvs:
+            raise RuntimeError(f"the config names no engine command line for version {args['model_version']}")
+        argv = argvs[args["model_version"]]
         env = dict(os.environ)
-        env.update(json.loads(params.get("engine_env", "{}")))
+        env.update(envs.get(args["model_version"], {}))
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                     "DO_NOT_TRACK": "1"})  # fmt: skip
         if args.get("model_instance_kind") == "GPU":
@@ -273,7 +277,11 @@ class TritonPythonModel:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
+            # Its processes, as they appear: an engine that dies while it starts leaves its engine
+            # core and workers behind, and the next start (or the load's failure) ends them.
+            self._family = _descendants(self.engine.pid) or self._family
             if self.engine.poll() is not None:
+                self._end_family()
                 raise RuntimeError(f"the vLLM engine exited with {self.engine.returncode}: {self._tail()}")
             try:
                 conn = _UnixConnection(self.socket_path, timeout=5)
@@ -313,6 +321,12 @@ class TritonPythonModel:
             unknown = set(sampling) - _SAMPLING
             if unknown:
                 raise _RequestError(f"sampling_parameters: unknown keys {sorted(unknown)}")
+            for name in ("n", "best_of"):
+                # One sequence a request: the gateway's token limits reserve max_tokens once, and
+                # its admission counts one engine sequence a stream (send more requests instead).
+                if sampling.get(name, 1) not in (1, None):
+                    raise _RequestError(f"sampling_parameters: {name} must be 1 (one sequence a request), "
+                                        f"not {sampling[name]!r}")  # fmt: skip
         flags = {name: self._flag(request, name, False) for name in _FLAGS}
         return prompt, sampling, flags
 
@@ -371,6 +385,10 @@ class TritonPythonModel:
                 if data == b"[DONE]":
                     break
                 chunk = json.loads(data)
+                if chunk.get("error"):  # the engine failed mid-generation (its in-stream error event)
+                    error = chunk["error"]
+                    message = error.get("message", error) if isinstance(error, dict) else error
+                    raise RuntimeError(f"mid-generation: {message}")
                 if chunk.get("usage"):
                     input_tokens = chunk["usage"]["prompt_tokens"]
                     output_tokens = chunk["usage"]["completion_tokens"]

@@ -134,6 +134,7 @@ class Admission:
         # Generative models: a replica's fixed stream slots (its engine's sequences × ENGINE_QUEUE_FACTOR).
         # A stream's length says nothing of the engine's load, so these limits do not adapt.
         self.slots: dict[str, int] = {}
+        self.pressed: set[tuple[str, str]] = set()  # (replica address, model) whose engine last had no room
 
     def configure(self, *, queue_max: int, initial_limit: float, max_limit: float) -> None:
         self.queue_max = queue_max
@@ -158,15 +159,22 @@ class Admission:
         it reports room."""
         if model not in self.slots:
             return
+        if full:
+            self.pressed.add((address, model))
+        else:
+            self.pressed.discard((address, model))
         limiter = self.limiter(address, model)
         limiter.limit = 1.0 if full else float(self.slots[model])
 
     def set_slots(self, slots: dict[str, int]) -> None:
-        """The generative models' stream slots per replica, applied to their limiters now."""
+        """The generative models' stream slots per replica, applied to their limiters now (a
+        replica whose engine last reported no room keeps its limit of one: a snapshot refresh
+        is no news from the engine)."""
         self.slots = dict(slots)
-        for (_, model), limiter in self.limiters.items():
+        for (address, model), limiter in self.limiters.items():
             if model in self.slots:
-                limiter.limit = limiter.maximum = self.slots[model]
+                limiter.maximum = self.slots[model]
+                limiter.limit = 1.0 if (address, model) in self.pressed else float(self.slots[model])
 
     def least_loaded(self, model: str, candidates: list[Any]) -> Any:
         """The less loaded of two random candidates (in-flight × baseline latency), or None."""

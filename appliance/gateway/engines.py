@@ -38,7 +38,7 @@ class EngineWatch:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5))
-        for node, address in snapshot.engine_metrics.items():
+        for triton, address in snapshot.engine_metrics.items():
             try:
                 async with self._session.get(f"http://{address}/metrics") as response:
                     text = await response.text()
@@ -56,7 +56,7 @@ class EngineWatch:
                 usage[model] = max(usage.get(model, 0.0), gauges.get(KV_USAGE, 0.0))
             for model, is_full in by_model.items():
                 for route in snapshot.routes.get(model, ()):
-                    if route.node != node:
+                    if route.address != triton:  # that Triton's engines only (not a MIG slice's of the node)
                         continue
                     self.gw.admission.engine_pressure(route.address, model, full=is_full)
                     metrics.ENGINE_KV.labels(route.address, model).set(usage[model])

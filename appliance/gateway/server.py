@@ -45,7 +45,7 @@ from appliance.gateway.snapshot import (
 )
 from appliance.gateway.stats import Recorder
 from appliance.gateway.tokens import Budget, TokenLimits, TokenRefusal, asking_for_counts, max_tokens_of
-from appliance.gateway.wire import SERVICE, with_priority, with_version
+from appliance.gateway.wire import SERVICE, stream_error, with_priority, with_version
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +598,7 @@ class Handlers:
                 refused.append(refusal)
                 raise
 
-        started, ok, first_response, responses = time.perf_counter(), False, None, 0
+        started, ok, first_response, responses, failed = time.perf_counter(), False, None, 0, 0
         # Token timing, per request of the stream in order: when each arrived, and its last token.
         arrivals: deque[float] = deque([arrived])
         last_token: float | None = None
@@ -612,6 +612,9 @@ class Handlers:
                 if first_response is None:
                     first_response = time.perf_counter() - started
                 responses += 1
+                # A request of the stream that failed in Triton or the engine is answered in the
+                # stream (the call itself ends OK): it is the version's error all the same.
+                failed += stream_error(response)
                 if budget is not None:
                     if tokens := budget.count(response):
                         now = time.perf_counter()
@@ -627,7 +630,7 @@ class Handlers:
                         if len(arrivals) > 1:
                             arrivals.popleft()
                 yield response
-            ok = True
+            ok = not failed
         except asyncio.CancelledError:
             if refused:
                 raise refused[0] from None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 SERVICE = "inference.GRPCInferenceService"
 
 
@@ -32,11 +34,9 @@ def _read_varint(raw: bytes, at: int) -> tuple[int, int]:
     raise ValueError("varint too long")
 
 
-def content_of(raw: bytes) -> bytes:
-    """The message without its fields 2 (version) and 3 (id), other fields as they came: what
-    the exact response cache's key hashes, in both planes. Raises ValueError if `raw` is not
-    well-formed protobuf at its top level."""
-    out = bytearray()
+def _fields(raw: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, where the field starts, where its payload starts, where it ends) of each
+    top-level field. Raises ValueError if `raw` is not well-formed protobuf at its top level."""
     at = 0
     while at < len(raw):
         start = at
@@ -44,6 +44,7 @@ def content_of(raw: bytes) -> bytes:
         field, wire = tag >> 3, tag & 7
         if field == 0 or field > 0x1FFFFFFF:
             raise ValueError("bad field number")
+        body = at
         if wire == 0:
             _, at = _read_varint(raw, at)
         elif wire == 1:
@@ -51,15 +52,29 @@ def content_of(raw: bytes) -> bytes:
         elif wire == 5:
             at += 4
         elif wire == 2:
-            length, at = _read_varint(raw, at)
-            at += length
+            length, body = _read_varint(raw, at)
+            at = body + length
         else:
             raise ValueError(f"wire type {wire} is not used by the inference protocol")
         if at > len(raw):
             raise ValueError("truncated field")
-        if field not in (2, 3):
-            out += raw[start:at]
-    return bytes(out)
+        yield field, start, body, at
+
+
+def content_of(raw: bytes) -> bytes:
+    """The message without its fields 2 (version) and 3 (id), other fields as they came: what
+    the exact response cache's key hashes, in both planes. Raises ValueError if `raw` is not
+    well-formed protobuf at its top level."""
+    return b"".join(raw[start:end] for field, start, _, end in _fields(raw) if field not in (2, 3))
+
+
+def stream_error(raw: bytes) -> bool:
+    """Does a ModelStreamInferResponse carry an error (field 1, `error_message`, not empty)?
+    Read from its top-level fields, without parsing the response (a malformed one: no)."""
+    try:
+        return any(field == 1 and end > body for field, _, body, end in _fields(raw))
+    except ValueError:
+        return False
 
 
 def with_version(raw: bytes, version: str) -> bytes:

@@ -184,13 +184,19 @@ def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDev
                             device)  # fmt: skip
     others: list[tuple[str, int]] = []
     same_model = 0  # what the version's own model's other versions hold there
-    # The engines that share the place: a slice's own, or the node's outside its MIG slices.
-    resident = (Replica.objects.filter(node=node, state__in=[ReplicaState.LIVE, ReplicaState.LOADING],
+    # The engines that share the place: a slice's own, or the node's outside its MIG slices; on a
+    # GPU node, those on the same GPU. Replicas still pending hold their room already (another
+    # deployment must not take it before they load), and so do parked ones (a request wakes them).
+    resident = (Replica.objects.filter(node=node, state__in=[ReplicaState.PENDING, ReplicaState.LOADING,
+                                                             ReplicaState.LIVE, ReplicaState.PARKED],
                                        deployment__version__format=ArtifactFormat.VLLM,
                                        mig_uuid=mig_device.uuid if mig_device is not None else "")
                 .exclude(deployment__version=version).select_related("deployment__version__model"))  # fmt: skip
     held_by = {r.deployment.version_id: r.deployment.version for r in resident}.values()
     for other in sorted(held_by, key=lambda v: (v.model.name, v.number)):  # the refusal reads the same each time
+        if device == "gpu" and mig_device is None and \
+                generative.engine_gpu(normalise(other.model.serving_profile)) != index:  # fmt: skip
+            continue  # another GPU of the node
         held = generative.need(other.generative or {}, generative.engine_spec(normalise(other.model.serving_profile)),
                                device)  # fmt: skip
         others.append((str(other), held.total))
@@ -199,6 +205,18 @@ def generative_fit_refusal(version: ModelVersion, node: Node, mig_device: MigDev
     if same_model:
         others.append(generative.reload_allowance(version.model.name, sized.total, same_model))
     return generative.fit_refusal(subject=str(version), sized=sized, place=place, capacity=capacity, others=others)
+
+
+def _refuse_unfit(version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> None:
+    """RolloutError naming the first place that cannot run the version (format_refusal)."""
+    for node in nodes:
+        reason = format_refusal(version, node)
+        if reason:
+            raise RolloutError(f"{node.name} cannot run {version}: {reason}")
+    for device in mig_devices:
+        reason = format_refusal(version, device.gpu.node, device)
+        if reason:
+            raise RolloutError(f"MIG device {device.uuid} of {device.gpu.node.name} cannot run {version}: {reason}")
 
 
 def _check_composing(version: ModelVersion, nodes: Sequence[Node], mig_devices: Sequence[MigDevice]) -> None:
@@ -280,18 +298,16 @@ def deployment_create(
         if node.admin_state == AdminState.REVOKED:
             raise RolloutError(f"{node.name} is revoked (its credential was withdrawn); it takes nothing until it "
                                "enrols again")  # fmt: skip
-    for node in nodes:
-        reason = format_refusal(version, node)
-        if reason:
-            raise RolloutError(f"{node.name} cannot run {version}: {reason}")
-    for device in mig_devices:
-        reason = format_refusal(version, device.gpu.node, device)
-        if reason:
-            raise RolloutError(f"MIG device {device.uuid} of {device.gpu.node.name} cannot run {version}: {reason}")
+    _refuse_unfit(version, nodes, mig_devices)
     if version.format == ArtifactFormat.ENSEMBLE:
         _check_composing(version, nodes, mig_devices)
     placement_check(model_id=version.model_id, nodes=list(targets.values()), subject=f"deployment of {version}")
     with transaction.atomic():  # the override's audit row stands or falls with the deployment
+        if version.format == ArtifactFormat.VLLM:
+            # Judged again holding the places' rows: two deployments of engines to one place at
+            # once are judged one after the other, the second seeing the first's replicas.
+            list(Node.objects.select_for_update().filter(pk__in=sorted(targets)).order_by("pk"))
+            _refuse_unfit(version, nodes, mig_devices)
         deployment = _deployment_create(
             version=version, nodes=nodes, mig_devices=mig_devices, strategy=strategy, steps=normalised_steps,
             step_seconds=DEFAULT_STEP_SECONDS[Strategy(strategy)] if step_seconds is None else step_seconds,

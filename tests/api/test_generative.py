@@ -40,7 +40,7 @@ PER_TOKEN_BF16 = 2 * 4 * 2 * 64 * 2  # K and V, layers, KV heads, head size, byt
 def _safetensors(shapes: dict[str, list[int]], dtype: str = "BF16") -> bytes:
     header, offset = {}, 0
     for name, shape in shapes.items():
-        size = 2
+        size = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
         for d in shape:
             size *= d
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
@@ -50,13 +50,13 @@ def _safetensors(shapes: dict[str, list[int]], dtype: str = "BF16") -> bytes:
 
 
 def folder(config: dict[str, Any] | None = None, *, template: bool = True, weights: bool = True,
-           tokenizer: bool = True) -> bytes:  # fmt: skip
+           tokenizer: bool = True, dtype: str = "BF16") -> bytes:  # fmt: skip
     files = {"config.json": json.dumps(config or CONFIG).encode()}
     if tokenizer:
         files["tokenizer.json"] = b"{}"
         files["tokenizer_config.json"] = json.dumps({"chat_template": "{{ messages }}"} if template else {}).encode()
     if weights:
-        files["model.safetensors"] = _safetensors({"embed": [1000, 512], "lm": [24, 1000], "norm": [1000]})
+        files["model.safetensors"] = _safetensors({"embed": [1000, 512], "lm": [24, 1000], "norm": [1000]}, dtype)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as archive:
         for name, data in files.items():
@@ -141,9 +141,14 @@ def test_a_cache_that_cannot_hold_one_sequence_is_refused_with_the_numbers() -> 
     facts = {**generative.facts_from_artifact(folder()), "layers": 400}  # 100x the layers: 204800 B per token
     engine = generative.engine_spec({"engine": {"kv_cache_mib": 64, "max_model_len": 4096}})
     assert generative.engine_refusal(facts, engine) == (
-        "a KV cache of 64 MiB holds 327 tokens (204800 bytes each), less than one sequence of max_model_len 4096: "
-        "give at least 800 MiB or a shorter max_model_len"
+        "a KV cache of 64 MiB holds 256 tokens in whole blocks of 128 (204800 bytes a token), less than one "
+        "sequence of max_model_len 4096: give at least 800 MiB or a shorter max_model_len"
     )
+    # 327 tokens' worth of bytes, but the engine hands out whole blocks: 2 of 128 hold 256 (< 300);
+    # in blocks of 16, 20 hold 320 (>= 300).
+    short = generative.engine_spec({"engine": {"kv_cache_mib": 64, "max_model_len": 300}})
+    assert generative.engine_refusal(facts, short).startswith("a KV cache of 64 MiB holds 256 tokens in whole blocks")
+    assert generative.engine_refusal(facts, {**short, "block_size": 16}) == ""
 
 
 def test_the_config_hands_the_runner_the_engine_command_line(api: APIClient) -> None:
@@ -158,21 +163,43 @@ def test_the_config_hands_the_runner_the_engine_command_line(api: APIClient) -> 
     assert [i.name for i in config.input if i.optional] == [
         "stream", "sampling_parameters", "exclude_input_in_output", "return_finish_reason", "return_num_input_tokens",
         "return_num_output_tokens"]  # fmt: skip
-    argv = json.loads(config.parameters["engine_argv"].string_value)
+    argv = json.loads(config.parameters["engine_argv"].string_value)["1"]
     assert argv == ["--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "8",
                     "--no-enable-prefix-caching", "--block-size", "32", "--enforce-eager",
                     "--kv-cache-memory-bytes", str(256 * 1024**2)]  # fmt: skip
-    assert json.loads(config.parameters["engine_env"].string_value) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert json.loads(config.parameters["engine_env"].string_value) == {"1": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
     # A node whose vLLM runs on CUDA, GPU of 80 GiB: one instance on GPU 0 (the runner pins the engine
     # there), and the engine's share is its own need, not "0.9 of a GPU".
     gpu = text_format.Parse(render_config(version, versions=[1], backends=("python", "vllm_engine_gpu"),
                                           device_memory=80 * GIB), mc.ModelConfig())  # fmt: skip
     assert [(g.kind, list(g.gpus), g.count) for g in gpu.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, [0], 1)]
-    gpu_argv = json.loads(gpu.parameters["engine_argv"].string_value)
+    gpu_argv = json.loads(gpu.parameters["engine_argv"].string_value)["1"]
     share = float(gpu_argv[gpu_argv.index("--gpu-memory-utilization") + 1])
     need = generative.need(version.generative, generative.engine_spec(version.model.serving_profile), "gpu")
     assert share == pytest.approx(need.total / (80 * GIB), abs=1e-4) and share < 0.05
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in json.loads(gpu.parameters["engine_env"].string_value)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in json.loads(gpu.parameters["engine_env"].string_value)["1"]
+
+
+def test_each_version_s_engine_gets_its_own_command_line_in_the_model_s_config(api: APIClient) -> None:
+    """One config serves every version of a model; with the profile's dtype "auto" (as stored), a
+    canary stored in fp32 must not start the resident bf16 version's engine as fp32 (twice its
+    weights, and the canary's share of the GPU), nor the reverse."""
+    _upload(api, "llm", folder())
+    _upload(api, "llm", folder({**CONFIG, "torch_dtype": "float32"}, dtype="F32"))
+    assert api.patch("/api/v1/models/llm/", {"serving_profile": {"engine": {"dtype": "auto"}}},
+                     format="json").status_code == 200  # fmt: skip
+    newest = ModelVersion.objects.get(number=2)
+    config = text_format.Parse(render_config(newest, versions=[1, 2], backends=("python", "vllm_engine_gpu"),
+                                             device_memory=80 * GIB), mc.ModelConfig())  # fmt: skip
+    argvs = json.loads(config.parameters["engine_argv"].string_value)
+    assert sorted(argvs) == ["1", "2"]
+    spec = generative.engine_spec(newest.model.serving_profile)
+    for number, argv in argvs.items():
+        facts = ModelVersion.objects.get(number=int(number)).generative
+        share = float(argv[argv.index("--gpu-memory-utilization") + 1])
+        assert share == pytest.approx(generative.need(facts, spec, "gpu").total / (80 * GIB), abs=1e-4), number
+    assert (argvs["1"][argvs["1"].index("--dtype") + 1], argvs["2"][argvs["2"].index("--dtype") + 1]) == (
+        "bfloat16", "float32")
 
 
 def _routable(node: Node, memory: int) -> Node:
@@ -296,6 +323,34 @@ def test_on_a_cuda_node_the_engine_is_sized_against_the_gpu_the_profile_names(ap
     Deployment.objects.all().delete()
     refused = api.post("/api/v1/deployments/", {"version": str(version.pk), "nodes": ["gpu-a"]}, format="json")
     assert "the serving profile puts the engine on GPU 7; the node has GPUs [0, 1]" in json.loads(refused.content)["detail"]
+
+
+def test_engines_count_on_their_own_gpu_from_the_moment_they_are_placed(api: APIClient) -> None:
+    """On a node with two GPUs, an engine on GPU 1 does not take room on GPU 0; a replica still
+    pending holds its room (another deployment must not take it before it loads), and so does a
+    parked one (a request wakes it)."""
+    from appliance.nodes.models import Gpu
+
+    node = _routable(make_node("gpu-a"), 512 * GIB)
+    Node.objects.filter(pk=node.pk).update(backends=["python", "vllm_engine_gpu"])
+    for index in (0, 1):
+        Gpu.objects.create(node=node, index=index, uuid=f"GPU-{index}", product="NVIDIA A30", memory_mib=4096)
+    for name, gpu in (("llm", 0), ("chat", 1), ("big", 0)):  # each engine needs 3 GiB of a 4 GiB GPU
+        _upload(api, name, folder())
+        api.patch(f"/api/v1/models/{name}/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [gpu]}}},
+                  format="json")  # fmt: skip
+    llm, chat, big = (ModelVersion.objects.get(model__name=name) for name in ("llm", "chat", "big"))
+    assert api.post("/api/v1/deployments/", {"version": str(llm.pk), "nodes": ["gpu-a"]}, format="json").status_code == 202
+    assert Replica.objects.get(deployment__version=llm).state == ReplicaState.PENDING
+    placed = api.post("/api/v1/deployments/", {"version": str(chat.pk), "nodes": ["gpu-a"]}, format="json")
+    assert placed.status_code == 202, "llm's engine is on GPU 0, chat's goes on GPU 1"
+    for state in (ReplicaState.PENDING, ReplicaState.PARKED):
+        Replica.objects.filter(deployment__version=llm).update(state=state)
+        refused = api.post("/api/v1/deployments/", {"version": str(big.pk), "nodes": ["gpu-a"]}, format="json")
+        assert refused.status_code == 400, state
+        assert json.loads(refused.content)["detail"].endswith(
+            "gpu-a's GPU 0 has 1.00 GiB free for engines of 4.00 GiB (llm:1 holds 3.00 GiB)"), state
+    assert Deployment.objects.count() == 2
 
 
 def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engines(api: APIClient) -> None:

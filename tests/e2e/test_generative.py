@@ -173,17 +173,36 @@ def test_a_tenant_without_a_grant_gets_the_same_refusal_as_for_any_model(fleet: 
 
 
 def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[str, Any]) -> None:
-    client = grpcclient.InferenceServerClient(fleet.gateway)
-    inputs = request(chat(QUESTION), stream=False)
-    inputs[2].set_data_from_numpy(np.array([b'{"temprature": 0}'], dtype=np.object_))
-    events: queue.Queue[Any] = queue.Queue()
-    client.start_stream(callback=lambda result, error: events.put((result, error)), headers={"authorization": f"Bearer {world['key']}"})
-    try:
-        client.async_stream_infer(MODEL, inputs)
-        _, error = events.get(timeout=60)
-    finally:
-        client.stop_stream()
-    assert error is not None and "unknown keys ['temprature']" in error.message()
+    def refusal(sampling: bytes) -> str:
+        client = grpcclient.InferenceServerClient(fleet.gateway)
+        inputs = request(chat(QUESTION), stream=False)
+        inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
+        events: queue.Queue[Any] = queue.Queue()
+        client.start_stream(callback=lambda result, error: events.put((result, error)),
+                            headers={"authorization": f"Bearer {world['key']}"})  # fmt: skip
+        try:
+            client.async_stream_infer(MODEL, inputs)
+            _, error = events.get(timeout=60)
+        finally:
+            client.stop_stream()
+        assert error is not None
+        return str(error.message())
+
+    import time
+
+    from appliance.gateway.stats import window
+
+    started = time.time()
+    assert "unknown keys ['temprature']" in refusal(b'{"temprature": 0}')
+    # Several sequences a request would generate n x max_tokens on one reservation and one slot.
+    assert "n must be 1 (one sequence a request), not 64" in refusal(b'{"max_tokens": 8, "n": 64}')
+    assert "best_of must be 1" in refusal(b'{"max_tokens": 8, "best_of": 2}')
+    # The engine's refusals come back inside the stream (the call ends OK); the version's
+    # statistics, which rollout gates judge, count them as its errors all the same.
+    version = str(world["version"]["number"])
+    assert wait_for("the three failed streams in the version's statistics",
+                    lambda: (w := window(MODEL, version, started, time.time() + 1)).errors >= 3 and w, timeout=30,
+                    procs=fleet.procs).errors == 3  # fmt: skip
 
 
 def _limited_tenant(fleet: Fleet, olga: Operator, slug: str, **limits: int) -> str:

@@ -60,9 +60,53 @@ def test_a_full_engine_takes_no_new_stream_until_it_has_room() -> None:
     admission.release("llm", route[0], None)  # nothing in flight: one may try (a reading may be stale)
     assert admission.take("llm", route, rank=0) is not None
     assert admission.take("llm", route, rank=0) is None
+    admission.set_slots({"llm": 4})  # a snapshot refresh is no news from the engine: still full
+    assert admission.take("llm", route, rank=0) is None
     admission.engine_pressure("10.0.0.1:8001", "llm", full=False)
+    admission.set_slots({"llm": 4})
     assert [admission.take("llm", route, rank=0) is not None for _ in range(4)] == [True, True, True, False]
     assert admission.limiter("10.0.0.1:8001", "llm").limit == 4
     # A model that is not generative is never frozen by engine gauges.
     admission.engine_pressure("10.0.0.1:8001", "digits", full=True)
     assert admission.take("digits", route, rank=0) is not None
+
+
+def test_a_triton_s_gauges_press_only_the_replicas_that_triton_serves() -> None:
+    """The node's main Triton publishes its engines' gauges; a MIG slice of the same node has a
+    Triton of its own (another address): a full engine on the main Triton presses that replica
+    alone, never the slice's."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from appliance.core.process import free_port
+    from appliance.gateway.engines import EngineWatch
+
+    page = 'appliance_engine_kv_cache_usage{model="llm",version="1",engine="e1"} 0.95\n'
+    main, mig = Route("n", "10.0.0.1:8001"), Route("n", "10.0.0.1:9001")
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=page)
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        admission = Admission(queue_max=8, queue_wait_s=1.0)
+        admission.set_slots({"llm": 4})
+        snapshot = SimpleNamespace(engine_metrics={main.address: f"127.0.0.1:{port}"}, engine_slots={"llm": 8},
+                                   routes={"llm": (main, mig)})  # fmt: skip
+        watch = EngineWatch(SimpleNamespace(snapshot=snapshot, admission=admission))
+        try:
+            await watch.poll()
+        finally:
+            await watch.close()
+            await runner.cleanup()
+        assert admission.limiter(main.address, "llm").limit == 1, "the full engine's replica takes one stream"
+        assert admission.limiter(mig.address, "llm").limit == 4, "the slice's engine said nothing: its slots stand"
+
+    asyncio.run(scenario())

@@ -83,11 +83,30 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return types.SimpleNamespace(module=module, logs=logs, tmp=tmp_path)
 
 
-def _model(runner: Any) -> Any:
+def _config(argvs: dict[str, list[str]]) -> str:
+    """A model config as the control plane writes it: each version's engine command line by number."""
+    return json.dumps({"parameters": {"engine_argv": {"string_value": json.dumps(argvs)},
+                                      "engine_env": {"string_value": json.dumps({v: {} for v in argvs})}}})  # fmt: skip
+
+
+def _model(runner: Any, version: str = "1", argvs: dict[str, list[str]] | None = None) -> Any:
     model = runner.module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": {}}), "model_repository": str(runner.tmp),
-                      "model_version": "1", "model_name": "smol", "model_instance_kind": "CPU"})  # fmt: skip
+    model.initialize({"model_config": _config(argvs or {"1": []}), "model_repository": str(runner.tmp),
+                      "model_version": version, "model_name": "smol", "model_instance_kind": "CPU"})  # fmt: skip
     return model
+
+
+def test_each_version_starts_its_engine_with_its_own_command_line(runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config is the model's, shared by its versions: a canary's fp32 weights must not start
+    the resident bf16 version's engine as fp32 (twice the memory placement counted)."""
+    monkeypatch.setenv("FAKE_ENGINE_FAILS", "0")
+    model = _model(runner, "2", {"1": ["--dtype", "bfloat16"], "2": ["--dtype", "float32"]})
+    try:
+        assert model._command[-2:] == ["--dtype", "float32"]
+    finally:
+        model.finalize()
+    with pytest.raises(RuntimeError, match="the config names no engine command line for version 3"):
+        _model(runner, "3", {"1": [], "2": []})
 
 
 def test_an_engine_that_dies_while_starting_gets_one_more_start(runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +141,7 @@ def test_the_engine_runs_on_the_device_triton_gave_among_those_triton_sees(runne
     monkeypatch.setenv("FAKE_ENGINE_FAILS", "0")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-4f2c")
     model = runner.module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": {}}), "model_repository": str(runner.tmp),
+    model.initialize({"model_config": _config({"1": []}), "model_repository": str(runner.tmp),
                       "model_version": "1", "model_name": "smol", "model_instance_kind": "GPU",
                       "model_instance_device_id": "0"})  # fmt: skip
     try:
