@@ -298,6 +298,9 @@ class OpenAIApi:
             # (a refusal mid-answer: the deadline passed, the replica went away)
             error = failure if isinstance(failure, ApiError) else ApiError.of(failure)
             await response.write(f"data: {json.dumps(error.body())}\n\n".encode())
+        except Exception:  # a fault of ours after the headers: still an event, never a second response
+            log.exception("OpenAI API: %s %s failed mid-stream", request.method, request.path)  # no body: never a payload
+            await response.write(f"data: {json.dumps(ApiError(500, 'internal error').body())}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
