@@ -218,8 +218,8 @@ def node_report_engines(*, readings: list[EngineReading]) -> None:
     _call("report_engines", readings=[asdict(r) for r in readings])
 
 
-def node_set_mig_endpoints(*, addresses: dict[str, str]) -> None:
-    _call("set_mig_endpoints", addresses=addresses)
+def node_set_mig_endpoints(*, addresses: dict[str, str], metrics: dict[str, str]) -> None:
+    _call("set_mig_endpoints", addresses=addresses, metrics=metrics)
 
 
 def node_admin_state() -> str:

@@ -204,7 +204,7 @@ def _start_mig_servers(local: LocalNode) -> None:
                 log.exception("could not start a Triton for %s", device.uuid)
     with audit_context(origin=Origin.AGENT, actor=f"agent:{local.name}"):
         control.node_report_inventory(gpus=local.inventory.gpus())
-        control.node_set_mig_endpoints(addresses=local.mig_servers.addresses())
+        control.node_set_mig_endpoints(addresses=local.mig_servers.addresses(), metrics=local.mig_servers.metrics_addresses())
 
 
 def _tensorrt_version() -> str:

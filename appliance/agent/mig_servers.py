@@ -37,6 +37,9 @@ class MigServers:
     def addresses(self) -> dict[str, str]:
         return {uuid: self.address(uuid) for uuid in self.servers}
 
+    def metrics_addresses(self) -> dict[str, str]:
+        return {uuid: supervisor.ports.metrics_address for uuid, (_, supervisor) in self.servers.items()}
+
     def start(self, device: MigDeviceInfo, *, timeout: float = 60.0) -> str:
         if device.uuid in self.servers:
             return self.address(device.uuid)

@@ -43,7 +43,7 @@ def _gpu(local: LocalNode, index: int):  # type: ignore[no-untyped-def]
 
 def _report(local: LocalNode) -> None:
     control.node_report_inventory(gpus=local.inventory.gpus())
-    control.node_set_mig_endpoints(addresses=local.mig_servers.addresses())
+    control.node_set_mig_endpoints(addresses=local.mig_servers.addresses(), metrics=local.mig_servers.metrics_addresses())
 
 
 def _pending_requests(metrics_address: str) -> float:

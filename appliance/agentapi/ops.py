@@ -175,8 +175,8 @@ def report_engines(node: Node, *, readings: list[dict[str, Json]]) -> None:
 
 
 @operation
-def set_mig_endpoints(node: Node, *, addresses: dict[str, str]) -> None:
-    nodes.node_set_mig_endpoints(node_id=node.pk, addresses=addresses)
+def set_mig_endpoints(node: Node, *, addresses: dict[str, str], metrics: dict[str, str] | None = None) -> None:
+    nodes.node_set_mig_endpoints(node_id=node.pk, addresses=addresses, metrics=metrics)
 
 
 @operation

@@ -84,9 +84,8 @@ class Snapshot:
     engine_slots: dict[str, int] = field(default_factory=dict)
     # Their chat templates (the newest version's that has one), for the OpenAI-compatible chat API.
     chat_templates: dict[str, str] = field(default_factory=dict)
-    # Where the engines' gauges are: the gRPC address of each Triton serving a generative model ->
-    # its metrics endpoint (the node's main Triton; a MIG slice's Triton does not report one yet,
-    # so the engines there get no back-pressure from their gauges, and never another's).
+    # Where the engines' gauges are: the gRPC address of each Triton serving a generative model
+    # (a node's main Triton, a MIG slice's) -> its metrics endpoint.
     engine_metrics: dict[str, str] = field(default_factory=dict)
     built_at: float = 0.0  # monotonic time the read began
 
@@ -171,8 +170,10 @@ def build_snapshot() -> Snapshot:
         low_headroom=_low_headroom(nodes),
         generative=frozenset(generative),
         chat_templates=chat_templates,
-        engine_metrics={node.grpc_address: node.metrics_address for node in nodes if node.metrics_address and any(
-            r.address == node.grpc_address for model in generative for r in routes.get(model, ()))},  # fmt: skip
+        engine_metrics={grpc: metrics for grpc, metrics in
+                        [(n.grpc_address, n.metrics_address) for n in nodes] +
+                        [(d.grpc_address, d.metrics_address) for d in devices.values()]
+                        if metrics and any(r.address == grpc for model in generative for r in routes.get(model, ()))},  # fmt: skip
         engine_slots={name: contract.ENGINE_QUEUE_FACTOR * engine_spec(normalise(profile))["max_num_seqs"]
                       for name, profile in Model.objects.filter(name__in=generative).values_list("name", "serving_profile")},  # fmt: skip
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},

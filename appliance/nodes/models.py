@@ -134,8 +134,10 @@ class MigDevice(Audited):
     size = models.PositiveSmallIntegerField()
     gpu_instance_id = models.PositiveIntegerField()
     memory_mib = models.PositiveIntegerField(default=0)
-    # The Triton the agent runs on this device (CUDA_VISIBLE_DEVICES=<uuid>), host:port.
+    # The Triton the agent runs on this device (CUDA_VISIBLE_DEVICES=<uuid>), host:port, and its
+    # metrics endpoint (where the gateway reads the device's generative engines' gauges).
     grpc_address = models.CharField(max_length=255, blank=True)
+    metrics_address = models.CharField(max_length=255, blank=True)
     # A slice dedicated to one tenant: the gateway sends it that tenant's requests and nobody else's.
     tenant = models.ForeignKey("accounts.Tenant", null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="mig_devices")  # fmt: skip

@@ -292,10 +292,20 @@ def node_clear_fault(*, node: Node) -> Node:
     return locked
 
 
-def node_set_mig_endpoints(*, node_id: UUID | str, addresses: dict[str, str]) -> None:
-    """Where the Triton of each MIG device listens (not audited: it follows the devices)."""
-    for device_uuid, address in addresses.items():
-        MigDevice.objects.filter(gpu__node_id=node_id, uuid=device_uuid).update(grpc_address=address)
+def node_set_mig_endpoints(*, node_id: UUID | str, addresses: dict[str, str],
+                           metrics: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Where the Triton of each MIG device listens, and its metrics endpoint (not audited: it
+    follows the devices)."""
+    for what, given in (("addresses", addresses), ("metrics", metrics or {})):
+        if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 255
+                                                  for k, v in given.items()):  # fmt: skip
+            raise ValueError(f"{what}: an object of MIG device uuid -> host:port (at most 255 characters)")
+    with transaction.atomic():
+        for device_uuid, address in addresses.items():
+            fields = {"grpc_address": address}
+            if metrics is not None:
+                fields["metrics_address"] = metrics.get(device_uuid, "")
+            MigDevice.objects.filter(gpu__node_id=node_id, uuid=device_uuid).update(**fields)
 
 
 @transaction.atomic

@@ -128,6 +128,26 @@ def test_bad_requests_are_refused_with_a_clear_status_and_change_nothing() -> No
 
 
 @pytest.mark.django_db
+def test_a_node_reports_where_each_mig_slice_s_triton_listens_and_its_metrics_endpoint() -> None:
+    from appliance.nodes.models import Gpu, MigDevice
+
+    node, credential = _enrolled("gpu-09")
+    gpu = Gpu.objects.create(node=node, index=0, uuid="GPU-9", product="NVIDIA H100", memory_mib=81_559, mig_enabled=True)
+    slice_ = MigDevice.objects.create(gpu=gpu, uuid="MIG-a", profile="1g.10gb", start=0, size=1, gpu_instance_id=9,
+                                      memory_mib=9_984)  # fmt: skip
+    for body in ({"addresses": {"MIG-a": "127.0.0.1:9001"}, "metrics": ["127.0.0.1:9002"]},
+                 {"addresses": {"MIG-a": 9001}}, {"addresses": {"MIG-a": "127.0.0.1:9001"}, "metrics": {"MIG-a": "x" * 256}}):
+        refused = _call("set_mig_endpoints", body, credential)
+        assert refused.status_code == 400 and "set_mig_endpoints" in refused.json()["detail"], (body, refused.content)
+        assert MigDevice.objects.get(pk=slice_.pk).grpc_address == "", "a refused report changes nothing"
+    done = _call("set_mig_endpoints", {"addresses": {"MIG-a": "127.0.0.1:9001", "MIG-not-mine": "10.0.0.9:1"},
+                                       "metrics": {"MIG-a": "127.0.0.1:9002"}}, credential)  # fmt: skip
+    assert done.status_code == 200, done.content
+    assert MigDevice.objects.values_list("grpc_address", "metrics_address").get(pk=slice_.pk) == (
+        "127.0.0.1:9001", "127.0.0.1:9002")
+
+
+@pytest.mark.django_db
 def test_a_revoked_node_is_refused_at_its_next_request() -> None:
     node, credential = _enrolled("gpu-07")
     assert _call("heartbeat", {"triton_ready": True}, credential).status_code == 200

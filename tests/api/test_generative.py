@@ -353,6 +353,36 @@ def test_engines_count_on_their_own_gpu_from_the_moment_they_are_placed(api: API
     assert Deployment.objects.count() == 2
 
 
+def test_the_gateway_reads_the_gauges_of_each_triton_that_serves_an_engine(api: APIClient) -> None:
+    """The node's main Triton and a MIG slice's Triton each publish their own engines' gauges:
+    the snapshot names each by its gRPC address (what routes carry), so a full engine presses
+    the replicas of its own Triton only."""
+    from appliance.gateway.snapshot import build_snapshot
+    from appliance.nodes.models import Gpu, MigDevice
+
+    node = _routable(make_node("gpu-m"), 512 * GIB)
+    Node.objects.filter(pk=node.pk).update(backends=["python", "vllm_engine_gpu"], grpc_address="10.0.0.5:8001",
+                                           metrics_address="10.0.0.5:8002")  # fmt: skip
+    mig = Gpu.objects.create(node=node, index=0, uuid="GPU-0", product="NVIDIA H100", memory_mib=81_559, mig_enabled=True)
+    Gpu.objects.create(node=node, index=1, uuid="GPU-1", product="NVIDIA H100", memory_mib=81_559)
+    MigDevice.objects.create(gpu=mig, uuid="MIG-large", profile="3g.40gb", start=4, size=4, gpu_instance_id=2,
+                             memory_mib=40_192, grpc_address="10.0.0.5:9001", metrics_address="10.0.0.5:9002")  # fmt: skip
+    for name, where in (("llm", {"mig_devices": ["MIG-large"]}), ("chat", {"nodes": ["gpu-m"]})):
+        _upload(api, name, folder())
+        if name == "chat":
+            api.patch("/api/v1/models/chat/", {"serving_profile": {"instance_group": {"kind": "gpu", "gpus": [1]}}},
+                      format="json")  # fmt: skip
+        version = ModelVersion.objects.get(model__name=name)
+        placed = api.post("/api/v1/deployments/", {"version": str(version.pk), **where}, format="json")
+        assert placed.status_code == 202, placed.content
+    Deployment.objects.update(state="live")
+    Replica.objects.update(state=ReplicaState.LIVE)
+    snapshot = build_snapshot()
+    assert {m: sorted(r.address for r in snapshot.routes[m]) for m in ("llm", "chat")} == {
+        "llm": ["10.0.0.5:9001"], "chat": ["10.0.0.5:8001"]}
+    assert snapshot.engine_metrics == {"10.0.0.5:8001": "10.0.0.5:8002", "10.0.0.5:9001": "10.0.0.5:9002"}
+
+
 def test_on_a_mig_slice_the_engine_is_sized_against_the_slice_and_its_other_engines(api: APIClient) -> None:
     """A MIG slice's Triton sees the slice as its only device: the engine's share is of the
     slice's memory, the engines already on that slice count, and those elsewhere on the node

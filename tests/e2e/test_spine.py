@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -704,6 +705,9 @@ def test_mig_reconfiguration_end_to_end_while_traffic_flows(fleet: Fleet, story:
     devices = erin.get("nodes/node-b/")["gpus"][0]["mig_devices"]
     for device in devices:
         assert grpcclient.InferenceServerClient(device["grpc_address"]).is_server_ready(), device
+        # Its metrics endpoint too (where the gateway reads the slice's engines' gauges).
+        page = urllib.request.urlopen(f"http://{device['metrics_address']}/metrics", timeout=5).read().decode()
+        assert "nv_" in page, device
     assert len({d["grpc_address"] for d in devices}) == 3, "one Triton per MIG device"
     assert erin.get("nodes/node-b/")["admin_state"] == "active"
     wait_for("node-b healthy after the change", lambda: _health("node-b") == "healthy", timeout=20)

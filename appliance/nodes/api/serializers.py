@@ -18,7 +18,7 @@ class MigDeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = MigDevice
         fields = ["uuid", "node", "gpu_index", "profile", "start", "size", "gpu_instance_id", "memory_mib",
-                  "grpc_address", "tenant"]  # fmt: skip
+                  "grpc_address", "metrics_address", "tenant"]  # fmt: skip
         read_only_fields = fields
 
 
