@@ -189,15 +189,18 @@ def metrics_page(request: HttpRequest) -> HttpResponse:
     if scope is not None and not tenant:
         tenant = tenants.first().slug  # type: ignore[union-attr]
     traffic = metrics.traffic_series(window=window, model=model or None, tenant=tenant or None)
-    nodes = None
-    if model or tenant:
-        live = Replica.objects.filter(state="live")
-        live = live.filter(deployment__version__model__name=model) if model else live.filter(
-            deployment__version__model__in=ModelGrant.objects.filter(tenant__slug=tenant).values("model_id"))  # fmt: skip
-        nodes = sorted(set(live.values_list("node__name", flat=True)))
-    gpu = metrics.gpu_series(window=window, nodes=nodes) if scope is None or nodes else None
-    generative = bool(model) and ModelVersion.objects.filter(model__name=model, format=ArtifactFormat.VLLM).exists()
-    engines = metrics.engine_series(window=window, model=model) if generative else None
+    # The fleet's side (nodes, GPUs, engines shared with other tenants) is staff's: a tenant admin
+    # sees the tenant's own traffic (the role matrix).
+    nodes, gpu, engines = None, None, None
+    if scope is None:
+        if model or tenant:
+            live = Replica.objects.filter(state="live")
+            live = live.filter(deployment__version__model__name=model) if model else live.filter(
+                deployment__version__model__in=ModelGrant.objects.filter(tenant__slug=tenant).values("model_id"))  # fmt: skip
+            nodes = sorted(set(live.values_list("node__name", flat=True)))
+        gpu = metrics.gpu_series(window=window, nodes=nodes)
+        generative = bool(model) and ModelVersion.objects.filter(model__name=model, format=ArtifactFormat.VLLM).exists()
+        engines = metrics.engine_series(window=window, model=model) if generative else None
     ctx.update(window=window, windows=metrics.WINDOWS.values(), model=model, tenant=tenant, models=models,
                tenants=tenants, traffic=traffic, gpu=gpu, gpu_nodes=nodes, gpu_empty=nodes == [], engines=engines,
                engine_charts=_engine_charts(engines))  # fmt: skip

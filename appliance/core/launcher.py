@@ -132,16 +132,24 @@ class Launcher:
         manifest = json.loads((ROOT / "triton_models" / name / "manifest.json").read_text())
         if name not in models:
             self.api("POST", "models/", {"name": name, "description": manifest["description"]})
-        live = [d for d in self.api("GET", f"deployments/?model={name}")["results"] if d["state"] == "live"]
+        deployments = self.api("GET", f"deployments/?model={name}")["results"]
+        live = [d for d in deployments if d["state"] == "live"]
         if live:
             return live[0]
-        fields = {"model": name, "format": manifest["format"], "max_batch_size": str(manifest["max_batch_size"]),
-                  "decoupled": "true" if manifest["decoupled"] else "false"}  # fmt: skip
-        if "signature" in manifest:  # a vllm version's is Triton's vLLM backend's
-            fields["signature"] = json.dumps(manifest["signature"])
-        body, ctype = _multipart(fields, {"artifact": (artifact_name, (VAR / "build" / artifact_name).read_bytes())})
-        version = self.api("POST", "versions/", raw=body, ctype=ctype)
-        deployment = self.api("POST", "deployments/", {"version": version["id"], "nodes": [NODE]})
+        # A rollout still under way (a first start that was interrupted): wait for it, rather than
+        # upload another version that the rollout in progress would refuse.
+        under_way = [d for d in deployments if d["state"] in ("pending", "rolling_out", "progressing")]
+        if under_way:
+            deployment = under_way[0]
+        else:
+            fields = {"model": name, "format": manifest["format"], "max_batch_size": str(manifest["max_batch_size"]),
+                      "decoupled": "true" if manifest["decoupled"] else "false"}  # fmt: skip
+            if "signature" in manifest:  # a vllm version's is Triton's vLLM backend's
+                fields["signature"] = json.dumps(manifest["signature"])
+            artifact = (VAR / "build" / artifact_name).read_bytes()
+            body, ctype = _multipart(fields, {"artifact": (artifact_name, artifact)})
+            version = self.api("POST", "versions/", raw=body, ctype=ctype)
+            deployment = self.api("POST", "deployments/", {"version": version["id"], "nodes": [NODE]})
 
         def settled() -> Any:
             current = self.api("GET", f"deployments/{deployment['id']}/")

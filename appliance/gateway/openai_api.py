@@ -38,7 +38,9 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 # OpenAI's sampling fields and the vLLM SamplingParams names they become.
 _SAMPLING = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature",
              "top_p": "top_p", "stop": "stop", "seed": "seed", "presence_penalty": "presence_penalty",
-             "frequency_penalty": "frequency_penalty"}  # fmt: skip
+             "frequency_penalty": "frequency_penalty",
+             # vLLM's own extensions, as its OpenAI-compatible server takes them.
+             "min_tokens": "min_tokens", "ignore_eos": "ignore_eos"}  # fmt: skip
 _IGNORED = {"model", "messages", "prompt", "stream", "stream_options", "n", "user", "logit_bias", "response_format",
             "echo", "suffix", "best_of", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"}  # fmt: skip
 
@@ -154,6 +156,10 @@ class OpenAIApi:
             raise ApiError(400, f"the body is not JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON lets "\ud800" through; no model can read it
+            raise ApiError(400, f"the body holds text that is not valid Unicode ({exc.reason})") from None
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "'model' is required", param="model")
@@ -179,7 +185,23 @@ class OpenAIApi:
     async def _granted(self, request: web.Request, model: str) -> bool:
         return await self._granted_to(self._auth(request), model)
 
-    def _render(self, model: str, messages: Any) -> str:
+    async def _template(self, request: web.Request, model: str) -> tuple[str | None, str]:
+        """The chat template the answering version was trained with, and the version to pin the
+        request to ("": any). The template is a version's own: an upload not deployed yet changes
+        nothing, and where a rollout's versions differ in templates, the version is drawn here by
+        the traffic split (among those the tenant may use) and the request pinned to it."""
+        templates: dict[str, str] = self.gw.snapshot.chat_templates.get(model, {})
+        key = await self.gw.authenticate(_Context(self._auth(request), None))
+        routes = self.gw.permitted_for(key, self.gw.snapshot.routes.get(model, ()))
+        serving = sorted({r.version for r in routes}, key=int)
+        if not serving:  # nothing routable now (scaled to zero, say): the newest version's
+            return (templates[max(templates, key=int)] if templates else None), ""
+        if len({templates.get(v) for v in serving}) == 1:
+            return templates.get(serving[0]), ""
+        chosen = self.gw.choose_version(model, routes)[0].version
+        return templates.get(chosen), chosen
+
+    def _render(self, model: str, messages: Any, template: str | None) -> str:
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "'messages' must be a non-empty list", param="messages")
         for message in messages:
@@ -192,7 +214,6 @@ class OpenAIApi:
                 message["content"] = "".join(texts)
             if not isinstance(message.get("content"), str):
                 raise ApiError(400, "each message needs a role and content", param="messages")
-        template = self.gw.snapshot.chat_templates.get(model)
         if template is None:
             if model in self.gw.snapshot.generative:
                 raise ApiError(400, f"model '{model}' has no chat template: use /v1/completions", param="model")
@@ -203,15 +224,15 @@ class OpenAIApi:
         except TemplateError as exc:
             raise ApiError(400, f"the model's chat template cannot render these messages: {exc}") from exc
 
-    async def _generate(self, authorization: str, model: str, prompt: str,
-                        sampling: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+    async def _generate(self, authorization: str, model: str, prompt: str, sampling: dict[str, Any],
+                        version: str = "") -> AsyncIterator[dict[str, Any]]:  # fmt: skip
         """The model's stream as the gRPC path serves it: {text, tokens, finish, prompt_tokens}."""
         if model not in self.gw.snapshot.generative:
             await self.gw.refresh_if_stale()
         if model not in self.gw.snapshot.generative and await self._granted_to(authorization, model):
             # (an ungranted name gets the stream path's NOT_FOUND, as for any model: nothing is told)
             raise ApiError(400, f"model '{model}' is not a generative model", param="model")
-        request = pb.ModelInferRequest(model_name=model, id=uuid.uuid4().hex)
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=uuid.uuid4().hex)
         _add(request, "text_input", "BYTES", [1], _bytes(prompt.encode()))
         _add(request, "stream", "BOOL", [1], b"\x01")
         _add(request, "sampling_parameters", "BYTES", [1], _bytes(json.dumps(sampling).encode()))
@@ -232,13 +253,14 @@ class OpenAIApi:
                    "finish": _text(_output(answer, "finish_reason")) or None,
                    "prompt_tokens": uint_output(answer, INPUT_COUNT)}  # fmt: skip
 
-    async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool,
+                     version: str = "") -> web.StreamResponse:  # fmt: skip
         from appliance.gateway.server import Refusal
 
         model, sampling = body["model"], self._sampling(body)
         created, ident = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
-        stream = self._generate(self._auth(request), model, prompt, sampling)
+        stream = self._generate(self._auth(request), model, prompt, sampling, version)
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
         def count(part: dict[str, Any]) -> None:
@@ -285,9 +307,13 @@ class OpenAIApi:
 
         try:
             count(first)
+            finished = bool(first["finish"])
             await send(first, role=chat)
             async for part in stream:
                 count(part)
+                if finished:  # the engine's final response repeats the finish reason: OpenAI sends it once
+                    part = {**part, "finish": None}
+                finished = finished or bool(part["finish"])
                 if part["text"] or part["finish"]:
                     await send(part)
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -318,8 +344,11 @@ class OpenAIApi:
         body = await self._body(request)
         # An ungranted model is not rendered (nothing about it is told): the stream path refuses it.
         granted = await self._granted(request, body["model"])
-        prompt = self._render(body["model"], body.get("messages")) if granted else ""
-        return await self._serve(request, body, prompt, chat=True)
+        if not granted:
+            return await self._serve(request, body, "", chat=True)
+        template, version = await self._template(request, body["model"])
+        prompt = self._render(body["model"], body.get("messages"), template)
+        return await self._serve(request, body, prompt, chat=True, version=version)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -358,7 +387,9 @@ class OpenAIApi:
 async def start(gateway: Any, handlers: Any, bind: str, *, reuse_port: bool = False) -> web.AppRunner:
     """Serves the API on `bind` (host:port) in the running event loop."""
     host, _, port = bind.rpartition(":")
-    runner = web.AppRunner(OpenAIApi(gateway, handlers).app(), access_log=None)
+    # A client that goes away cancels its handler (and so its stream: the engine drops the
+    # sequence), streamed or not; aiohttp would otherwise run the handler to its end for nobody.
+    runner = web.AppRunner(OpenAIApi(gateway, handlers).app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_port=reuse_port).start()
     log.info("OpenAI-compatible API at http://%s/v1/", bind)

@@ -321,6 +321,12 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def _before_deadline(context: Any) -> bool:
+    """Is there time left before the call's deadline (or none was set)?"""
+    remaining = context.time_remaining()
+    return remaining is None or remaining > 0
+
+
 def _timeout(context: grpc.aio.ServicerContext) -> float:
     """The client's remaining deadline, or the gateway's default: a wedged replica
     must not hold a request (and a gateway slot) forever."""
@@ -560,21 +566,27 @@ class Handlers:
         arrived = time.perf_counter()  # what a client's time to first token counts from (queueing included)
         first = _parse(pb.ModelInferRequest, first_raw, "ModelInferRequest")
         model, version = first.model_name, first.model_version
-        key = await self.gw.authenticate(context)
-        routes = await self.gw.routes_for(key, model, version, _deadline(context))
-        await self.gw.admit(key, model)
-        # Generative models: every request asks for its token counts and reserves its max_tokens
-        # against the tenant's limits (gateway/tokens.py).
-        budget = Budget(key.tenant_id) if model in self.gw.snapshot.generative else None
-        if budget is not None:
-            first_raw = await self._reserve(budget, key, model, first, first_raw)
+        tenant = label = "-"  # a refused stream is counted as unary calls are (a label only for granted names)
+        budget: Budget | None = None
         try:
+            key = await self.gw.authenticate(context)
+            tenant = key.tenant_slug
+            label = model if model in self.gw.snapshot.grants.get(key.tenant_id, ()) else "-"
+            routes = await self.gw.routes_for(key, model, version, _deadline(context))
+            await self.gw.admit(key, model)
+            # Generative models: every request asks for its token counts and reserves its max_tokens
+            # against the tenant's limits (gateway/tokens.py).
+            budget = Budget(key.tenant_id) if model in self.gw.snapshot.generative else None
+            if budget is not None:
+                first_raw = await self._reserve(budget, key, model, first, first_raw)
             # A stream holds one replica slot for its whole life.
             route = await self._admit(model, routes if version else self.gw.choose_version(model, routes),
                                       RANK.get(key.priority, contract.DEFAULT_RANK), context, key.tenant_slug)  # fmt: skip
-        except BaseException:
+        except BaseException as exc:
             if budget is not None:
                 await self.gw.tokens.settle(budget)  # nothing was generated: all of it back
+            if isinstance(exc, Refusal):
+                self.gw.stats.answered(tenant, label, False, time.perf_counter() - arrived)
             raise
         chosen = version or route.version
 
@@ -599,6 +611,7 @@ class Handlers:
                 raise
 
         started, ok, first_response, responses, failed = time.perf_counter(), False, None, 0, 0
+        left = False  # the client went away (cancelled, closed its HTTP connection) before its deadline
         # Token timing, per request of the stream in order: when each arrived, and its last token.
         arrivals: deque[float] = deque([arrived])
         last_token: float | None = None
@@ -634,6 +647,10 @@ class Handlers:
         except asyncio.CancelledError:
             if refused:
                 raise refused[0] from None
+            left = _before_deadline(context)
+            raise
+        except GeneratorExit:  # the OpenAI API's client went away: its handler closed this stream
+            left = _before_deadline(context)
             raise
         except grpc.aio.AioRpcError as exc:
             if refused:
@@ -649,14 +666,17 @@ class Handlers:
             seconds = time.perf_counter() - started
             # The version's statistics judge rollouts: a generative stream's latency there is its
             # time to first token (a long answer is not a slow one); other streams, their length.
-            if not refused:  # the client's refusal is not the version's failure (rollout gates read these)
+            # A client refused, or one that left (a chat's stop button), is not the version's failure
+            # (rollout gates read these); a deadline that passed is.
+            if not refused and not left:
                 self.gw.stats.record(model, chosen, ok, first_ttft if first_ttft is not None else seconds)
             if decode_tokens:
                 self.gw.stats.decoded(model, chosen, decode_tokens, decode_s)
-            self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds,
-                                   output_tokens=budget.counted if budget is not None else 0,
-                                   decode_tokens=decode_tokens, decode_seconds=decode_s)  # fmt: skip
-            self.gw.stats.answered(key.tenant_slug, model, ok, seconds)
+            if first_response is not None:  # a stream that never answered has no time to first response
+                self.gw.stats.streamed(key.tenant_slug, model, first_response, responses, seconds,
+                                       output_tokens=budget.counted if budget is not None else 0,
+                                       decode_tokens=decode_tokens, decode_seconds=decode_s)  # fmt: skip
+            self.gw.stats.answered(key.tenant_slug, model, ok or left, seconds)
 
 
 def _guard(handler: Any) -> Any:

@@ -82,8 +82,8 @@ class Snapshot:
     # replica takes a fixed number of streams (admission.set_slots).
     generative: frozenset[str] = frozenset()
     engine_slots: dict[str, int] = field(default_factory=dict)
-    # Their chat templates (the newest version's that has one), for the OpenAI-compatible chat API.
-    chat_templates: dict[str, str] = field(default_factory=dict)
+    # Their chat templates, per version (each version's own), for the OpenAI-compatible chat API.
+    chat_templates: dict[str, dict[str, str]] = field(default_factory=dict)
     # Where the engines' gauges are: the gRPC address of each Triton serving a generative model
     # (a node's main Triton, a MIG slice's) -> its metrics endpoint.
     engine_metrics: dict[str, str] = field(default_factory=dict)
@@ -144,9 +144,12 @@ def build_snapshot() -> Snapshot:
         )
     weights, parked = _traffic()
     generative_versions = list(ModelVersion.objects.filter(format=ArtifactFormat.VLLM).order_by("number")
-                               .values_list("model__name", "generative"))  # fmt: skip
-    generative = {name for name, _ in generative_versions}
-    chat_templates = {name: str(facts["template"]) for name, facts in generative_versions if facts and facts.get("template")}
+                               .values_list("model__name", "number", "generative"))  # fmt: skip
+    generative = {name for name, _, _ in generative_versions}
+    chat_templates: dict[str, dict[str, str]] = defaultdict(dict)
+    for name, number, facts in generative_versions:
+        if facts and facts.get("template"):
+            chat_templates[name][str(number)] = str(facts["template"])
     permitted, denials = _residency(nodes, set(grants))
     rules = current_rules()
     cache_tenants = frozenset(
@@ -169,7 +172,7 @@ def build_snapshot() -> Snapshot:
         },
         low_headroom=_low_headroom(nodes),
         generative=frozenset(generative),
-        chat_templates=chat_templates,
+        chat_templates=dict(chat_templates),
         engine_metrics={grpc: metrics for grpc, metrics in
                         [(n.grpc_address, n.metrics_address) for n in nodes] +
                         [(d.grpc_address, d.metrics_address) for d in devices.values()]

@@ -100,8 +100,10 @@ class Recorder:
 
     def streamed(self, tenant: str, model: str, first_response_s: float | None, responses: int, seconds: float,
                  output_tokens: int = 0, decode_tokens: int = 0, decode_seconds: float = 0.0) -> None:  # fmt: skip
-        """A stream ended; a generative one with its output tokens, and those after each
-        request's first with the seconds they took (its decoding speed)."""
+        """A stream ended that answered at least once (one that never did is counted by
+        `answered` alone: it has no time to first response to average); a generative one with
+        its output tokens, and those after each request's first with the seconds they took (its
+        decoding speed)."""
         row = self._traffic[(tenant, model)]
         row[7] += 1
         row[8] += (first_response_s or 0.0) * 1000.0

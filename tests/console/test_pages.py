@@ -303,6 +303,11 @@ def test_tenant_admin_manages_own_keys_and_sees_no_other_tenant(
     assert client.get("/console/policies/").status_code == 403
     assert client.get("/console/metrics/?tenant=globex").status_code == 404
     assert client.get("/console/metrics/?model=secret-model").status_code == 404
+    # The tenant's traffic, not the fleet: no GPU charts, no node names (the role matrix), even
+    # where the tenant's model runs.
+    world["mine"].replicas.update(state="live")
+    own = client.get("/console/metrics/?model=digits").content.decode()
+    assert "GPU utilisation" not in own and "gpu-01" not in own and "Requests/s" in own
     assert "secret-model" not in client.get("/console/models/").content.decode()
     assert client.get("/console/models/secret-model/").status_code == 404
     assert client.post("/console/tenants/acme/update/", {"daily_quota": "1"}).status_code == 403

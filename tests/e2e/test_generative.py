@@ -225,7 +225,12 @@ def _limited_tenant(fleet: Fleet, olga: Operator, slug: str, **limits: int) -> s
 def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet: Fleet, world: dict[str, Any]) -> None:
     """40 output tokens a minute, at most 32 a request: asking for more than 32 is refused
     outright; each request reserves its max_tokens and gets back what it did not generate."""
+    import time
+
+    from tests.e2e.test_spine import _gateway_traffic
+
     olga = world["olga"]
+    started = time.time()
     key = _limited_tenant(fleet, olga, "thrifty", tokens_per_minute=40, max_tokens=32)
     too_many = stream(fleet.gateway, key, chat(QUESTION), max_tokens=64)
     assert too_many["error"].status() == "StatusCode.INVALID_ARGUMENT"
@@ -240,6 +245,11 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     assert over["error"].message().startswith("tenant 'thrifty' is over its 40 output tokens a minute; retry in ")
     other = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=30)  # another tenant is unaffected
     assert other["error"] is None
+    # The refused streams are in the tenant's traffic for the console, as refused unary calls are.
+    counted = wait_for("the refused streams in the tenant's traffic",
+                       lambda: (c := _gateway_traffic("thrifty", MODEL, since=started))["err"] >= 2 and c,
+                       timeout=30, procs=fleet.procs)  # fmt: skip
+    assert counted["err"] == 2 and counted["n"] == counted["err"] + 3 and counted["streams"] == 3, counted  # 3 answered
     # The same limits on the OpenAI-compatible API: HTTP 429 with Retry-After, and 400 over the cap.
     import openai
 
@@ -312,6 +322,8 @@ def test_the_stock_openai_client_chats_through_the_gateway(fleet: Fleet, world: 
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # token by token
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"], \
+        "one finish reason, as OpenAI sends it"  # fmt: skip
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     completion = client.completions.create(model=MODEL, prompt=chat(QUESTION), temperature=0, max_tokens=64)
     assert completion.choices[0].text == whole.choices[0].message.content
@@ -337,6 +349,17 @@ def test_openai_errors_have_openai_s_shape_and_codes(fleet: Fleet, world: dict[s
     assert parts.value.body["message"] == "a content part's text must be a string"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=messages, n=3)
+    # JSON lets a lone surrogate through; no model can read it: 400, not a 500.
+    import urllib.error
+    import urllib.request
+
+    raw = urllib.request.Request(f"{fleet.openai}/completions", data=b'{"model": "smollm2", "prompt": "\\ud800"}',
+                                 headers={"Authorization": f"Bearer {world['key']}",
+                                          "Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as surrogate:
+        urllib.request.urlopen(raw, timeout=30)
+    assert surrogate.value.code == 400
+    assert json.loads(surrogate.value.read())["error"]["message"].startswith("the body holds text that is not valid")
 
 
 def test_embeddings_come_from_the_minilm_embedder(fleet: Fleet, world: dict[str, Any]) -> None:
@@ -435,19 +458,29 @@ def test_the_engine_publishes_its_kv_cache_use_and_the_gateway_reads_it(fleet: F
     assert point.samples >= 1 and 0 < point.kv_usage_max <= 1 and point.kv_usage_sum <= point.samples
 
 
+def _engine_running(fleet: Fleet) -> float:
+    """The sequences the model's engines are generating now (their gauge on Triton's endpoint)."""
+    import urllib.request
+
+    from appliance.core.engine_gauges import RUNNING, engine_readings
+
+    page = urllib.request.urlopen(f"http://127.0.0.1:{fleet.node_ports[NODE]['metrics']}/metrics", timeout=5)
+    return sum(g.get(RUNNING, 0.0) for (model, _, _), g in engine_readings(page.read().decode()).items() if model == MODEL)
+
+
 def test_a_client_that_goes_away_frees_its_sequence_in_the_engine(fleet: Fleet, world: dict[str, Any]) -> None:
     """A client that cancels its stream mid-answer: the gateway cancels its call to Triton, the
     runner sees it at the next chunk and closes its request to the engine, which drops the
     sequence (its KV-cache blocks freed) instead of generating the rest of 1,500 tokens (about
     50 s here) for nobody."""
-    import urllib.request
+    import time
 
-    from appliance.core.engine_gauges import RUNNING, engine_readings
+    from appliance.gateway.stats import window
 
     def running() -> float:
-        page = urllib.request.urlopen(f"http://127.0.0.1:{fleet.node_ports[NODE]['metrics']}/metrics", timeout=5)
-        return sum(g.get(RUNNING, 0.0) for (model, _, _), g in engine_readings(page.read().decode()).items() if model == MODEL)
+        return _engine_running(fleet)
 
+    started = time.time()
     inputs = request(chat("Write a very long story about a dragon."), stream=True, max_tokens=1500)
     sampling = json.dumps({"temperature": 0, "max_tokens": 1500, "ignore_eos": True}).encode()
     inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
@@ -464,6 +497,29 @@ def test_a_client_that_goes_away_frees_its_sequence_in_the_engine(fleet: Fleet, 
         client.stop_stream(cancel_requests=True)
         client.close()
     wait_for("the engine to drop the cancelled sequence", lambda: running() == 0, timeout=15, procs=fleet.procs)
+    # A client that left is not the version's failure (rollout gates judge these statistics):
+    # once a good answer after it is in them, the cancelled stream is there neither as an error
+    # nor as a request.
+    assert stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=4)["error"] is None
+    version = str(world["version"]["number"])
+    stats = wait_for("the good answer in the version's statistics",
+                     lambda: (w := window(MODEL, version, started, time.time() + 1)).requests >= 1 and w,
+                     timeout=30, procs=fleet.procs)  # fmt: skip
+    assert (stats.requests, stats.errors) == (1, 0), stats
+
+
+def test_an_openai_client_that_gives_up_frees_its_sequence_in_the_engine(fleet: Fleet, world: dict[str, Any]) -> None:
+    """Not streamed: the client's timeout closes its HTTP connection mid-answer; the gateway
+    cancels the handler and its stream, and the engine drops the sequence (aiohttp would
+    otherwise run the handler to the end of 1,500 tokens for nobody)."""
+    import openai
+
+    client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0, timeout=5)
+    with pytest.raises(openai.APITimeoutError):
+        client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=1500,
+                                  extra_body={"ignore_eos": True})  # fmt: skip
+    wait_for("the engine to drop the abandoned sequence", lambda: _engine_running(fleet) == 0, timeout=15,
+             procs=fleet.procs)  # fmt: skip
 
 
 def test_a_placement_the_kv_cache_cannot_fit_is_refused_with_numbers(fleet: Fleet, world: dict[str, Any]) -> None:
