@@ -258,6 +258,11 @@ class OpenAIApi:
         from appliance.gateway.server import Refusal
 
         model, sampling = body["model"], self._sampling(body)
+        if chat and "max_tokens" not in sampling:
+            # OpenAI's chat has no length limit by default (the model's context): the most this
+            # tenant may ask for, else null, which the engine reads as the rest of its context.
+            key = await self.gw.authenticate(_Context(self._auth(request), None))
+            sampling["max_tokens"] = key.max_tokens or None
         created, ident = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
         stream = self._generate(self._auth(request), model, prompt, sampling, version)

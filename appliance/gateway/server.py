@@ -438,7 +438,7 @@ class Handlers:
         if not (key.tokens_per_minute or key.max_tokens):
             return asking_for_counts(request)
         try:
-            asked = max_tokens_of(request)
+            asked = max_tokens_of(request, self.gw.snapshot.engine_context.get(model, contract.DEFAULT_MAX_TOKENS))
             await self.gw.tokens.reserve(budget, tenant=key.tenant_slug, tpm=key.tokens_per_minute, cap=key.max_tokens,
                                          asked=asked)  # fmt: skip
         except TokenRefusal as refused:

@@ -82,6 +82,8 @@ class Snapshot:
     # replica takes a fixed number of streams (admission.set_slots).
     generative: frozenset[str] = frozenset()
     engine_slots: dict[str, int] = field(default_factory=dict)
+    # And their engines' context (max_model_len): what a request with max_tokens null may generate.
+    engine_context: dict[str, int] = field(default_factory=dict)
     # Their chat templates, per version (each version's own), for the OpenAI-compatible chat API.
     chat_templates: dict[str, dict[str, str]] = field(default_factory=dict)
     # Where the engines' gauges are: the gRPC address of each Triton serving a generative model
@@ -150,6 +152,8 @@ def build_snapshot() -> Snapshot:
     for name, number, facts in generative_versions:
         if facts and facts.get("template"):
             chat_templates[name][str(number)] = str(facts["template"])
+    engines = {name: engine_spec(normalise(profile))
+               for name, profile in Model.objects.filter(name__in=generative).values_list("name", "serving_profile")}  # fmt: skip
     permitted, denials = _residency(nodes, set(grants))
     rules = current_rules()
     cache_tenants = frozenset(
@@ -177,8 +181,8 @@ def build_snapshot() -> Snapshot:
                         [(n.grpc_address, n.metrics_address) for n in nodes] +
                         [(d.grpc_address, d.metrics_address) for d in devices.values()]
                         if metrics and any(r.address == grpc for model in generative for r in routes.get(model, ()))},  # fmt: skip
-        engine_slots={name: contract.ENGINE_QUEUE_FACTOR * engine_spec(normalise(profile))["max_num_seqs"]
-                      for name, profile in Model.objects.filter(name__in=generative).values_list("name", "serving_profile")},  # fmt: skip
+        engine_slots={name: contract.ENGINE_QUEUE_FACTOR * spec["max_num_seqs"] for name, spec in engines.items()},
+        engine_context={name: int(spec["max_model_len"]) for name, spec in engines.items()},
         routes={model: tuple(sorted(r, key=lambda x: (x.node, x.address, x.version))) for model, r in routes.items()},
         built_at=started,
     )

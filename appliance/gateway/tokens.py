@@ -56,8 +56,10 @@ def _bytes_input(request: pb.ModelInferRequest, name: str) -> bytes | None:
     return None
 
 
-def max_tokens_of(request: pb.ModelInferRequest) -> int:
-    """What the request may generate: its sampling parameters' max_tokens, or the engine's default."""
+def max_tokens_of(request: pb.ModelInferRequest, context: int) -> int:
+    """What the request may generate: its sampling parameters' max_tokens; the engine's default
+    (16) where it names none; and where it names null, what the engine then generates up to, the
+    rest of its context (`context`, the model's max_model_len, bounds it)."""
     raw = _bytes_input(request, SAMPLING)
     if not raw:
         return contract.DEFAULT_MAX_TOKENS
@@ -69,7 +71,7 @@ def max_tokens_of(request: pb.ModelInferRequest) -> int:
         raise TokenRefusal("bad_sampling", why="not an object")
     value = sampling.get("max_tokens", contract.DEFAULT_MAX_TOKENS)
     if value is None:
-        return contract.DEFAULT_MAX_TOKENS
+        return context
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TokenRefusal("bad_sampling", why=f"max_tokens {value!r} is not a positive integer")
     return value

@@ -330,6 +330,34 @@ def test_the_stock_openai_client_chats_through_the_gateway(fleet: Fleet, world: 
     assert [m.id for m in client.models.list()] == [MODEL]  # the tenant's granted models only
 
 
+def test_an_openai_chat_without_max_tokens_is_not_cut_at_sixteen(fleet: Fleet, world: dict[str, Any]) -> None:
+    """OpenAI's chat has no length limit by default: the gateway asks for the most the tenant may
+    (its cap), or null, which the engine reads as the rest of its context, and which the token
+    limits reserve as the whole context (not vLLM's completion default of 16)."""
+    import openai
+
+    key = _limited_tenant(fleet, world["olga"], "talker", max_tokens=40)
+    client = openai.OpenAI(base_url=fleet.openai, api_key=key, max_retries=0)
+    story = client.chat.completions.create(model=MODEL, temperature=0,
+                                           messages=[{"role": "user", "content": "Write a long story about a dragon."}])  # fmt: skip
+    assert (story.usage.completion_tokens, story.choices[0].finish_reason) == (40, "length")
+    # On the gRPC path, max_tokens null reserves the model's whole context (2048 here): over a
+    # budget of 100 a minute, refused, where it once reserved 16 and generated without bound.
+    thrifty = _limited_tenant(fleet, world["olga"], "nullish", tokens_per_minute=100)
+    inputs = request(chat(QUESTION), stream=True)
+    inputs[2].set_data_from_numpy(np.array([b'{"temperature": 0, "max_tokens": null}'], dtype=np.object_))
+    events: queue.Queue[Any] = queue.Queue()
+    grpc_client = grpcclient.InferenceServerClient(fleet.gateway)
+    grpc_client.start_stream(callback=lambda result, error: events.put((result, error)),
+                             headers={"authorization": f"Bearer {thrifty}"})  # fmt: skip
+    try:
+        grpc_client.async_stream_infer(MODEL, inputs)
+        _, error = events.get(timeout=60)
+    finally:
+        grpc_client.stop_stream()
+    assert error is not None and error.message() == "max_tokens 2048 is more than tenant 'nullish' may ask for (100)"
+
+
 def test_openai_errors_have_openai_s_shape_and_codes(fleet: Fleet, world: dict[str, Any]) -> None:
     import openai
 

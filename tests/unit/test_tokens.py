@@ -39,12 +39,14 @@ def _request(sampling: object | None, *, raw: bool = True) -> pb.ModelInferReque
 
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "contents"])
 def test_max_tokens_is_read_from_the_sampling_parameters(raw: bool) -> None:
-    assert max_tokens_of(_request({"max_tokens": 300, "temperature": 0}, raw=raw)) == 300
-    assert max_tokens_of(_request({"temperature": 0}, raw=raw)) == contract.DEFAULT_MAX_TOKENS
-    assert max_tokens_of(_request(None, raw=raw)) == contract.DEFAULT_MAX_TOKENS
+    assert max_tokens_of(_request({"max_tokens": 300, "temperature": 0}, raw=raw), 2048) == 300
+    assert max_tokens_of(_request({"temperature": 0}, raw=raw), 2048) == contract.DEFAULT_MAX_TOKENS
+    assert max_tokens_of(_request(None, raw=raw), 2048) == contract.DEFAULT_MAX_TOKENS
+    # null: the engine generates up to the rest of its context, so that much is reserved (not 16).
+    assert max_tokens_of(_request({"max_tokens": None}, raw=raw), 2048) == 2048
     for bad in ({"max_tokens": "many"}, {"max_tokens": 0}, {"max_tokens": True}, [1, 2]):
         with pytest.raises(TokenRefusal) as info:
-            max_tokens_of(_request(bad, raw=raw))
+            max_tokens_of(_request(bad, raw=raw), 2048)
         assert info.value.name == "bad_sampling"
 
 
