@@ -214,7 +214,10 @@ class Launcher:
         self.spawn("node-agent", [PY, "manage.py", "node_agent", "--name", NODE, "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)])
         gateway = self.spawn("gateway", [PY, "manage.py", "run_gateway", "--native", "--bind", GATEWAY, "--openai-bind", OPENAI])
         self.wait("the control-plane API", lambda: urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/healthz", timeout=2).status == 200)
-        self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy")
+        # A node is healthy once every model live on it is ready: after a first LLM run, that includes
+        # starting its engines again (compiled, two on two cores: minutes), as long as an engine may take.
+        self.wait(f"node {NODE} to be healthy", lambda: self.api("GET", f"nodes/{NODE}/")["state"] == "healthy",
+                  timeout=900 if WITH_LLM else 180)  # fmt: skip
         deployment = self.deploy_demo()
         key = self.demo_key()
         credentials = VAR / "run" / "admin-credentials"
