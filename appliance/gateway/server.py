@@ -611,7 +611,7 @@ class Handlers:
                 raise
 
         started, ok, first_response, responses, failed = time.perf_counter(), False, None, 0, 0
-        left = False  # the client went away (cancelled, closed its HTTP connection) before its deadline
+        left = False  # the client went away (cancelled, closed its HTTP connection) before its deadline, no answer failed
         # Token timing, per request of the stream in order: when each arrived, and its last token.
         arrivals: deque[float] = deque([arrived])
         last_token: float | None = None
@@ -647,10 +647,10 @@ class Handlers:
         except asyncio.CancelledError:
             if refused:
                 raise refused[0] from None
-            left = _before_deadline(context)
+            left = not failed and _before_deadline(context)
             raise
-        except GeneratorExit:  # the OpenAI API's client went away: its handler closed this stream
-            left = _before_deadline(context)
+        except GeneratorExit:  # the OpenAI API closed this stream: its client went away, or an answer failed
+            left = not failed and _before_deadline(context)
             raise
         except grpc.aio.AioRpcError as exc:
             if refused:

@@ -172,6 +172,17 @@ def test_a_tenant_without_a_grant_gets_the_same_refusal_as_for_any_model(fleet: 
     assert answer["error"].message().replace(MODEL, "X") == info.value.message().replace("no-such-model", "X")
 
 
+def _fresh_statistics_window() -> float:
+    """The start of a window of the version statistics of its own: the gateway adds what it
+    counted to the second of its flush (every 0.25 s), so a window that starts at a whole second
+    at least a second away holds nothing an earlier test counted."""
+    import time
+
+    start = float(int(time.time()) + 2)
+    wait_for("a statistics window of this test's own", lambda: time.time() >= start, timeout=5)
+    return start
+
+
 def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[str, Any]) -> None:
     def refusal(sampling: bytes) -> str:
         client = grpcclient.InferenceServerClient(fleet.gateway)
@@ -192,17 +203,24 @@ def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[s
 
     from appliance.gateway.stats import window
 
-    started = time.time()
+    started = _fresh_statistics_window()
     assert "unknown keys ['temprature']" in refusal(b'{"temprature": 0}')
     # Several sequences a request would generate n x max_tokens on one reservation and one slot.
     assert "n must be 1 (one sequence a request), not 64" in refusal(b'{"max_tokens": 8, "n": 64}')
     assert "best_of must be 1" in refusal(b'{"max_tokens": 8, "best_of": 2}')
+    # The same through the OpenAI API: the engine refuses min_tokens over max_tokens (a 400).
+    import openai
+
+    client = openai.OpenAI(base_url=fleet.openai, api_key=world["key"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as engine_refused:
+        client.completions.create(model=MODEL, prompt="Once", max_tokens=4, extra_body={"min_tokens": 8})
+    assert "min_tokens" in engine_refused.value.message
     # The engine's refusals come back inside the stream (the call ends OK); the version's
     # statistics, which rollout gates judge, count them as its errors all the same.
     version = str(world["version"]["number"])
-    assert wait_for("the three failed streams in the version's statistics",
-                    lambda: (w := window(MODEL, version, started, time.time() + 1)).errors >= 3 and w, timeout=30,
-                    procs=fleet.procs).errors == 3  # fmt: skip
+    assert wait_for("the four failed streams in the version's statistics",
+                    lambda: (w := window(MODEL, version, started, time.time() + 1)).errors >= 4 and w, timeout=30,
+                    procs=fleet.procs).errors == 4  # fmt: skip
 
 
 def _limited_tenant(fleet: Fleet, olga: Operator, slug: str, **limits: int) -> str:
@@ -508,7 +526,7 @@ def test_a_client_that_goes_away_frees_its_sequence_in_the_engine(fleet: Fleet, 
     def running() -> float:
         return _engine_running(fleet)
 
-    started = time.time()
+    started = _fresh_statistics_window()
     inputs = request(chat("Write a very long story about a dragon."), stream=True, max_tokens=1500)
     sampling = json.dumps({"temperature": 0, "max_tokens": 1500, "ignore_eos": True}).encode()
     inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
