@@ -179,19 +179,20 @@ class OpenAIApi:
         return sampling
 
     async def _granted_to(self, authorization: str, model: str) -> bool:
-        key = await self.gw.authenticate(_Context(authorization, None))
+        return self._grants(await self.gw.authenticate(_Context(authorization, None)), model)
+
+    def _grants(self, key: Any, model: str) -> bool:
         return model in self.gw.snapshot.grants.get(key.tenant_id, ()) and (key.models is None or model in key.models)
 
     async def _granted(self, request: web.Request, model: str) -> bool:
         return await self._granted_to(self._auth(request), model)
 
-    async def _template(self, request: web.Request, model: str) -> tuple[str | None, str]:
+    def _template(self, key: Any, model: str) -> tuple[str | None, str]:
         """The chat template the answering version was trained with, and the version to pin the
         request to ("": any). The template is a version's own: an upload not deployed yet changes
         nothing, and where a rollout's versions differ in templates, the version is drawn here by
         the traffic split (among those the tenant may use) and the request pinned to it."""
         templates: dict[str, str] = self.gw.snapshot.chat_templates.get(model, {})
-        key = await self.gw.authenticate(_Context(self._auth(request), None))
         routes = self.gw.permitted_for(key, self.gw.snapshot.routes.get(model, ()))
         serving = sorted({r.version for r in routes}, key=int)
         if not serving:  # nothing routable now (scaled to zero, say): the newest version's
@@ -254,14 +255,13 @@ class OpenAIApi:
                    "prompt_tokens": uint_output(answer, INPUT_COUNT)}  # fmt: skip
 
     async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, *, chat: bool,
-                     version: str = "") -> web.StreamResponse:  # fmt: skip
+                     version: str = "", key: Any = None) -> web.StreamResponse:  # fmt: skip
         from appliance.gateway.server import Refusal
 
         model, sampling = body["model"], self._sampling(body)
-        if chat and "max_tokens" not in sampling:
+        if chat and key is not None and "max_tokens" not in sampling:
             # OpenAI's chat has no length limit by default (the model's context): the most this
             # tenant may ask for, else null, which the engine reads as the rest of its context.
-            key = await self.gw.authenticate(_Context(self._auth(request), None))
             sampling["max_tokens"] = key.max_tokens or None
         created, ident = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
@@ -347,13 +347,13 @@ class OpenAIApi:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
+        key = await self.gw.authenticate(_Context(self._auth(request), None))
         # An ungranted model is not rendered (nothing about it is told): the stream path refuses it.
-        granted = await self._granted(request, body["model"])
-        if not granted:
-            return await self._serve(request, body, "", chat=True)
-        template, version = await self._template(request, body["model"])
+        if not self._grants(key, body["model"]):
+            return await self._serve(request, body, "", chat=True, key=key)
+        template, version = self._template(key, body["model"])
         prompt = self._render(body["model"], body.get("messages"), template)
-        return await self._serve(request, body, prompt, chat=True, version=version)
+        return await self._serve(request, body, prompt, chat=True, version=version, key=key)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)

@@ -644,12 +644,11 @@ class Handlers:
                             arrivals.popleft()
                 yield response
             ok = not failed
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # grpc's cancellation for a refused later request (above); else the client went away,
+            # or the OpenAI API closed this stream (its client left, or an answer failed).
             if refused:
                 raise refused[0] from None
-            left = not failed and _before_deadline(context)
-            raise
-        except GeneratorExit:  # the OpenAI API closed this stream: its client went away, or an answer failed
             left = not failed and _before_deadline(context)
             raise
         except grpc.aio.AioRpcError as exc:

@@ -183,21 +183,26 @@ def _fresh_statistics_window() -> float:
     return start
 
 
+def _refusal(fleet: Fleet, key: str, sampling: bytes, *, stream: bool = False) -> str:
+    """The error one request with these raw sampling parameters gets on a stream (it must get one)."""
+    client = grpcclient.InferenceServerClient(fleet.gateway)
+    inputs = request(chat(QUESTION), stream=stream)
+    inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
+    events: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)),
+                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    try:
+        client.async_stream_infer(MODEL, inputs)
+        _, error = events.get(timeout=60)
+    finally:
+        client.stop_stream()
+    assert error is not None
+    return str(error.message())
+
+
 def test_bad_sampling_parameters_are_refused_clearly(fleet: Fleet, world: dict[str, Any]) -> None:
     def refusal(sampling: bytes) -> str:
-        client = grpcclient.InferenceServerClient(fleet.gateway)
-        inputs = request(chat(QUESTION), stream=False)
-        inputs[2].set_data_from_numpy(np.array([sampling], dtype=np.object_))
-        events: queue.Queue[Any] = queue.Queue()
-        client.start_stream(callback=lambda result, error: events.put((result, error)),
-                            headers={"authorization": f"Bearer {world['key']}"})  # fmt: skip
-        try:
-            client.async_stream_infer(MODEL, inputs)
-            _, error = events.get(timeout=60)
-        finally:
-            client.stop_stream()
-        assert error is not None
-        return str(error.message())
+        return _refusal(fleet, world["key"], sampling)
 
     import time
 
@@ -362,18 +367,8 @@ def test_an_openai_chat_without_max_tokens_is_not_cut_at_sixteen(fleet: Fleet, w
     # On the gRPC path, max_tokens null reserves the model's whole context (2048 here): over a
     # budget of 100 a minute, refused, where it once reserved 16 and generated without bound.
     thrifty = _limited_tenant(fleet, world["olga"], "nullish", tokens_per_minute=100)
-    inputs = request(chat(QUESTION), stream=True)
-    inputs[2].set_data_from_numpy(np.array([b'{"temperature": 0, "max_tokens": null}'], dtype=np.object_))
-    events: queue.Queue[Any] = queue.Queue()
-    grpc_client = grpcclient.InferenceServerClient(fleet.gateway)
-    grpc_client.start_stream(callback=lambda result, error: events.put((result, error)),
-                             headers={"authorization": f"Bearer {thrifty}"})  # fmt: skip
-    try:
-        grpc_client.async_stream_infer(MODEL, inputs)
-        _, error = events.get(timeout=60)
-    finally:
-        grpc_client.stop_stream()
-    assert error is not None and error.message() == "max_tokens 2048 is more than tenant 'nullish' may ask for (100)"
+    assert _refusal(fleet, thrifty, b'{"temperature": 0, "max_tokens": null}', stream=True) == (
+        "max_tokens 2048 is more than tenant 'nullish' may ask for (100)")
 
 
 def test_openai_errors_have_openai_s_shape_and_codes(fleet: Fleet, world: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ own choose_version, on a snapshot written here)."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,15 +17,9 @@ def _template(templates: dict[str, str], live: list[str], weights: dict[str, int
     snapshot = SimpleNamespace(chat_templates={"llm": templates}, weights={"llm": weights},
                                routes={"llm": tuple(Route(node="n", address=f"n:{v}", version=v) for v in live)})  # fmt: skip
     gateway: Any = SimpleNamespace(snapshot=snapshot)
-
-    async def authenticate(context: Any) -> str:
-        return "key"
-
-    gateway.authenticate = authenticate
     gateway.permitted_for = lambda key, routes: routes
     gateway.choose_version = lambda model, routes: Gateway.choose_version(gateway, model, routes)
-    request: Any = SimpleNamespace(headers={"Authorization": "Bearer ak_test"})
-    return asyncio.run(OpenAIApi(gateway, None)._template(request, "llm"))
+    return OpenAIApi(gateway, None)._template("key", "llm")
 
 
 def test_an_upload_not_deployed_does_not_change_the_live_version_s_template() -> None:
