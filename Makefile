@@ -70,7 +70,7 @@ NATIVE_PACKAGES := libgrpc++-dev libhiredis-dev libssl-dev nlohmann-json3-dev li
 NATIVE_DIR := appliance/gateway/native
 NATIVE_OBJ := var/build/native
 NATIVE_GEN := var/build/gen/contract.h
-NATIVE_CORE := $(patsubst %,$(NATIVE_OBJ)/%.o,text wire snapshot admission counters stores refusals)
+NATIVE_CORE := $(patsubst %,$(NATIVE_OBJ)/%.o,text wire snapshot admission counters stores tokens refusals)
 NATIVE_TESTS := $(patsubst $(NATIVE_DIR)/tests/%.cc,$(NATIVE_OBJ)/tests/%.o,$(wildcard $(NATIVE_DIR)/tests/*.cc))
 NATIVE_CXX := g++ -O2 -std=c++17 -Wall -Wextra -Werror -MMD -MP -I$(NATIVE_DIR) -Ivar/build/gen
 NATIVE_LIBS = $$(pkg-config --libs grpc++ hiredis openssl)

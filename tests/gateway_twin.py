@@ -13,12 +13,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tritonclient.grpc import service_pb2 as pb
+
 from appliance.gateway import contract
 from appliance.gateway.admission import Admission, Shed, Waiter
 from appliance.gateway.cache import cache_key
 from appliance.gateway.quota import Verdict, refusal
 from appliance.gateway.snapshot import KeyEntry, Route, Snapshot, for_tenant, permitted_for
 from appliance.gateway.stats import Recorder
+from appliance.gateway.tokens import Budget, TokenRefusal, asking_for_counts, max_tokens_of, within_caps
+from appliance.gateway.wire import stream_error
 
 REPLAY = Path(__file__).resolve().parents[1] / "var" / "build" / "gatewayd-replay"
 
@@ -125,6 +129,32 @@ class Twin:
         except ValueError:
             return {"key": None}
 
+    # --- generative streams' tokens (tokens.py) ------------------------------------------------------
+    def op_tokens_asked(self, op: dict[str, Any]) -> dict[str, Any]:
+        request = pb.ModelInferRequest.FromString(bytes.fromhex(op["raw"]))
+        try:
+            return {"asked": max_tokens_of(request, op["context"])}
+        except TokenRefusal as refused:
+            return {"why": refused.fields["why"]}
+
+    def op_within_caps(self, op: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"store": within_caps(tenant=op["tenant"], tpm=op["tpm"], cap=op["cap"], asked=op["asked"])}
+        except TokenRefusal as refused:
+            status, text = contract.refusal(refused.name, **refused.fields)
+            return {"status": status, "text": text}
+
+    def op_ask_for_counts(self, op: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "raw": asking_for_counts(pb.ModelInferRequest.FromString(bytes.fromhex(op["raw"]))).hex()}
+
+    def op_budget(self, op: dict[str, Any]) -> dict[str, Any]:
+        budget = Budget("t", reserved=op["reserved"], minutes={int(m): n for m, n in op["minutes"].items()})
+        responses = [bytes.fromhex(r) for r in op["responses"]]
+        counted = [budget.count(raw) for raw in responses]
+        return {"counted": counted, "errors": [stream_error(raw) for raw in responses], "total": budget.counted,
+                "prompt": budget.prompt, "uncounted": budget.uncounted, "ended": budget.ended,
+                "unused": [list(pair) for pair in budget.unused()]}  # fmt: skip
+
     # --- statistics ------------------------------------------------------------------------------
     def _stats(self) -> Recorder:
         if self.recorder is None:
@@ -142,6 +172,18 @@ class Twin:
 
     def op_cache(self, op: dict[str, Any]) -> None:
         self._stats().cache(op["tenant"], op["model"], op["hit"])
+
+    def op_stream_answered(self, op: dict[str, Any]) -> None:
+        self._stats().answered(op["tenant"], op["model"], op["ok"], op["seconds"])
+
+    def op_stream_ended(self, op: dict[str, Any]) -> None:
+        """What server.py model_stream_infer counts when a stream ends (beside answered)."""
+        if op["decode_tokens"]:
+            self._stats().decoded(op["model"], op["version"], op["decode_tokens"], op["decode_s"])
+        if op["first_response_s"] is not None:
+            self._stats().streamed(op["tenant"], op["model"], op["first_response_s"], op["responses"], op["seconds"],
+                                   output_tokens=op["output_tokens"], decode_tokens=op["decode_tokens"],
+                                   decode_seconds=op["decode_s"])  # fmt: skip
 
     def op_flush(self, op: dict[str, Any]) -> dict[str, Any]:
         recorder = self._stats()

@@ -31,7 +31,7 @@ import sys
 # Bump on any change the other side must know about (a field renamed, removed or whose
 # meaning changed). The front loads only this version: anything else is refused (every call
 # handed to the Python plane) until both sides run the same contract.
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 # The document's fields, for the record and for the schema test; the front reads each of them.
 SNAPSHOT_FIELDS = {
@@ -58,6 +58,8 @@ SNAPSHOT_FIELDS = {
             "rate": "int: requests a second (0: no limit)",
             "burst": "int",
             "daily": "int: requests a UTC day (0: no quota)",
+            "tokens_per_minute": "int: output tokens the tenant's streams may generate a minute (0: no limit)",
+            "max_tokens": "int: the most max_tokens one request may ask for (0: no cap)",
         }
     },
     "grants": {"<tenant_id>": "[str]: models granted"},
@@ -69,6 +71,13 @@ SNAPSHOT_FIELDS = {
     "semantic_models": "[str]: models with the semantic cache (the Python plane's)",
     "cache_tenants": "[str]: tenants whose data the policy lets the gateway cache here",
     "low_headroom": "[str]: nodes whose GPU memory is nearly full (limits do not grow)",
+    "generative": {
+        "<model>": {
+            "slots": "int: streams one replica takes at once (max_num_seqs × ENGINE_QUEUE_FACTOR)",
+            "context": "int: max_model_len (what max_tokens null reserves)",
+        }
+    },
+    "engine_full": "[[address, model]]: replicas whose engine last reported no room (a limit of one stream)",
 }
 
 # The front stops answering from a document nobody rewrites: stale after this many refresh
@@ -145,7 +154,7 @@ REFUSALS = {
     "waking": ("DEADLINE_EXCEEDED", "model '{model}' was loading after idle and not ready before the deadline"),
     "stream_one_version": ("INVALID_ARGUMENT", "a stream serves one model version; open another stream"),
     "not_a_message": ("INVALID_ARGUMENT", "request is not a valid {what} message"),
-    # Generative models (gateway/tokens.py; streams, which only the Python plane serves).
+    # Generative models' streams (gateway/tokens.py, native/tokens.cc).
     "over_tokens": (
         "RESOURCE_EXHAUSTED",
         "tenant '{tenant}' is over its {tpm} output tokens a minute; retry in {retry_ms} ms",
@@ -184,7 +193,7 @@ def number(value: float) -> str:
 KEY_VSTATS = "{instance}:vstats:{model}:{version}:{second}"
 VSTATS_FIELDS = ("n", "err", "ms")  # then b0 … b<len(STATS_BUCKETS_MS)>
 # Generative streams' decoding in the same hash: output tokens after each request's first, and the
-# seconds they took (the tokens/s gate). Only the Python plane writes them: it serves every stream.
+# seconds they took (the tokens/s gate).
 VSTATS_DECODE_FIELDS = ("dtok", "dsec")
 VSTATS_KEEP_S = 3600
 # When a model was last answered (scale to zero).
@@ -193,8 +202,9 @@ LAST_REQUEST_KEEP_S = 7 * 86400
 # Per (tenant, model) and minute, fields "<tenant>|<model>|<name>": the console's charts.
 KEY_TRAFFIC = "{instance}:traffic:{minute}"
 TRAFFIC_FIELD = "{tenant}|{model}|{name}"
-# (otok, dtok, dsec: a generative stream's output tokens, and those after each request's first
-# with the seconds they took; only the Python plane writes them: it serves every stream.)
+# (streams, ttfr, sresp, ssec: streams that answered, their summed ms to first response, responses
+# and seconds; otok, dtok, dsec: a generative stream's output tokens, and those after each
+# request's first with the seconds they took.)
 TRAFFIC_FIELDS = ("n", "err", "ms", "queued", "qms", "hit", "miss", "streams", "ttfr", "sresp", "ssec",
                   "otok", "dtok", "dsec")  # fmt: skip
 TRAFFIC_KEEP_S = 3 * 3600
@@ -280,6 +290,13 @@ redis.call('INCRBY', key, want)
 redis.call('EXPIRE', key, 180)
 return {1, 0, minute}
 """
+# KEYS[1] one minute's counter; ARGV tokens reserved and not generated. Gives them back only while
+# the counter exists: a stream that outlived its reservation's minute by the counter's lifetime
+# finds it expired, and DECRBY would make it again, negative and without an expiry.
+GIVE_BACK_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECRBY', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 # --- Prometheus metrics both planes expose (the front adds plane="native") --------------------
 METRICS = {
@@ -295,7 +312,7 @@ METRICS = {
     ),
     "cache": ("gateway_cache_lookups", "Response-cache lookups"),
 }
-# Streams of generative models, which only the Python plane serves (gateway/metrics.py).
+# Streams of generative models (gateway/metrics.py; the front adds plane="native").
 STREAM_METRICS = {
     "ttft": ("gateway_time_to_first_token_seconds", "Time from a generative request's arrival to its first token"),
     "inter_token": ("gateway_inter_token_seconds", "Time between the token chunks of a generative stream"),
@@ -390,8 +407,15 @@ def cpp_header() -> str:
         f"{_cpp_doubles(LATENCY_BUCKETS_S)};",
         f"inline constexpr std::string_view kQuotaScript = {_cpp_string(QUOTA_SCRIPT)};",
         "",
+        f"inline constexpr std::string_view kKeyTokensMinute = {_cpp_string(KEY_TOKENS_MINUTE)};",
+        f"inline constexpr std::string_view kTokensScript = {_cpp_string(TOKENS_SCRIPT)};",
+        f"inline constexpr std::string_view kGiveBackScript = {_cpp_string(GIVE_BACK_SCRIPT)};",
+        f"inline constexpr int kDefaultMaxTokens = {DEFAULT_MAX_TOKENS};",
+        f"inline constexpr std::array<std::string_view, {len(VSTATS_DECODE_FIELDS)}> kVstatsDecodeFields = "
+        f"{_cpp_strings(VSTATS_DECODE_FIELDS)};",
+        "",
     ]
-    for name, (metric, help_text) in METRICS.items():
+    for name, (metric, help_text) in {**METRICS, **STREAM_METRICS}.items():
         lines.append(f"inline constexpr std::string_view kMetric{_camel(name)} = {_cpp_string(metric)};")
         lines.append(f"inline constexpr std::string_view kMetric{_camel(name)}Help = {_cpp_string(help_text)};")
     lines += ["}  // namespace contract", ""]

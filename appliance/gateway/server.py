@@ -99,11 +99,11 @@ class Gateway:
         self._woken: dict[str, float] = {}
 
     # --- control-plane view ---------------------------------------------------------
-    def _build(self) -> Snapshot:
+    def _build(self, engine_full: frozenset[tuple[str, str]] = frozenset()) -> Snapshot:
         close_old_connections()
         snapshot = build_snapshot()
         if self.export_path is not None:
-            export_snapshot(snapshot, self.export_path)
+            export_snapshot(snapshot, self.export_path, engine_full)
         return snapshot
 
     async def refresh(self, *, unless_newer_than: float | None = None) -> None:
@@ -112,7 +112,8 @@ class Gateway:
             if unless_newer_than is not None and self.snapshot.built_at >= unless_newer_than:
                 return
             loop = asyncio.get_running_loop()
-            self.snapshot = await loop.run_in_executor(self._db, self._build)
+            # The engines' pressure goes to the native front with the view (copied here, on the loop).
+            self.snapshot = await loop.run_in_executor(self._db, self._build, frozenset(self.admission.pressed))
             self.admission.low_headroom = self.snapshot.low_headroom
             self.admission.set_slots(self.snapshot.engine_slots)
 

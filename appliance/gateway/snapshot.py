@@ -225,9 +225,10 @@ def _residency(nodes: list[Node], tenant_ids: set[str]) -> tuple[dict[str, froze
     return permitted, denials
 
 
-def export_document(snapshot: Snapshot) -> dict[str, Any]:
+def export_document(snapshot: Snapshot, engine_full: frozenset[tuple[str, str]] = frozenset()) -> dict[str, Any]:
     """What the native front needs of the snapshot: the document of contract.SNAPSHOT_FIELDS,
-    version contract.SNAPSHOT_VERSION (the front refuses any other)."""
+    version contract.SNAPSHOT_VERSION (the front refuses any other). `engine_full`: the
+    (replica address, model) pairs whose engine last reported no room (admission.pressed)."""
     from appliance.accounts.choices import PRIORITY_LEVEL
 
     return {
@@ -254,6 +255,8 @@ def export_document(snapshot: Snapshot) -> dict[str, Any]:
                 "rate": entry.rate,
                 "burst": entry.burst,
                 "daily": entry.daily,
+                "tokens_per_minute": entry.tokens_per_minute,
+                "max_tokens": entry.max_tokens,
             }
             for digest, entry in snapshot.keys.items()
         },
@@ -269,13 +272,21 @@ def export_document(snapshot: Snapshot) -> dict[str, Any]:
         "semantic_models": sorted(snapshot.semantic),
         "cache_tenants": sorted(snapshot.cache_tenants),
         "low_headroom": sorted(snapshot.low_headroom),
+        "generative": {
+            model: {
+                "slots": snapshot.engine_slots.get(model, 0),
+                "context": snapshot.engine_context.get(model, contract.DEFAULT_MAX_TOKENS),
+            }
+            for model in sorted(snapshot.generative)
+        },
+        "engine_full": sorted([address, model] for address, model in engine_full),
     }
 
 
-def export_snapshot(snapshot: Snapshot, path: Path) -> None:
+def export_snapshot(snapshot: Snapshot, path: Path, engine_full: frozenset[tuple[str, str]] = frozenset()) -> None:
     """Writes the native front's document (export_document) as JSON, atomically (a new file
     renamed over the old), so it never reads half a view."""
-    document = export_document(snapshot)
+    document = export_document(snapshot, engine_full)
     text = json.dumps(document)
     if settings.GATEWAY_SNAPSHOT_FAULT == "garbage":  # drills only (settings.py)
         text = text[: len(text) // 2]

@@ -1,6 +1,6 @@
 """Token-aware limits for generative models: a tenant's output tokens a minute and the most
-max_tokens a request may ask for, enforced on the streams of the Python plane (the native
-front hands every stream to it) atomically across every gateway process.
+max_tokens a request may ask for, enforced on the streams of either plane (native/tokens.cc is
+the native front's twin) atomically across every gateway process.
 
 Each request of a stream reserves its max_tokens (or vLLM's default when it names none) in
 the tenant's current minute with one Redis script (contract.TOKENS_SCRIPT): a reservation
@@ -66,14 +66,14 @@ def max_tokens_of(request: pb.ModelInferRequest, context: int) -> int:
     try:
         sampling = json.loads(raw)
     except ValueError as exc:
-        raise TokenRefusal("bad_sampling", why=f"not JSON ({exc})") from exc
+        raise TokenRefusal("bad_sampling", why="not JSON") from exc
     if not isinstance(sampling, dict):
         raise TokenRefusal("bad_sampling", why="not an object")
     value = sampling.get("max_tokens", contract.DEFAULT_MAX_TOKENS)
     if value is None:
         return context
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TokenRefusal("bad_sampling", why=f"max_tokens {value!r} is not a positive integer")
+        raise TokenRefusal("bad_sampling", why="max_tokens is not a positive integer")
     return value
 
 
@@ -141,21 +141,37 @@ class Budget:
         self.counted += found
         return found
 
+    def unused(self) -> list[tuple[int, int]]:
+        """What to give back, newest minute first: (minute, tokens); nothing while a response
+        carried no count (the reservation stays charged)."""
+        if not self.reserved or self.uncounted:
+            return []
+        left, out = max(0, self.reserved - self.counted), []
+        for minute, reserved in sorted(self.minutes.items(), reverse=True):
+            back = min(left, reserved)
+            if back <= 0:
+                break
+            out.append((minute, back))
+            left -= back
+        return out
 
-# Gives unused tokens back to a minute's counter only while the counter exists. A stream that
-# outlives its reservation's minute by the counter's lifetime finds it expired; DECRBY would
-# make it again, negative and without an expiry (the Python plane alone settles: not contract).
-GIVE_BACK_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECRBY', KEYS[1], ARGV[1]) end
-return 0
-"""
+
+def within_caps(*, tenant: str, tpm: int, cap: int, asked: int) -> bool:
+    """A request's max_tokens against the key's limits that need no store: raises TokenRefusal
+    when it asks for more than the key's cap or minute limit; True when the minute's counter
+    must be asked (a minute limit)."""
+    if cap and asked > cap:
+        raise TokenRefusal("max_tokens_over", asked=asked, tenant=tenant, limit=cap)
+    if tpm > 0 and asked > tpm:
+        raise TokenRefusal("max_tokens_over", asked=asked, tenant=tenant, limit=tpm)
+    return tpm > 0
 
 
 class TokenLimits:
     def __init__(self) -> None:
         self._redis = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._script = self._redis.register_script(contract.TOKENS_SCRIPT)
-        self._give_back = self._redis.register_script(GIVE_BACK_SCRIPT)
+        self._give_back = self._redis.register_script(contract.GIVE_BACK_SCRIPT)
         self.instance = settings.INSTANCE
 
     def _prefix(self, tenant_id: str) -> str:
@@ -163,12 +179,8 @@ class TokenLimits:
 
     async def reserve(self, budget: Budget, *, tenant: str, tpm: int, cap: int, asked: int) -> None:
         """Reserves `asked` tokens for one request, or raises TokenRefusal."""
-        if cap and asked > cap:
-            raise TokenRefusal("max_tokens_over", asked=asked, tenant=tenant, limit=cap)
-        if tpm <= 0:
+        if not within_caps(tenant=tenant, tpm=tpm, cap=cap, asked=asked):
             return
-        if asked > tpm:
-            raise TokenRefusal("max_tokens_over", asked=asked, tenant=tenant, limit=tpm)
         try:
             allowed, retry_ms, minute = await self._script(keys=[self._prefix(budget.tenant_id)], args=[tpm, asked])
         except redis.RedisError as exc:
@@ -181,18 +193,13 @@ class TokenLimits:
 
     async def settle(self, budget: Budget) -> None:
         """Gives back what the stream reserved and did not generate (all of it, if it counted)."""
-        if not budget.reserved or budget.uncounted:
-            return
-        unused = max(0, budget.reserved - budget.counted)
+        unused = budget.unused()
         try:
-            for minute, reserved in sorted(budget.minutes.items(), reverse=True):
-                back = min(unused, reserved)
-                if back <= 0:
-                    break
+            for minute, back in unused:
                 await self._give_back(keys=[self._prefix(budget.tenant_id) + str(minute)], args=[back])
-                unused -= back
         except redis.RedisError as exc:
-            log.warning("token store unavailable (%s); %d unused tokens not given back", type(exc).__name__, unused)
+            log.warning("token store unavailable (%s); %d unused tokens not given back", type(exc).__name__,
+                        sum(back for _, back in unused))  # fmt: skip
 
     async def used(self, tenant_id: str) -> int:
         """Tokens charged in the current minute (for the console and tests)."""

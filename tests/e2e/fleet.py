@@ -179,24 +179,35 @@ class Fleet:
             self.gateway_pid = proc.popen.pid
         return proc, address
 
-    def native_routes(self, model: str) -> set[str] | None:
-        """The nodes the main gateway's native front routes `model` to, read from the newest
-        snapshot the Python gateway exported once the front's metrics say it answers from that
-        document (or a later one); None while the front has not loaded it yet."""
+    def native_document(self) -> dict[str, Any] | None:
+        """The newest snapshot the main gateway's Python plane exported, once the native front's
+        metrics say it answers from that document (or a later one); None while it has not
+        loaded it yet."""
         import json
         import urllib.request
 
         path = Path(self.env["APPLIANCE_VAR_DIR"]) / "run" / f"gateway-snapshot-{self.gateway_pid}.json"
         written = path.stat().st_mtime
-        document = json.loads(path.read_text())
+        document: dict[str, Any] = json.loads(path.read_text())
         if path.stat().st_mtime != written:
             return None  # exported again while it was read
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.native_metrics}/metrics", timeout=5).read().decode()
         loaded = next(float(line.split()[1]) for line in text.splitlines()
                       if line.startswith("gateway_native_snapshot_written_seconds "))  # fmt: skip
-        if loaded < written - 1e-6:
+        return document if loaded >= written - 1e-6 else None
+
+    def native_routes(self, model: str) -> set[str] | None:
+        """The nodes the main gateway's native front routes `model` to (native_document)."""
+        document = self.native_document()
+        if document is None:
             return None
         return {route["node"] for route in document["routes"].get(model, [])}
+
+    def native_metrics_text(self) -> str:
+        """The main gateway's native front's Prometheus exposition."""
+        import urllib.request
+
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.native_metrics}/metrics", timeout=5).read().decode()
 
     def restart_agent(self, name: str) -> Proc:
         """Starts the node's agent again (same ports, directory and options) after it died."""

@@ -162,6 +162,38 @@ def test_max_tokens_bounds_the_generation(fleet: Fleet, world: dict[str, Any]) -
     assert answer["error"] is None and answer["output_tokens"] == 5 and answer["finish"] == "length"
 
 
+def _native_samples(fleet: Fleet) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(fleet.native_metrics_text()) for sample in family.samples}  # fmt: skip
+
+
+def test_the_native_front_serves_a_known_keys_streams_itself(fleet: Fleet, world: dict[str, Any]) -> None:
+    """A stream of a key the native front knows never crosses to the Python plane: the front
+    counts its time to first token and its tokens itself, and hands nothing off."""
+    import hashlib
+
+    digest = hashlib.sha256(world["key"].encode()).hexdigest()
+    wait_for("the native front to know the key",
+             lambda: (document := fleet.native_document()) is not None and digest in document["keys"], timeout=30)  # fmt: skip
+    version = str(world["version"]["number"])
+    ttft = ("gateway_time_to_first_token_seconds_count", (("model", MODEL), ("plane", "native"), ("version", version)))
+    output = ("gateway_output_tokens_total",
+              (("model", MODEL), ("plane", "native"), ("tenant", "genco"), ("version", version)))  # fmt: skip
+
+    def handoffs(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+        return sum(v for (name, _), v in samples.items() if name == "gateway_native_handoffs_total")
+
+    before = _native_samples(fleet)
+    answer = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=8)
+    assert answer["error"] is None and answer["output_tokens"] == 8, answer
+    after = _native_samples(fleet)
+    assert after[ttft] == before.get(ttft, 0) + 1
+    assert after[output] == before.get(output, 0) + 8
+    assert handoffs(after) == handoffs(before)
+
+
 def test_a_tenant_without_a_grant_gets_the_same_refusal_as_for_any_model(fleet: Fleet, world: dict[str, Any]) -> None:
     answer = stream(fleet.gateway, world["stranger"], chat(QUESTION))
     unknown = grpcclient.InferenceServerClient(fleet.gateway)

@@ -215,7 +215,7 @@ def _snapshot() -> Snapshot:
     r = Route
     return Snapshot(
         keys={
-            "h-any": KeyEntry("t-1", "acme", None, None, "critical", 5, 10, 100),
+            "h-any": KeyEntry("t-1", "acme", None, None, "critical", 5, 10, 100, tokens_per_minute=4000, max_tokens=256),
             "h-scoped": KeyEntry("t-1", "acme", 4102444800.0, frozenset({"digits"}), "batch"),
             "h-other": KeyEntry("t-2", "globex", None, None, "standard"),
         },
@@ -232,6 +232,9 @@ def _snapshot() -> Snapshot:
         weights={"digits": {"3": 90, "4": 10}},
         priority_levels={"digits": 3, "embed": 0},
         low_headroom=frozenset({"node-b"}),
+        generative=frozenset({"embed"}),
+        engine_slots={"embed": 32},
+        engine_context={"embed": 2048},
     )
 
 
@@ -246,7 +249,9 @@ def _normalised(document: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_front_reads_the_snapshot_the_python_plane_writes(tmp_path: Path) -> None:
     snapshot = _snapshot()
-    document = export_document(snapshot)
+    document = export_document(snapshot, frozenset({("b:1", "embed")}))
+    assert document["generative"] == {"embed": {"slots": 32, "context": 2048}}
+    assert document["engine_full"] == [["b:1", "embed"]]
     assert set(document) == set(contract.SNAPSHOT_FIELDS), "the document is the contract's, field for field"
     assert set(document["config"]) == set(contract.SNAPSHOT_FIELDS["config"])  # type: ignore[arg-type]
     path = tmp_path / "snapshot.json"

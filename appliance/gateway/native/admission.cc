@@ -61,9 +61,26 @@ Limiter& Admission::limiter(const std::string& address, const std::string& model
     Limiter l;
     l.maximum = max_limit_;
     l.limit = initial_limit_;
+    auto fixed = slots_.find(model);
+    if (fixed != slots_.end()) {
+      l.maximum = fixed->second;
+      l.limit = pressed_.count({address, model}) ? 1.0 : fixed->second;
+    }
     it = limiters_.emplace(std::make_pair(address, model), l).first;
   }
   return it->second;
+}
+
+void Admission::set_generative(const std::map<std::string, int>& slots,
+                               const std::set<std::pair<std::string, std::string>>& pressed) {
+  slots_ = slots;
+  pressed_ = pressed;
+  for (auto& [key, l] : limiters_) {
+    auto fixed = slots_.find(key.second);
+    if (fixed == slots_.end()) continue;
+    l.maximum = fixed->second;
+    l.limit = pressed_.count(key) ? 1.0 : fixed->second;
+  }
 }
 
 const Route* Admission::least_loaded(const std::string& model, const std::vector<const Route*>& candidates) {

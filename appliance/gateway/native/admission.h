@@ -48,6 +48,12 @@ class Admission {
   // The settings of the current snapshot: queue bound, first and highest limit of new limiters.
   void configure(int queue_max, double initial_limit, double max_limit);
 
+  // Generative models (admission.py set_slots and engine_pressure): a replica takes a fixed number
+  // of streams, its engine's sequences × ENGINE_QUEUE_FACTOR; one whose engine last reported no
+  // room, (address, model) in `pressed`, takes one while nothing is in flight there.
+  void set_generative(const std::map<std::string, int>& slots,
+                      const std::set<std::pair<std::string, std::string>>& pressed);
+
   // One per replica: a model on one Triton (models on one Triton answer at their own speeds).
   Limiter& limiter(const std::string& address, const std::string& model);
 
@@ -99,6 +105,8 @@ class Admission {
   int queue_max_ = 256;
   double initial_limit_ = 16, max_limit_ = 512;
   std::map<std::pair<std::string, std::string>, Limiter> limiters_;
+  std::map<std::string, int> slots_;
+  std::set<std::pair<std::string, std::string>> pressed_;
   std::unordered_map<std::string, std::set<Waiter>> queues_;
   uint64_t seq_ = 1;
 };

@@ -10,6 +10,7 @@ namespace gw {
 namespace {
 
 const std::string kInfer = "/inference.GRPCInferenceService/ModelInfer";
+const std::string kStream = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 grpc::ChannelArguments channel_arguments() {
   grpc::ChannelArguments args;
@@ -44,7 +45,7 @@ std::chrono::system_clock::time_point after(double seconds) {
 
 // --- Front ---------------------------------------------------------------------------------------
 Front::Front(const std::string& full_address, SnapshotFile* snapshots, Counters* counters, const RedisLink& redis)
-    : snapshots_(snapshots), counters_(counters), quotas_(redis), cache_(redis) {
+    : snapshots_(snapshots), counters_(counters), quotas_(redis), cache_(redis), tokens_(redis) {
   full_ = std::make_unique<grpc::GenericStub>(
       grpc::CreateCustomChannel(full_address, grpc::InsecureChannelCredentials(), channel_arguments()));
 }
@@ -61,6 +62,15 @@ grpc::GenericStub* Front::replica(const std::string& address) {
 std::mt19937_64& Front::rng() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return rng;
+}
+
+void Front::configure_generative(const std::shared_ptr<const Snapshot>& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generative_of_ == s) return;
+  generative_of_ = s;
+  std::map<std::string, int> slots;
+  for (const auto& [model, g] : s->generative) slots[model] = g.slots;
+  admission_.set_generative(slots, s->engine_full);
 }
 
 Front::Admit Front::acquire(Call* call, const Snapshot& s, const std::string& model, const std::vector<Route>* routes,
@@ -112,7 +122,7 @@ std::map<std::string, std::pair<int, double>> Front::replicas() {
 
 // --- Call ----------------------------------------------------------------------------------------
 Call::Call(Front* front, grpc::GenericCallbackServerContext* context) : front_(front), context_(context) {
-  if (context_->method() == kInfer) {
+  if (context_->method() == kInfer || context_->method() == kStream) {
     StartRead(&request_);
   } else {
     front_->counters()->handed_off("method");
@@ -121,6 +131,17 @@ Call::Call(Front* front, grpc::GenericCallbackServerContext* context) : front_(f
 }
 
 void Call::OnReadDone(bool ok) {
+  if (mode_ == Mode::kStream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!hold_ || has_refused_) return;
+    if (!ok) {
+      client_done_ = true;
+      upstream_->StartWritesDone();
+      return;
+    }
+    later_request(flatten(in_));
+    return;
+  }
   if (mode_ == Mode::kBridge) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!hold_) return;
@@ -133,6 +154,10 @@ void Call::OnReadDone(bool ok) {
     return;
   }
   if (!ok) {
+    if (context_->method() == kStream) {
+      Finish(grpc::Status::OK);  // closed without a request: nothing to answer (as Triton does)
+      return;
+    }
     Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message"));
     return;
   }
@@ -166,11 +191,18 @@ void Call::decide() {
   auto grants = s.grants.find(key_->tenant_id);
   if (grants == s.grants.end() || !grants->second.count(model_)) return handoff("not granted");
   if (!key_->any_model && !key_->models.count(model_)) return handoff("not granted");
-  // A model with both caches uses the exact one (as the Python gateway does); the semantic
-  // cache (embedding, nearest neighbours, word guard) is the Python gateway's.
-  cached_ = s.cached_models.count(model_) && s.cache_tenants.count(key_->tenant_id);
-  if (!cached_ && s.semantic_models.count(model_) && s.cache_tenants.count(key_->tenant_id))
-    return handoff("semantic cache");
+  stream_ = context_->method() == kStream;
+  if (stream_) {
+    // Streams of generative models (no cache serves a stream); other models' streams are the
+    // Python gateway's.
+    if (!s.generative.count(model_)) return handoff("stream");
+  } else {
+    // A model with both caches uses the exact one (as the Python gateway does); the semantic
+    // cache (embedding, nearest neighbours, word guard) is the Python gateway's.
+    cached_ = s.cached_models.count(model_) && s.cache_tenants.count(key_->tenant_id);
+    if (!cached_ && s.semantic_models.count(model_) && s.cache_tenants.count(key_->tenant_id))
+      return handoff("semantic cache");
+  }
   if (!s.routes.count(model_)) return handoff("no replica");
   routes_ = permitted_routes(s, *key_, model_, version_);
   if (routes_.empty()) return handoff("no permitted replica");
@@ -187,6 +219,7 @@ void Call::decide() {
 // The exact cache (cache.py): looked up under the version that would answer, after the quota
 // (a hit is a request too) and before admission (a hit takes no replica slot).
 void Call::proceed() {
+  if (stream_) return reserve_first();
   if (!cached_) return admit();
   routes_ = first_;  // a retry stays on the version whose answer will be stored under its key
   cache_key(snapshot_->config.instance, key_->tenant_id, model_, first_[0].version, raw_, cache_key_);
@@ -215,6 +248,7 @@ void Call::admit() {
   wait_ = Wait::kWaiting;  // before the call can appear in a queue (no other thread knows it yet)
   queued_at_ = Clock::now();
   Route route;
+  front_->configure_generative(snapshot_);
   auto outcome = front_->acquire(this, s, model_, &first_, key_->rank, route, retry_after_ms, queue_seq_);
   if (outcome == Front::Admit::kNow) {
     wait_ = Wait::kNone;
@@ -307,6 +341,7 @@ void Call::admitted(const Route& route, double waited) {
     front_->release(*snapshot_, model_, route_, -1, false);
     return refuse_with(refuse(contract::refusal::kCancelled));
   }
+  if (stream_) return start_stream();
   send();
 }
 
@@ -371,8 +406,13 @@ void Call::refuse_with(const Refused& refused, int retry_after_ms) {
 
 // The native path's answer, counted like the Python gateway counts its own.
 void Call::answer(const grpc::Status& status, int retry_after_ms) {
-  front_->counters()->answered(key_->slug, model_, std::string(status_name(static_cast<int>(status.error_code()))),
-                               seconds_since(started_));
+  if (stream_) {  // refused before it reached its replica: nothing was generated, all of it back
+    front_->counters()->stream_answered(key_->slug, model_, status.ok(), seconds_since(started_));
+    settle();
+  } else {
+    front_->counters()->answered(key_->slug, model_, std::string(status_name(static_cast<int>(status.error_code()))),
+                                 seconds_since(started_));
+  }
   if (retry_after_ms >= 0)
     context_->AddTrailingMetadata(std::string(contract::kRetryAfterHeader), std::to_string(retry_after_ms));
   if (status.ok()) {
@@ -425,6 +465,7 @@ void Call::UpstreamWriteDone(bool ok) {
 }
 
 void Call::UpstreamReadDone(bool ok) {
+  if (ok && mode_ == Mode::kStream) on_response(flatten(out_));
   if (ok) {
     StartWrite(&out_);  // upstream's next read starts when this write is done
     return;
@@ -433,7 +474,7 @@ void Call::UpstreamReadDone(bool ok) {
 }
 
 void Call::OnWriteDone(bool ok) {
-  if (mode_ != Mode::kBridge) return;
+  if (mode_ != Mode::kBridge && mode_ != Mode::kStream) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!hold_) return;
@@ -454,6 +495,11 @@ void Call::release_hold(bool cancel) {
 }
 
 void Call::UpstreamDone(const grpc::Status& status) {
+  if (mode_ == Mode::kStream) {
+    stream_done(status);
+    release_reference();
+    return;
+  }
   for (const auto& [name, value] : bridge_context_.GetServerTrailingMetadata())
     context_->AddTrailingMetadata(std::string(name.data(), name.size()), std::string(value.data(), value.size()));
   Finish(status);
@@ -461,7 +507,7 @@ void Call::UpstreamDone(const grpc::Status& status) {
 }
 
 void Call::OnCancel() {
-  if (mode_ == Mode::kBridge) {
+  if (mode_ == Mode::kBridge || mode_ == Mode::kStream) {
     release_hold(true);
     return;
   }
@@ -474,7 +520,7 @@ void Call::OnCancel() {
 }
 
 void Call::OnDone() {
-  if (mode_ == Mode::kBridge) release_hold(true);
+  if (mode_ == Mode::kBridge || mode_ == Mode::kStream) release_hold(true);
   release_reference();
 }
 
@@ -485,6 +531,238 @@ void Call::release_reference() {
     last = --references_ == 0;
   }
   if (last) delete this;
+}
+
+// --- generative streams (server.py model_stream_infer) ------------------------------------------
+// Every request of the stream asks for its token counts and, for a key with token limits,
+// reserves its max_tokens in the tenant's minute (tokens.cc); the stream holds one replica slot
+// for its whole life; the responses' counts give the time to first token, the time between
+// token chunks and the decoding speed; what was reserved and not generated goes back at the end.
+
+// What a request may ask for, its counts asked for; false (refused_ set) when it is refused.
+bool Call::tokens_for(std::string& request, long long& asked, bool& store) {
+  store = false;
+  if (limited_) {
+    std::string why;
+    long long context = snapshot_->generative.at(model_).context;
+    Refused refused{0, ""};
+    if (!max_tokens_of(request, context, asked, why)) {
+      refused = refuse(contract::refusal::kBadSampling, {{"why", why}});
+    } else if (within_caps(*key_, asked, store, refused)) {
+      ask_for_counts(request);
+      return true;
+    }
+    front_->counters()->shed(model_, key_->rank, "tokens");
+    has_refused_ = true;
+    refused_ = refused;
+    return false;
+  }
+  ask_for_counts(request);
+  return true;
+}
+
+void Call::reserve_first() {
+  limited_ = key_->tokens_per_minute > 0 || key_->max_tokens > 0;
+  arrivals_.push_back(started_);  // a client's time to first token counts from its arrival (queueing included)
+  bool store;
+  if (!tokens_for(raw_, asked_, store)) {
+    has_refused_ = false;  // answered before the stream: refuse_with says it
+    return refuse_with(refused_);
+  }
+  if (!store) return admit();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    references_++;  // until tokens_done
+  }
+  front_->tokens()->reserve(this, TokenStore::prefix(snapshot_->config.instance, key_->tenant_id),
+                            key_->tokens_per_minute, asked_);
+}
+
+void Call::tokens_done(bool allowed, long long retry_after_ms, long long minute, bool stored) {
+  bool later, over = stored && !allowed;
+  auto over_tokens = [&] {
+    front_->counters()->shed(model_, key_->rank, "tokens");
+    return refuse(contract::refusal::kOverTokens, {{"tenant", key_->slug},
+                                                   {"tpm", std::to_string(key_->tokens_per_minute)},
+                                                   {"retry_ms", std::to_string(retry_after_ms)}});
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    later = reserving_later_;
+    reserving_later_ = false;
+    if (stored && allowed && settled_) {
+      // The stream ended while this reservation was under way: nothing will use it.
+      front_->tokens()->give_back(TokenStore::prefix(snapshot_->config.instance, key_->tenant_id) +
+                                      std::to_string(minute),
+                                  asked_);
+    } else if (stored && allowed) {
+      budget_.reserved += asked_;
+      budget_.minutes[minute] += asked_;
+    }
+    if (later && hold_) {
+      if (over)
+        refuse_in_stream(over_tokens(), static_cast<int>(retry_after_ms));
+      else
+        write_upstream(std::move(pending_));
+    }
+  }
+  if (!later) {
+    if (over)
+      refuse_with(over_tokens(), static_cast<int>(retry_after_ms));
+    else
+      admit();
+  }
+  release_reference();
+}
+
+void Call::start_stream() {
+  const Snapshot& s = *snapshot_;
+  chosen_ = version_.empty() ? route_.version : version_;
+  if (version_.empty()) put_bytes_field(raw_, 2, chosen_);
+  grpc::Slice slice(raw_);
+  in_ = grpc::ByteBuffer(&slice, 1);
+  // The client's deadline, or the gateway's default: a wedged replica must not hold a stream
+  // (and its slot) forever.
+  auto deadline = context_->deadline();
+  bridge_context_.set_deadline(deadline == std::chrono::system_clock::time_point::max() ? after(s.config.default_timeout_s)
+                                                                                       : deadline);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    references_++;  // the upstream call's, until UpstreamDone
+  }
+  upstream_ = std::make_unique<Upstream>(this);
+  front_->replica(route_.address)->PrepareBidiStreamingCall(&bridge_context_, kStream, grpc::StubOptions(), upstream_.get());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = true;
+    upstream_->AddHold();
+    stream_started_ = Clock::now();
+    mode_ = Mode::kStream;
+  }
+  upstream_->StartRead(&out_);
+  upstream_->StartWrite(&in_);
+  upstream_->StartCall();
+  if (context_->IsCancelled()) release_hold(true);  // the client left while the stream was set up
+}
+
+// A later request of the stream: the same model and version, reserved like the first.
+void Call::later_request(std::string raw) {
+  std::string name, version;
+  if (!model_of(raw, name, version))
+    return refuse_in_stream(refuse(contract::refusal::kNotAMessage, {{"what", "ModelInferRequest"}}));
+  if (name != model_ || (!version.empty() && version != chosen_))
+    return refuse_in_stream(refuse(contract::refusal::kStreamOneVersion));
+  bool store;
+  if (!tokens_for(raw, asked_, store)) {
+    has_refused_ = false;
+    return refuse_in_stream(refused_);
+  }
+  if (version.empty()) put_bytes_field(raw, 2, chosen_);
+  if (!store) return write_upstream(std::move(raw));
+  reserving_later_ = true;
+  pending_ = std::move(raw);
+  references_++;  // until tokens_done
+  front_->tokens()->reserve(this, TokenStore::prefix(snapshot_->config.instance, key_->tenant_id),
+                            key_->tokens_per_minute, asked_);
+}
+
+void Call::write_upstream(std::string raw) {
+  arrivals_.push_back(Clock::now());
+  grpc::Slice slice(raw);
+  in_ = grpc::ByteBuffer(&slice, 1);
+  upstream_->StartWrite(&in_);
+}
+
+// A later request refused: the call to the replica is cancelled, and the client's stream ends
+// with the refusal (stream_done), which is not the version's failure.
+void Call::refuse_in_stream(const Refused& refused, int retry_after_ms) {
+  if (has_refused_) return;
+  has_refused_ = true;
+  refused_ = refused;
+  refused_retry_ms_ = retry_after_ms;
+  bridge_context_.TryCancel();
+}
+
+void Call::on_response(const std::string& raw) {
+  auto now = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (first_response_ < 0) first_response_ = std::chrono::duration<double>(now - stream_started_).count();
+  responses_++;
+  // A request of the stream that failed in Triton or the engine is answered in the stream (the
+  // call itself ends OK): it is the version's error all the same.
+  if (stream_error(raw)) failed_++;
+  if (long long tokens = budget_.count(raw)) {
+    if (!has_last_token_) {
+      double ttft = std::chrono::duration<double>(now - arrivals_.front()).count();
+      front_->counters()->ttft(model_, chosen_, ttft);
+      if (first_ttft_ < 0) first_ttft_ = ttft;
+    } else {
+      double gap = std::chrono::duration<double>(now - last_token_).count();
+      front_->counters()->inter_token(model_, chosen_, gap);
+      decode_tokens_ += tokens;
+      decode_s_ += gap;
+    }
+    last_token_ = now;
+    has_last_token_ = true;
+  }
+  if (budget_.ended) {  // that request is done: the next one's clock starts at its arrival
+    has_last_token_ = false;
+    if (arrivals_.size() > 1) arrivals_.pop_front();
+  }
+}
+
+void Call::stream_done(const grpc::Status& status) {
+  const Snapshot& s = *snapshot_;
+  // A stream's length says nothing about the replica's load: no latency sample.
+  front_->release(s, model_, route_, -1, false);
+  double seconds = seconds_since(stream_started_);
+  grpc::Status final = status;
+  bool ok = false, left = false, refused;
+  Counters::Stream tally;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    refused = has_refused_;
+    if (refused) {
+      if (refused_retry_ms_ >= 0)
+        context_->AddTrailingMetadata(std::string(contract::kRetryAfterHeader), std::to_string(refused_retry_ms_));
+      final = grpc::Status(static_cast<grpc::StatusCode>(refused_.code), refused_.text);
+    } else if (status.ok()) {
+      ok = failed_ == 0;
+    } else if (context_->IsCancelled()) {
+      // The client went away (cancelled, closed its connection) before its deadline, and no
+      // answer failed: not the version's failure. A deadline that passed is.
+      left = failed_ == 0 && std::chrono::system_clock::now() < context_->deadline();
+    } else if (status.error_message().empty()) {
+      final = grpc::Status(status.error_code(), std::string(contract::refusal::kUpstreamError.text));
+    }
+    tally.first_response_s = first_response_;
+    tally.seconds = seconds;
+    tally.responses = responses_;
+    tally.output_tokens = budget_.counted;
+    tally.input_tokens = budget_.prompt;
+    tally.decode_tokens = decode_tokens_;
+    tally.decode_s = decode_s_;
+  }
+  settle();
+  Counters* counters = front_->counters();
+  // The version's statistics judge rollouts: a generative stream's latency there is its time to
+  // first token (a long answer is not a slow one). A client refused, or one that left, is not the
+  // version's failure.
+  if (!refused && !left) counters->version(model_, chosen_, ok, first_ttft_ >= 0 ? first_ttft_ : seconds);
+  counters->stream_ended(key_->slug, model_, chosen_, tally);
+  counters->stream_answered(key_->slug, model_, ok || left, seconds);
+  Finish(final);
+}
+
+// Gives back what the stream reserved and did not generate (all of it, if nothing was).
+void Call::settle() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!limited_) return;
+  std::string prefix = TokenStore::prefix(snapshot_->config.instance, key_->tenant_id);
+  for (const auto& [minute, back] : budget_.unused()) front_->tokens()->give_back(prefix + std::to_string(minute), back);
+  settled_ = true;
+  budget_.reserved = 0;
+  budget_.minutes.clear();
 }
 
 }  // namespace gw

@@ -1,6 +1,7 @@
-// One call on the public port (server.py's Handlers are the Python twin): unary ModelInfer on
-// the hot path is served natively; everything else is bridged, message for message, to the
-// full Python gateway. Front is the service: the shared state every call uses.
+// One call on the public port (server.py's Handlers are the Python twin): unary ModelInfer and
+// generative models' ModelStreamInfer on the hot path are served natively; everything else is
+// bridged, message for message, to the full Python gateway. Front is the service: the shared
+// state every call uses.
 #pragma once
 
 #include <grpcpp/alarm.h>
@@ -10,6 +11,7 @@
 #include <grpcpp/support/byte_buffer.h>
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -23,12 +25,17 @@
 #include "refusals.h"
 #include "snapshot.h"
 #include "stores.h"
+#include "tokens.h"
 
 namespace gw {
 
 class Front;
 
-class Call final : public grpc::ServerGenericBidiReactor, public Ticket, public QuotaWaiter, public CacheWaiter {
+class Call final : public grpc::ServerGenericBidiReactor,
+                   public Ticket,
+                   public QuotaWaiter,
+                   public CacheWaiter,
+                   public TokenWaiter {
  public:
   Call(Front* front, grpc::GenericCallbackServerContext* context);
 
@@ -44,9 +51,11 @@ class Call final : public grpc::ServerGenericBidiReactor, public Ticket, public 
   void wake();
   void quota_done(const Verdict& verdict) override;
   void cache_done(bool found, std::string answer) override;
+  void tokens_done(bool allowed, long long retry_after_ms, long long minute, bool stored) override;
 
  private:
-  enum class Mode { kReading, kNative, kBridge };
+  // kStream: a generative stream on its replica (after kNative's checks and admission).
+  enum class Mode { kReading, kNative, kBridge, kStream };
   enum class Wait { kNone, kWaiting, kGranted, kEvicted, kCancelled };
 
   class Upstream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
@@ -77,6 +86,17 @@ class Call final : public grpc::ServerGenericBidiReactor, public Ticket, public 
   void refuse_with(const Refused& refused, int retry_after_ms = -1);
   void release_reference();
   void release_hold(bool cancel);
+
+  // Generative streams (server.py model_stream_infer is the Python twin).
+  void reserve_first();
+  bool tokens_for(std::string& request, long long& asked, bool& store);  // false: refused_ is set
+  void start_stream();
+  void later_request(std::string raw);  // under mu_
+  void write_upstream(std::string raw);  // under mu_
+  void refuse_in_stream(const Refused& refused, int retry_after_ms = -1);  // under mu_
+  void on_response(const std::string& raw);
+  void stream_done(const grpc::Status& status);
+  void settle();
 
   Front* front_;
   bool cached_ = false;  // the model's exact cache is on for this tenant
@@ -109,7 +129,25 @@ class Call final : public grpc::ServerGenericBidiReactor, public Ticket, public 
   bool queue_expires_ = false;
   grpc::Alarm alarm_;
 
-  // Bridge.
+  // A generative stream (the budget, arrivals and timings under mu_).
+  bool stream_ = false;
+  bool limited_ = false;  // the key has token limits: each request reserves its max_tokens
+  std::string chosen_;    // the version that answers the stream
+  Budget budget_;
+  long long asked_ = 0;  // the reservation under way
+  bool reserving_later_ = false;
+  bool settled_ = false;  // what was reserved and not used went back: a later reservation goes back at once
+  std::string pending_;  // a later request waiting for its reservation
+  bool has_refused_ = false;
+  Refused refused_{0, ""};
+  int refused_retry_ms_ = -1;
+  Clock::time_point stream_started_, last_token_;
+  std::deque<Clock::time_point> arrivals_;  // when each request not yet answered in full arrived
+  bool has_last_token_ = false;
+  double first_ttft_ = -1, first_response_ = -1, decode_s_ = 0;
+  long long responses_ = 0, failed_ = 0, decode_tokens_ = 0;
+
+  // Bridge (and a native stream's upstream call).
   std::unique_ptr<Upstream> upstream_;
   grpc::ClientContext bridge_context_;
   grpc::ByteBuffer in_, out_;
@@ -131,10 +169,13 @@ class Front final : public grpc::CallbackGenericService {
   grpc::GenericStub* replica(const std::string& address);
   Quotas* quotas() { return &quotas_; }
   CacheStore* cache() { return &cache_; }
+  TokenStore* tokens() { return &tokens_; }
   SnapshotFile* snapshots() { return snapshots_; }
   Counters* counters() { return counters_; }
   std::mt19937_64& rng();
 
+  // Admission's generative slots and engine pressure from this view, once per view.
+  void configure_generative(const std::shared_ptr<const Snapshot>& s);
   // Admission under its lock; the tickets it granted or evicted are woken after.
   enum class Admit { kNow, kQueued, kShed };
   Admit acquire(Call* call, const Snapshot& s, const std::string& model, const std::vector<Route>* routes, int rank,
@@ -152,10 +193,12 @@ class Front final : public grpc::CallbackGenericService {
   std::unique_ptr<grpc::GenericStub> full_;
   Quotas quotas_;
   CacheStore cache_;
+  TokenStore tokens_;
   std::mutex stubs_mu_;
   std::unordered_map<std::string, std::unique_ptr<grpc::GenericStub>> stubs_;
   std::mutex mu_;
   Admission admission_;
+  std::shared_ptr<const Snapshot> generative_of_;  // the view admission's generative slots came from
 };
 
 }  // namespace gw

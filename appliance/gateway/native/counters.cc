@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <iostream>
+#include <iterator>
 #include <sstream>
+#include <tuple>
 
 #include "contract.h"
 #include "text.h"
@@ -40,6 +42,24 @@ void histogram(std::ostringstream& out, std::string_view name, std::string_view 
       seen += h.counts[i];
       std::string le = shortest(contract::kLatencyBucketsS[i]);  // as prometheus_client writes a bound
       out << name << "_bucket{" << labels << ",le=\"" << le << "\"} " << seen << "\n";
+    }
+    seen += h.counts.back();
+    out << name << "_bucket{" << labels << ",le=\"+Inf\"} " << seen << "\n";
+    out << name << "_count{" << labels << "} " << seen << "\n" << name << "_sum{" << labels << "} " << h.sum << "\n";
+  }
+}
+
+void version_histogram(std::ostringstream& out, std::string_view name, std::string_view help,
+                       const std::map<std::pair<std::string, std::string>, Histogram>& series) {
+  out << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
+  for (const auto& [labels_of, h] : series) {
+    std::string labels = "plane=\"native\",model=\"" + label_escape(labels_of.first) + "\",version=\"" +
+                         label_escape(labels_of.second) + "\"";
+    uint64_t seen = 0;
+    for (size_t i = 0; i < contract::kLatencyBucketsS.size(); ++i) {
+      seen += h.counts[i];
+      out << name << "_bucket{" << labels << ",le=\"" << shortest(contract::kLatencyBucketsS[i]) << "\"} " << seen
+          << "\n";
     }
     seen += h.counts.back();
     out << name << "_bucket{" << labels << ",le=\"+Inf\"} " << seen << "\n";
@@ -134,6 +154,42 @@ void Counters::handed_off(const std::string& reason) {
   handoffs_[reason] += 1;
 }
 
+void Counters::ttft(const std::string& model, const std::string& version, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ttft_[{model, version}].observe(seconds);
+}
+
+void Counters::inter_token(const std::string& model, const std::string& version, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  inter_token_[{model, version}].observe(seconds);
+}
+
+void Counters::stream_answered(const std::string& tenant, const std::string& model, bool ok, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  traffic_[{tenant, model}].count(ok, seconds);
+}
+
+void Counters::stream_ended(const std::string& tenant, const std::string& model, const std::string& version,
+                            const Stream& stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  output_tokens_[{tenant, model, version}] += static_cast<double>(stream.output_tokens);
+  input_tokens_[{tenant, model, version}] += static_cast<double>(stream.input_tokens);
+  if (stream.decode_tokens) {
+    auto& row = versions_[{model, version}];
+    row.dtok += static_cast<double>(stream.decode_tokens);
+    row.dsec += stream.decode_s;
+  }
+  if (stream.first_response_s < 0) return;  // a stream that never answered has no time to first response
+  auto& row = traffic_[{tenant, model}];
+  row.streams += 1;
+  row.ttfr += stream.first_response_s * 1000.0;
+  row.sresp += static_cast<double>(stream.responses);
+  row.ssec += stream.seconds;
+  row.otok += static_cast<double>(stream.output_tokens);
+  row.dtok += static_cast<double>(stream.decode_tokens);
+  row.dsec += stream.decode_s;
+}
+
 void Counters::set_instance(const std::string& instance) {
   std::lock_guard<std::mutex> lock(mu_);
   instance_ = instance;
@@ -168,9 +224,12 @@ bool Counters::flush(RedisLink& link, double now) {
   };
   std::string minute_key = fill(contract::kKeyTraffic, {{"instance", instance}, {"minute", std::to_string(second / 60 * 60)}});
   for (const auto& [labels, row] : traffic) {
-    std::vector<std::pair<std::string, double>> fields = {{"n", row.n},          {"err", row.err}, {"ms", row.ms},
-                                                          {"queued", row.queued}, {"qms", row.qms}, {"hit", row.hit},
-                                                          {"miss", row.miss}};
+    // In contract.TRAFFIC_FIELDS' order, then the latency buckets.
+    const double values[] = {row.n,       row.err,  row.ms,    row.queued, row.qms,  row.hit,  row.miss,
+                             row.streams, row.ttfr, row.sresp, row.ssec,   row.otok, row.dtok, row.dsec};
+    static_assert(std::size(values) == contract::kTrafficFields.size(), "one value per contract.TRAFFIC_FIELDS");
+    std::vector<std::pair<std::string, double>> fields;
+    for (size_t i = 0; i < std::size(values); ++i) fields.push_back({s(contract::kTrafficFields[i]), values[i]});
     for (size_t i = 0; i < row.buckets.size(); ++i) fields.push_back({"b" + std::to_string(i), row.buckets[i]});
     for (const auto& [name, value] : fields)
       if (value != 0)
@@ -184,6 +243,12 @@ bool Counters::flush(RedisLink& link, double now) {
                                                   {"model", labels.first},
                                                   {"version", labels.second},
                                                   {"second", std::to_string(second)}});
+    if (row.dtok && row.dsec) {  // a generative version's decoding (the tokens/s gate)
+      add({"HINCRBYFLOAT", key, s(contract::kVstatsDecodeFields[0]), shortest(row.dtok)});
+      add({"HINCRBYFLOAT", key, s(contract::kVstatsDecodeFields[1]), shortest(row.dsec)});
+      add({"EXPIRE", key, std::to_string(contract::kVstatsKeepS)});
+    }
+    if (!row.n) continue;  // decoding only: a stream counted in an earlier flush
     add({"HINCRBY", key, "n", std::to_string(static_cast<long>(row.n))});
     if (row.err) add({"HINCRBY", key, "err", std::to_string(static_cast<long>(row.err))});
     add({"HINCRBYFLOAT", key, "ms", shortest(row.ms)});
@@ -243,6 +308,18 @@ std::string Counters::exposition(const std::map<std::string, std::pair<int, doub
   for (const auto& [l, v] : cache_)
     out << cache << "{" << plane << ",model=\"" << label_escape(l.first) << "\",result=\"" << l.second << "\"} " << v
         << "\n";
+  version_histogram(out, contract::kMetricTtft, contract::kMetricTtftHelp, ttft_);
+  version_histogram(out, contract::kMetricInterToken, contract::kMetricInterTokenHelp, inter_token_);
+  for (auto [name, help, series] : {std::make_tuple(contract::kMetricOutputTokens, contract::kMetricOutputTokensHelp,
+                                                    &output_tokens_),
+                                    std::make_tuple(contract::kMetricInputTokens, contract::kMetricInputTokensHelp,
+                                                    &input_tokens_)}) {
+    std::string total = s(name) + "_total";
+    head(total, help, "counter");
+    for (const auto& [l, v] : *series)
+      out << total << "{" << plane << ",tenant=\"" << label_escape(std::get<0>(l)) << "\",model=\""
+          << label_escape(std::get<1>(l)) << "\",version=\"" << label_escape(std::get<2>(l)) << "\"} " << v << "\n";
+  }
   head("gateway_native_handoffs_total", "Requests handed to the full (Python) gateway, by reason", "counter");
   for (const auto& [reason, v] : handoffs_)
     out << "gateway_native_handoffs_total{reason=\"" << reason << "\"} " << v << "\n";

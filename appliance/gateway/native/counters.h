@@ -32,9 +32,11 @@ struct Histogram {
   void observe(double seconds);
 };
 
-// Per model version: n, err, ms, b0..; per (tenant, model): the same plus queued, qms, hit, miss.
+// Per model version: n, err, ms, b0.. and a generative version's dtok, dsec; per (tenant, model):
+// the same plus queued, qms, hit, miss and the streams' fields (contract.TRAFFIC_FIELDS).
 struct Row {
   double n = 0, err = 0, ms = 0, queued = 0, qms = 0, hit = 0, miss = 0;
+  double streams = 0, ttfr = 0, sresp = 0, ssec = 0, otok = 0, dtok = 0, dsec = 0;
   std::vector<double> buckets;
   Row();
   void count(bool ok, double seconds);
@@ -49,6 +51,21 @@ class Counters {
   void cache(const std::string& tenant, const std::string& model, bool hit);
   void retried(const std::string& model);
   void handed_off(const std::string& reason);
+
+  // Generative streams (server.py model_stream_infer counts the same): a request's time to first
+  // token and the time between token chunks, per model and version (Prometheus).
+  void ttft(const std::string& model, const std::string& version, double seconds);
+  void inter_token(const std::string& model, const std::string& version, double seconds);
+  // A stream answered or refused (traffic only, as the Python plane counts streams).
+  void stream_answered(const std::string& tenant, const std::string& model, bool ok, double seconds);
+  // A stream that ended: its tokens (Prometheus) and, when it answered at least once
+  // (first_response_s >= 0), its time to first response, responses, seconds, and decoding.
+  struct Stream {
+    double first_response_s = -1, seconds = 0, decode_s = 0;
+    long long responses = 0, output_tokens = 0, input_tokens = 0, decode_tokens = 0;
+  };
+  void stream_ended(const std::string& tenant, const std::string& model, const std::string& version,
+                    const Stream& stream);
 
   // Adds what was counted since the last flush to Redis as of unix time `now`. False if Redis
   // could not take it (the counts are lost, never a request).
@@ -70,6 +87,8 @@ class Counters {
   std::map<std::string, double> retried_, handoffs_;
   std::map<std::pair<std::string, std::string>, double> cache_;
   std::map<std::pair<std::string, std::string>, Row> traffic_, versions_;
+  std::map<std::pair<std::string, std::string>, Histogram> ttft_, inter_token_;  // by (model, version)
+  std::map<std::tuple<std::string, std::string, std::string>, double> output_tokens_, input_tokens_;
 };
 
 }  // namespace gw

@@ -21,6 +21,7 @@
 #include "snapshot.h"
 #include "stores.h"
 #include "text.h"
+#include "tokens.h"
 
 namespace {
 
@@ -68,7 +69,8 @@ json view_of(const gw::Snapshot& s) {
     if (!k.any_model) models = std::set<std::string>(k.models.begin(), k.models.end());
     keys[hash] = {{"tenant_id", k.tenant_id}, {"tenant", k.slug},  {"expires_at", k.expires_at == 0 ? json(nullptr) : json(k.expires_at)},
                   {"models", models},         {"rank", k.rank},    {"triton_priority", k.triton_priority},
-                  {"rate", k.rate},           {"burst", k.burst},  {"daily", k.daily}};
+                  {"rate", k.rate},           {"burst", k.burst},  {"daily", k.daily},
+                  {"tokens_per_minute", k.tokens_per_minute},      {"max_tokens", k.max_tokens}};
   }
   auto sets = [](const auto& map) {
     json out = json::object();
@@ -82,6 +84,8 @@ json view_of(const gw::Snapshot& s) {
       routes[model].push_back({{"node", r.node}, {"address", r.address}, {"version", r.version},
                                {"tenant", r.tenant.empty() ? json(nullptr) : json(r.tenant)}});
   }
+  json generative = json::object();
+  for (const auto& [model, g] : s.generative) generative[model] = {{"slots", g.slots}, {"context", g.context}};
   return {{"config",
            {{"instance", s.config.instance},
             {"cache_ttl_s", s.config.cache_ttl_s},
@@ -101,7 +105,9 @@ json view_of(const gw::Snapshot& s) {
           {"cached_models", std::set<std::string>(s.cached_models.begin(), s.cached_models.end())},
           {"semantic_models", std::set<std::string>(s.semantic_models.begin(), s.semantic_models.end())},
           {"cache_tenants", std::set<std::string>(s.cache_tenants.begin(), s.cache_tenants.end())},
-          {"low_headroom", std::set<std::string>(s.low_headroom.begin(), s.low_headroom.end())}};
+          {"low_headroom", std::set<std::string>(s.low_headroom.begin(), s.low_headroom.end())},
+          {"generative", generative},
+          {"engine_full", s.engine_full}};
 }
 
 }  // namespace
@@ -229,6 +235,71 @@ int main() {
       counters.set_instance(op.at("instance").get<std::string>());
       out["flushed"] = counters.flush(link, op.at("now").get<double>());
       if (link.context) redisFree(link.context);
+    } else if (kind == "tokens_asked") {
+      long long asked = 0;
+      std::string why;
+      if (gw::max_tokens_of(unhex(op.at("raw").get<std::string>()), op.at("context").get<long long>(), asked, why))
+        out["asked"] = asked;
+      else
+        out["why"] = why;
+    } else if (kind == "within_caps") {
+      gw::KeyEntry key;
+      key.slug = op.at("tenant").get<std::string>();
+      key.tokens_per_minute = op.at("tpm").get<long long>();
+      key.max_tokens = op.at("cap").get<long long>();
+      bool store = false;
+      gw::Refused refused{0, ""};
+      if (gw::within_caps(key, op.at("asked").get<long long>(), store, refused)) {
+        out["store"] = store;
+      } else {
+        out["status"] = gw::status_name(refused.code);
+        out["text"] = refused.text;
+      }
+    } else if (kind == "ask_for_counts") {
+      std::string raw = unhex(op.at("raw").get<std::string>());
+      out["ok"] = gw::ask_for_counts(raw);
+      std::string hex;
+      for (unsigned char c : raw) {
+        static const char digits[] = "0123456789abcdef";
+        hex.push_back(digits[c >> 4]);
+        hex.push_back(digits[c & 15]);
+      }
+      out["raw"] = hex;
+    } else if (kind == "budget") {
+      gw::Budget budget;
+      budget.reserved = op.at("reserved").get<long long>();
+      for (const auto& [minute, tokens] : op.at("minutes").items()) budget.minutes[std::stoll(minute)] = tokens.get<long long>();
+      json counted = json::array(), errors = json::array();
+      for (const auto& response : op.at("responses")) {
+        std::string raw = unhex(response.get<std::string>());
+        counted.push_back(budget.count(raw));
+        errors.push_back(gw::stream_error(raw));
+      }
+      out["counted"] = counted;
+      out["errors"] = errors;
+      out["total"] = budget.counted;
+      out["prompt"] = budget.prompt;
+      out["uncounted"] = budget.uncounted;
+      out["ended"] = budget.ended;
+      json unused = json::array();
+      for (const auto& [minute, tokens] : budget.unused()) unused.push_back({minute, tokens});
+      out["unused"] = unused;
+    } else if (kind == "ttft") {
+      counters.ttft(op.at("model"), op.at("version"), op.at("seconds").get<double>());
+    } else if (kind == "inter_token") {
+      counters.inter_token(op.at("model"), op.at("version"), op.at("seconds").get<double>());
+    } else if (kind == "stream_answered") {
+      counters.stream_answered(op.at("tenant"), op.at("model"), op.at("ok").get<bool>(), op.at("seconds").get<double>());
+    } else if (kind == "stream_ended") {
+      gw::Counters::Stream stream;
+      stream.first_response_s = op.at("first_response_s").is_null() ? -1 : op.at("first_response_s").get<double>();
+      stream.seconds = op.at("seconds").get<double>();
+      stream.responses = op.at("responses").get<long long>();
+      stream.output_tokens = op.at("output_tokens").get<long long>();
+      stream.input_tokens = op.at("input_tokens").get<long long>();
+      stream.decode_tokens = op.at("decode_tokens").get<long long>();
+      stream.decode_s = op.at("decode_s").get<double>();
+      counters.stream_ended(op.at("tenant"), op.at("model"), op.at("version"), stream);
     } else if (kind == "exposition") {
       out["text"] = counters.exposition(admission.replicas(), true, 0, 0);
     } else {

@@ -59,6 +59,8 @@ std::shared_ptr<const Snapshot> parse_snapshot(const std::string& text) {
     e.rate = k.at("rate").get<int>();
     e.burst = k.at("burst").get<int>();
     e.daily = k.at("daily").get<int>();
+    e.tokens_per_minute = k.at("tokens_per_minute").get<long long>();
+    e.max_tokens = k.at("max_tokens").get<long long>();
     s->keys.emplace(hash, std::move(e));
   }
   for (const auto& [tenant, models] : doc.at("grants").items()) s->grants[tenant] = string_set(models);
@@ -75,6 +77,12 @@ std::shared_ptr<const Snapshot> parse_snapshot(const std::string& text) {
   s->semantic_models = string_set(doc.at("semantic_models"));
   s->cache_tenants = string_set(doc.at("cache_tenants"));
   s->low_headroom = string_set(doc.at("low_headroom"));
+  for (const auto& [model, g] : doc.at("generative").items())
+    s->generative[model] = Generative{g.at("slots").get<int>(), g.at("context").get<long long>()};
+  for (const auto& pair : doc.at("engine_full")) {
+    if (!pair.is_array() || pair.size() != 2) throw std::runtime_error("engine_full holds [address, model] pairs");
+    s->engine_full.emplace(pair.at(0).get<std::string>(), pair.at(1).get<std::string>());
+  }
   return s;
 }
 

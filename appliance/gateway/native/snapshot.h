@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -32,6 +33,13 @@ struct KeyEntry {
   int rank = 1;
   int triton_priority = 2;
   int rate = 0, burst = 0, daily = 0;  // requests a second, bucket size, a UTC day (0: none)
+  long long tokens_per_minute = 0, max_tokens = 0;  // generative models' streams (0: no limit)
+};
+
+// A generative model: a replica's stream slots, and its engine's context (max_model_len).
+struct Generative {
+  int slots = 0;
+  long long context = 0;
 };
 
 struct Config {
@@ -51,6 +59,8 @@ struct Snapshot {
   std::unordered_map<std::string, std::map<std::string, int>> weights;
   std::unordered_map<std::string, int> priority_levels;
   std::unordered_set<std::string> cached_models, semantic_models, cache_tenants, low_headroom;
+  std::unordered_map<std::string, Generative> generative;
+  std::set<std::pair<std::string, std::string>> engine_full;  // (replica address, model): no room for a stream
 };
 
 // Parses a document; throws std::exception (with the reason) for a version it does not know or

@@ -44,61 +44,72 @@ Quotas::Ask Quotas::ask(QuotaWaiter* waiter, const std::string& instance, const 
              key.daily};
 }
 
-Quotas::Quotas(RedisLink link) : link_(std::move(link)) {
+Scripts::Scripts(RedisLink link, std::vector<std::string> bodies)
+    : link_(std::move(link)), bodies_(std::move(bodies)), shas_(bodies_.size()) {}
+
+bool Scripts::run(const std::vector<Eval>& batch, const std::function<void(size_t, const redisReply*)>& answer) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    redisContext* before = link_.context;
+    if (!link_.connect()) return false;
+    if (link_.context != before) shas_.assign(bodies_.size(), "");  // a new connection may face a restarted Redis
+    redisContext* redis = link_.context;
+    for (size_t i = 0; i < bodies_.size(); ++i) {
+      if (!shas_[i].empty()) continue;
+      auto* reply = static_cast<redisReply*>(redisCommand(redis, "SCRIPT LOAD %b", bodies_[i].data(), bodies_[i].size()));
+      if (reply == nullptr || reply->type != REDIS_REPLY_STRING) {  // SCRIPT LOAD answers the SHA-1 EVALSHA needs
+        if (reply) freeReplyObject(reply);
+        return false;
+      }
+      shas_[i].assign(reply->str, reply->len);
+      freeReplyObject(reply);
+    }
+    for (const auto& eval : batch) {
+      std::vector<const char*> argv = {"EVALSHA", shas_[eval.script].c_str()};
+      for (const auto& arg : eval.args) argv.push_back(arg.c_str());
+      redisAppendCommandArgv(redis, static_cast<int>(argv.size()), argv.data(), nullptr);
+    }
+    std::vector<redisReply*> replies;
+    bool failed = false, noscript = false;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      void* raw = nullptr;
+      if (redisGetReply(redis, &raw) != REDIS_OK) {
+        failed = true;  // the context is marked failed and reconnects next time
+        break;
+      }
+      auto* reply = static_cast<redisReply*>(raw);
+      if (reply->type == REDIS_REPLY_ERROR && std::string(reply->str, reply->len).rfind("NOSCRIPT", 0) == 0)
+        noscript = true;
+      replies.push_back(reply);
+    }
+    if (!failed && !noscript)
+      for (size_t i = 0; i < replies.size(); ++i) answer(i, replies[i]);
+    for (auto* reply : replies) freeReplyObject(reply);
+    if (failed) return false;
+    if (!noscript) return true;
+    shas_.assign(bodies_.size(), "");  // Redis was restarted or flushed its scripts: load again, ask again
+  }
+  return false;
+}
+
+Quotas::Quotas(RedisLink link) : scripts_(std::move(link), {std::string(contract::kQuotaScript)}) {
   std::thread([this] { run(); }).detach();
 }
 
 void Quotas::run() {
-  const std::string script(contract::kQuotaScript);
   for (;;) {
     std::vector<Ask> batch = queue_.take();
     std::vector<Verdict> verdicts(batch.size());
-    bool stored = false;
-    for (int attempt = 0; attempt < 2 && !stored; ++attempt) {
-      redisContext* before = link_.context;
-      if (!link_.connect()) break;
-      if (link_.context != before) sha_.clear();  // a new connection may face a restarted Redis
-      redisContext* redis = link_.context;
-      if (sha_.empty()) {  // SCRIPT LOAD answers the SHA-1 EVALSHA needs
-        auto* reply = static_cast<redisReply*>(redisCommand(redis, "SCRIPT LOAD %b", script.data(), script.size()));
-        if (reply == nullptr || reply->type != REDIS_REPLY_STRING) {
-          if (reply) freeReplyObject(reply);
-          break;
-        }
-        sha_.assign(reply->str, reply->len);
-        freeReplyObject(reply);
+    std::vector<Scripts::Eval> evals;
+    for (const auto& ask : batch)
+      evals.push_back({0, {"2", ask.bucket, ask.day, std::to_string(ask.rate), std::to_string(ask.burst),
+                           std::to_string(ask.daily)}});
+    bool stored = scripts_.run(evals, [&](size_t i, const redisReply* reply) {
+      if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+        verdicts[i].allowed = reply->element[0]->integer == 1;
+        verdicts[i].retry_after_ms = reply->element[1]->integer;
+        verdicts[i].reason = static_cast<int>(reply->element[2]->integer);
       }
-      for (const auto& ask : batch) {
-        std::string rate = std::to_string(ask.rate), burst = std::to_string(ask.burst), daily = std::to_string(ask.daily);
-        const char* argv[] = {"EVALSHA", sha_.c_str(), "2", ask.bucket.c_str(), ask.day.c_str(),
-                              rate.c_str(), burst.c_str(), daily.c_str()};
-        redisAppendCommandArgv(redis, 8, argv, nullptr);
-      }
-      bool noscript = false, failed = false;
-      for (size_t i = 0; i < batch.size(); ++i) {
-        void* raw = nullptr;
-        if (redisGetReply(redis, &raw) != REDIS_OK) {
-          failed = true;
-          break;
-        }
-        auto* reply = static_cast<redisReply*>(raw);
-        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
-          verdicts[i].allowed = reply->element[0]->integer == 1;
-          verdicts[i].retry_after_ms = reply->element[1]->integer;
-          verdicts[i].reason = static_cast<int>(reply->element[2]->integer);
-        } else if (reply->type == REDIS_REPLY_ERROR && std::string(reply->str, reply->len).rfind("NOSCRIPT", 0) == 0) {
-          noscript = true;
-        }
-        freeReplyObject(reply);
-      }
-      if (failed) break;
-      if (noscript) {
-        sha_.clear();  // Redis was restarted or flushed its scripts: load again, ask again
-        verdicts.assign(batch.size(), Verdict{});
-        continue;
-      }
-      stored = true;
-    }
+    });
     if (!stored) {
       verdicts.assign(batch.size(), Verdict{});  // fail open
       warn_("quota store unavailable; serving without limits");

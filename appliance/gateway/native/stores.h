@@ -6,6 +6,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -62,6 +63,25 @@ struct Warning {
   void operator()(const char* message);
 };
 
+// Lua scripts run with EVALSHA over one connection, a batch pipelined in one round trip. Each
+// script is loaded (SCRIPT LOAD) on a new connection, and again when Redis answers NOSCRIPT
+// (restarted, or its scripts flushed), then the batch is asked once more.
+class Scripts {
+ public:
+  Scripts(RedisLink link, std::vector<std::string> bodies);
+  struct Eval {
+    size_t script;                  // its index in `bodies`
+    std::vector<std::string> args;  // numkeys, keys, then the script's arguments
+  };
+  // `answer` gets each command's reply, in order. False (and no answer) when Redis could not
+  // answer them all.
+  bool run(const std::vector<Eval>& batch, const std::function<void(size_t, const redisReply*)>& answer);
+
+ private:
+  RedisLink link_;
+  std::vector<std::string> bodies_, shas_;
+};
+
 class QuotaWaiter {
  public:
   virtual ~QuotaWaiter() = default;
@@ -89,10 +109,9 @@ class Quotas {
  private:
   void run();
 
-  RedisLink link_;
+  Scripts scripts_;
   BatchQueue<Ask> queue_;
   Warning warn_;
-  std::string sha_;  // of the script, once Redis has it
 };
 
 class CacheStore {

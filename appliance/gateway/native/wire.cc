@@ -3,56 +3,16 @@
 #include <openssl/sha.h>
 
 namespace gw {
-namespace {
-
-bool read_varint(const uint8_t*& p, const uint8_t* end, uint64_t& out) {
-  out = 0;
-  for (int shift = 0; shift < 64 && p < end; shift += 7) {
-    uint8_t byte = *p++;
-    out |= static_cast<uint64_t>(byte & 0x7F) << shift;
-    if (!(byte & 0x80)) return true;
-  }
-  return false;
-}
-
-}  // namespace
-
 bool model_of(const std::string& raw, std::string& name, std::string& version, std::string* id,
               std::string* content) {
-  const uint8_t* p = reinterpret_cast<const uint8_t*>(raw.data());
-  const uint8_t* end = p + raw.size();
-  while (p < end) {
-    const uint8_t* field_start = p;
-    uint64_t tag, value;
-    if (!read_varint(p, end, tag)) return false;
-    uint64_t field = tag >> 3, wire = tag & 7;
-    if (field == 0 || field > 0x1FFFFFFF) return false;
-    switch (wire) {
-      case 0:
-        if (!read_varint(p, end, value)) return false;
-        break;
-      case 1:
-        if (end - p < 8) return false;
-        p += 8;
-        break;
-      case 5:
-        if (end - p < 4) return false;
-        p += 4;
-        break;
-      case 2: {
-        if (!read_varint(p, end, value) || value > static_cast<uint64_t>(end - p)) return false;
-        if (field == 1) name.assign(reinterpret_cast<const char*>(p), value);
-        if (field == 2) version.assign(reinterpret_cast<const char*>(p), value);
-        if (field == 3 && id) id->assign(reinterpret_cast<const char*>(p), value);
-        p += value;
-        break;
-      }
-      default:
-        return false;
+  return each_field(raw.data(), raw.size(), [&](const PbField& f) {
+    if (f.wire == 2) {
+      if (f.number == 1) name.assign(f.data, f.size);
+      if (f.number == 2) version.assign(f.data, f.size);
+      if (f.number == 3 && id) id->assign(f.data, f.size);
     }
-    if (content && field != 2 && field != 3) content->append(reinterpret_cast<const char*>(field_start), p - field_start);
-  }
-  return true;
+    if (content && f.number != 2 && f.number != 3) content->append(f.start, f.end - f.start);
+  });
 }
 
 void put_varint(std::string& out, uint64_t n) {

@@ -122,3 +122,35 @@ TEST(Admission, LeavingTheQueueIsFinal) {
 }
 
 }  // namespace gw
+
+namespace gw {
+
+// admission.py set_slots / engine_pressure: a generative replica takes its fixed stream slots
+// (the critical class all of them), one while its engine last reported no room, and a new view
+// keeps the pressure it carries.
+TEST(Generative, FixedSlotsAndEnginePressure) {
+  double now = 0;
+  Admission a = fixed(&now);
+  a.set_generative({{"llm", 4}}, {});
+  int taken = 0;
+  while (a.take("llm", kA, 0) != nullptr) ++taken;
+  EXPECT_EQ(taken, 4);  // the slots, not the initial adaptive limit of 16
+  for (int i = 0; i < 4; ++i) a.release("llm", kA[0], -1, false, true);
+  EXPECT_EQ(a.limiters().at({"a:1", "llm"}).limit, 4);  // a stream teaches the limiter nothing
+
+  a.set_generative({{"llm", 4}}, {{"a:1", "llm"}});  // the engine reported no room
+  ASSERT_NE(a.take("llm", kA, 0), nullptr);          // one while nothing is in flight there
+  EXPECT_EQ(a.take("llm", kA, 0), nullptr);
+  a.release("llm", kA[0], -1, false, true);
+  a.set_generative({{"llm", 4}}, {});  // room again
+  taken = 0;
+  while (a.take("llm", kA, 0) != nullptr) ++taken;
+  EXPECT_EQ(taken, 4);
+
+  // A replica first seen while pressed starts at one; other models keep adaptive limits.
+  a.set_generative({{"llm", 4}}, {{"b:1", "llm"}});
+  EXPECT_EQ(a.limiter("b:1", "llm").limit, 1);
+  EXPECT_EQ(a.limiter("a:1", "digits").limit, 16);
+}
+
+}  // namespace gw

@@ -20,14 +20,16 @@ std::string document(int version, const std::string& extra_key = "h") {
     "config": {"instance": "inst", "cache_ttl_s": 300, "queue_max": 8, "queue_wait_s": 2.0, "initial_limit": 16,
                "max_limit": 512, "default_timeout_s": 60, "refresh_s": 1.0, "eject_s": 1.0},
     "keys": {")" + extra_key + R"(": {"tenant_id": "t1", "tenant": "acme", "expires_at": null, "models": null, "rank": 0,
-                      "triton_priority": 1, "rate": 0, "burst": 0, "daily": 0}},
+                      "triton_priority": 1, "rate": 0, "burst": 0, "daily": 0,
+                      "tokens_per_minute": 4000, "max_tokens": 256}},
     "grants": {"t1": ["m"]}, "permitted": {"t1": ["a", "c"]},
     "routes": {"m": [{"node": "a", "address": "a:1", "version": "1", "tenant": null},
                      {"node": "b", "address": "b:1", "version": "1", "tenant": null},
                      {"node": "c", "address": "c:1", "version": "2", "tenant": "t1"},
                      {"node": "a", "address": "a:2", "version": "2", "tenant": null}]},
     "weights": {"m": {"1": 0, "2": 100}}, "priority_levels": {"m": 0},
-    "cached_models": [], "semantic_models": [], "cache_tenants": [], "low_headroom": []})";
+    "cached_models": [], "semantic_models": [], "cache_tenants": [], "low_headroom": [],
+    "generative": {"m": {"slots": 32, "context": 2048}}, "engine_full": [["a:1", "m"]]})";
 }
 
 class SnapshotFileTest : public ::testing::Test {
@@ -58,6 +60,12 @@ TEST(ParseSnapshot, ReadsTheContractsVersion) {
   auto s = parse_snapshot(document(contract::kSnapshotVersion));
   EXPECT_EQ(s->config.instance, "inst");
   EXPECT_EQ(s->keys.at("h").slug, "acme");
+  EXPECT_EQ(s->keys.at("h").tokens_per_minute, 4000);
+  EXPECT_EQ(s->keys.at("h").max_tokens, 256);
+  EXPECT_EQ(s->generative.at("m").slots, 32);
+  EXPECT_EQ(s->generative.at("m").context, 2048);
+  EXPECT_EQ(s->engine_full.count({"a:1", "m"}), 1u);
+  EXPECT_EQ(s->engine_full.count({"a:2", "m"}), 0u);
   EXPECT_TRUE(s->keys.at("h").any_model);
   EXPECT_EQ(s->routes.at("m").size(), 4u);
   EXPECT_EQ(s->routes.at("m")[2].tenant, "t1");
