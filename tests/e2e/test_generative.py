@@ -162,6 +162,22 @@ def test_max_tokens_bounds_the_generation(fleet: Fleet, world: dict[str, Any]) -
     assert answer["error"] is None and answer["output_tokens"] == 5 and answer["finish"] == "length"
 
 
+def _native_front_knows(fleet: Fleet, key: str) -> None:
+    """Waits until the main gateway's native front answers from a view that holds `key`: from
+    then on it serves that key's streams itself."""
+    import hashlib
+
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    wait_for("the native front to know the key",
+             lambda: (document := fleet.native_document()) is not None and digest in document["keys"], timeout=30)  # fmt: skip
+
+
+def _native_token_refusals(fleet: Fleet) -> float:
+    """Requests the main gateway's native front refused for their tokens (gateway_shed_total)."""
+    return sum(v for (name, labels), v in _native_samples(fleet).items()
+               if name == "gateway_shed_total" and ("reason", "tokens") in labels)  # fmt: skip
+
+
 def _native_samples(fleet: Fleet) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -171,16 +187,15 @@ def _native_samples(fleet: Fleet) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 def test_the_native_front_serves_a_known_keys_streams_itself(fleet: Fleet, world: dict[str, Any]) -> None:
     """A stream of a key the native front knows never crosses to the Python plane: the front
-    counts its time to first token and its tokens itself, and hands nothing off."""
-    import hashlib
-
-    digest = hashlib.sha256(world["key"].encode()).hexdigest()
-    wait_for("the native front to know the key",
-             lambda: (document := fleet.native_document()) is not None and digest in document["keys"], timeout=30)  # fmt: skip
+    counts it itself, as the Python plane would (output and prompt tokens per tenant, model and
+    version as the client was told; TTFT once a request, inter-token gaps once a token chunk
+    after the first), and hands nothing off."""
+    _native_front_knows(fleet, world["key"])
     version = str(world["version"]["number"])
     ttft = ("gateway_time_to_first_token_seconds_count", (("model", MODEL), ("plane", "native"), ("version", version)))
-    output = ("gateway_output_tokens_total",
-              (("model", MODEL), ("plane", "native"), ("tenant", "genco"), ("version", version)))  # fmt: skip
+    tokens = (("model", MODEL), ("plane", "native"), ("tenant", "genco"), ("version", version))
+    output, prompt = ("gateway_output_tokens_total", tokens), ("gateway_input_tokens_total", tokens)
+    gaps = ("gateway_inter_token_seconds_count", (("model", MODEL), ("plane", "native"), ("version", version)))
 
     def handoffs(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
         return sum(v for (name, _), v in samples.items() if name == "gateway_native_handoffs_total")
@@ -191,6 +206,9 @@ def test_the_native_front_serves_a_known_keys_streams_itself(fleet: Fleet, world
     after = _native_samples(fleet)
     assert after[ttft] == before.get(ttft, 0) + 1
     assert after[output] == before.get(output, 0) + 8
+    assert after[prompt] == before.get(prompt, 0) + answer["input_tokens"]
+    # Its token chunks, then a last response with no tokens and the prompt's count.
+    assert after[gaps] == before.get(gaps, 0) + answer["responses"] - 2
     assert handoffs(after) == handoffs(before)
 
 
@@ -272,6 +290,7 @@ def _limited_tenant(fleet: Fleet, olga: Operator, slug: str, **limits: int) -> s
     key = olga.post("api-keys/", {"tenant": slug, "name": "chat"})["key"]
     wait_for("the gateway to know the key", lambda: stream(fleet.gateway, key, chat(QUESTION), max_tokens=1)["error"]
              is None, timeout=30, procs=fleet.procs)  # fmt: skip
+    _native_front_knows(fleet, key)  # what follows is the native front's to serve (the Python plane's alike: parity)
     clock = redis.Redis.from_url(settings.REDIS_URL)
     wait_for("a minute with time left in it", lambda: 60 - clock.time()[0] % 60 > 15, timeout=30)
     return str(key)
@@ -287,6 +306,7 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     olga = world["olga"]
     started = time.time()
     key = _limited_tenant(fleet, olga, "thrifty", tokens_per_minute=40, max_tokens=32)
+    shed = _native_token_refusals(fleet)
     too_many = stream(fleet.gateway, key, chat(QUESTION), max_tokens=64)
     assert too_many["error"].status() == "StatusCode.INVALID_ARGUMENT"
     assert too_many["error"].message() == "max_tokens 64 is more than tenant 'thrifty' may ask for (32)"
@@ -300,6 +320,7 @@ def test_a_tenant_over_its_tokens_per_minute_is_refused_with_a_retry_hint(fleet:
     assert over["error"].message().startswith("tenant 'thrifty' is over its 40 output tokens a minute; retry in ")
     other = stream(fleet.gateway, world["key"], chat(QUESTION), max_tokens=30)  # another tenant is unaffected
     assert other["error"] is None
+    assert _native_token_refusals(fleet) == shed + 2  # both refused by the native front (the key is known to it)
     # The refused streams are in the tenant's traffic for the console, as refused unary calls are.
     counted = wait_for("the refused streams in the tenant's traffic",
                        lambda: (c := _gateway_traffic("thrifty", MODEL, since=started))["err"] >= 2 and c,
@@ -323,6 +344,7 @@ def test_a_later_request_of_a_stream_over_the_limit_ends_the_stream_with_the_ref
     second request of 30 with 30 still reserved passes a limit of 40 and is refused, the
     client told why (not left waiting), and the first answer was delivered whole."""
     key = _limited_tenant(fleet, world["olga"], "sipper", tokens_per_minute=40)
+    shed = _native_token_refusals(fleet)
     events: queue.Queue[Any] = queue.Queue()
     client = grpcclient.InferenceServerClient(fleet.gateway)
     client.start_stream(callback=lambda result, error: events.put((result, error)),
@@ -347,6 +369,7 @@ def test_a_later_request_of_a_stream_over_the_limit_ends_the_stream_with_the_ref
         client.close()
     assert error is not None and error.status() == "StatusCode.RESOURCE_EXHAUSTED", error
     assert error.message().startswith("tenant 'sipper' is over its 40 output tokens a minute; retry in ")
+    assert _native_token_refusals(fleet) == shed + 1  # the native front's stream, refused in the stream
 
 
 def test_an_empty_stream_ends_cleanly(fleet: Fleet, world: dict[str, Any]) -> None:
@@ -460,14 +483,15 @@ def test_embeddings_come_from_the_minilm_embedder(fleet: Fleet, world: dict[str,
 
 def test_the_gateway_counts_tokens_and_times_them_per_model_version_and_tenant(fleet: Fleet,
                                                                              world: dict[str, Any]) -> None:  # fmt: skip
-    """Prometheus at a second gateway: output and prompt tokens per tenant, model and version
-    add up to what the clients were told; TTFT observed once a request, inter-token gaps once
-    a token chunk after the first."""
+    """Prometheus at a second gateway, the Python plane alone (the native front's counts are
+    test_the_native_front_serves_a_known_keys_streams_itself's): output and prompt tokens per
+    tenant, model and version add up to what the clients were told; TTFT observed once a
+    request, inter-token gaps once a token chunk after the first."""
     from tests.e2e.fleet import free_port
     from tests.e2e.test_lifecycle import _scrape, _total
 
     port = free_port()
-    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{port}", name="gateway-metrics")
+    _, second = fleet.start_gateway("--metrics-bind", f"127.0.0.1:{port}", name="gateway-metrics", native=False)
     client = grpcclient.InferenceServerClient(second)
     wait_for("the second gateway", lambda: client.is_server_ready(), timeout=30, procs=fleet.procs)
     answers = [stream(second, world["key"], chat(QUESTION), max_tokens=n) for n in (6, 64)]
