@@ -82,8 +82,10 @@ class Streamer:
     def __init__(self, address: str, headers: dict[str, str]) -> None:
         self.events: queue.Queue[Any] = queue.Queue()
         self.client = grpcclient.InferenceServerClient(address)
+        # A deadline of its own: a stream that carries many requests outlives the gateway's default
+        # (60 s), which bounds a stream whose client set none.
         self.client.start_stream(callback=lambda result, error: self.events.put((time.perf_counter(), result, error)),
-                                 headers=headers)  # fmt: skip
+                                 headers=headers, stream_timeout=3600)  # fmt: skip
 
     def run(self, model: str, prompt: str, sampling: dict[str, Any], issued: float | None = None) -> Result:
         start = time.perf_counter()
@@ -316,15 +318,16 @@ def through_gateway(triton: str, gateway: str, headers: dict[str, str], paired: 
 def interleaved_ttft(triton: str, gateway: str, headers: dict[str, str], requests: int) -> None:
     """The gateway's TTFT overhead at concurrency 1, measured so that the engine's own drift
     (several ms on a shared CPU) falls on both paths alike: one request at a time, Triton and
-    the gateway in turn on a stream each, a one-token answer (the TTFT is the whole answer);
-    the difference of the medians with a bootstrap 95 % interval."""
+    the gateway in turn on a stream each, a one-token answer (the TTFT is the whole answer) to
+    a bare question (no chat template: the shortest prefill, so the engine's own jitter is
+    smallest); the difference of the medians with a bootstrap 95 % interval."""
     paths = {"Triton": Streamer(triton, {}), "gateway": Streamer(gateway, headers)}
     sampling = {"temperature": 0, "max_tokens": 1}
     ttft: dict[str, list[float]] = {name: [] for name in paths}
     try:
         for n in range(requests + 10):
             for name, streamer in (paths.items() if n % 2 else reversed(paths.items())):
-                result = streamer.run(MODEL, chat(QUESTIONS[n % 24]), sampling)
+                result = streamer.run(MODEL, QUESTIONS[n % 24], sampling)
                 if n >= 10:  # the first rounds warm both streams
                     ttft[name].append(1000 * (result.first - result.issued))
     finally:

@@ -196,3 +196,15 @@ def test_both_planes_expose_the_same_stream_metrics() -> None:
     mine, theirs = samples(python), samples(front)
     assert mine and mine == theirs
     assert json.dumps(sorted(mine)) == json.dumps(sorted(theirs))
+
+
+def test_a_request_whose_tensors_are_not_protobuf_is_not_taken_for_one() -> None:
+    """Well-formed at its top level, not inside an input tensor: the Python plane's parse refuses
+    it (not_a_message), so the front hands a first request over and refuses a later one rather
+    than read counts or sampling parameters out of it."""
+    good = _request(b'{"max_tokens": 5}', raw=True)
+    broken = good + b"\x2a\x03\x0a\x09x"  # an input (field 5) whose name claims 9 bytes of 1
+    with pytest.raises(Exception, match="Error parsing message|Truncated"):
+        pb.ModelInferRequest.FromString(broken)
+    answers = native([{"op": "ask_for_counts", "raw": raw.hex()} for raw in (good, broken)])
+    assert [a["ok"] for a in answers] == [True, False]

@@ -64,9 +64,11 @@ std::mt19937_64& Front::rng() {
   return rng;
 }
 
-void Front::configure_generative(const std::shared_ptr<const Snapshot>& s) {
+void Front::configure_generative() {
+  // The newest view, not the call's: a call admitted late must not bring back an older pressure.
+  std::shared_ptr<const Snapshot> s = snapshots_->current();
   std::lock_guard<std::mutex> lock(mu_);
-  if (generative_of_ == s) return;
+  if (!s || generative_of_ == s) return;
   generative_of_ = s;
   std::map<std::string, int> slots;
   for (const auto& [model, g] : s->generative) slots[model] = g.slots;
@@ -153,11 +155,14 @@ void Call::OnReadDone(bool ok) {
     upstream_->StartWrite(&in_);
     return;
   }
-  if (!ok) {
-    if (context_->method() == kStream) {
+  if (context_->method() == kStream) {
+    if (!ok) {
       Finish(grpc::Status::OK);  // closed without a request: nothing to answer (as Triton does)
       return;
     }
+    started_ = Clock::now();  // a stream's clock starts with its first request, not when it was opened
+  }
+  if (!ok) {
     Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message"));
     return;
   }
@@ -196,6 +201,7 @@ void Call::decide() {
     // Streams of generative models (no cache serves a stream); other models' streams are the
     // Python gateway's.
     if (!s.generative.count(model_)) return handoff("stream");
+    if (!inputs_well_formed(raw_)) return handoff("malformed");  // the Python plane's parse says what is wrong
   } else {
     // A model with both caches uses the exact one (as the Python gateway does); the semantic
     // cache (embedding, nearest neighbours, word guard) is the Python gateway's.
@@ -248,7 +254,7 @@ void Call::admit() {
   wait_ = Wait::kWaiting;  // before the call can appear in a queue (no other thread knows it yet)
   queued_at_ = Clock::now();
   Route route;
-  front_->configure_generative(snapshot_);
+  front_->configure_generative();
   auto outcome = front_->acquire(this, s, model_, &first_, key_->rank, route, retry_after_ms, queue_seq_);
   if (outcome == Front::Admit::kNow) {
     wait_ = Wait::kNone;
@@ -337,6 +343,12 @@ void Call::waited_out(bool fired) {
 void Call::admitted(const Route& route, double waited) {
   front_->counters()->queued(key_->slug, model_, waited);
   route_ = route;
+  if (stream_ && context_->deadline() <= std::chrono::system_clock::now()) {
+    // As the Python plane's stream: the version's failure, told as a deadline that passed.
+    front_->release(*snapshot_, model_, route_, -1, false);
+    front_->counters()->version(model_, version_.empty() ? route_.version : version_, false, 0.0);
+    return refuse_with(refuse(contract::refusal::kExpiredBeforeSend));
+  }
   if (context_->IsCancelled()) {
     front_->release(*snapshot_, model_, route_, -1, false);
     return refuse_with(refuse(contract::refusal::kCancelled));
@@ -407,7 +419,8 @@ void Call::refuse_with(const Refused& refused, int retry_after_ms) {
 // The native path's answer, counted like the Python gateway counts its own.
 void Call::answer(const grpc::Status& status, int retry_after_ms) {
   if (stream_) {  // refused before it reached its replica: nothing was generated, all of it back
-    front_->counters()->stream_answered(key_->slug, model_, status.ok(), seconds_since(started_));
+    if (status.error_code() != grpc::StatusCode::CANCELLED)  // a client that left is no refusal
+      front_->counters()->stream_answered(key_->slug, model_, status.ok(), seconds_since(started_));
     settle();
   } else {
     front_->counters()->answered(key_->slug, model_, std::string(status_name(static_cast<int>(status.error_code()))),
@@ -465,7 +478,16 @@ void Call::UpstreamWriteDone(bool ok) {
 }
 
 void Call::UpstreamReadDone(bool ok) {
-  if (ok && mode_ == Mode::kStream) on_response(flatten(out_));
+  if (ok && mode_ == Mode::kStream) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (has_refused_) {  // the stream ends with its refusal: what the replica still sends is drained
+        if (hold_) upstream_->StartRead(&out_);
+        return;
+      }
+    }
+    on_response(flatten(out_));
+  }
   if (ok) {
     StartWrite(&out_);  // upstream's next read starts when this write is done
     return;
@@ -604,6 +626,8 @@ void Call::tokens_done(bool allowed, long long retry_after_ms, long long minute,
         refuse_in_stream(over_tokens(), static_cast<int>(retry_after_ms));
       else
         write_upstream(std::move(pending_));
+    } else if (later && over) {
+      over_tokens();  // counted as a refusal; the stream already ended
     }
   }
   if (!later) {
@@ -649,6 +673,8 @@ void Call::start_stream() {
 void Call::later_request(std::string raw) {
   std::string name, version;
   if (!model_of(raw, name, version))
+    return refuse_in_stream(refuse(contract::refusal::kNotAMessage, {{"what", "ModelInferRequest"}}));
+  if (!inputs_well_formed(raw))
     return refuse_in_stream(refuse(contract::refusal::kNotAMessage, {{"what", "ModelInferRequest"}}));
   if (name != model_ || (!version.empty() && version != chosen_))
     return refuse_in_stream(refuse(contract::refusal::kStreamOneVersion));

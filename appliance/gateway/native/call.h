@@ -174,8 +174,8 @@ class Front final : public grpc::CallbackGenericService {
   Counters* counters() { return counters_; }
   std::mt19937_64& rng();
 
-  // Admission's generative slots and engine pressure from this view, once per view.
-  void configure_generative(const std::shared_ptr<const Snapshot>& s);
+  // Admission's generative slots and engine pressure from the newest view, once per view.
+  void configure_generative();
   // Admission under its lock; the tickets it granted or evicted are woken after.
   enum class Admit { kNow, kQueued, kShed };
   Admit acquire(Call* call, const Snapshot& s, const std::string& model, const std::vector<Route>* routes, int rank,

@@ -48,7 +48,9 @@ Scripts::Scripts(RedisLink link, std::vector<std::string> bodies)
     : link_(std::move(link)), bodies_(std::move(bodies)), shas_(bodies_.size()) {}
 
 bool Scripts::run(const std::vector<Eval>& batch, const std::function<void(size_t, const redisReply*)>& answer) {
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  std::vector<size_t> pending(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) pending[i] = i;
+  for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
     redisContext* before = link_.context;
     if (!link_.connect()) return false;
     if (link_.context != before) shas_.assign(bodies_.size(), "");  // a new connection may face a restarted Redis
@@ -63,32 +65,28 @@ bool Scripts::run(const std::vector<Eval>& batch, const std::function<void(size_
       shas_[i].assign(reply->str, reply->len);
       freeReplyObject(reply);
     }
-    for (const auto& eval : batch) {
-      std::vector<const char*> argv = {"EVALSHA", shas_[eval.script].c_str()};
-      for (const auto& arg : eval.args) argv.push_back(arg.c_str());
+    for (size_t index : pending) {
+      std::vector<const char*> argv = {"EVALSHA", shas_[batch[index].script].c_str()};
+      for (const auto& arg : batch[index].args) argv.push_back(arg.c_str());
       redisAppendCommandArgv(redis, static_cast<int>(argv.size()), argv.data(), nullptr);
     }
-    std::vector<redisReply*> replies;
-    bool failed = false, noscript = false;
-    for (size_t i = 0; i < batch.size(); ++i) {
+    // Answered in order; only the commands Redis did not know the script of are asked again
+    // (each of the others ran once: a reservation must never be taken twice).
+    std::vector<size_t> again;
+    for (size_t index : pending) {
       void* raw = nullptr;
-      if (redisGetReply(redis, &raw) != REDIS_OK) {
-        failed = true;  // the context is marked failed and reconnects next time
-        break;
-      }
+      if (redisGetReply(redis, &raw) != REDIS_OK) return false;  // the context reconnects next time
       auto* reply = static_cast<redisReply*>(raw);
       if (reply->type == REDIS_REPLY_ERROR && std::string(reply->str, reply->len).rfind("NOSCRIPT", 0) == 0)
-        noscript = true;
-      replies.push_back(reply);
+        again.push_back(index);
+      else
+        answer(index, reply);
+      freeReplyObject(reply);
     }
-    if (!failed && !noscript)
-      for (size_t i = 0; i < replies.size(); ++i) answer(i, replies[i]);
-    for (auto* reply : replies) freeReplyObject(reply);
-    if (failed) return false;
-    if (!noscript) return true;
-    shas_.assign(bodies_.size(), "");  // Redis was restarted or flushed its scripts: load again, ask again
+    if (!again.empty()) shas_.assign(bodies_.size(), "");  // Redis was restarted or flushed its scripts: load again
+    pending.swap(again);
   }
-  return false;
+  return pending.empty();
 }
 
 Quotas::Quotas(RedisLink link) : scripts_(std::move(link), {std::string(contract::kQuotaScript)}) {
@@ -110,10 +108,7 @@ void Quotas::run() {
         verdicts[i].reason = static_cast<int>(reply->element[2]->integer);
       }
     });
-    if (!stored) {
-      verdicts.assign(batch.size(), Verdict{});  // fail open
-      warn_("quota store unavailable; serving without limits");
-    }
+    if (!stored) warn_("quota store unavailable; serving without limits");  // the unanswered are allowed: fail open
     for (size_t i = 0; i < batch.size(); ++i) batch[i].waiter->quota_done(verdicts[i]);
   }
 }

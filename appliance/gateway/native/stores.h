@@ -73,8 +73,8 @@ class Scripts {
     size_t script;                  // its index in `bodies`
     std::vector<std::string> args;  // numkeys, keys, then the script's arguments
   };
-  // `answer` gets each command's reply, in order. False (and no answer) when Redis could not
-  // answer them all.
+  // `answer` gets each command's reply (by its index in `batch`). False when Redis could not
+  // answer them all (those it did answer were given to `answer`).
   bool run(const std::vector<Eval>& batch, const std::function<void(size_t, const redisReply*)>& answer);
 
  private:

@@ -143,6 +143,12 @@ bool max_tokens_of(const std::string& request, long long context, long long& ask
   return false;
 }
 
+bool inputs_well_formed(const std::string& request) {
+  std::vector<Tensor> inputs;
+  std::vector<std::pair<const char*, size_t>> raws;
+  return tensors_of(request.data(), request.size(), 5, 7, inputs, raws);
+}
+
 bool ask_for_counts(std::string& request) {
   std::vector<Tensor> inputs;
   std::vector<std::pair<const char*, size_t>> raws;
@@ -263,10 +269,7 @@ void TokenStore::run() {
         results[i].stored = true;
       }
     });
-    if (!done) {
-      results.assign(batch.size(), Result{});  // fail open: served without token limits
-      warn_("token store unavailable; serving without token limits");
-    }
+    if (!done) warn_("token store unavailable; serving without token limits");  // the unanswered: fail open
     for (size_t i = 0; i < batch.size(); ++i)
       if (batch[i].waiter != nullptr)
         batch[i].waiter->tokens_done(results[i].allowed, results[i].retry_ms, results[i].minute, results[i].stored);
