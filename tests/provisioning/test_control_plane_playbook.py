@@ -47,7 +47,10 @@ from tests.factories import manifest
 from tests.provisioning.testhost import Forwarder, TestHost, booted, run_playbook
 from triton_models.digits import build as digits_build
 
-pytestmark = [pytest.mark.e2e]
+# A site's first provisioning (its bundle's wheelhouse, the host's root file system with its
+# mirror, and the whole playbook) passes the suite's 5 minutes on a fresh 2-core machine: the
+# first test's setup took more than 300 s on one with AVX2 only and empty caches.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CP = "apl-cp1"
