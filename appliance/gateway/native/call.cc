@@ -201,7 +201,8 @@ void Call::decide() {
     // Streams of generative models (no cache serves a stream); other models' streams are the
     // Python gateway's.
     if (!s.generative.count(model_)) return handoff("stream");
-    if (!inputs_well_formed(raw_)) return handoff("malformed");  // the Python plane's parse says what is wrong
+    // Its counts asked for; tensors that are not protobuf are the Python plane's to refuse.
+    if (!ask_for_counts(raw_)) return handoff("malformed");
   } else {
     // A model with both caches uses the exact one (as the Python gateway does); the semantic
     // cache (embedding, nearest neighbours, word guard) is the Python gateway's.
@@ -561,26 +562,23 @@ void Call::release_reference() {
 // for its whole life; the responses' counts give the time to first token, the time between
 // token chunks and the decoding speed; what was reserved and not generated goes back at the end.
 
-// What a request may ask for, its counts asked for; false (refused_ set) when it is refused.
-bool Call::tokens_for(std::string& request, long long& asked, bool& store) {
+// What a request (its counts already asked for) may generate, against the key's limits; false
+// (refused_ set) when it is refused.
+bool Call::tokens_for(const std::string& request, long long& asked, bool& store) {
   store = false;
-  if (limited_) {
-    std::string why;
-    long long context = snapshot_->generative.at(model_).context;
-    Refused refused{0, ""};
-    if (!max_tokens_of(request, context, asked, why)) {
-      refused = refuse(contract::refusal::kBadSampling, {{"why", why}});
-    } else if (within_caps(*key_, asked, store, refused)) {
-      ask_for_counts(request);
-      return true;
-    }
-    front_->counters()->shed(model_, key_->rank, "tokens");
-    has_refused_ = true;
-    refused_ = refused;
-    return false;
+  if (!limited_) return true;
+  std::string why;
+  long long context = snapshot_->generative.at(model_).context;
+  Refused refused{0, ""};
+  if (!max_tokens_of(request, context, asked, why)) {
+    refused = refuse(contract::refusal::kBadSampling, {{"why", why}});
+  } else if (within_caps(*key_, asked, store, refused)) {
+    return true;
   }
-  ask_for_counts(request);
-  return true;
+  front_->counters()->shed(model_, key_->rank, "tokens");
+  has_refused_ = true;
+  refused_ = refused;
+  return false;
 }
 
 void Call::reserve_first() {
@@ -672,9 +670,7 @@ void Call::start_stream() {
 // A later request of the stream: the same model and version, reserved like the first.
 void Call::later_request(std::string raw) {
   std::string name, version;
-  if (!model_of(raw, name, version))
-    return refuse_in_stream(refuse(contract::refusal::kNotAMessage, {{"what", "ModelInferRequest"}}));
-  if (!inputs_well_formed(raw))
+  if (!model_of(raw, name, version) || !ask_for_counts(raw))  // its counts asked for, or not a message
     return refuse_in_stream(refuse(contract::refusal::kNotAMessage, {{"what", "ModelInferRequest"}}));
   if (name != model_ || (!version.empty() && version != chosen_))
     return refuse_in_stream(refuse(contract::refusal::kStreamOneVersion));

@@ -89,7 +89,7 @@ class Call final : public grpc::ServerGenericBidiReactor,
 
   // Generative streams (server.py model_stream_infer is the Python twin).
   void reserve_first();
-  bool tokens_for(std::string& request, long long& asked, bool& store);  // false: refused_ is set
+  bool tokens_for(const std::string& request, long long& asked, bool& store);  // false: refused_ is set
   void start_stream();
   void later_request(std::string raw);  // under mu_
   void write_upstream(std::string raw);  // under mu_

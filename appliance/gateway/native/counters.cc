@@ -32,34 +32,24 @@ std::string label_escape(const std::string& value) {
 
 std::string s(std::string_view view) { return std::string(view); }
 
+std::string labels_of(const std::string& model) { return "plane=\"native\",model=\"" + label_escape(model) + "\""; }
+
+std::string labels_of(const std::pair<std::string, std::string>& model_version) {
+  return labels_of(model_version.first) + ",version=\"" + label_escape(model_version.second) + "\"";
+}
+
+// One histogram family, a series per key (a model, or a model and version).
+template <typename Key>
 void histogram(std::ostringstream& out, std::string_view name, std::string_view help,
-               const std::map<std::string, Histogram>& series) {
+               const std::map<Key, Histogram>& series) {
   out << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
-  for (const auto& [model, h] : series) {
-    std::string labels = "plane=\"native\",model=\"" + label_escape(model) + "\"";
+  for (const auto& [key, h] : series) {
+    std::string labels = labels_of(key);
     uint64_t seen = 0;
     for (size_t i = 0; i < contract::kLatencyBucketsS.size(); ++i) {
       seen += h.counts[i];
       std::string le = shortest(contract::kLatencyBucketsS[i]);  // as prometheus_client writes a bound
       out << name << "_bucket{" << labels << ",le=\"" << le << "\"} " << seen << "\n";
-    }
-    seen += h.counts.back();
-    out << name << "_bucket{" << labels << ",le=\"+Inf\"} " << seen << "\n";
-    out << name << "_count{" << labels << "} " << seen << "\n" << name << "_sum{" << labels << "} " << h.sum << "\n";
-  }
-}
-
-void version_histogram(std::ostringstream& out, std::string_view name, std::string_view help,
-                       const std::map<std::pair<std::string, std::string>, Histogram>& series) {
-  out << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
-  for (const auto& [labels_of, h] : series) {
-    std::string labels = "plane=\"native\",model=\"" + label_escape(labels_of.first) + "\",version=\"" +
-                         label_escape(labels_of.second) + "\"";
-    uint64_t seen = 0;
-    for (size_t i = 0; i < contract::kLatencyBucketsS.size(); ++i) {
-      seen += h.counts[i];
-      out << name << "_bucket{" << labels << ",le=\"" << shortest(contract::kLatencyBucketsS[i]) << "\"} " << seen
-          << "\n";
     }
     seen += h.counts.back();
     out << name << "_bucket{" << labels << ",le=\"+Inf\"} " << seen << "\n";
@@ -308,8 +298,8 @@ std::string Counters::exposition(const std::map<std::string, std::pair<int, doub
   for (const auto& [l, v] : cache_)
     out << cache << "{" << plane << ",model=\"" << label_escape(l.first) << "\",result=\"" << l.second << "\"} " << v
         << "\n";
-  version_histogram(out, contract::kMetricTtft, contract::kMetricTtftHelp, ttft_);
-  version_histogram(out, contract::kMetricInterToken, contract::kMetricInterTokenHelp, inter_token_);
+  histogram(out, contract::kMetricTtft, contract::kMetricTtftHelp, ttft_);
+  histogram(out, contract::kMetricInterToken, contract::kMetricInterTokenHelp, inter_token_);
   for (auto [name, help, series] : {std::make_tuple(contract::kMetricOutputTokens, contract::kMetricOutputTokensHelp,
                                                     &output_tokens_),
                                     std::make_tuple(contract::kMetricInputTokens, contract::kMetricInputTokensHelp,

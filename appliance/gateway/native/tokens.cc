@@ -143,12 +143,6 @@ bool max_tokens_of(const std::string& request, long long context, long long& ask
   return false;
 }
 
-bool inputs_well_formed(const std::string& request) {
-  std::vector<Tensor> inputs;
-  std::vector<std::pair<const char*, size_t>> raws;
-  return tensors_of(request.data(), request.size(), 5, 7, inputs, raws);
-}
-
 bool ask_for_counts(std::string& request) {
   std::vector<Tensor> inputs;
   std::vector<std::pair<const char*, size_t>> raws;

@@ -22,13 +22,10 @@ namespace gw {
 // parameters are not a JSON object with a positive integer max_tokens.
 bool max_tokens_of(const std::string& request, long long context, long long& asked, std::string& why);
 
-// Are the request's input tensors well-formed protobuf (what the Python plane's parse of the
-// whole request would say of the fields the front reads)?
-bool inputs_well_formed(const std::string& request);
-
 // Appends the inputs return_num_output_tokens and return_num_input_tokens (BOOL, true) that the
 // request does not carry yet (tokens.py asking_for_counts), in its raw contents if it uses them.
-// False if the request is not well-formed protobuf (then it is left as it was).
+// False if the request or its input tensors are not well-formed protobuf (what the Python
+// plane's parse of the whole request would refuse); then it is left as it was.
 bool ask_for_counts(std::string& request);
 
 // What one ModelStreamInferResponse carries (tokens.py counts_in): output tokens (absent when
